@@ -1,0 +1,261 @@
+"""Everything the sync and async clients share that does no I/O.
+
+Configuration, request building, retry decisions and the mapping of responses
+to errors live here once; ``_client.py`` only moves bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import platform
+import random
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Optional, Union
+
+import httpx
+
+from ._constants import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_AFTER,
+    MAX_RETRY_DELAY,
+    RETRY_JITTER,
+)
+from ._exceptions import (
+    AgentLedgerError,
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    BudgetGuardrailDetails,
+    BudgetGuardrailError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnprocessableEntityError,
+)
+from ._version import __version__
+
+logger = logging.getLogger("agent_ledger_sdk")
+
+USER_AGENT = f"agent-ledger-sdk/{__version__} python/{platform.python_version()} httpx/{httpx.__version__}"
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+_RETRYABLE_STATUS = frozenset({408, 429})
+_KEY_HINT = (
+    "The API key is missing, wrong or revoked: create a key (hosted dashboard, or "
+    "`agent-ledger keys create` for a local ledger) and pass it as api_key= or set "
+    f"{API_KEY_ENV}."
+)
+
+
+def resolve_api_key(api_key: Optional[str]) -> str:
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    if not key or not key.strip():
+        raise ValueError(f"api_key is required: pass AgentLedgerClient(api_key=...) or set {API_KEY_ENV}")
+    return key.strip()
+
+
+def resolve_base_url(base_url: Optional[str]) -> str:
+    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
+    return url
+
+
+class BaseClient:
+    """Configuration and protocol logic of :class:`AgentLedgerClient` and its async twin."""
+
+    def __init__(
+        self,
+        api_key: Optional[str] = None,
+        *,
+        base_url: Optional[str] = None,
+        timeout: Union[float, httpx.Timeout, None] = DEFAULT_TIMEOUT,
+        default_headers: Optional[Mapping[str, str]] = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.api_key = resolve_api_key(api_key)
+        self.base_url = resolve_base_url(base_url)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.default_headers = dict(default_headers or {})
+        self._headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            **self.default_headers,
+            "x-api-key": self.api_key,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    # -- requests ---------------------------------------------------------
+
+    def _build_request(self, method: str, path: str, body: Any = None) -> httpx.Request:
+        """One logical request; its Idempotency-Key is reused by every retry."""
+        headers = dict(self._headers)
+        content: Optional[bytes] = None
+        if method == "POST":
+            headers["Idempotency-Key"] = f"agent-ledger-{uuid.uuid4()}"
+            headers["Content-Type"] = "application/json"
+            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return httpx.Request(method, self.base_url + path, headers=headers, content=content)
+
+    # -- responses --------------------------------------------------------
+
+    def _error_for_exception(self, exc: Exception, request: httpx.Request) -> AgentLedgerError:
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"Request to {request.url} timed out: {exc}", request=request)
+        return APIConnectionError(
+            f"Could not reach the ledger at {self.base_url}: {exc or type(exc).__name__}",
+            request=request,
+        )
+
+    def _error_for_response(self, response: httpx.Response) -> AgentLedgerError:
+        body = _json_or_none(response)
+        message = _message(response, body)
+        if response.status_code == 429 and isinstance(body, dict):
+            details = BudgetGuardrailDetails.from_payload(body.get("details"))
+            if details is not None:
+                return BudgetGuardrailError(message, details, response=response)
+        if response.status_code in (401, 403):
+            message = f"{message}. {_KEY_HINT}"
+        error_class = _STATUS_ERRORS.get(response.status_code)
+        if error_class is None:
+            error_class = InternalServerError if response.status_code >= 500 else APIStatusError
+        return error_class(message, response=response, body=body)
+
+    def _parse_success(self, response: httpx.Response) -> Any:
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    def _session_id_from(self, response: httpx.Response) -> str:
+        body = self._parse_success(response)
+        session_id = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(session_id, str) or not session_id:
+            raise APIResponseValidationError(
+                f"The ledger answered {response.status_code} to POST /v1/sessions without a "
+                f'session id (expected JSON {{"id": "..."}}, got {response.text[:200]!r})',
+                response=response,
+            )
+        return session_id
+
+    # -- retries ----------------------------------------------------------
+
+    def _retry_delay(self, error: AgentLedgerError, attempt: int) -> Optional[float]:
+        """Seconds to wait before retry number ``attempt + 1``, or None to give up."""
+        if attempt >= self.max_retries or not _is_retryable(error):
+            return None
+        response = getattr(error, "response", None)
+        retry_after = _retry_after(response) if response is not None else None
+        if retry_after is not None and 0 <= retry_after <= MAX_RETRY_AFTER:
+            return retry_after
+        delay = min(INITIAL_RETRY_DELAY * (2.0**attempt), MAX_RETRY_DELAY)
+        return delay * (1 - RETRY_JITTER * random.random())
+
+    def _log_retry(self, request: httpx.Request, error: AgentLedgerError, delay: float, attempt: int) -> None:
+        logger.debug(
+            "Retrying %s %s in %.2fs (retry %d of %d) after: %s",
+            request.method,
+            request.url.path,
+            delay,
+            attempt + 1,
+            self.max_retries,
+            error,
+        )
+
+    # -- validation -------------------------------------------------------
+
+    @staticmethod
+    def _check_agent_name(agent_name: Any) -> str:
+        if not isinstance(agent_name, str) or not agent_name.strip():
+            raise ValueError(f"agent_name must be a non-empty string, got {agent_name!r}")
+        return agent_name
+
+    @staticmethod
+    def _end_body(session_id: Any, status: Any, error_message: Optional[str]) -> dict[str, Any]:
+        BaseClient._check_session_id(session_id)
+        if status not in ("success", "error"):
+            raise ValueError(f'status must be "success" or "error", got {status!r}')
+        if error_message is not None and not isinstance(error_message, str):
+            error_message = str(error_message)
+        return {"status": status, "errorMessage": error_message}
+
+    @staticmethod
+    def _check_session_id(session_id: Any) -> str:
+        if not isinstance(session_id, str) or not session_id:
+            raise ValueError(f"session_id must be the non-empty string start_session() returned, got {session_id!r}")
+        return session_id
+
+
+def _is_retryable(error: AgentLedgerError) -> bool:
+    if isinstance(error, APIConnectionError):
+        return True
+    if isinstance(error, APIStatusError):
+        return error.status_code in _RETRYABLE_STATUS or error.status_code >= 500
+    return False  # guardrails, validation errors
+
+
+def _retry_after(response: httpx.Response) -> Optional[float]:
+    header = response.headers.get("retry-after-ms")
+    if header is not None:
+        try:
+            return float(header) / 1000
+        except ValueError:
+            pass
+    header = response.headers.get("retry-after")
+    if header is None:
+        return None
+    try:
+        return float(header)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(header)
+        if parsed is None:
+            return None
+        return float(email.utils.mktime_tz(parsed) - time.time())
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _message(response: httpx.Response, body: Any) -> str:
+    if isinstance(body, dict) and body.get("error") not in (None, ""):
+        error = body["error"]
+        return error if isinstance(error, str) else json.dumps(error)
+    text = response.text.strip()
+    if text:
+        return text
+    return f"Request failed with status {response.status_code}"

@@ -1,0 +1,131 @@
+"""The module-level helpers: ``agent_ledger_sdk.session`` and friends act on a default client.
+
+The default client is built by :func:`configure`, or from the environment
+(``AGENT_LEDGER_API_KEY``, ``AGENT_LEDGER_BASE_URL``...) the first time a
+helper runs. With no key anywhere, the helpers pass through and warn once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional, overload
+
+from ._client import AgentLedgerClient
+from ._context import current_session_var
+from ._instrument import (
+    F,
+    LLMCall,
+    SessionScope,
+    ToolDecorator,
+    make_llm_call,
+    make_session,
+    make_tool,
+)
+from ._recorder import Recorder
+from ._session import SessionHandle
+from ._stats import logger
+
+_default: Optional[AgentLedgerClient] = None
+_lock = threading.Lock()
+
+
+def configure(**options: Any) -> AgentLedgerClient:
+    """Build the default client used by the module-level helpers, and return it.
+
+    Takes the arguments of :class:`AgentLedgerClient`.
+
+    ```python
+    import agent_ledger_sdk
+
+    ledger = agent_ledger_sdk.configure(api_key="sk-test", enabled=False)
+    assert agent_ledger_sdk.get_client() is ledger
+    ```
+    """
+    global _default
+    client = AgentLedgerClient(**options)
+    with _lock:
+        previous, _default = _default, client
+    if previous is not None:
+        previous.close()
+    return client
+
+
+def get_client() -> AgentLedgerClient:
+    """The default client, built from the environment on first use."""
+    global _default
+    client = _default
+    if client is None:
+        with _lock:
+            client = _default
+            if client is None:
+                try:
+                    client = AgentLedgerClient()
+                except ValueError as exc:
+                    logger.warning(
+                        "agent-ledger: %s; the module-level helpers record nothing until "
+                        "agent_ledger_sdk.configure(api_key=...) is called",
+                        exc,
+                    )
+                    client = AgentLedgerClient(api_key="unconfigured", enabled=False)
+                _default = client
+    return client
+
+
+def _resolve() -> Recorder:
+    return get_client()._recorder
+
+
+@overload
+def session(func: F, /) -> F: ...
+
+
+@overload
+def session(func_or_name: Optional[str] = None, /, *, agent_name: Optional[str] = None) -> SessionScope: ...
+
+
+def session(func_or_name: Any = None, /, *, agent_name: Optional[str] = None) -> Any:
+    """``ledger.session`` of the default client; see :meth:`AgentLedgerClient.session`."""
+    return make_session(_resolve, func_or_name, agent_name)
+
+
+@overload
+def tool(func: F, /) -> F: ...
+
+
+@overload
+def tool(
+    func_or_name: Optional[str] = None,
+    /,
+    *,
+    name: Optional[str] = None,
+    capture_input: bool = True,
+    capture_output: bool = True,
+) -> ToolDecorator: ...
+
+
+def tool(
+    func_or_name: Any = None,
+    /,
+    *,
+    name: Optional[str] = None,
+    capture_input: bool = True,
+    capture_output: bool = True,
+) -> Any:
+    """``ledger.tool`` of the default client; see :meth:`AgentLedgerClient.tool`."""
+    return make_tool(func_or_name, name, capture_input, capture_output)
+
+
+def llm_call(*, provider: str, model: str, prompt: Any = None, **attributes: Any) -> LLMCall:
+    """``ledger.llm_call`` of the default client; see :meth:`AgentLedgerClient.llm_call`."""
+    return make_llm_call(provider, model, prompt, attributes)
+
+
+def current_session() -> Optional[SessionHandle]:
+    """The session the calling code runs in, or None."""
+    return current_session_var.get()
+
+
+def flush(timeout: Optional[float] = 5.0) -> int:
+    """Flush the default client; return how many events are left unsent."""
+    client = _default
+    return client.flush(timeout) if client is not None else 0

@@ -1,0 +1,172 @@
+"""The errors the SDK raises.
+
+Every error derives from :class:`AgentLedgerError`::
+
+    AgentLedgerError
+    ├── BudgetGuardrailError          HTTP 429 with guardrail details; never retried
+    ├── APIConnectionError            no response: DNS, refused, reset
+    │   └── APITimeoutError           no response within the timeout
+    ├── APIResponseValidationError    2xx whose body is not what the API promises
+    └── APIStatusError                any other non-2xx response
+        ├── BadRequestError           400
+        ├── AuthenticationError       401
+        ├── PermissionDeniedError     403
+        ├── NotFoundError             404
+        ├── ConflictError             409
+        ├── UnprocessableEntityError  422
+        ├── RateLimitError            429 without guardrail details
+        └── InternalServerError       5xx
+
+``BudgetGuardrailError`` and ``AgentLedgerError`` are the two names the
+published 0.0.5 client had; code that catches them keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import httpx
+
+__all__ = [
+    "APIConnectionError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AgentLedgerError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetGuardrailDetails",
+    "BudgetGuardrailError",
+    "ConflictError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "UnprocessableEntityError",
+]
+
+
+class AgentLedgerError(Exception):
+    """Base class of every error raised by the SDK."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BudgetGuardrailDetails:
+    """What the ledger reported when it refused a call for going over budget."""
+
+    agent_name: str
+    daily_limit_usd: float
+    spent_today_usd: float
+    attempted_cost_usd: float
+    projected_cost_usd: float
+    remaining_budget_usd: float
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> Optional[BudgetGuardrailDetails]:
+        """Parse the ``details`` object of a guardrail 429, or None if it is not one."""
+        if not isinstance(payload, dict):
+            return None
+        try:
+            return cls(
+                agent_name=str(payload["agentName"]),
+                daily_limit_usd=float(payload["dailyLimitUsd"]),
+                spent_today_usd=float(payload["spentTodayUsd"]),
+                attempted_cost_usd=float(payload["attemptedCostUsd"]),
+                projected_cost_usd=float(payload["projectedCostUsd"]),
+                remaining_budget_usd=float(payload["remainingBudgetUsd"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+class BudgetGuardrailError(AgentLedgerError):
+    """The agent's daily budget would be exceeded: stop spending.
+
+    Raised when the ledger answers HTTP 429 with guardrail details, and by the
+    instrumentation helpers before an LLM call of an agent whose guardrail has
+    already tripped today.
+    """
+
+    status_code = 429
+
+    def __init__(
+        self,
+        message: str,
+        details: BudgetGuardrailDetails,
+        *,
+        response: Optional[httpx.Response] = None,
+    ) -> None:
+        super().__init__(message)
+        self.details = details
+        self.response = response
+
+
+class APIConnectionError(AgentLedgerError):
+    """The request got no response (DNS failure, refused or reset connection)."""
+
+    def __init__(self, message: str = "Connection error.", *, request: Optional[httpx.Request] = None) -> None:
+        super().__init__(message)
+        self.request = request
+
+
+class APITimeoutError(APIConnectionError):
+    """The request got no response within the timeout."""
+
+    def __init__(self, message: str = "Request timed out.", *, request: Optional[httpx.Request] = None) -> None:
+        super().__init__(message, request=request)
+
+
+class APIResponseValidationError(AgentLedgerError):
+    """The ledger answered 2xx with a body that is not what the API promises."""
+
+    def __init__(self, message: str, *, response: httpx.Response) -> None:
+        super().__init__(message)
+        self.response = response
+        self.status_code = response.status_code
+
+
+class APIStatusError(AgentLedgerError):
+    """The ledger answered with a non-2xx status."""
+
+    def __init__(self, message: str, *, response: httpx.Response, body: Any) -> None:
+        super().__init__(message)
+        self.response = response
+        self.status_code = response.status_code
+        self.body = body
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400: the request was malformed."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401: the API key is missing, wrong or revoked."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403: the API key may not do this."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404: no such session (or not in this key's workspace)."""
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409: the request conflicts with the resource's state, e.g. an ended session."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """HTTP 422: the body was well-formed but its values were rejected."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429 without guardrail details: too many requests, retried with backoff."""
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 5xx: the ledger failed; retried with backoff."""
