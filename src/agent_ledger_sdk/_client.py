@@ -6,7 +6,6 @@ the instrumentation helpers come from :class:`~agent_ledger_sdk._instrument.Inst
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -23,7 +22,13 @@ from ._instrument import Instrumentation
 
 # The test seam for backoff waits.
 _sleep: Callable[[float], None] = time.sleep
-_async_sleep = asyncio.sleep
+
+
+async def _async_sleep(delay: float) -> None:
+    import asyncio  # imported on first use: asyncio costs ~35 ms of import time
+
+    await asyncio.sleep(delay)
+
 
 SessionStatus = Literal["success", "error"]
 
@@ -245,6 +250,8 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
 
     async def aclose(self) -> None:
         """Send what the helpers have queued (bounded wait), then close connections."""
+        import asyncio
+
         await asyncio.get_running_loop().run_in_executor(None, self._close_instrumentation)
         if self._sync_twin is not None:
             self._sync_twin.close()

@@ -75,7 +75,7 @@ def _session_sink(recorder: Recorder) -> Optional[Sink]:
 
 
 def _new_handle(recorder: Recorder, sink: Sink, agent_name: str) -> SessionHandle:
-    handle = SessionHandle(agent_name, sink, recorder.latch)
+    handle = SessionHandle(agent_name, sink, recorder)
     if sink is not _NULL_SINK:
         recorder.open_sessions.add(handle)
     return handle
@@ -673,7 +673,7 @@ class LLMCall:
     def _begin(self) -> None:
         handle = current_session_var.get()
         if handle is not None:
-            handle._latch.check(handle.agent_name)  # the pre-flight stop: raises before the call
+            handle._recorder.latch.check(handle.agent_name)  # the pre-flight stop: raises before the call
             self.step_index = handle.next_step()
         self._handle = handle
         self._started = _perf_counter()

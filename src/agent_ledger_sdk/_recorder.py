@@ -9,7 +9,6 @@ inline sink, whose caller can still act on it.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import datetime
 import os
@@ -454,6 +453,7 @@ class InlineSink:
 
 
 async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
+    import asyncio
     import contextvars
 
     context = contextvars.copy_context()

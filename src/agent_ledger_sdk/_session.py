@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ._events import camel_keys
 
 if TYPE_CHECKING:
-    from ._recorder import GuardrailLatch, Sink
+    from ._recorder import Recorder, Sink
 
 # How long ``SessionHandle.id`` waits for the background sender to learn the id.
 ID_WAIT_TIMEOUT = 30.0
@@ -27,17 +27,17 @@ class SessionHandle:
         "__weakref__",
         "_failed",
         "_id",
-        "_latch",
         "_ready",
+        "_recorder",
         "_sink",
         "_steps",
         "agent_name",
         "ended",
     )
 
-    def __init__(self, agent_name: str, sink: Sink, latch: GuardrailLatch) -> None:
+    def __init__(self, agent_name: str, sink: Sink, recorder: Recorder) -> None:
         self.agent_name = agent_name
-        self._latch = latch
+        self._recorder = recorder
         self.ended = False
         self._sink = sink
         self._id: Optional[str] = None

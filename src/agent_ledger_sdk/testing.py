@@ -1,0 +1,154 @@
+"""Test your agent's instrumentation without HTTP: capture what the helpers would send.
+
+```python
+from agent_ledger_sdk import AgentLedgerClient
+from agent_ledger_sdk.testing import capture
+
+ledger = AgentLedgerClient(api_key="test")
+
+@ledger.tool
+def add(a: int, b: int) -> int:
+    return a + b
+
+@ledger.session("calculator")
+def run() -> int:
+    return add(2, 3)
+
+with capture() as captured:
+    run()
+
+assert captured.sessions[0].status == "success"
+assert [e["type"] for e in captured.events] == ["tool_call", "tool_result"]
+assert captured.events[0]["toolInput"] == {"a": 2, "b": 3}
+```
+
+With pytest, the ``ledger_capture`` fixture does the same (this module is a
+pytest plugin, registered when the package is installed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import _recorder
+from ._session import SessionHandle
+
+__all__ = ["Capture", "CapturedSession", "capture"]
+
+
+@dataclass
+class CapturedSession:
+    """A session the helpers started while capturing, and the events they recorded in it."""
+
+    id: str
+    agent_name: str
+    status: Optional[str] = None
+    error_message: Optional[str] = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+
+class Capture:
+    """What :func:`capture` collected: ``sessions`` in start order, ``events`` in record order."""
+
+    def __init__(self) -> None:
+        self.sessions: list[CapturedSession] = []
+        self.events: list[dict[str, Any]] = []
+        self._by_handle: dict[int, CapturedSession] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def events_of(self, type: str) -> list[dict[str, Any]]:
+        """The captured events of one ``type``."""
+        return [event for event in self.events if event.get("type") == type]
+
+    def session(self, agent_name: str) -> CapturedSession:
+        """The first captured session of ``agent_name``."""
+        for captured in self.sessions:
+            if captured.agent_name == agent_name:
+                return captured
+        raise LookupError(
+            f"no session of agent {agent_name!r} was captured; agents seen: "
+            f"{sorted({s.agent_name for s in self.sessions})}"
+        )
+
+    def clear(self) -> None:
+        with self._lock:
+            self.sessions.clear()
+            self.events.clear()
+            self._by_handle.clear()
+
+    # -- the sink ---------------------------------------------------------
+
+    def start(self, handle: SessionHandle) -> None:
+        with self._lock:
+            captured = CapturedSession(id=f"captured-{next(self._ids)}", agent_name=handle.agent_name)
+            self.sessions.append(captured)
+            self._by_handle[id(handle)] = captured
+        handle._resolve(captured.id)
+
+    async def astart(self, handle: SessionHandle) -> None:
+        self.start(handle)
+
+    def emit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
+        prepared = handle._recorder.prepare(event)
+        if prepared is None:
+            return
+        with self._lock:
+            captured = self._by_handle.get(id(handle))
+            if captured is not None:
+                captured.events.append(prepared)
+            self.events.append(prepared)
+
+    async def aemit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
+        self.emit(handle, event)
+
+    def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
+        with self._lock:
+            captured = self._by_handle.get(id(handle))
+            if captured is not None:
+                captured.status = status
+                captured.error_message = message
+
+    async def aend(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
+        self.end(handle, status, message)
+
+    def wait_started(self, handle: SessionHandle, timeout: float) -> None:
+        pass
+
+
+@contextmanager
+def capture() -> Iterator[Capture]:
+    """Record, in memory, every session the helpers start inside the block, of any client.
+
+    Nothing is sent over HTTP, even by a client with no key or with
+    ``enabled=False``; sessions started before the block are not captured.
+    """
+    captured = Capture()
+    previous = _recorder.capture_override
+    _recorder.capture_override = captured
+    try:
+        yield captured
+    finally:
+        _recorder.capture_override = previous
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the fixture is only for pytest users
+    pass
+else:
+
+    @pytest.fixture
+    def ledger_capture() -> Iterator[Capture]:
+        """A :class:`Capture` of what the agent_ledger_sdk helpers record during the test."""
+        with capture() as captured:
+            yield captured
