@@ -197,7 +197,7 @@ def test_inline_the_refused_llm_call_raises_and_the_next_one_stops_before_runnin
             llm_ran.append(1)
             call.record(response="r", tokens_in=1, tokens_out=1)
         assert first.value.details.agent_name == "bot"
-        with pytest.raises(BudgetGuardrailError, match="stopped before it ran") as second:  # noqa: SIM117
+        with pytest.raises(BudgetGuardrailError, match="stopped before it ran") as second:
             with ledger.llm_call(provider="openai", model="m"):
                 llm_ran.append(2)
         assert second.value.details == first.value.details

@@ -99,7 +99,7 @@ class GuardrailLatch:
             return
         raise BudgetGuardrailError(
             f"Budget guardrail for agent {agent_name!r} tripped earlier today (UTC), so this LLM "
-            f"call was stopped before it ran: {error.message}. It lifts at the next UTC midnight, "
+            f"call was stopped before it ran: {error.message.rstrip('.')}. It lifts at the next UTC midnight, "
             "or raise the limit and call ledger.reset_guardrail().",
             error.details,
         )
@@ -286,9 +286,8 @@ class Recorder:
             self._sync_io()._send_events(handle._id, prepared)
         except BudgetGuardrailError as exc:
             if len(prepared) > 1:
-                # The ledger takes a batch whole or not at all: send one by one so
-                # that only the refused call is lost.
-                self.latch.trip(handle.agent_name, exc)
+                # The ledger takes a batch whole or not at all: send one by one so that
+                # only the refused calls are lost, and the latch holds the exact refusal.
                 for event in prepared:
                     self._send_one(handle, event)
                 return

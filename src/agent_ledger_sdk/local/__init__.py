@@ -1,0 +1,103 @@
+"""The local ledger: the Agent Ledger API on your machine, over SQLite, with no account.
+
+Needs the server extra: ``pip install "agent-ledger-sdk[server]"``.
+
+```python
+from agent_ledger_sdk import local
+
+with local.run() as ledger:                    # a temporary database, a free port
+    client = ledger.client()
+    session_id = client.start_session("demo")
+    client.end_session(session_id, "success")
+    assert ledger.session(session_id)["status"] == "success"
+```
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .._client import AgentLedgerClient, AsyncAgentLedgerClient
+from .storage import DEFAULT_WORKSPACE, SQLiteStore
+
+__all__ = ["LocalLedger", "run"]
+
+
+@dataclass
+class LocalLedger:
+    """A running local ledger: where it listens, a key for it, and its database."""
+
+    url: str
+    api_key: str
+    db_path: Path
+    workspace: str
+    store: SQLiteStore
+
+    def client(self, **options: Any) -> AgentLedgerClient:
+        """An :class:`AgentLedgerClient` pointed at this ledger."""
+        return AgentLedgerClient(api_key=self.api_key, base_url=self.url, **options)
+
+    def async_client(self, **options: Any) -> AsyncAgentLedgerClient:
+        """An :class:`AsyncAgentLedgerClient` pointed at this ledger."""
+        return AsyncAgentLedgerClient(api_key=self.api_key, base_url=self.url, **options)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the SDK (and its module-level helpers) here."""
+        return {"AGENT_LEDGER_BASE_URL": self.url, "AGENT_LEDGER_API_KEY": self.api_key}
+
+    def set_budget(self, agent_name: str, daily_limit_usd: Optional[float]) -> dict[str, Any]:
+        """Set an agent's daily limit in USD (None removes it)."""
+        return self.store.set_budget(self.workspace, agent_name, daily_limit_usd)
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        """A recorded session with its events, as ``GET /v1/sessions/{id}`` returns it."""
+        return self.store.get_session(session_id, self.workspace)
+
+    def sessions(self, agent_name: Optional[str] = None) -> list[dict[str, Any]]:
+        """Recorded sessions, newest first."""
+        from .storage import SessionQuery
+
+        return self.store.list_sessions(SessionQuery(agent_name=agent_name, workspace=self.workspace, limit=500))[
+            "sessions"
+        ]
+
+
+@contextmanager
+def run(
+    *,
+    db: Union[str, Path, None] = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    workspace: str = DEFAULT_WORKSPACE,
+    prices: Union[str, Path, None] = None,
+) -> Iterator[LocalLedger]:
+    """Start a local ledger in a background thread for the duration of the block.
+
+    Args:
+        db: the SQLite file; a temporary one (deleted afterwards) by default.
+        host: the interface to listen on; loopback by default.
+        port: the port; 0 picks a free one.
+        workspace: the workspace of the key created for this run.
+        prices: a JSON file of price overrides (see ``agent_ledger_sdk.local.pricing``).
+    """
+    from .app import create_app
+    from .pricing import PriceBook
+    from .server import BackgroundServer
+
+    with tempfile.TemporaryDirectory(prefix="agent-ledger-") as scratch:
+        path = Path(db) if db is not None else Path(scratch) / "ledger.db"
+        store = SQLiteStore(path)
+        try:
+            key = store.create_key("local.run", workspace)
+            server = BackgroundServer(create_app(store, PriceBook(prices)), host, port).start()
+            try:
+                yield LocalLedger(server.url, key.secret, path, workspace, store)
+            finally:
+                server.stop()
+        finally:
+            store.close()

@@ -1,0 +1,97 @@
+"""Running the local ledger: in the foreground (``agent-ledger serve``) or in a background thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+DB_ENV = "AGENT_LEDGER_DB"
+DEFAULT_PORT = 8787
+
+
+def default_db_path() -> Path:
+    """``AGENT_LEDGER_DB``, else ``ledger.db`` in the user's data directory."""
+    configured = os.environ.get(DB_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    if os.name == "nt":  # pragma: no cover - exercised on Windows only
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif os.uname().sysname == "Darwin":  # pragma: no cover
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "agent-ledger" / "ledger.db"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready socket; port 0 picks a free one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another --port.") from None
+    return sock
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class BackgroundServer:
+    """uvicorn serving an ASGI app from a daemon thread of this process."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self._socket = bind_socket(host, port)
+        self.host = host
+        self.port = self._socket.getsockname()[1]
+        self.url = url_for(host, self.port)
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, timeout: float = 15.0) -> BackgroundServer:
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="agent-ledger-server", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the local ledger server stopped while starting; see the log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local ledger server did not start within {timeout} s")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._socket.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None:
+    """Serve in the foreground until interrupted (``agent-ledger serve``)."""
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    actual = sock.getsockname()[1]
+    announce(f"Agent Ledger listening on {url_for(host, actual)}  (Ctrl+C to stop)")
+    announce(f"  export AGENT_LEDGER_BASE_URL={url_for(host, actual)}")
+    config = uvicorn.Config(app, log_level="info", lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
