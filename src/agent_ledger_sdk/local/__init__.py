@@ -62,9 +62,9 @@ class LocalLedger:
         """Recorded sessions, newest first."""
         from .storage import SessionQuery
 
-        return self.store.list_sessions(SessionQuery(agent_name=agent_name, workspace=self.workspace, limit=500))[
-            "sessions"
-        ]
+        page = self.store.list_sessions(SessionQuery(agent_name=agent_name, workspace=self.workspace, limit=500))
+        sessions: list[dict[str, Any]] = page["sessions"]
+        return sessions
 
 
 @contextmanager

@@ -182,11 +182,11 @@ class LedgerAPI:
         tokens: dict[str, int] = {}
         for name in ("tokensIn", "tokensOut"):
             value = event.get(name)
-            if not _is_int(value) or value < 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadInput(
                     f"{where}.{name} must be a non-negative integer (a number, not a string), got {value!r}."
                 )
-            tokens[name] = int(value)
+            tokens[name] = value
         if event.get("usageMissing"):
             return PricedEvent(
                 event,

@@ -23,8 +23,8 @@ def usd(value: Optional[float]) -> str:
     return f"${value:.6f}" if 0 < value < 0.01 else f"${value:.4f}"
 
 
-def _short(text: Any, width: int) -> str:
-    text = " ".join(str(text).split())
+def _short(value: Any, width: int) -> str:
+    text = " ".join(str(value).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -400,7 +400,8 @@ class SQLiteStore(LedgerStore):
                 f"Session {session_id!r} not found. Use the id that POST /v1/sessions returned, "
                 "with an API key of the same workspace."
             )
-        return row
+        found: sqlite3.Row = row
+        return found
 
     def session_agent(self, workspace: str, session_id: str) -> Optional[str]:
         with self._read() as db:
@@ -564,7 +565,8 @@ class SQLiteStore(LedgerStore):
         return summary
 
     def list_sessions(self, query: SessionQuery) -> dict[str, Any]:
-        clauses, params = [], []  # type: ignore[var-annotated]
+        clauses: list[str] = []
+        params: list[Any] = []
         for column, value in (
             ("workspace = ?", query.workspace),
             ("agent_name = ?", query.agent_name),
