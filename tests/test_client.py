@@ -284,7 +284,8 @@ def test_key_errors_say_the_key_is_missing_or_revoked_and_where_to_set_it(
         (httpx.Response(400, json={"error": "bad agentName"}), "bad agentName"),
         (httpx.Response(400, text="plain words"), "plain words"),
         (httpx.Response(400), "Request failed with status 400"),
-        (httpx.Response(400, json={"error": {"field": "x"}}), '{"field": "x"}'),
+        (httpx.Response(400, json={"error": {"field": "x"}}), "{'field': 'x'}"),
+        (httpx.Response(400, json={"message": "no error key"}), '{"message":"no error key"}'),
     ],
 )
 def test_error_messages_follow_the_published_rules(
@@ -316,6 +317,18 @@ def test_a_guardrail_429_raises_budget_guardrail_error_and_is_not_retried(
     assert route.call_count == 1
 
 
+def test_partial_guardrail_details_still_mean_a_guardrail_as_published(api: respx.MockRouter, ledger_api: Any) -> None:
+    api.post("/v1/events").respond(429, json={"details": {"agentName": "bot", "dailyLimitUsd": 5}})
+    with pytest.raises(BudgetGuardrailError) as raised:
+        ledger_api.log_events("s", [{"type": "x"}])
+    assert str(raised.value) == "Budget limit exceeded"
+    assert raised.value.details == BudgetGuardrailDetails("bot", 5.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_errors_are_runtime_errors_as_published() -> None:
+    assert issubclass(agent_ledger_sdk.AgentLedgerError, RuntimeError)
+
+
 def test_guardrail_details_are_frozen() -> None:
     details = BudgetGuardrailDetails("a", 1, 2, 3, 4, 5)
     with pytest.raises(AttributeError):
@@ -324,7 +337,7 @@ def test_guardrail_details_are_frozen() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [{"error": "slow down"}, {"error": "slow down", "details": {"agentName": "x"}}, "slow down"],
+    [{"error": "slow down"}, {"error": "slow down", "details": {"dailyLimitUsd": "lots"}}, "slow down"],
 )
 def test_a_429_without_guardrail_details_is_a_retried_rate_limit_error(
     api: respx.MockRouter, ledger_api: Any, payload: Any, retry_sleeps: list[float]

@@ -31,6 +31,15 @@ def test_step_counter_counts_peeks_and_resets() -> None:
     assert steps.peek() == 0
 
 
+def test_step_counter_keeps_the_published_value_field() -> None:
+    steps = StepCounter(5)
+    assert steps.value == 5
+    steps.value = 7
+    assert steps.next() == 7
+    assert steps == StepCounter(8)
+    assert repr(steps) == "StepCounter(value=8)"
+
+
 def test_step_counter_never_repeats_across_threads() -> None:
     steps = StepCounter()
     seen: list[int] = []

@@ -142,7 +142,8 @@ class BaseClient:
         if response.status_code == 429 and isinstance(body, dict):
             details = BudgetGuardrailDetails.from_payload(body.get("details"))
             if details is not None:
-                return BudgetGuardrailError(message, details, response=response)
+                guardrail_message = str(body["error"]) if "error" in body else "Budget limit exceeded"
+                return BudgetGuardrailError(guardrail_message, details, response=response)
         if response.status_code in (401, 403):
             message = f"{message}. {_KEY_HINT}"
         error_class = _STATUS_ERRORS.get(response.status_code)
@@ -252,9 +253,8 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 
 def _message(response: httpx.Response, body: Any) -> str:
-    if isinstance(body, dict) and body.get("error") not in (None, ""):
-        error = body["error"]
-        return error if isinstance(error, str) else json.dumps(error)
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
     text = response.text.strip()
     if text:
         return text

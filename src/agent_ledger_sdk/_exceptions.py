@@ -23,6 +23,7 @@ published 0.0.5 client had; code that catches them keeps working.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -47,8 +48,8 @@ __all__ = [
 ]
 
 
-class AgentLedgerError(Exception):
-    """Base class of every error raised by the SDK."""
+class AgentLedgerError(RuntimeError):
+    """Base class of every error raised by the SDK (a ``RuntimeError``, as published)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -68,19 +69,23 @@ class BudgetGuardrailDetails:
 
     @classmethod
     def from_payload(cls, payload: Any) -> Optional[BudgetGuardrailDetails]:
-        """Parse the ``details`` object of a guardrail 429, or None if it is not one."""
-        if not isinstance(payload, dict):
+        """Parse the ``details`` object of a guardrail 429, or None if it is not one.
+
+        As in the published client, any JSON object whose amounts parse as numbers
+        counts; a missing amount reads as 0.
+        """
+        if not isinstance(payload, Mapping):
             return None
         try:
             return cls(
-                agent_name=str(payload["agentName"]),
-                daily_limit_usd=float(payload["dailyLimitUsd"]),
-                spent_today_usd=float(payload["spentTodayUsd"]),
-                attempted_cost_usd=float(payload["attemptedCostUsd"]),
-                projected_cost_usd=float(payload["projectedCostUsd"]),
-                remaining_budget_usd=float(payload["remainingBudgetUsd"]),
+                agent_name=str(payload.get("agentName")),
+                daily_limit_usd=float(payload.get("dailyLimitUsd", 0)),
+                spent_today_usd=float(payload.get("spentTodayUsd", 0)),
+                attempted_cost_usd=float(payload.get("attemptedCostUsd", 0)),
+                projected_cost_usd=float(payload.get("projectedCostUsd", 0)),
+                remaining_budget_usd=float(payload.get("remainingBudgetUsd", 0)),
             )
-        except (KeyError, TypeError, ValueError):
+        except (TypeError, ValueError):
             return None
 
 

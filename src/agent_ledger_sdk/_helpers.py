@@ -31,9 +31,27 @@ class StepCounter:
     ```
     """
 
-    def __init__(self, start: int = 0) -> None:
+    def __init__(self, value: int = 0) -> None:
         self._lock = threading.Lock()
-        self._value = start
+        self._value = value
+
+    @property
+    def value(self) -> int:
+        """The value the next ``next()`` returns (the published dataclass field)."""
+        return self._value
+
+    @value.setter
+    def value(self, value: int) -> None:
+        with self._lock:
+            self._value = value
+
+    def __repr__(self) -> str:
+        return f"StepCounter(value={self._value})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepCounter) and other._value == self._value
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the published dataclass
 
     def next(self) -> int:
         """Return the current value and advance."""

@@ -1,0 +1,580 @@
+"""The local ledger's API over real HTTP on 127.0.0.1, driven by this project's own clients."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+
+from agent_ledger_sdk import (  # noqa: E402
+    AgentLedgerClient,
+    AsyncAgentLedgerClient,
+    AuthenticationError,
+    BadRequestError,
+    BudgetGuardrailError,
+    ConflictError,
+    NotFoundError,
+    APIStatusError,
+)
+from agent_ledger_sdk.local import LocalLedger, run  # noqa: E402
+from agent_ledger_sdk.local.storage import SQLiteStore, next_utc_midnight  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+# $1 per million tokens in and out: a call of N tokens costs N micro-dollars.
+PRICES = {"test/flat": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
+    prices = tmp_path_factory.mktemp("prices") / "prices.json"
+    prices.write_text(json.dumps(PRICES))
+    with run(prices=prices) as running:
+        yield running
+
+
+@pytest.fixture
+def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
+        yield client
+
+
+def llm_event(step: int, tokens_in: int, tokens_out: int = 0, model: str = "flat", provider: str = "test") -> dict[str, Any]:
+    return {
+        "type": "llm_call", "stepIndex": step, "provider": provider, "model": model, "prompt": "p",
+        "response": "r", "tokensIn": tokens_in, "tokensOut": tokens_out, "latencyMs": 5,
+    }
+
+
+class Api:
+    """The sync or the async client, called the same way."""
+
+    def __init__(self, client: Any, loop: Any) -> None:
+        self.client, self.loop = client, loop
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            return self.loop.run_until_complete(result) if self.loop is not None else result
+
+        return call
+
+
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest, ledger: LocalLedger) -> Iterator[Api]:
+    if request.param == "sync":
+        client = ledger.client(batching=False)
+        yield Api(client, None)
+        client.close()
+    else:
+        loop = asyncio.new_event_loop()
+        async_client = ledger.async_client(batching=False)
+        yield Api(async_client, loop)
+        loop.run_until_complete(async_client.aclose())
+        loop.close()
+
+
+# -- the published protocol -----------------------------------------------------
+
+
+def test_a_session_is_recorded_with_its_events_in_step_order_and_priced(api: Api, ledger: LocalLedger) -> None:
+    session_id = api.start_session("recorder")
+    api.log_tool_call(session_id, {"stepIndex": 1, "toolName": "search", "toolInput": {"q": "x"}})
+    api.log_llm_call(session_id, llm_event(0, 1000, 500))
+    api.log_tool_result(session_id, {"stepIndex": 1, "toolName": "search", "toolOutput": ["a"], "latencyMs": 3})
+    api.end_session(session_id, "error", error_message="ValueError: bad")
+    recorded = ledger.session(session_id)
+    assert recorded["agentName"] == "recorder"
+    assert recorded["status"] == "error"
+    assert recorded["errorMessage"] == "ValueError: bad"
+    assert recorded["endedAt"] >= recorded["startedAt"]
+    assert [(e["stepIndex"], e["type"]) for e in recorded["events"]] == [
+        (0, "llm_call"), (1, "tool_call"), (1, "tool_result"),
+    ]
+    assert recorded["events"][0]["costUsd"] == pytest.approx(1500e-6)
+    assert recorded["events"][1]["costUsd"] == 0
+    assert recorded["costUsd"] == pytest.approx(1500e-6)
+    assert (recorded["tokensIn"], recorded["tokensOut"], recorded["eventCount"]) == (1000, 500, 3)
+
+
+def test_known_models_are_priced_from_genai_prices(api: Api, ledger: LocalLedger) -> None:
+    from genai_prices import Usage, calc_price
+
+    expected = float(calc_price(Usage(input_tokens=1000, output_tokens=100), model_ref="gpt-4o-mini", provider_id="openai").total_price)
+    session_id = api.start_session("priced")
+    api.log_llm_call(session_id, llm_event(0, 1000, 100, model="gpt-4o-mini", provider="openai"))
+    event = ledger.session(session_id)["events"][0]
+    assert event["priced"] is True
+    assert event["costUsd"] == pytest.approx(expected)
+    assert expected > 0
+
+
+def test_an_unknown_model_costs_nothing_and_is_flagged(api: Api, ledger: LocalLedger) -> None:
+    session_id = api.start_session("mystery")
+    api.log_llm_call(session_id, llm_event(0, 1000, 100, model="my-private-model", provider="acme"))
+    recorded = ledger.session(session_id)
+    event = recorded["events"][0]
+    assert event["costUsd"] == 0
+    assert event["priced"] is False
+    assert "unknown model acme/my-private-model" in event["pricingNote"]
+    assert recorded["unpricedEvents"] == 1
+
+
+def test_a_call_whose_usage_is_missing_is_flagged(api: Api, ledger: LocalLedger) -> None:
+    session_id = api.start_session("no-usage")
+    api.log_llm_call(session_id, {**llm_event(0, 0, 0), "usageMissing": True})
+    event = ledger.session(session_id)["events"][0]
+    assert event["priced"] is False
+    assert "usage missing" in event["pricingNote"]
+
+
+# -- the guardrail -----------------------------------------------------------------
+
+
+def test_the_guardrail_refuses_the_call_that_would_go_over_with_exact_details(api: Api, ledger: LocalLedger) -> None:
+    agent = f"capped-{id(api)}"
+    ledger.set_budget(agent, 0.0025)  # 2500 tokens of test/flat
+    session_id = api.start_session(agent)
+    api.log_llm_call(session_id, llm_event(0, 1000))
+    api.log_llm_call(session_id, llm_event(1, 1000))
+    with pytest.raises(BudgetGuardrailError) as refused:
+        api.log_llm_call(session_id, llm_event(2, 1000))
+    details = refused.value.details
+    assert details.agent_name == agent
+    assert details.daily_limit_usd == pytest.approx(0.0025)
+    assert details.spent_today_usd == pytest.approx(0.002)
+    assert details.attempted_cost_usd == pytest.approx(0.001)
+    assert details.projected_cost_usd == pytest.approx(0.003)
+    assert details.remaining_budget_usd == pytest.approx(0.0005)
+    assert "resets at" in str(refused.value)
+    body = refused.value.response.json()  # type: ignore[union-attr]
+    tomorrow = next_utc_midnight(datetime.datetime.now(datetime.timezone.utc))
+    assert body["details"]["resetsAt"] == tomorrow.isoformat().replace("+00:00", "Z")
+    api.log_llm_call(session_id, llm_event(3, 500))  # an exact fit is allowed
+    recorded = ledger.session(session_id)
+    assert [e["stepIndex"] for e in recorded["events"]] == [0, 1, 3]  # the refused call is not recorded
+    (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == agent]
+    assert budget["spentTodayUsd"] == pytest.approx(0.0025)
+    assert budget["remainingBudgetUsd"] == pytest.approx(0.0)
+
+
+def test_a_refused_batch_records_nothing(http: httpx.Client, ledger: LocalLedger) -> None:
+    ledger.set_budget("batcher", 0.0015)
+    session_id = http.post("/v1/sessions", json={"agentName": "batcher"}).json()["id"]
+    response = http.post("/v1/events", json={"sessionId": session_id, "events": [
+        {"type": "tool_call", "stepIndex": 0, "toolName": "t", "toolInput": {}}, llm_event(1, 1000), llm_event(2, 1000),
+    ]})
+    assert response.status_code == 429
+    assert response.json()["details"]["attemptedCostUsd"] == pytest.approx(0.002)
+    assert ledger.session(session_id)["events"] == []
+
+
+def test_tool_events_and_unpriced_calls_are_never_refused(api: Api, ledger: LocalLedger) -> None:
+    ledger.set_budget("zero-budget", 0.0)
+    session_id = api.start_session("zero-budget")
+    api.log_tool_call(session_id, {"stepIndex": 0, "toolName": "t", "toolInput": 1})
+    api.log_llm_call(session_id, llm_event(1, 1000, model="unknown-model", provider="acme"))
+    with pytest.raises(BudgetGuardrailError):
+        api.log_llm_call(session_id, llm_event(2, 1))
+
+
+def test_budgets_through_the_api(http: httpx.Client) -> None:
+    response = http.put("/v1/budgets/api-agent", json={"dailyLimitUsd": 2.5})
+    assert response.status_code == 200
+    assert response.json()["dailyLimitUsd"] == 2.5
+    listed = {b["agentName"]: b for b in http.get("/v1/budgets").json()["budgets"]}
+    assert listed["api-agent"]["spentTodayUsd"] == 0
+    assert listed["api-agent"]["remainingBudgetUsd"] == 2.5
+    assert http.put("/v1/budgets/api-agent", json={"dailyLimitUsd": -1}).status_code == 400
+    assert http.put("/v1/budgets/api-agent", json={"dailyLimitUsd": None}).json()["dailyLimitUsd"] is None
+
+
+def test_spend_counts_per_utc_day(tmp_path: Path) -> None:
+    from agent_ledger_sdk.local.storage import PricedEvent
+
+    now = [datetime.datetime(2026, 3, 1, 23, 59, tzinfo=datetime.timezone.utc)]
+    store = SQLiteStore(tmp_path / "days.db", clock=lambda: now[0])
+    store.set_budget("ws", "agent", 1.0)
+    session = store.start_session("ws", "agent", None).body["id"]
+    spend = [PricedEvent({"type": "llm_call"}, "llm_call", 0, cost_usd=0.9)]
+    store.append_events("ws", session, spend, None)
+    with pytest.raises(Exception, match="would be exceeded"):
+        store.append_events("ws", session, spend, None)
+    now[0] = datetime.datetime(2026, 3, 2, 0, 0, 1, tzinfo=datetime.timezone.utc)  # a new UTC day
+    store.append_events("ws", session, spend, None)
+    assert store.budgets("ws")[0]["spentTodayUsd"] == pytest.approx(0.9)
+    assert store.budgets("ws")[0]["resetsAt"] == "2026-03-03T00:00:00Z"
+    store.close()
+
+
+def test_32_threads_spending_against_one_budget_never_overspend(ledger: LocalLedger) -> None:
+    agent = "racer"
+    limit = 0.0105  # ten calls of 1000 tokens fit, the eleventh does not
+    ledger.set_budget(agent, limit)
+    client = ledger.client(batching=False)
+    session_id = client.start_session(agent)
+    accepted: list[int] = []
+    refused: list[BudgetGuardrailError] = []
+    barrier = threading.Barrier(32)
+
+    def spend(thread: int) -> None:
+        barrier.wait()
+        for call in range(3):
+            try:
+                client.log_llm_call(session_id, llm_event(thread * 10 + call, 1000))
+                accepted.append(thread)
+            except BudgetGuardrailError as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=spend, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    client.close()
+    assert len(accepted) == 10
+    assert len(refused) == 86
+    recorded = ledger.session(session_id)
+    assert recorded["costUsd"] == pytest.approx(0.010)
+    assert recorded["costUsd"] <= limit
+    (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == agent]
+    assert budget["spentTodayUsd"] == pytest.approx(0.010)
+    for exc in refused:
+        details = exc.details
+        assert details.spent_today_usd == pytest.approx(0.010)
+        assert details.attempted_cost_usd == pytest.approx(0.001)
+        assert details.projected_cost_usd == pytest.approx(0.011)
+        assert details.remaining_budget_usd == pytest.approx(0.0005)
+        assert details.daily_limit_usd == pytest.approx(limit)
+
+
+# -- idempotency --------------------------------------------------------------------
+
+
+def test_a_repeated_request_is_applied_once_and_answered_the_same(http: httpx.Client, ledger: LocalLedger) -> None:
+    headers = {"Idempotency-Key": "start-once"}
+    first = http.post("/v1/sessions", json={"agentName": "idem"}, headers=headers)
+    again = http.post("/v1/sessions", json={"agentName": "idem"}, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    session_id = first.json()["id"]
+    batch = {"sessionId": session_id, "events": [llm_event(0, 10), llm_event(1, 10)]}
+    for _ in range(3):
+        assert http.post("/v1/events", json=batch, headers={"Idempotency-Key": "batch-1"}).status_code == 202
+    assert len(ledger.session(session_id)["events"]) == 2
+    end = {"status": "success", "errorMessage": None}
+    assert http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
+    assert http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
+    assert [s["id"] for s in ledger.sessions("idem")] == [session_id]
+
+
+def test_a_reused_key_with_another_request_is_refused(http: httpx.Client) -> None:
+    http.post("/v1/sessions", json={"agentName": "a"}, headers={"Idempotency-Key": "reused"})
+    response = http.post("/v1/sessions", json={"agentName": "b"}, headers={"Idempotency-Key": "reused"})
+    assert response.status_code == 422
+    assert "different request" in response.json()["error"]
+
+
+def test_the_sdk_retries_are_applied_once_end_to_end(ledger: LocalLedger) -> None:
+    """A 503 on the first attempt: the SDK retries with the same key, the ledger records once."""
+    real = httpx.HTTPTransport()
+    attempts: list[str] = []
+
+    class FlakyAfterApply(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = real.handle_request(request)  # the ledger applies the request...
+            attempts.append(request.headers["idempotency-key"])
+            if len(attempts) == 1:
+                response.read()
+                return httpx.Response(503, json={"error": "lost the answer"})  # ...but the answer is lost
+            return response
+
+    client = AgentLedgerClient(api_key=ledger.api_key, base_url=ledger.url, transport=FlakyAfterApply(), batching=False)
+    try:
+        session_id = client.start_session("retried")
+    finally:
+        client.close()
+        real.close()
+    assert attempts[0] == attempts[1]
+    assert [s["id"] for s in ledger.sessions("retried")] == [session_id]
+
+
+# -- isolation between workspaces ------------------------------------------------------
+
+
+def test_one_workspace_cannot_read_append_to_or_end_anothers_sessions(ledger: LocalLedger, http: httpx.Client) -> None:
+    mine = http.post("/v1/sessions", json={"agentName": "private"}).json()["id"]
+    other_key = ledger.store.create_key("intruder", "other-team").secret
+    intruder = AgentLedgerClient(api_key=other_key, base_url=ledger.url, batching=False)
+    missing = "00000000-0000-0000-0000-000000000000"
+    errors = []
+    for target in (mine, missing):
+        with pytest.raises(NotFoundError) as appending:
+            intruder.log_events(target, [{"type": "x"}])
+        with pytest.raises(NotFoundError) as ending:
+            intruder.end_session(target, "success")
+        reading = httpx.get(f"{ledger.url}/v1/sessions/{target}", headers={"x-api-key": other_key})
+        assert reading.status_code == 404
+        errors.append((str(appending.value).replace(target, "ID"), str(ending.value).replace(target, "ID"),
+                       reading.json()["error"].replace(target, "ID")))
+    assert errors[0] == errors[1]  # indistinguishable from a session that does not exist
+    listed = httpx.get(f"{ledger.url}/v1/sessions", headers={"x-api-key": other_key}).json()["sessions"]
+    assert mine not in [s["id"] for s in listed]
+    assert http.get(f"/v1/sessions/{mine}").json()["status"] == "running"
+    intruder.close()
+
+
+def test_keys_are_required_valid_and_unrevoked(ledger: LocalLedger) -> None:
+    for headers in ({}, {"x-api-key": "al_nope_nope"}, {"x-api-key": "garbage"}):
+        response = httpx.post(f"{ledger.url}/v1/sessions", json={"agentName": "a"}, headers=headers)
+        assert response.status_code == 401
+        assert "agent-ledger keys create" in response.json()["error"]
+    new = ledger.store.create_key("temporary")
+    client = AgentLedgerClient(api_key=new.secret, base_url=ledger.url, batching=False)
+    client.start_session("ok")
+    ledger.store.revoke_key(new.key.id)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        client.start_session("too late")
+    client.close()
+
+
+def test_keys_are_stored_hashed(ledger: LocalLedger) -> None:
+    new = ledger.store.create_key("hashed")
+    raw = ledger.db_path.read_bytes() + Path(str(ledger.db_path) + "-wal").read_bytes()
+    assert new.secret.encode() not in raw
+
+
+# -- bad input -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session_id(http: httpx.Client) -> str:
+    return str(http.post("/v1/sessions", json={"agentName": "validator"}).json()["id"])
+
+
+BAD_EVENTS = [
+    ("not-a-list", {"events": "nope"}, 400, '"events" must be a non-empty list'),
+    ("empty", {"events": []}, 400, "non-empty list"),
+    ("not-an-object", {"events": [1]}, 400, "events[0] must be a JSON object"),
+    ("no-type", {"events": [{"stepIndex": 0}]}, 400, "events[0].type is required"),
+    ("string-tokens", {"events": [{**llm_event(0, 1), "tokensIn": "12"}]}, 400, "events[0].tokensIn must be a non-negative integer"),
+    ("negative-tokens", {"events": [{**llm_event(0, 1), "tokensOut": -3}]}, 400, "tokensOut must be a non-negative"),
+    ("bool-tokens", {"events": [{**llm_event(0, 1), "tokensIn": True}]}, 400, "tokensIn"),
+    ("no-model", {"events": [{k: v for k, v in llm_event(0, 1).items() if k != "model"}]}, 400, "events[0].model is required"),
+    ("string-step", {"events": [{"type": "x", "stepIndex": "3"}]}, 400, "stepIndex must be a non-negative integer"),
+    ("string-latency", {"events": [{"type": "x", "latencyMs": "fast"}]}, 400, "latencyMs must be a non-negative number"),
+    ("oversized", {"events": [{"type": "x", "blob": "x" * 70_000}]}, 413, "the limit is 65536 per event"),
+    ("second-bad", {"events": [llm_event(0, 1), {"type": 5}]}, 400, "events[1].type"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "message"), BAD_EVENTS, ids=[c[0] for c in BAD_EVENTS])
+def test_bad_events_get_a_clear_4xx_and_nothing_is_written(
+    http: httpx.Client, ledger: LocalLedger, session_id: str, case: str, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = http.post("/v1/events", json={"sessionId": session_id, **body})
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert ledger.session(session_id)["events"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "message"),
+    [
+        ("/v1/sessions", b"{not json", "not valid JSON"),
+        ("/v1/sessions", b"[1, 2]", "must be a JSON object"),
+        ("/v1/sessions", b"", "must be a JSON object"),
+        ("/v1/sessions", b'{"agentName": ""}', '"agentName" is required'),
+        ("/v1/sessions", b'{"agentName": 7}', '"agentName" is required'),
+        ("/v1/events", b'{"events": [{"type": "x"}]}', '"sessionId" is required'),
+    ],
+)
+def test_malformed_requests_get_a_400_that_says_how_to_fix_them(
+    http: httpx.Client, path: str, content: bytes, message: str
+) -> None:
+    response = http.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_ending_with_a_bad_status_is_a_400(http: httpx.Client, session_id: str) -> None:
+    response = http.post(f"/v1/sessions/{session_id}/end", json={"status": "done"})
+    assert response.status_code == 400
+    assert '"success" or "error"' in response.json()["error"]
+
+
+def test_an_unknown_session_is_a_404(api: Api) -> None:
+    with pytest.raises(NotFoundError, match="not found"):
+        api.log_events("no-such-session", [{"type": "x"}])
+    with pytest.raises(NotFoundError):
+        api.end_session("no-such-session", "success")
+
+
+def test_an_ended_session_takes_no_more_events_and_ends_once(api: Api) -> None:
+    session_id = api.start_session("finished")
+    api.end_session(session_id, "success")
+    with pytest.raises(ConflictError, match="already ended"):
+        api.log_events(session_id, [{"type": "x"}])
+    with pytest.raises(ConflictError, match="already ended"):
+        api.end_session(session_id, "error", error_message="again")
+
+
+def test_unknown_routes_and_methods_answer_in_json(http: httpx.Client) -> None:
+    assert http.get("/v2/nothing").json()["error"].startswith("No route GET /v2/nothing")
+    response = http.delete("/v1/events")
+    assert response.status_code == 405
+    assert "not allowed" in response.json()["error"]
+
+
+def test_an_api_status_error_carries_the_server_message(api: Api) -> None:
+    with pytest.raises(BadRequestError) as raised:
+        api.log_llm_call("whatever", {**llm_event(0, 1), "tokensIn": -1})
+    assert isinstance(raised.value, APIStatusError)
+    assert "tokensIn must be a non-negative integer" in str(raised.value)
+
+
+# -- the read API ------------------------------------------------------------------------
+
+
+def test_sessions_are_listed_filtered_and_paginated(ledger: LocalLedger) -> None:
+    key = ledger.store.create_key("reader", "reader-team").secret
+    client = AgentLedgerClient(api_key=key, base_url=ledger.url, batching=False)
+    ids = [client.start_session("pager") for _ in range(5)]
+    client.end_session(ids[0], "error", error_message="x")
+    headers = {"x-api-key": key}
+    page = httpx.get(f"{ledger.url}/v1/sessions", params={"limit": 2}, headers=headers).json()
+    assert [s["id"] for s in page["sessions"]] == ids[::-1][:2]
+    rest = httpx.get(f"{ledger.url}/v1/sessions", params={"limit": 10, "cursor": page["nextCursor"]}, headers=headers).json()
+    assert [s["id"] for s in rest["sessions"]] == ids[::-1][2:]
+    assert rest["nextCursor"] is None
+    errors = httpx.get(f"{ledger.url}/v1/sessions", params={"status": "error"}, headers=headers).json()
+    assert [s["id"] for s in errors["sessions"]] == [ids[0]]
+    future = httpx.get(f"{ledger.url}/v1/sessions", params={"since": "2999-01-01"}, headers=headers).json()
+    assert future["sessions"] == []
+    assert httpx.get(f"{ledger.url}/v1/sessions", params={"limit": 0}, headers=headers).status_code == 400
+    client.close()
+
+
+def test_the_server_publishes_its_openapi_schema(ledger: LocalLedger) -> None:
+    schema = httpx.get(f"{ledger.url}/openapi.json").json()
+    assert schema["openapi"].startswith("3.")
+    assert {"/v1/sessions", "/v1/sessions/{sessionId}/end", "/v1/events", "/v1/budgets"} <= set(schema["paths"])
+
+
+def test_helpers_in_the_background_record_a_whole_agent(ledger: LocalLedger) -> None:
+    client = ledger.client()
+
+    @client.tool
+    def lookup(x: int) -> int:
+        return x + 1
+
+    @client.session("background-agent")
+    def agent() -> int:
+        total = 0
+        for i in range(50):
+            total += lookup(i)
+            with client.llm_call(provider="test", model="flat", prompt=str(i)) as call:
+                call.record(response="ok", tokens_in=10, tokens_out=0)
+        return total
+
+    assert agent() == sum(range(1, 51))
+    assert client.flush(10) == 0
+    (summary,) = ledger.sessions("background-agent")
+    recorded = ledger.session(summary["id"])
+    assert recorded["status"] == "success"
+    assert [e["stepIndex"] for e in recorded["events"]] == sorted(e["stepIndex"] for e in recorded["events"])
+    assert len(recorded["events"]) == 150
+    assert recorded["costUsd"] == pytest.approx(50 * 10e-6)
+    assert client.stats.sent == 150
+    client.close()
+
+
+def test_the_async_client_in_the_background(ledger: LocalLedger) -> None:
+    client = ledger.async_client()
+
+    @client.tool
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    @client.session("async-background")
+    async def agent() -> list[int]:
+        return await asyncio.gather(*(fetch(i) for i in range(100)))
+
+    async def main() -> None:
+        assert await agent() == list(range(100))
+        await client.aclose()
+
+    asyncio.run(main())
+    (summary,) = ledger.sessions("async-background")
+    recorded = ledger.session(summary["id"])
+    assert sorted({e["stepIndex"] for e in recorded["events"]}) == list(range(100))
+    assert recorded["status"] == "success"
+
+
+def test_an_async_client_guardrail_stops_the_next_call_on_entry(ledger: LocalLedger) -> None:
+    ledger.set_budget("async-capped", 0.0015)
+    client: AsyncAgentLedgerClient = ledger.async_client(batching=False)
+    ran: list[int] = []
+
+    @client.session("async-capped")
+    async def agent() -> None:
+        for i in range(5):
+            async with client.llm_call(provider="test", model="flat") as call:
+                ran.append(i)
+                call.record(response="r", tokens_in=1000, tokens_out=0)
+
+    async def main() -> None:
+        with pytest.raises(BudgetGuardrailError):
+            await agent()
+        await client.aclose()
+
+    asyncio.run(main())
+    assert ran == [0, 1]  # the second call was refused; the third never ran
+
+
+def test_two_connections_on_one_file_never_overspend(tmp_path: Path) -> None:
+    """The check and the spend are one transaction, also across processes sharing the file."""
+    from agent_ledger_sdk.local.storage import BudgetExceeded, PricedEvent
+
+    path = tmp_path / "shared.db"
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    stores[0].set_budget("ws", "agent", 0.0105)
+    session = stores[0].start_session("ws", "agent", None).body["id"]
+    accepted: list[int] = []
+    refused: list[BudgetExceeded] = []
+    barrier = threading.Barrier(32)
+
+    def spend(thread: int) -> None:
+        store = stores[thread % 2]
+        barrier.wait()
+        for _ in range(3):
+            try:
+                store.append_events("ws", session, [PricedEvent({"type": "llm_call"}, "llm_call", 0, cost_usd=0.001)], None)
+                accepted.append(thread)
+            except BudgetExceeded as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=spend, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(accepted) == 10
+    assert len(refused) == 86
+    assert stores[1].get_session(session)["costUsd"] == pytest.approx(0.010)
+    assert all(exc.details["spentTodayUsd"] == pytest.approx(0.010) for exc in refused)
+    for store in stores:
+        store.close()
