@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("starlette", reason="the CLI needs the server extra")
 
-from agent_ledger_sdk import AgentLedgerClient, AuthenticationError  # noqa: E402
-from agent_ledger_sdk.local import run  # noqa: E402
+from agent_ledger_sdk import AgentLedgerClient, AuthenticationError
+from agent_ledger_sdk.local import run
 
 pytestmark = pytest.mark.integration
 
@@ -124,8 +124,9 @@ def test_the_database_defaults_to_agent_ledger_db(tmp_path: Path) -> None:
 def test_serve_answers_the_sdk(tmp_path: Path) -> None:
     db = tmp_path / "served.db"
     secret = cli("keys", "create", "--name", "serve", "--db", str(db)).stdout.strip().splitlines()[-1]
-    server = subprocess.Popen([CLI, "serve", "--port", "0", "--db", str(db)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [CLI, "serve", "--port", "0", "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         assert server.stdout is not None
         deadline = time.monotonic() + 30

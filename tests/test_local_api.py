@@ -15,18 +15,18 @@ import pytest
 
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
-from agent_ledger_sdk import (  # noqa: E402
+from agent_ledger_sdk import (
     AgentLedgerClient,
+    APIStatusError,
     AsyncAgentLedgerClient,
     AuthenticationError,
     BadRequestError,
     BudgetGuardrailError,
     ConflictError,
     NotFoundError,
-    APIStatusError,
 )
-from agent_ledger_sdk.local import LocalLedger, run  # noqa: E402
-from agent_ledger_sdk.local.storage import SQLiteStore, next_utc_midnight  # noqa: E402
+from agent_ledger_sdk.local import LocalLedger, run
+from agent_ledger_sdk.local.storage import SQLiteStore, next_utc_midnight
 
 pytestmark = pytest.mark.integration
 
@@ -48,10 +48,19 @@ def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
         yield client
 
 
-def llm_event(step: int, tokens_in: int, tokens_out: int = 0, model: str = "flat", provider: str = "test") -> dict[str, Any]:
+def llm_event(
+    step: int, tokens_in: int, tokens_out: int = 0, model: str = "flat", provider: str = "test"
+) -> dict[str, Any]:
     return {
-        "type": "llm_call", "stepIndex": step, "provider": provider, "model": model, "prompt": "p",
-        "response": "r", "tokensIn": tokens_in, "tokensOut": tokens_out, "latencyMs": 5,
+        "type": "llm_call",
+        "stepIndex": step,
+        "provider": provider,
+        "model": model,
+        "prompt": "p",
+        "response": "r",
+        "tokensIn": tokens_in,
+        "tokensOut": tokens_out,
+        "latencyMs": 5,
     }
 
 
@@ -100,7 +109,9 @@ def test_a_session_is_recorded_with_its_events_in_step_order_and_priced(api: Api
     assert recorded["errorMessage"] == "ValueError: bad"
     assert recorded["endedAt"] >= recorded["startedAt"]
     assert [(e["stepIndex"], e["type"]) for e in recorded["events"]] == [
-        (0, "llm_call"), (1, "tool_call"), (1, "tool_result"),
+        (0, "llm_call"),
+        (1, "tool_call"),
+        (1, "tool_result"),
     ]
     assert recorded["events"][0]["costUsd"] == pytest.approx(1500e-6)
     assert recorded["events"][1]["costUsd"] == 0
@@ -111,7 +122,11 @@ def test_a_session_is_recorded_with_its_events_in_step_order_and_priced(api: Api
 def test_known_models_are_priced_from_genai_prices(api: Api, ledger: LocalLedger) -> None:
     from genai_prices import Usage, calc_price
 
-    expected = float(calc_price(Usage(input_tokens=1000, output_tokens=100), model_ref="gpt-4o-mini", provider_id="openai").total_price)
+    expected = float(
+        calc_price(
+            Usage(input_tokens=1000, output_tokens=100), model_ref="gpt-4o-mini", provider_id="openai"
+        ).total_price
+    )
     session_id = api.start_session("priced")
     api.log_llm_call(session_id, llm_event(0, 1000, 100, model="gpt-4o-mini", provider="openai"))
     event = ledger.session(session_id)["events"][0]
@@ -172,9 +187,17 @@ def test_the_guardrail_refuses_the_call_that_would_go_over_with_exact_details(ap
 def test_a_refused_batch_records_nothing(http: httpx.Client, ledger: LocalLedger) -> None:
     ledger.set_budget("batcher", 0.0015)
     session_id = http.post("/v1/sessions", json={"agentName": "batcher"}).json()["id"]
-    response = http.post("/v1/events", json={"sessionId": session_id, "events": [
-        {"type": "tool_call", "stepIndex": 0, "toolName": "t", "toolInput": {}}, llm_event(1, 1000), llm_event(2, 1000),
-    ]})
+    response = http.post(
+        "/v1/events",
+        json={
+            "sessionId": session_id,
+            "events": [
+                {"type": "tool_call", "stepIndex": 0, "toolName": "t", "toolInput": {}},
+                llm_event(1, 1000),
+                llm_event(2, 1000),
+            ],
+        },
+    )
     assert response.status_code == 429
     assert response.json()["details"]["attemptedCostUsd"] == pytest.approx(0.002)
     assert ledger.session(session_id)["events"] == []
@@ -275,8 +298,12 @@ def test_a_repeated_request_is_applied_once_and_answered_the_same(http: httpx.Cl
         assert http.post("/v1/events", json=batch, headers={"Idempotency-Key": "batch-1"}).status_code == 202
     assert len(ledger.session(session_id)["events"]) == 2
     end = {"status": "success", "errorMessage": None}
-    assert http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
-    assert http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
+    assert (
+        http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
+    )
+    assert (
+        http.post(f"/v1/sessions/{session_id}/end", json=end, headers={"Idempotency-Key": "end-1"}).status_code == 200
+    )
     assert [s["id"] for s in ledger.sessions("idem")] == [session_id]
 
 
@@ -327,8 +354,13 @@ def test_one_workspace_cannot_read_append_to_or_end_anothers_sessions(ledger: Lo
             intruder.end_session(target, "success")
         reading = httpx.get(f"{ledger.url}/v1/sessions/{target}", headers={"x-api-key": other_key})
         assert reading.status_code == 404
-        errors.append((str(appending.value).replace(target, "ID"), str(ending.value).replace(target, "ID"),
-                       reading.json()["error"].replace(target, "ID")))
+        errors.append(
+            (
+                str(appending.value).replace(target, "ID"),
+                str(ending.value).replace(target, "ID"),
+                reading.json()["error"].replace(target, "ID"),
+            )
+        )
     assert errors[0] == errors[1]  # indistinguishable from a session that does not exist
     listed = httpx.get(f"{ledger.url}/v1/sessions", headers={"x-api-key": other_key}).json()["sessions"]
     assert mine not in [s["id"] for s in listed]
@@ -369,12 +401,27 @@ BAD_EVENTS = [
     ("empty", {"events": []}, 400, "non-empty list"),
     ("not-an-object", {"events": [1]}, 400, "events[0] must be a JSON object"),
     ("no-type", {"events": [{"stepIndex": 0}]}, 400, "events[0].type is required"),
-    ("string-tokens", {"events": [{**llm_event(0, 1), "tokensIn": "12"}]}, 400, "events[0].tokensIn must be a non-negative integer"),
+    (
+        "string-tokens",
+        {"events": [{**llm_event(0, 1), "tokensIn": "12"}]},
+        400,
+        "events[0].tokensIn must be a non-negative integer",
+    ),
     ("negative-tokens", {"events": [{**llm_event(0, 1), "tokensOut": -3}]}, 400, "tokensOut must be a non-negative"),
     ("bool-tokens", {"events": [{**llm_event(0, 1), "tokensIn": True}]}, 400, "tokensIn"),
-    ("no-model", {"events": [{k: v for k, v in llm_event(0, 1).items() if k != "model"}]}, 400, "events[0].model is required"),
+    (
+        "no-model",
+        {"events": [{k: v for k, v in llm_event(0, 1).items() if k != "model"}]},
+        400,
+        "events[0].model is required",
+    ),
     ("string-step", {"events": [{"type": "x", "stepIndex": "3"}]}, 400, "stepIndex must be a non-negative integer"),
-    ("string-latency", {"events": [{"type": "x", "latencyMs": "fast"}]}, 400, "latencyMs must be a non-negative number"),
+    (
+        "string-latency",
+        {"events": [{"type": "x", "latencyMs": "fast"}]},
+        400,
+        "latencyMs must be a non-negative number",
+    ),
     ("oversized", {"events": [{"type": "x", "blob": "x" * 70_000}]}, 413, "the limit is 65536 per event"),
     ("second-bad", {"events": [llm_event(0, 1), {"type": 5}]}, 400, "events[1].type"),
 ]
@@ -456,7 +503,9 @@ def test_sessions_are_listed_filtered_and_paginated(ledger: LocalLedger) -> None
     headers = {"x-api-key": key}
     page = httpx.get(f"{ledger.url}/v1/sessions", params={"limit": 2}, headers=headers).json()
     assert [s["id"] for s in page["sessions"]] == ids[::-1][:2]
-    rest = httpx.get(f"{ledger.url}/v1/sessions", params={"limit": 10, "cursor": page["nextCursor"]}, headers=headers).json()
+    rest = httpx.get(
+        f"{ledger.url}/v1/sessions", params={"limit": 10, "cursor": page["nextCursor"]}, headers=headers
+    ).json()
     assert [s["id"] for s in rest["sessions"]] == ids[::-1][2:]
     assert rest["nextCursor"] is None
     errors = httpx.get(f"{ledger.url}/v1/sessions", params={"status": "error"}, headers=headers).json()
@@ -562,7 +611,9 @@ def test_two_connections_on_one_file_never_overspend(tmp_path: Path) -> None:
         barrier.wait()
         for _ in range(3):
             try:
-                store.append_events("ws", session, [PricedEvent({"type": "llm_call"}, "llm_call", 0, cost_usd=0.001)], None)
+                store.append_events(
+                    "ws", session, [PricedEvent({"type": "llm_call"}, "llm_call", 0, cost_usd=0.001)], None
+                )
                 accepted.append(thread)
             except BudgetExceeded as exc:
                 refused.append(exc)

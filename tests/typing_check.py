@@ -95,8 +95,19 @@ assert_type(ledger.current_session(), SessionHandle | None)
 def published_api() -> None:
     with AgentLedgerClient(api_key="sk-...", timeout=5) as client:
         session_id: str = client.start_session("batch-writer")
-        client.log_llm_call(session_id, {"stepIndex": 0, "model": "m", "provider": "p", "prompt": "",
-                                         "response": "", "tokensIn": 0, "tokensOut": 0, "latencyMs": 0})
+        client.log_llm_call(
+            session_id,
+            {
+                "stepIndex": 0,
+                "model": "m",
+                "provider": "p",
+                "prompt": "",
+                "response": "",
+                "tokensIn": 0,
+                "tokensOut": 0,
+                "latencyMs": 0,
+            },
+        )
         try:
             client.end_session(session_id, "success")
         except BudgetGuardrailError as exc:

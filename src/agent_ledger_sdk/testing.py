@@ -22,8 +22,9 @@ assert [e["type"] for e in captured.events] == ["tool_call", "tool_result"]
 assert captured.events[0]["toolInput"] == {"a": 2, "b": 3}
 ```
 
-With pytest, the ``ledger_capture`` fixture does the same (this module is a
-pytest plugin, registered when the package is installed).
+With pytest, the ``ledger_capture`` fixture does the same, and ``local_ledger``
+gives a test a real local ledger (this module is a pytest plugin, registered
+when the package is installed).
 """
 
 from __future__ import annotations
@@ -152,3 +153,15 @@ else:
         """A :class:`Capture` of what the agent_ledger_sdk helpers record during the test."""
         with capture() as captured:
             yield captured
+
+    @pytest.fixture
+    def local_ledger(tmp_path: Any) -> Iterator[Any]:
+        """A real local ledger on 127.0.0.1 for one test (needs the server extra).
+
+        Yields an ``agent_ledger_sdk.local.LocalLedger``: ``.client()``, ``.url``,
+        ``.api_key``, ``.session(id)``, ``.set_budget(agent, usd)``.
+        """
+        from .local import run
+
+        with run(db=tmp_path / "ledger.db") as ledger:
+            yield ledger

@@ -1,0 +1,7 @@
+"""``python -m agent_ledger_sdk``: the ``agent-ledger`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
