@@ -14,8 +14,12 @@ from typing import Any
 import pydantic
 import pytest
 
-from agent_ledger_sdk._events import wire_event
-from agent_ledger_sdk._serialization import CYCLE_MARKER, DEPTH_MARKER, encoded_size, fit_event, json_safe
+from agent_ledger_sdk._events import encode_event
+from agent_ledger_sdk._serialization import CYCLE_MARKER, DEPTH_MARKER, encode, encoded_size, fit_event, json_safe
+
+
+def wire_event(event: dict[str, Any]) -> Any:
+    return json.loads(encode_event(event))
 
 
 class Colour(enum.Enum):
@@ -62,7 +66,7 @@ class Opaque:
         (PurePosixPath("/tmp/x"), "/tmp/x"),
         (Opaque(), "<Opaque thing>"),
         (Hostile(), "<unrepresentable Hostile>"),
-        ({1: "int key", None: "none key"}, {"1": "int key", "None": "none key"}),
+        ({1: "int key", 2.5: "float key"}, {"1": "int key", "2.5": "float key"}),
         (datetime.timedelta(seconds=90), 90.0),
     ],
 )
@@ -70,6 +74,7 @@ def test_values_become_json(value: Any, expected: Any) -> None:
     safe = json_safe(value)
     assert safe == expected
     json.dumps(safe, allow_nan=False)
+    assert json.loads(encode({"v": value})) == {"v": expected}  # the fast path agrees
 
 
 def test_cycles_are_cut_with_a_marker() -> None:
@@ -79,6 +84,11 @@ def test_cycles_are_cut_with_a_marker() -> None:
     items.append(items)
     assert json_safe(loop) == {"name": "loop", "self": CYCLE_MARKER}
     assert json_safe(items) == [1, CYCLE_MARKER]
+    assert json.loads(encode(loop)) == {"name": "loop", "self": CYCLE_MARKER}
+
+
+def test_odd_keys_and_hostile_objects_take_the_safe_path() -> None:
+    assert json.loads(encode({(1, 2): "tuple key", "nan": float("nan")})) == {"(1, 2)": "tuple key", "nan": "nan"}
 
 
 def test_a_shared_value_that_is_not_a_cycle_is_kept_twice() -> None:

@@ -116,14 +116,16 @@ class BaseClient:
 
     # -- requests ---------------------------------------------------------
 
-    def _build_request(self, method: str, path: str, body: Any = None) -> httpx.Request:
+    def _build_request(
+        self, method: str, path: str, body: Any = None, content: Optional[bytes] = None
+    ) -> httpx.Request:
         """One logical request; its Idempotency-Key is reused by every retry."""
         headers = dict(self._headers)
-        content: Optional[bytes] = None
         if method == "POST":
             headers["Idempotency-Key"] = f"agent-ledger-{uuid.uuid4()}"
             headers["Content-Type"] = "application/json"
-            content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            if content is None:
+                content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return httpx.Request(method, self.base_url + path, headers=headers, content=content)
 
     # -- responses --------------------------------------------------------

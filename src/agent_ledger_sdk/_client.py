@@ -6,6 +6,7 @@ the instrumentation helpers come from :class:`~agent_ledger_sdk._instrument.Inst
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -16,9 +17,10 @@ import httpx
 
 from ._base_client import BaseClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, typed_event, wire_events
+from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, encode_events, events_body, typed_event
 from ._exceptions import AgentLedgerError
 from ._instrument import Instrumentation
+from ._worker import DEFAULT_MAX_QUEUE_SIZE
 
 # The test seam for backoff waits.
 _sleep: Callable[[float], None] = time.sleep
@@ -31,6 +33,10 @@ async def _async_sleep(delay: float) -> None:
 
 
 SessionStatus = Literal["success", "error"]
+
+# httpx writes a request's headers and body separately; with Nagle's algorithm on,
+# the body then waits for the server's delayed ACK (40 ms on Linux) on every request.
+NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 class AgentLedgerClient(Instrumentation, BaseClient):
@@ -52,6 +58,7 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         default_headers: extra headers sent with every request.
         max_retries: retries after a connection error, timeout, 408, 429 or 5xx.
         batching: the helpers send in the background (default) or inline.
+        max_queue_size: events the background queue holds before it drops new ones.
         enabled: ``False`` (or ``AGENT_LEDGER_ENABLED=false``) turns the helpers off.
         capture_content: ``False`` (or ``AGENT_LEDGER_CAPTURE_CONTENT=false``)
             replaces prompts, responses and tool inputs and outputs with a marker.
@@ -68,6 +75,7 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         default_headers: Optional[Mapping[str, str]] = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         batching: bool = True,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         enabled: Optional[bool] = None,
         capture_content: Optional[bool] = None,
         redact: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
@@ -83,7 +91,13 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         self._transport = transport
         self._http: Optional[httpx.Client] = None
         self._http_lock = threading.Lock()
-        self._init_instrumentation(batching=batching, enabled=enabled, capture_content=capture_content, redact=redact)
+        self._init_instrumentation(
+            batching=batching,
+            max_queue_size=max_queue_size,
+            enabled=enabled,
+            capture_content=capture_content,
+            redact=redact,
+        )
 
     # -- the published API ------------------------------------------------
 
@@ -101,7 +115,7 @@ class AgentLedgerClient(Instrumentation, BaseClient):
     def log_events(self, session_id: str, events: Iterable[Mapping[str, Any]]) -> None:
         """Send events of any ``type`` to a session, made JSON-safe and capped at 64 KB each."""
         self._check_session_id(session_id)
-        self._send_events(session_id, wire_events(events))
+        self._send_events(session_id, encode_events(events))
 
     def log_llm_call(self, session_id: str, event: Mapping[str, Any]) -> None:
         """Send one ``llm_call`` event; the ledger prices it from provider, model and tokens."""
@@ -136,8 +150,8 @@ class AgentLedgerClient(Instrumentation, BaseClient):
 
     # -- I/O --------------------------------------------------------------
 
-    def _send_events(self, session_id: str, events: list[dict[str, Any]]) -> None:
-        self._post("/v1/events", {"sessionId": session_id, "events": events})
+    def _send_events(self, session_id: str, encoded_events: list[str]) -> None:
+        self._post("/v1/events", content=events_body(session_id, encoded_events))
 
     def _client(self) -> httpx.Client:
         http = self._http
@@ -145,7 +159,8 @@ class AgentLedgerClient(Instrumentation, BaseClient):
             with self._http_lock:
                 http = self._http
                 if http is None:
-                    http = self._http = httpx.Client(timeout=self.timeout, transport=self._transport)
+                    transport = self._transport or httpx.HTTPTransport(socket_options=NO_DELAY)
+                    http = self._http = httpx.Client(timeout=self.timeout, transport=transport)
         return http
 
     def _forget_connections(self) -> None:
@@ -159,8 +174,8 @@ class AgentLedgerClient(Instrumentation, BaseClient):
     def _helpers_async_io(self) -> None:
         return None  # async helpers run this client's calls in a worker thread
 
-    def _post(self, path: str, body: Any) -> httpx.Response:
-        request = self._build_request("POST", path, body)
+    def _post(self, path: str, body: Any = None, *, content: Optional[bytes] = None) -> httpx.Response:
+        request = self._build_request("POST", path, body, content)
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -203,6 +218,7 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
         default_headers: Optional[Mapping[str, str]] = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         batching: bool = True,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         enabled: Optional[bool] = None,
         capture_content: Optional[bool] = None,
         redact: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
@@ -218,7 +234,13 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
         self._transport = transport
         self._http: Optional[httpx.AsyncClient] = None
         self._sync_twin: Optional[AgentLedgerClient] = None
-        self._init_instrumentation(batching=batching, enabled=enabled, capture_content=capture_content, redact=redact)
+        self._init_instrumentation(
+            batching=batching,
+            max_queue_size=max_queue_size,
+            enabled=enabled,
+            capture_content=capture_content,
+            redact=redact,
+        )
 
     async def start_session(self, agent_name: str) -> str:
         """Start a session for ``agent_name`` and return its id."""
@@ -234,7 +256,7 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
     async def log_events(self, session_id: str, events: Iterable[Mapping[str, Any]]) -> None:
         """Send events of any ``type`` to a session, made JSON-safe and capped at 64 KB each."""
         self._check_session_id(session_id)
-        await self._send_events(session_id, wire_events(events))
+        await self._send_events(session_id, encode_events(events))
 
     async def log_llm_call(self, session_id: str, event: Mapping[str, Any]) -> None:
         """Send one ``llm_call`` event; the ledger prices it from provider, model and tokens."""
@@ -272,7 +294,8 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout, transport=self._transport)
+            transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
+            self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport)
         return self._http
 
     def _forget_connections(self) -> None:
@@ -298,11 +321,11 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
     def _helpers_async_io(self) -> AsyncAgentLedgerClient:
         return self
 
-    async def _send_events(self, session_id: str, events: list[dict[str, Any]]) -> None:
-        await self._post("/v1/events", {"sessionId": session_id, "events": events})
+    async def _send_events(self, session_id: str, encoded_events: list[str]) -> None:
+        await self._post("/v1/events", content=events_body(session_id, encoded_events))
 
-    async def _post(self, path: str, body: Any) -> httpx.Response:
-        request = self._build_request("POST", path, body)
+    async def _post(self, path: str, body: Any = None, *, content: Optional[bytes] = None) -> httpx.Response:
+        request = self._build_request("POST", path, body, content)
         attempt = 0
         while True:
             error: AgentLedgerError

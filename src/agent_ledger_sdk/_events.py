@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._constants import MAX_EVENT_BYTES
-from ._serialization import fit_event, json_safe
+from ._serialization import dumps, encode, fit_event, json_safe
 
 LLM_CALL = "llm_call"
 TOOL_CALL = "tool_call"
@@ -78,20 +78,26 @@ def typed_event(kind: str, event: Mapping[str, Any], helper: str) -> dict[str, A
     return result
 
 
-def wire_event(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:
-    """The JSON-safe, size-capped form of one event."""
+def encode_event(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> str:
+    """The JSON of one event: JSON-safe, and at most ``limit`` bytes (its largest strings cut)."""
+    text = encode(event)
+    if len(text) * 4 <= limit or len(text.encode("utf-8")) <= limit:  # UTF-8 takes at most 4 bytes a char
+        return text
     safe = json_safe(event)
-    if not isinstance(safe, dict):  # json_safe of a Mapping is a dict unless it failed
-        safe = {"value": safe}
-    return fit_event(safe, limit)
+    return dumps(fit_event(safe if isinstance(safe, dict) else {"value": safe}, limit))
 
 
-def wire_events(events: Iterable[Mapping[str, Any]], helper: str = "log_events") -> list[dict[str, Any]]:
+def encode_events(events: Iterable[Mapping[str, Any]], helper: str = "log_events") -> list[str]:
     if isinstance(events, Mapping):
         raise TypeError(f"{helper}() takes a list of events; wrap a single event in a list")
     result = []
     for position, event in enumerate(events):
         if not isinstance(event, Mapping):
             raise TypeError(f"{helper}() event #{position} is a {type(event).__name__}; each event must be a dict")
-        result.append(wire_event(event))
+        result.append(encode_event(event))
     return result
+
+
+def events_body(session_id: str, encoded_events: list[str]) -> bytes:
+    """The body of ``POST /v1/events`` from events already encoded: each is serialised once."""
+    return f'{{"sessionId":{dumps(session_id)},"events":[{",".join(encoded_events)}]}}'.encode()

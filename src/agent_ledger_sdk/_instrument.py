@@ -362,15 +362,18 @@ class SessionScope:
     ``ledger.session(...)`` call makes a new one.
     """
 
-    def __init__(self, resolve: Resolver, agent_name: Optional[str]) -> None:
+    def __init__(self, resolve: Resolver, agent_name: Optional[str], enabled: bool = True) -> None:
         if agent_name is not None and (not isinstance(agent_name, str) or not agent_name.strip()):
             raise ValueError(f"agent_name must be a non-empty string, got {agent_name!r}")
         self._resolve = resolve
+        self._enabled = enabled
         self.agent_name = agent_name
         self._handle: Optional[SessionHandle] = None
         self._token: Any = None
 
     def __call__(self, func: F) -> F:
+        if not self._enabled:
+            return func  # the kill switch: the function itself, no wrapper
         target = getattr(func, "__func__", func)  # classmethod / staticmethod objects
         name = self.agent_name or str(getattr(target, "__name__", "agent"))
         resolve = self._resolve
@@ -470,21 +473,35 @@ class _ToolRun(_Run):
 
 
 def _input_binder(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
-    """Map a call's arguments to parameter names, defaults applied, without ``self``/``cls``."""
+    """Map a call's arguments to parameter names, defaults applied, without ``self``/``cls``.
+
+    Runs when the event is sent, not on the caller's path; plain signatures take
+    a fast path, anything else ``inspect.Signature.bind``.
+    """
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
         return lambda args, kwargs: {"args": list(args), "kwargs": kwargs}
-    parameters = list(signature.parameters)
-    skip = parameters[0] if parameters and parameters[0] in ("self", "cls") else None
+    parameters = list(signature.parameters.values())
+    skip = parameters[0].name if parameters and parameters[0].name in ("self", "cls") else None
+    simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    names = {p.name for p in parameters}
+    defaults = [(p.name, p.default) for p in parameters if p.default is not p.empty]
 
     def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        try:
-            bound = signature.bind(*args, **kwargs)
-        except TypeError:
-            return {"args": list(args), "kwargs": kwargs}
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
+        if simple and len(args) <= len(positional) and names.issuperset(kwargs):
+            arguments = dict(zip(positional, args))
+            arguments.update(kwargs)
+            for name, default in defaults:
+                arguments.setdefault(name, default)
+        else:
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:
+                return {"args": list(args), "kwargs": kwargs}
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
         if skip is not None:
             arguments.pop(skip, None)
         return arguments
@@ -519,8 +536,12 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
             "latencyMs": _ms(started),
         }
 
+    logged: list[bool] = []
+
     def outside_session() -> None:
-        logger.debug("agent-ledger: tool %r ran outside any session; nothing recorded", name)
+        if not logged:  # once per tool: this is on the hot path of code that runs unrecorded
+            logged.append(True)
+            logger.debug("agent-ledger: tool %r ran outside any session; nothing recorded", name)
 
     if kind == "coroutine":
 
@@ -737,17 +758,51 @@ class LLMCall:
             await handle._sink.aemit(handle, self._event(None))
 
 
+class _NullLLMCall(LLMCall):
+    """What a disabled client's ``llm_call`` returns: one shared object that records nothing."""
+
+    __slots__ = ()
+
+    def record(self, **outcome: Any) -> None:
+        pass
+
+    def set(self, **attributes: Any) -> None:
+        pass
+
+    def __enter__(self) -> LLMCall:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    async def __aenter__(self) -> LLMCall:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+NULL_LLM_CALL: LLMCall = _NullLLMCall("disabled", "disabled", None, {})
+
+
+def _identity(func: F) -> F:
+    return func
+
+
+_IDENTITY_DECORATOR = _identity
+
+
 # -- the public face, shared by clients and the module-level default -------
 
 
-def make_session(resolve: Resolver, func_or_name: Any, agent_name: Optional[str]) -> Any:
+def make_session(resolve: Resolver, func_or_name: Any, agent_name: Optional[str], enabled: bool = True) -> Any:
     if func_or_name is not None and not isinstance(func_or_name, str):
         if agent_name is not None:
             raise TypeError("pass the agent name either positionally or as agent_name=, not both")
         return SessionScope(resolve, None)(func_or_name)
     if func_or_name is not None and agent_name is not None:
         raise TypeError("pass the agent name either positionally or as agent_name=, not both")
-    return SessionScope(resolve, func_or_name if func_or_name is not None else agent_name)
+    return SessionScope(resolve, func_or_name if func_or_name is not None else agent_name, enabled)
 
 
 def make_tool(func_or_name: Any, name: Optional[str], capture_input: bool, capture_output: bool) -> Any:
@@ -775,14 +830,18 @@ class Instrumentation:
         self,
         *,
         batching: bool,
+        max_queue_size: int,
         enabled: Optional[bool],
         capture_content: Optional[bool],
         redact: Optional[Redactor],
     ) -> None:
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
         self._recorder = Recorder(
             sync_io=self._helpers_sync_io,
             async_io=self._helpers_async_io(),
             batching=batching,
+            max_queue_size=max_queue_size,
             enabled=enabled,
             capture_content=capture_content,
             redact=redact,
@@ -834,7 +893,9 @@ class Instrumentation:
         and ends with ``success``, or with ``error`` and ``"<Type>: <message>"``
         if it raised; the exception is re-raised unchanged.
         """
-        return make_session(self._resolve_recorder, func_or_name, agent_name)
+        if not self._recorder.enabled and func_or_name is not None and not isinstance(func_or_name, str):
+            return func_or_name  # the kill switch: the function itself, no wrapper
+        return make_session(self._resolve_recorder, func_or_name, agent_name, self._recorder.enabled)
 
     @overload
     def tool(self, func: F, /) -> F: ...
@@ -867,10 +928,14 @@ class Instrumentation:
             return index.search(query)[:limit]
         ```
         """
+        if not self._recorder.enabled:
+            return func_or_name if callable(func_or_name) else _IDENTITY_DECORATOR
         return make_tool(func_or_name, name, capture_input, capture_output)
 
     def llm_call(self, *, provider: str, model: str, prompt: Any = None, **attributes: Any) -> LLMCall:
         """Time an LLM call over a ``with`` / ``async with`` block and record it as an ``llm_call`` event."""
+        if not self._recorder.enabled:
+            return NULL_LLM_CALL
         return make_llm_call(provider, model, prompt, attributes)
 
     def current_session(self) -> Optional[SessionHandle]:

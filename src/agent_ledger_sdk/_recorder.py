@@ -19,11 +19,11 @@ from collections.abc import Awaitable
 from typing import Any, Callable, Optional, Protocol
 
 from ._constants import CAPTURE_CONTENT_ENV, ENABLED_ENV, REDACTED
-from ._events import LLM_CALL, wire_event
+from ._events import encode_event
 from ._exceptions import AgentLedgerError, BudgetGuardrailError
 from ._session import SessionHandle
 from ._stats import Counters, LedgerStats, RateLimitedWarnings, logger
-from ._worker import END, START, BackgroundWorker
+from ._worker import DEFAULT_MAX_QUEUE_SIZE, END, START, BackgroundWorker
 
 Redactor = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -37,13 +37,13 @@ _CONTENT_KEYS = ("prompt", "response", "toolInput", "toolOutput")
 
 class SyncIO(Protocol):
     def start_session(self, agent_name: str) -> str: ...
-    def _send_events(self, session_id: str, events: list[dict[str, Any]]) -> None: ...
+    def _send_events(self, session_id: str, encoded_events: list[str]) -> None: ...
     def end_session(self, session_id: str, status: Any, *, error_message: Optional[str] = None) -> None: ...
 
 
 class AsyncIO(Protocol):
     def start_session(self, agent_name: str) -> Awaitable[str]: ...
-    def _send_events(self, session_id: str, events: list[dict[str, Any]]) -> Awaitable[None]: ...
+    def _send_events(self, session_id: str, encoded_events: list[str]) -> Awaitable[None]: ...
     def end_session(self, session_id: str, status: Any, *, error_message: Optional[str] = None) -> Awaitable[None]: ...
 
 
@@ -131,6 +131,7 @@ class Recorder:
         async_io: Optional[AsyncIO],
         batching: bool,
         enabled: Optional[bool],
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         capture_content: Optional[bool],
         redact: Optional[Redactor],
     ) -> None:
@@ -138,6 +139,7 @@ class Recorder:
         self.capture_content = env_flag(CAPTURE_CONTENT_ENV, True) if capture_content is None else capture_content
         self.redact = redact
         self.batching = batching
+        self.max_queue_size = max_queue_size
         self.counters = Counters()
         self.warnings = RateLimitedWarnings()
         self.latch = GuardrailLatch()
@@ -161,7 +163,7 @@ class Recorder:
             with self._worker_lock:
                 worker = self._worker
                 if worker is None:
-                    worker = self._worker = BackgroundWorker(_WorkerDelivery(self))
+                    worker = self._worker = BackgroundWorker(_WorkerDelivery(self), max_queue_size=self.max_queue_size)
         return worker
 
     def stats(self) -> LedgerStats:
@@ -188,8 +190,8 @@ class Recorder:
 
     # -- preparing events -------------------------------------------------
 
-    def prepare(self, event: dict[str, Any]) -> Optional[dict[str, Any]]:
-        """The wire form of a helper event, or None if redaction failed (never sent)."""
+    def prepare(self, event: dict[str, Any]) -> Optional[str]:
+        """The wire form (JSON) of a helper event, or None if redaction failed (never sent)."""
         for key, value in event.items():
             if isinstance(value, Lazy):
                 event[key] = _resolve_lazy(value)
@@ -211,9 +213,9 @@ class Recorder:
                 )
                 return None
             event = redacted
-        return wire_event(event)
+        return encode_event(event)
 
-    def _prepare_batch(self, handle: SessionHandle, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _prepare_batch(self, handle: SessionHandle, events: list[dict[str, Any]]) -> list[str]:
         if handle._id is None:
             self.counters.add(dropped=len(events))
             self.warnings.warn(
@@ -242,12 +244,12 @@ class Recorder:
             _describe(exc),
         )
 
-    def _sent(self, handle: SessionHandle, events: list[dict[str, Any]]) -> None:
+    def _sent(self, handle: SessionHandle, events: list[str]) -> None:
         self.counters.add(sent=len(events))
-        if self.latch._tripped and any(e.get("type") == LLM_CALL for e in events):
+        if self.latch._tripped and any('"type":"llm_call"' in e for e in events):
             self.latch.clear(handle.agent_name)  # the ledger accepts this agent's spend again
 
-    def _send_failed(self, handle: SessionHandle, events: list[dict[str, Any]], exc: BaseException) -> None:
+    def _send_failed(self, handle: SessionHandle, events: list[str], exc: BaseException) -> None:
         if isinstance(exc, BudgetGuardrailError):
             self.latch.trip(handle.agent_name, exc)
         self.counters.add(failed=len(events))
@@ -299,7 +301,7 @@ class Recorder:
         else:
             self._sent(handle, prepared)
 
-    def _send_one(self, handle: SessionHandle, event: dict[str, Any]) -> None:
+    def _send_one(self, handle: SessionHandle, event: str) -> None:
         assert handle._id is not None
         try:
             self._sync_io()._send_events(handle._id, [event])

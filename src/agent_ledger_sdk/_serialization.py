@@ -109,6 +109,49 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def encode(value: Any) -> str:
+    """Compact JSON of any value, never raising.
+
+    The C encoder does the common case in one pass, calling back only for the
+    types it does not know; cycles, NaN, odd keys or a failing object fall back
+    to :func:`json_safe`, which handles everything.
+    """
+    try:
+        return _ENCODER.encode(value)
+    except Exception:
+        return dumps(json_safe(value))
+
+
+def _encode_other(value: Any) -> Any:
+    """What the C encoder calls for a value it cannot encode; the same mapping as :func:`_convert_container`."""
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, (uuid.UUID, PurePath)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="backslashreplace")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return dump(mode="json")
+    legacy = getattr(value, "dict", None)
+    if callable(legacy) and hasattr(value, "__fields__") and not isinstance(value, type):
+        return legacy()
+    return _safe_repr(value)
+
+
 def encoded_size(value: Any) -> int:
     return len(dumps(value).encode("utf-8"))
 
@@ -159,3 +202,6 @@ def _cap_strings(value: Any, cap: int) -> Any:
     if isinstance(value, list):
         return [_cap_strings(v, cap) for v in value]
     return value
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_other)

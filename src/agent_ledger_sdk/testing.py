@@ -30,6 +30,7 @@ when the package is installed).
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,9 +101,10 @@ class Capture:
         self.start(handle)
 
     def emit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        prepared = handle._recorder.prepare(event)
-        if prepared is None:
+        encoded = handle._recorder.prepare(event)
+        if encoded is None:
             return
+        prepared = json.loads(encoded)
         with self._lock:
             captured = self._by_handle.get(id(handle))
             if captured is not None:
