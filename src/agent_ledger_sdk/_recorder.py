@@ -185,6 +185,8 @@ class Recorder:
             self._worker.after_fork()
         self._worker_lock = threading.Lock()
         self.open_sessions = weakref.WeakSet()
+        self.counters = Counters()  # the child's stats describe the child
+        self.warnings = RateLimitedWarnings()
         if self.on_fork is not None:
             self.on_fork()
 
@@ -417,13 +419,20 @@ class BackgroundSink:
 
 class InlineSink:
     """Send on the caller's thread (``batching=False``), except on a running event loop,
-    which is never blocked: there the event goes to the background sender."""
+    which is never blocked: there the event goes to the background sender, and so do
+    the rest of that session's events and its end, to keep them in order."""
 
     def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
 
+    def _to_background(self, handle: SessionHandle) -> bool:
+        if handle._background or _event_loop_running():
+            handle._background = True
+            return True
+        return False
+
     def start(self, handle: SessionHandle) -> None:
-        if _event_loop_running():
+        if self._to_background(handle):
             self._recorder.background.start(handle)
         else:
             self._recorder.start_now(handle)
@@ -432,22 +441,28 @@ class InlineSink:
         await self._recorder.astart_now(handle)
 
     def emit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        if _event_loop_running():
+        if self._to_background(handle):
             self._recorder.background.emit(handle, event)
         else:
             self._recorder.send_now(handle, [event], raise_guardrail=True)
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        await self._recorder.asend_now(handle, [event])
+        if handle._background:
+            self._recorder.background.emit(handle, event)
+        else:
+            await self._recorder.asend_now(handle, [event])
 
     def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
-        if _event_loop_running():
+        if self._to_background(handle):
             self._recorder.background.end(handle, status, message)
         else:
             self._recorder.end_now(handle, status, message)
 
     async def aend(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
-        await self._recorder.aend_now(handle, status, message)
+        if handle._background:
+            self._recorder.background.end(handle, status, message)
+        else:
+            await self._recorder.aend_now(handle, status, message)
 
     def wait_started(self, handle: SessionHandle, timeout: float) -> None:
         handle._ready.wait(timeout)

@@ -25,6 +25,7 @@ class SessionHandle:
 
     __slots__ = (
         "__weakref__",
+        "_background",
         "_failed",
         "_id",
         "_ready",
@@ -42,6 +43,7 @@ class SessionHandle:
         self._sink = sink
         self._id: Optional[str] = None
         self._failed = False
+        self._background = False  # once any event went to the sender, all the rest follow it, in order
         self._ready = threading.Event()
         self._steps = itertools.count()  # next() on it is atomic: no lock on the hot path
 

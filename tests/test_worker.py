@@ -1,0 +1,338 @@
+"""Background sending: batches in order, flush, overflow, retries, fork and interpreter exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
+from agent_ledger_sdk._worker import DEFAULT_BATCH_SIZE
+
+from .conftest import BASE_URL
+
+
+def routes(api: respx.MockRouter) -> dict[str, respx.Route]:
+    return {
+        "start": api.post("/v1/sessions").respond(201, json={"id": "sess-1"}),
+        "events": api.post("/v1/events").respond(202),
+        "end": api.post("/v1/sessions/sess-1/end").respond(200),
+    }
+
+
+def test_events_keep_their_order_across_batches(api: respx.MockRouter) -> None:
+    r = routes(api)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with ledger.session("ordered"):
+        for i in range(1000):
+            work(i)
+    assert ledger.flush(10) == 0
+    batches = [json.loads(c.request.content)["events"] for c in r["events"].calls]
+    assert len(batches) >= 2000 // DEFAULT_BATCH_SIZE
+    assert all(len(b) <= DEFAULT_BATCH_SIZE for b in batches)
+    sent = [e for b in batches for e in b]
+    assert [(e["stepIndex"], e["type"]) for e in sent] == [
+        (i, kind) for i in range(1000) for kind in ("tool_call", "tool_result")
+    ]
+    assert r["end"].call_count == 1
+    assert r["end"].calls.last.request.content  # the end comes after every event
+    assert ledger.stats.sent == 2000
+    ledger.close()
+
+
+def test_flush_drains_everything_and_close_flushes(api: respx.MockRouter) -> None:
+    r = routes(api)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+    with ledger.session("flushed") as s:
+        for i in range(250):
+            s.log("tick", i=i)
+        assert ledger.stats.queued > 0 or ledger.stats.sent > 0
+    assert ledger.flush(10) == 0
+    assert ledger.stats.queued == 0
+    assert ledger.stats.sent == 250
+    with ledger.session("closed") as s:
+        s.log("tick")
+    ledger.close()
+    assert ledger.stats.sent == 251
+    assert r["end"].call_count == 2
+
+
+def test_the_caller_never_waits_for_the_network(api: respx.MockRouter) -> None:
+    release = threading.Event()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        release.wait(10)
+        return httpx.Response(201, json={"id": "sess-1"})
+
+    api.post("/v1/sessions").mock(side_effect=slow)
+    api.post("/v1/events").respond(202)
+    api.post("/v1/sessions/sess-1/end").respond(200)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+
+    @ledger.tool
+    def work() -> int:
+        return 1
+
+    started = time.perf_counter()
+    with ledger.session("patient"):
+        for _ in range(100):
+            work()
+    assert time.perf_counter() - started < 1.0  # the ledger is still answering the session start
+    release.set()
+    assert ledger.flush(10) == 0
+    assert ledger.stats.sent == 200
+    ledger.close()
+
+
+def test_a_dead_ledger_keeps_memory_bounded_and_counts_the_drops(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ledger = AgentLedgerClient(api_key="k", base_url=f"http://127.0.0.1:{port}", max_queue_size=500, max_retries=0)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with ledger.session("offline"):
+        for i in range(5000):
+            assert work(i) == i
+        assert ledger._recorder.worker.queued <= 500 + 2
+    ledger.flush(10)
+    stats = ledger.stats
+    assert stats.sent == 0
+    assert stats.dropped + stats.failed == 10_000
+    assert stats.dropped >= 9000
+    overflow = [r for r in caplog.records if "queue is full" in r.getMessage()]
+    assert len(overflow) == 1
+    ledger.close()
+
+
+def test_the_sync_client_never_blocks_an_event_loop_even_inline(api: respx.MockRouter) -> None:
+    loop_threads: list[threading.Thread] = []
+    http_threads: list[threading.Thread] = []
+    paths: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        http_threads.append(threading.current_thread())
+        paths.append(request.url.path)
+        if request.url.path == "/v1/sessions":
+            return httpx.Response(201, json={"id": "sess-1"})
+        return httpx.Response(202)
+
+    api.route().mock(side_effect=record)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, batching=False)
+
+    @ledger.tool
+    def sync_tool() -> int:
+        return 1
+
+    @ledger.session("async-agent")
+    async def agent() -> int:
+        loop_threads.append(threading.current_thread())
+        with ledger.llm_call(provider="p", model="m") as call:
+            call.record(response="r", tokens_in=1, tokens_out=1)
+        return sync_tool()
+
+    assert asyncio.run(agent()) == 1
+    assert ledger.flush(10) == 0
+    assert paths == ["/v1/sessions", "/v1/events", "/v1/sessions/sess-1/end"]  # events before the end
+    assert loop_threads[0] not in http_threads
+    ledger.close()
+
+
+def test_the_async_client_sends_in_the_background_from_its_own_thread(api: respx.MockRouter) -> None:
+    r = routes(api)
+    ledger = AsyncAgentLedgerClient(api_key="k", base_url=BASE_URL)
+
+    @ledger.tool
+    def sync_tool() -> int:
+        return 1
+
+    @ledger.session("async-agent")
+    async def agent() -> int:
+        return sync_tool()
+
+    async def main() -> None:
+        assert await agent() == 1
+        await ledger.aclose()
+
+    asyncio.run(main())
+    assert len([e for c in r["events"].calls for e in json.loads(c.request.content)["events"]]) == 2
+    assert r["end"].called
+
+
+# -- against a real local ledger ----------------------------------------------------
+
+
+@pytest.fixture
+def ledger_url_and_key(tmp_path: Path) -> Any:
+    pytest.importorskip("starlette", reason="needs the server extra")
+    from agent_ledger_sdk.local import run
+
+    with run(db=tmp_path / "ledger.db") as running:
+        yield running
+
+
+@pytest.mark.integration
+def test_a_retried_batch_is_recorded_once(ledger_url_and_key: Any) -> None:
+    ledger = ledger_url_and_key
+    real = httpx.HTTPTransport()
+    lost: list[str] = []
+
+    class LosesFirstEventsAnswer(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = real.handle_request(request)
+            if request.url.path == "/v1/events" and not lost:
+                lost.append(request.headers["idempotency-key"])
+                response.read()
+                return httpx.Response(502, json={"error": "proxy lost the answer"})
+            return response
+
+    client = AgentLedgerClient(api_key=ledger.api_key, base_url=ledger.url, transport=LosesFirstEventsAnswer())
+
+    @client.tool
+    def work(i: int) -> int:
+        return i
+
+    with client.session("retried-batch"):
+        for i in range(50):
+            work(i)
+    assert client.flush(10) == 0
+    client.close()
+    real.close()
+    assert lost  # the first batch really was applied, then retried
+    (summary,) = ledger.sessions("retried-batch")
+    assert summary["eventCount"] == 100
+    assert client.stats.sent == 100
+
+
+def run_script(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.integration
+def test_nothing_queued_is_lost_at_a_normal_exit(ledger_url_and_key: Any) -> None:
+    ledger = ledger_url_and_key
+    result = run_script(
+        """
+        import agent_ledger_sdk
+
+        @agent_ledger_sdk.tool
+        def work(i):
+            return i
+
+        @agent_ledger_sdk.session("short-lived")
+        def job():
+            for i in range(300):
+                work(i)
+
+        @agent_ledger_sdk.session("abandoned")
+        def stream():
+            work(-1)
+            yield 1
+            yield 2
+
+        job()
+        gen = stream()
+        next(gen)  # left open: the exit hook ends its session
+        # no flush, no close: the exit hook sends everything
+        """,
+        ledger.env(),
+    )
+    assert result.returncode == 0, result.stderr
+    (job,) = ledger.sessions("short-lived")
+    assert job["eventCount"] == 600
+    assert job["status"] == "success"
+    (abandoned,) = ledger.sessions("abandoned")
+    assert abandoned["status"] == "error"
+    assert abandoned["errorMessage"] == "Session still open at interpreter exit"
+    assert abandoned["eventCount"] == 2
+
+
+def test_the_exit_hook_is_bounded_when_the_ledger_hangs() -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        result = run_script(
+            """
+            import agent_ledger_sdk
+
+            @agent_ledger_sdk.session("hung")
+            def job():
+                return 42
+
+            print(job())
+            """,
+            {"AGENT_LEDGER_BASE_URL": url, "AGENT_LEDGER_API_KEY": "k"},
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0
+    assert result.stdout.strip() == "42"
+    assert elapsed < 15
+    assert "were not sent before the interpreter exited" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_sends_its_own_events(ledger_url_and_key: Any) -> None:
+    ledger = ledger_url_and_key
+    result = run_script(
+        """
+        import os, sys
+        import agent_ledger_sdk
+
+        @agent_ledger_sdk.tool
+        def work(i):
+            return i
+
+        @agent_ledger_sdk.session("parent")
+        def parent_job():
+            for i in range(10):
+                work(i)
+
+        parent_job()
+        agent_ledger_sdk.flush()          # the parent's sender thread is running now
+        pid = os.fork()
+        if pid == 0:
+            @agent_ledger_sdk.session("child")
+            def child_job():
+                for i in range(20):
+                    work(i)
+            child_job()
+            left = agent_ledger_sdk.flush(10)
+            os._exit(0 if left == 0 and agent_ledger_sdk.get_client().stats.sent == 40 else 3)
+        _, status = os.waitpid(pid, 0)
+        parent_job()
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """,
+        ledger.env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert [s["eventCount"] for s in ledger.sessions("child")] == [40]
+    assert sorted(s["eventCount"] for s in ledger.sessions("parent")) == [20, 20]
