@@ -285,7 +285,10 @@ def test_key_errors_say_the_key_is_missing_or_revoked_and_where_to_set_it(
         (httpx.Response(400, text="plain words"), "plain words"),
         (httpx.Response(400), "Request failed with status 400"),
         (httpx.Response(400, json={"error": {"field": "x"}}), "{'field': 'x'}"),
-        (httpx.Response(400, json={"message": "no error key"}), '{"message":"no error key"}'),
+        (
+            httpx.Response(400, content=b'{"message":"no error key"}', headers={"content-type": "application/json"}),
+            '{"message":"no error key"}',
+        ),
     ],
 )
 def test_error_messages_follow_the_published_rules(
