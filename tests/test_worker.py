@@ -69,7 +69,7 @@ def test_flush_drains_everything_and_close_flushes(api: respx.MockRouter) -> Non
     assert ledger.stats.sent == 250
     with ledger.session("closed") as s:
         s.log("tick")
-    ledger.close()
+    assert ledger.close() == 0  # close() flushes and says what was left
     assert ledger.stats.sent == 251
     assert r["end"].call_count == 2
 

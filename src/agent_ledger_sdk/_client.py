@@ -129,13 +129,14 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         """Send one ``tool_result`` event, after the tool returned or raised."""
         self.log_events(session_id, [typed_event(TOOL_RESULT, event, "log_tool_result")])
 
-    def close(self) -> None:
-        """Send what the helpers have queued (bounded wait), then close connections."""
-        self._close_instrumentation()
+    def close(self) -> int:
+        """Send what the helpers have queued (at most 5 s), close connections; return what was left unsent."""
+        left = self._close_instrumentation()
         with self._http_lock:
             if self._http is not None:
                 self._http.close()
                 self._http = None
+        return left
 
     def __enter__(self) -> AgentLedgerClient:
         return self
@@ -270,16 +271,17 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
         """Send one ``tool_result`` event, after the tool returned or raised."""
         await self.log_events(session_id, [typed_event(TOOL_RESULT, event, "log_tool_result")])
 
-    async def aclose(self) -> None:
-        """Send what the helpers have queued (bounded wait), then close connections."""
+    async def aclose(self) -> int:
+        """Send what the helpers have queued (at most 5 s), close connections; return what was left unsent."""
         import asyncio
 
-        await asyncio.get_running_loop().run_in_executor(None, self._close_instrumentation)
+        left = await asyncio.get_running_loop().run_in_executor(None, self._close_instrumentation)
         if self._sync_twin is not None:
             self._sync_twin.close()
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        return left
 
     async def __aenter__(self) -> AsyncAgentLedgerClient:
         return self

@@ -297,12 +297,13 @@ def _wrap_session(func: Callable[..., Any], agent_name: str, resolve: Resolver) 
             await sink.astart(handle)
             token = current_session_var.set(handle)
             try:
-                result = await func(*args, **kwargs)
+                try:
+                    result = await func(*args, **kwargs)
+                finally:
+                    current_session_var.reset(token)
             except BaseException as exc:
-                current_session_var.reset(token)
                 await _afinish(handle, exc)
                 raise
-            current_session_var.reset(token)
             await _afinish(handle, None)
             return result
 
@@ -343,12 +344,13 @@ def _wrap_session(func: Callable[..., Any], agent_name: str, resolve: Resolver) 
         sink.start(handle)
         token = current_session_var.set(handle)
         try:
-            result = func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            finally:
+                current_session_var.reset(token)
         except BaseException as exc:
-            current_session_var.reset(token)
             _finish(handle, exc)
             raise
-        current_session_var.reset(token)
         _finish(handle, None)
         return result
 
@@ -763,7 +765,14 @@ class _NullLLMCall(LLMCall):
 
     __slots__ = ()
 
-    def record(self, **outcome: Any) -> None:
+    def record(
+        self,
+        *,
+        response: Any = None,
+        tokens_in: Optional[int] = None,
+        tokens_out: Optional[int] = None,
+        model: Optional[str] = None,
+    ) -> None:
         pass
 
     def set(self, **attributes: Any) -> None:
@@ -861,8 +870,8 @@ class Instrumentation:
     def _resolve_recorder(self) -> Recorder:
         return self._recorder
 
-    def _close_instrumentation(self) -> None:
-        self._recorder.close()
+    def _close_instrumentation(self) -> int:
+        return self._recorder.close()
 
     @property
     def enabled(self) -> bool:

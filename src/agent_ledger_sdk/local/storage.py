@@ -250,7 +250,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body TEXT NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (workspace, key)
-);
+) WITHOUT ROWID;
 """
 
 
