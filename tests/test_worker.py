@@ -71,7 +71,11 @@ def test_flush_drains_everything_and_close_flushes(api: respx.MockRouter) -> Non
         s.log("tick")
     assert ledger.close() == 0  # close() flushes and says what was left
     assert ledger.stats.sent == 251
-    assert r["end"].call_count == 2
+    with ledger.session("after-close") as s:  # a closed client's helpers keep working
+        s.log("tick")
+    assert ledger.close() == 0
+    assert ledger.stats.sent == 252
+    assert r["end"].call_count == 3
 
 
 def test_the_caller_never_waits_for_the_network(api: respx.MockRouter) -> None:

@@ -77,23 +77,22 @@ class BackgroundWorker:
             self._delivery.overflowed()
             return
         queue.append((EVENT, handle, event))
-        if self._thread is None:
-            self._start()
+        if self._thread is None or self._closed:
+            self._start()  # first use, or use after close(): the sender comes back
         elif not (size + 1) % self.batch_size:
             self._wake.set()  # a full batch is waiting: don't wait for the interval
 
     def submit_control(self, kind: int, handle: SessionHandle, payload: Any = None) -> None:
         self._queue.append((kind, handle, payload))
-        if self._thread is None:
+        if self._thread is None or self._closed:
             self._start()
 
     def flush(self, timeout: Optional[float]) -> int:
         """Wait until the queue is sent or ``timeout`` seconds pass; return what is left."""
         if self._thread is None or not self._thread.is_alive():
-            if self._queue and not self._closed:
-                self._start()
-            else:
-                return len(self._queue)
+            if not self._queue:
+                return 0
+            self._start()
         deadline = None if timeout is None else time.monotonic() + timeout
         self._wake.set()
         while self._queue or self._busy:
@@ -114,6 +113,7 @@ class BackgroundWorker:
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
+                self._closed = False  # closed but still draining: it keeps going
                 return
             thread = threading.Thread(target=self._run, name="agent-ledger-sender", daemon=True)
             self._closed = False
@@ -132,7 +132,10 @@ class BackgroundWorker:
             finally:
                 self._busy = False
             if self._closed and not self._queue:
-                return
+                with self._start_lock:  # decide to exit where _start() can see it
+                    if self._closed and not self._queue:
+                        self._thread = None
+                        return
 
     def _drain(self) -> None:
         queue = self._queue
