@@ -34,7 +34,9 @@ from ._exceptions import (
     UnprocessableEntityError,
 )
 from ._helpers import StepCounter, instrument_tool, run_session
-from ._instrument import LLMCall, SessionScope, ToolDecorator
+from ._instrument_llm import LLMCall
+from ._instrument_session import SessionScope
+from ._instrument_tool import ToolDecorator
 from ._session import SessionHandle
 from ._stats import LedgerStats
 from ._version import __version__

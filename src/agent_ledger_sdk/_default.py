@@ -12,15 +12,10 @@ from typing import Any, Optional, overload
 
 from ._client import AgentLedgerClient
 from ._context import current_session_var
-from ._instrument import (
-    F,
-    LLMCall,
-    SessionScope,
-    ToolDecorator,
-    make_llm_call,
-    make_session,
-    make_tool,
-)
+from ._instrument_llm import LLMCall, make_llm_call
+from ._instrument_session import SessionScope, make_session
+from ._instrument_tool import ToolDecorator, make_tool
+from ._instrument_wrapping import F
 from ._recorder import Recorder
 from ._session import SessionHandle
 from ._stats import logger

@@ -470,7 +470,6 @@ class InlineSink:
 
 async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
     import asyncio
-    import contextvars
 
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(None, context.run, function, *args)

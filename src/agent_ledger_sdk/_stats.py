@@ -30,7 +30,7 @@ class LedgerStats:
 
 
 class Counters:
-    """Live counters; increments are plain int updates under a lock-free GIL race that never loses more than a count."""
+    """The live counters behind ``ledger.stats``, updated by the sender and the inline path."""
 
     __slots__ = ("_lock", "dropped", "failed", "sent")
 
