@@ -10,6 +10,7 @@ inline sink, whose caller can still act on it.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import datetime
 import os
 import sys
