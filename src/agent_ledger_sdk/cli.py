@@ -185,14 +185,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if getattr(args, "db", None) is None:
         args.db = args.default_db()
     try:
-        from .local import storage  # noqa: F401  (fails clearly without the server extra)
-    except ImportError as exc:  # pragma: no cover
-        print(f"agent-ledger needs the server extra: pip install 'agent-ledger-sdk[server]' ({exc})", file=sys.stderr)
-        return 2
-    try:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except ImportError as exc:
+        print(
+            f"agent-ledger {args.command} needs the server extra ({exc}): pip install 'agent-ledger-sdk[server]'",
+            file=sys.stderr,
+        )
+        return 2
     except (ValueError, OSError, LookupError) as exc:
         print(f"agent-ledger: error: {exc}", file=sys.stderr)
         return 1
