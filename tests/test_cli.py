@@ -163,3 +163,14 @@ def test_demo_runs_an_agent_and_shows_the_guardrail(tmp_path: Path) -> None:
     assert "BudgetGuardrailError: Budget guardrail for agent 'runaway-agent'" in out
     assert "The session ended with status 'error'" in out
     assert re.search(r"runaway-agent\s+\$0\.0500", out)
+
+
+def test_serve_without_the_server_extra_says_what_to_install(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+        "from agent_ledger_sdk.cli import main\n"
+        f"sys.exit(main(['serve', '--port', '0', '--db', {str(tmp_path / 'l.db')!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pip install 'agent-ledger-sdk[server]'" in result.stderr
