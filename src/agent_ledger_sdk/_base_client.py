@@ -13,7 +13,6 @@ import os
 import platform
 import random
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
@@ -70,6 +69,11 @@ _KEY_HINT = (
 )
 
 
+def idempotency_key() -> str:
+    """A unique key per logical request, time-ordered so that a ledger's index of keys grows at one end."""
+    return f"agent-ledger-{time.time_ns():016x}-{os.urandom(8).hex()}"
+
+
 def resolve_api_key(api_key: Optional[str]) -> str:
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     if not key or not key.strip():
@@ -122,7 +126,7 @@ class BaseClient:
         """One logical request; its Idempotency-Key is reused by every retry."""
         headers = dict(self._headers)
         if method == "POST":
-            headers["Idempotency-Key"] = f"agent-ledger-{uuid.uuid4()}"
+            headers["Idempotency-Key"] = idempotency_key()
             headers["Content-Type"] = "application/json"
             if content is None:
                 content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
