@@ -225,7 +225,7 @@ class SessionScope:
         if self._handle is not None:
             raise RuntimeError("this ledger.session(...) block is already open; call ledger.session() again")
         recorder = self._resolve()
-        sink = _session_sink(recorder)
+        sink = _session_sink(recorder) if self._enabled else None
         handle = _new_handle(recorder, sink or _NULL_SINK, self.agent_name)
         self._handle = handle
         return handle, sink
