@@ -132,8 +132,9 @@ class Capture:
 def capture() -> Iterator[Capture]:
     """Record, in memory, every session the helpers start inside the block, of any client.
 
-    Nothing is sent over HTTP, even by a client with no key or with
-    ``enabled=False``; sessions started before the block are not captured.
+    Nothing is sent over HTTP, also by the module-level helpers with no key
+    configured. A client made with ``enabled=False`` stays a pass-through and
+    records nothing; sessions started before the block are not captured.
     """
     captured = Capture()
     previous = _recorder.capture_override
