@@ -176,6 +176,8 @@ def test_the_async_client_sends_in_the_background_from_its_own_thread(api: respx
 
     async def main() -> None:
         assert await agent() == 1
+        assert await ledger.aflush(10) == 0
+        assert ledger.stats.sent == 2
         await ledger.aclose()
 
     asyncio.run(main())

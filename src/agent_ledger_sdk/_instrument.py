@@ -148,6 +148,12 @@ class Instrumentation:
         """Wait until queued events are sent (at most ``timeout`` seconds); return how many are left."""
         return self._recorder.flush(timeout)
 
+    async def aflush(self, timeout: Optional[float] = 5.0) -> int:
+        """:meth:`flush` for async code: waits in a worker thread, never on the event loop."""
+        import asyncio
+
+        return await asyncio.get_running_loop().run_in_executor(None, self._recorder.flush, timeout)
+
     def reset_guardrail(self, agent_name: Optional[str] = None) -> None:
         """Lift the pre-flight stop of one agent (or all) after raising its budget."""
         self._recorder.latch.clear(agent_name)
