@@ -28,6 +28,8 @@ from agent_ledger_sdk import (
 from agent_ledger_sdk.local import LocalLedger, run
 from agent_ledger_sdk.local.storage import SQLiteStore, next_utc_midnight
 
+from .conftest import Api
+
 pytestmark = pytest.mark.integration
 
 # $1 per million tokens in and out: a call of N tokens costs N micro-dollars.
@@ -64,34 +66,15 @@ def llm_event(
     }
 
 
-class Api:
-    """The sync or the async client, called the same way."""
-
-    def __init__(self, client: Any, loop: Any) -> None:
-        self.client, self.loop = client, loop
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.client, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            return self.loop.run_until_complete(result) if self.loop is not None else result
-
-        return call
-
-
 @pytest.fixture(params=["sync", "async"])
 def api(request: pytest.FixtureRequest, ledger: LocalLedger) -> Iterator[Api]:
+    """This project's sync or async client, called the same way."""
     if request.param == "sync":
-        client = ledger.client(batching=False)
-        yield Api(client, None)
-        client.close()
+        wrapper = Api(ledger.client(batching=False), None)
     else:
-        loop = asyncio.new_event_loop()
-        async_client = ledger.async_client(batching=False)
-        yield Api(async_client, loop)
-        loop.run_until_complete(async_client.aclose())
-        loop.close()
+        wrapper = Api(ledger.async_client(batching=False), asyncio.new_event_loop())
+    yield wrapper
+    wrapper.close()
 
 
 # -- the published protocol -----------------------------------------------------

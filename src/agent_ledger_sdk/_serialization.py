@@ -57,32 +57,37 @@ def _convert_container(value: Any, depth: int, active: set[int]) -> Any:
         return {_key(k): _convert(v, depth, active) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_convert(v, depth, active) for v in value]
+    replacement = _replacement(value)
+    return replacement if isinstance(replacement, str) else _convert(replacement, depth, active)
+
+
+def _replacement(value: Any) -> Any:
+    """What a value JSON cannot encode stands for; the C encoder's ``default`` too."""
     if isinstance(value, (set, frozenset)):
-        items = [_convert(v, depth, active) for v in value]
         try:
-            return sorted(items)
+            return sorted(value)
         except TypeError:
-            return items
+            return list(value)
     if isinstance(value, enum.Enum):
-        return _convert(value.value, depth, active)
+        return value.value
     if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     if isinstance(value, decimal.Decimal):
-        return _convert(float(value), depth, active) if value.is_finite() else str(value)
+        return float(value) if value.is_finite() else str(value)
     if isinstance(value, (uuid.UUID, PurePath)):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", errors="backslashreplace")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _convert(getattr(value, f.name), depth, active) for f in dataclasses.fields(value)}
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(dump) and not isinstance(value, type):
-        return _convert(dump(mode="json"), depth, active)
+        return dump(mode="json")
     legacy = getattr(value, "dict", None)  # pydantic v1
     if callable(legacy) and hasattr(value, "__fields__") and not isinstance(value, type):
-        return _convert(legacy(), depth, active)
+        return legacy()
     return _safe_repr(value)
 
 
@@ -120,36 +125,6 @@ def encode(value: Any) -> str:
         return _ENCODER.encode(value)
     except Exception:
         return dumps(json_safe(value))
-
-
-def _encode_other(value: Any) -> Any:
-    """What the C encoder calls for a value it cannot encode; the same mapping as :func:`_convert_container`."""
-    if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else str(value)
-    if isinstance(value, (uuid.UUID, PurePath)):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", errors="backslashreplace")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    dump = getattr(value, "model_dump", None)
-    if callable(dump) and not isinstance(value, type):
-        return dump(mode="json")
-    legacy = getattr(value, "dict", None)
-    if callable(legacy) and hasattr(value, "__fields__") and not isinstance(value, type):
-        return legacy()
-    return _safe_repr(value)
 
 
 def encoded_size(value: Any) -> int:
@@ -204,4 +179,4 @@ def _cap_strings(value: Any, cap: int) -> Any:
     return value
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_other)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_replacement)

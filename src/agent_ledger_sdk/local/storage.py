@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -131,7 +131,6 @@ class SessionQuery:
     limit: int = 50
     cursor: Optional[int] = None
     workspace: Optional[str] = None  # None: every workspace (the CLI)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LedgerStore(abc.ABC):
@@ -167,9 +166,6 @@ class LedgerStore(abc.ABC):
     def append_events(
         self, workspace: str, session_id: str, events: Sequence[PricedEvent], idempotency: Optional[Idempotency]
     ) -> Reply: ...
-
-    @abc.abstractmethod
-    def session_agent(self, workspace: str, session_id: str) -> Optional[str]: ...
 
     @abc.abstractmethod
     def get_session(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]: ...
@@ -402,13 +398,6 @@ class SQLiteStore(LedgerStore):
             )
         found: sqlite3.Row = row
         return found
-
-    def session_agent(self, workspace: str, session_id: str) -> Optional[str]:
-        with self._read() as db:
-            row = db.execute(
-                "SELECT agent_name FROM sessions WHERE id = ? AND workspace = ?", (session_id, workspace)
-            ).fetchone()
-        return str(row["agent_name"]) if row is not None else None
 
     def end_session(
         self,
