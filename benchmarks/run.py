@@ -137,7 +137,7 @@ started = time.perf_counter()
 for i in range(calls):
     ledger.log_tool_call(sid, event(i))
 per_event = (time.perf_counter() - started) / calls * 1e6
-tool_per_event = float("nan")
+tool_per_event = llm_per_call = float("nan")
 if ours:
     @ledger.tool
     def t(q):
@@ -147,7 +147,12 @@ if ours:
         for i in range(calls // 2):
             t("x")
         tool_per_event = (time.perf_counter() - started) / calls * 1e6  # two events per call
-print(per_event, tool_per_event)
+        started = time.perf_counter()
+        for i in range(calls):
+            with ledger.llm_call(provider="openai", model="gpt-4o-mini", prompt="q") as call:
+                call.record(response="a", tokens_in=10, tokens_out=2)
+        llm_per_call = (time.perf_counter() - started) / calls * 1e6
+print(per_event, tool_per_event, llm_per_call)
 """
 
 
@@ -172,7 +177,7 @@ def inline_per_event(ledger: Ledger, calls: int, rounds: int) -> dict[str, float
         ],
         capture_output=True,
     ).returncode == 0 and sys.version_info >= (3, 10)
-    samples: dict[str, list[float]] = {"ours": [], "ours_tool": [], "published": []}
+    samples: dict[str, list[float]] = {"ours": [], "ours_tool": [], "ours_llm": [], "published": []}
     for _ in range(rounds):
         for who in ("ours", "published") if installed else ("ours",):
             env = {**os.environ, "PYTHONPATH": str(target)} if who == "published" else dict(os.environ)
@@ -186,6 +191,7 @@ def inline_per_event(ledger: Ledger, calls: int, rounds: int) -> dict[str, float
             samples[who].append(float(out[0]))
             if who == "ours":
                 samples["ours_tool"].append(float(out[1]))
+                samples["ours_llm"].append(float(out[2]))
     return {k: statistics.median(v) for k, v in samples.items() if v}
 
 
@@ -278,6 +284,10 @@ def import_ms(repeats: int) -> float:
     return statistics.median(samples)
 
 
+def _us(value: float) -> str:
+    return f"{0.0 if abs(value) < 0.005 else value:.2f} µs"  # never print "-0.00"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
@@ -290,13 +300,13 @@ def main() -> None:
         for mode in ("background", "disabled"):
             measured = overhead(ledger, mode, calls, repeats)
             target = {"background": "<= 5 µs", "disabled": "<= 0.3 µs"}[mode]
-            rows.append((f"`@tool` call over the plain call, {mode}", f"{measured['tool']:.2f} µs", target))
-            rows.append((f"`llm_call` block over the plain call, {mode}", f"{measured['llm_call']:.2f} µs", target))
+            rows.append((f"`@tool` call over the plain call, {mode}", _us(measured["tool"]), target))
+            rows.append((f"`llm_call` block over the plain call, {mode}", _us(measured["llm_call"]), target))
             if "tool_saturated" in measured:
                 rows.append(
                     (
                         "`@tool` call, back to back with the sender saturated",
-                        f"{measured['tool_saturated']:.2f} µs",
+                        _us(measured["tool_saturated"]),
                         "-",
                     )
                 )
@@ -315,6 +325,12 @@ def main() -> None:
                 f"{inline['ours_tool']:.0f} µs",
                 f"<= published ({published:.0f} µs)" if published else "-",
             )
+        )
+        rows.append(
+            ("`@tool` call over the plain call, inline (two round trips)", f"{2 * inline['ours_tool']:.0f} µs", "-")
+        )
+        rows.append(
+            ("`llm_call` block over the plain call, inline (one round trip)", f"{inline['ours_llm']:.0f} µs", "-")
         )
         rows.append(
             (
