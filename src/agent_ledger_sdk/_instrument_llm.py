@@ -160,13 +160,13 @@ class _NullLLMCall(LLMCall):
     def __enter__(self) -> LLMCall:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         pass
 
     async def __aenter__(self) -> LLMCall:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         pass
 
 
