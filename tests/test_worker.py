@@ -157,7 +157,9 @@ def test_the_sync_client_never_blocks_an_event_loop_even_inline(api: respx.MockR
 
     assert asyncio.run(agent()) == 1
     assert ledger.flush(10) == 0
-    assert paths == ["/v1/sessions", "/v1/events", "/v1/sessions/sess-1/end"]  # events before the end
+    assert paths[0] == "/v1/sessions"
+    assert paths[-1] == "/v1/sessions/sess-1/end"  # after every event
+    assert set(paths[1:-1]) == {"/v1/events"}
     assert loop_threads[0] not in http_threads
     ledger.close()
 
@@ -342,3 +344,37 @@ def test_a_forked_child_sends_its_own_events(ledger_url_and_key: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert [s["eventCount"] for s in ledger.sessions("child")] == [40]
     assert sorted(s["eventCount"] for s in ledger.sessions("parent")) == [20, 20]
+
+
+def test_a_flood_from_one_session_does_not_hold_back_another() -> None:
+    """A sender pass takes what is queued when it starts: a partial batch waits one pass at most."""
+    from agent_ledger_sdk._worker import EVENT, START, BackgroundWorker
+
+    quiet, noisy = object(), object()
+    sent: list[tuple[object, int]] = []
+    refills = 0
+
+    class Flood:
+        def start(self, handle: Any) -> None:
+            pass
+
+        def send(self, handle: Any, events: list[Any]) -> None:
+            nonlocal refills
+            sent.append((handle, len(events)))
+            if handle is noisy and refills < 50:  # the agent keeps producing faster than we send
+                refills += 1
+                for _ in range(DEFAULT_BATCH_SIZE):
+                    worker._queue.append((EVENT, noisy, {}))
+
+        def end(self, handle: Any, status: str, message: Any) -> None:
+            pass
+
+        def overflowed(self) -> None:
+            pass
+
+    worker = BackgroundWorker(Flood())
+    worker._queue.extend([(START, quiet, None), (EVENT, quiet, {}), (START, noisy, None)])
+    worker._queue.extend((EVENT, noisy, {}) for _ in range(DEFAULT_BATCH_SIZE))
+    worker._drain()
+    assert (quiet, 1) in sent
+    assert sent.index((quiet, 1)) <= 1  # sent with the first pass, not after the flood

@@ -122,7 +122,8 @@ class BackgroundWorker:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.flush_interval)
+            if len(self._queue) < self.batch_size:  # no full batch waiting: wait for one, or the interval
+                self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._busy = True
             try:
@@ -141,7 +142,9 @@ class BackgroundWorker:
         queue = self._queue
         delivery = self._delivery
         pending: dict[SessionHandle, list[dict[str, Any]]] = {}
-        while queue:
+        # One pass takes what is queued now, so that a flood of new events cannot
+        # hold back another session's partial batch (or a guardrail's answer).
+        for _ in range(len(queue)):
             kind, handle, payload = queue.popleft()
             if kind == EVENT:
                 batch = pending.get(handle)
