@@ -57,6 +57,17 @@ def test_an_exception_ends_the_session_with_its_type_and_message_and_is_reraised
     assert session.error_message == "LookupError: no such customer"
 
 
+@pytest.mark.parametrize(("code", "status"), [(0, "success"), (None, "success"), (2, "error")])
+def test_sys_exit_ends_the_session_by_its_code(ledger_capture: Capture, code: object, status: str) -> None:
+    @ledger.session("cli-tool")
+    def main() -> None:
+        raise SystemExit(code)
+
+    with pytest.raises(SystemExit):
+        main()
+    assert ledger_capture.sessions[0].status == status
+
+
 def test_a_coroutine_session(ledger_capture: Capture) -> None:
     @ledger.session("async-bot")
     async def run(x: int) -> int:

@@ -68,7 +68,10 @@ def _new_handle(recorder: Recorder, sink: Sink, agent_name: str) -> SessionHandl
 
 
 def _end_status(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
+    # A generator closed early and sys.exit(0) are normal ends, not failures.
     if exc is None or isinstance(exc, GeneratorExit):
+        return "success", None
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
         return "success", None
     return "error", error_text(exc)
 

@@ -27,6 +27,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .local.pricing import PriceBook
     from .local.server import serve_forever
 
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"Warning: listening on {args.host}, not only on this machine: anyone who can reach it can try keys. "
+            "Put TLS and a firewall in front of it.",
+            file=sys.stderr,
+        )
     store = _store(args)
     try:
         if not store.list_keys():
