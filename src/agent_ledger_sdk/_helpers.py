@@ -124,28 +124,16 @@ def instrument_tool(
         ledger.log_tool_call, session_id, {"stepIndex": step_index, "toolName": tool_name, "toolInput": tool_input}
     )
     started = time.perf_counter()
+
+    def log_result(output: Any) -> None:
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        result = {"stepIndex": step_index, "toolName": tool_name, "toolOutput": output, "latencyMs": latency_ms}
+        _quietly(ledger.log_tool_result, session_id, result)
+
     try:
         output = run()
     except Exception as exc:
-        _quietly(
-            ledger.log_tool_result,
-            session_id,
-            {
-                "stepIndex": step_index,
-                "toolName": tool_name,
-                "toolOutput": {"error": str(exc)},
-                "latencyMs": int((time.perf_counter() - started) * 1000),
-            },
-        )
+        log_result({"error": str(exc)})
         raise
-    _quietly(
-        ledger.log_tool_result,
-        session_id,
-        {
-            "stepIndex": step_index,
-            "toolName": tool_name,
-            "toolOutput": output,
-            "latencyMs": int((time.perf_counter() - started) * 1000),
-        },
-    )
+    log_result(output)
     return output

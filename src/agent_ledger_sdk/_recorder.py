@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import datetime
+import json
 import os
 import sys
 import threading
@@ -139,7 +140,6 @@ class Recorder:
         self.enabled = env_flag(ENABLED_ENV, True) if enabled is None else enabled
         self.capture_content = env_flag(CAPTURE_CONTENT_ENV, True) if capture_content is None else capture_content
         self.redact = redact
-        self.batching = batching
         self.max_queue_size = max_queue_size
         self.counters = Counters()
         self.warnings = RateLimitedWarnings()
@@ -249,7 +249,7 @@ class Recorder:
 
     def _sent(self, handle: SessionHandle, events: list[str]) -> None:
         self.counters.add(sent=len(events))
-        if self.latch._tripped and any('"type":"llm_call"' in e for e in events):
+        if self.latch._tripped and any(json.loads(e).get("type") == "llm_call" for e in events):  # rare path
             self.latch.clear(handle.agent_name)  # the ledger accepts this agent's spend again
 
     def _send_failed(self, handle: SessionHandle, events: list[str], exc: BaseException) -> None:
@@ -311,7 +311,7 @@ class Recorder:
         except Exception as exc:
             self._send_failed(handle, [event], exc)
         else:
-            self.counters.add(sent=1)
+            self._sent(handle, [event])
 
     def end_now(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
         if handle._id is None:

@@ -26,7 +26,6 @@ class SessionHandle:
     __slots__ = (
         "__weakref__",
         "_background",
-        "_failed",
         "_id",
         "_ready",
         "_recorder",
@@ -42,7 +41,6 @@ class SessionHandle:
         self.ended = False
         self._sink = sink
         self._id: Optional[str] = None
-        self._failed = False
         self._background = False  # once any event went to the sender, all the rest follow it, in order
         self._ready = threading.Event()
         self._steps = itertools.count()  # next() on it is atomic: no lock on the hot path
@@ -97,5 +95,4 @@ class SessionHandle:
         self._ready.set()
 
     def _fail(self) -> None:
-        self._failed = True
-        self._ready.set()
+        self._ready.set()  # ready without an id: the session could not be started

@@ -33,22 +33,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "Put TLS and a firewall in front of it.",
             file=sys.stderr,
         )
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if not store.list_keys():
             print("No API keys yet: create one with `agent-ledger keys create --name NAME`.")
         print(f"Database: {args.db}")
         serve_forever(create_app(store, PriceBook(args.prices)), args.host, args.port)
-    finally:
-        store.close()
     return 0
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
     from .local.report import keys_table
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if args.keys_command == "create":
             new = store.create_key(args.name, args.workspace)
             print(f"Created key {new.key.id} ({new.key.name}) in workspace {new.key.workspace}.")
@@ -59,16 +55,13 @@ def _cmd_keys(args: argparse.Namespace) -> int:
         else:
             revoked = store.revoke_key(args.key_id)
             print(f"Revoked key {revoked.id} ({revoked.name}).")
-    finally:
-        store.close()
     return 0
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
     from .local.report import budgets_table, usd
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         if args.budget_command == "set":
             if args.usd < 0:
                 raise ValueError("the daily budget must be zero or more US dollars")
@@ -82,8 +75,6 @@ def _cmd_budget(args: argparse.Namespace) -> int:
             print(f"Removed the daily budget of {args.agent!r} in workspace {args.workspace}.")
         else:
             print(budgets_table(store.budgets(args.workspace)))
-    finally:
-        store.close()
     return 0
 
 
@@ -91,25 +82,19 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
     from .local.report import sessions_table
     from .local.storage import SessionQuery
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         page = store.list_sessions(
             SessionQuery(agent_name=args.agent, status=args.status, limit=args.limit, workspace=args.workspace)
         )
         print(sessions_table(page["sessions"]))
-    finally:
-        store.close()
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from .local.report import timeline
 
-    store = _store(args)
-    try:
+    with _store(args) as store:
         print(timeline(store.get_session(args.session_id)))
-    finally:
-        store.close()
     return 0
 
 

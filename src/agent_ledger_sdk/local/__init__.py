@@ -91,13 +91,10 @@ def run(
 
     with tempfile.TemporaryDirectory(prefix="agent-ledger-") as scratch:
         path = Path(db) if db is not None else Path(scratch) / "ledger.db"
-        store = SQLiteStore(path)
-        try:
+        with SQLiteStore(path) as store:
             key = store.create_key("local.run", workspace)
             server = BackgroundServer(create_app(store, PriceBook(prices)), host, port).start()
             try:
                 yield LocalLedger(server.url, key.secret, path, workspace, store)
             finally:
                 server.stop()
-        finally:
-            store.close()

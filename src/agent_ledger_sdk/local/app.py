@@ -158,7 +158,8 @@ class LedgerAPI:
         where = f"events[{position}]"
         if not isinstance(event, dict):
             raise BadInput(f"{where} must be a JSON object, got {type(event).__name__}.")
-        size = len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)  # stored as it is
+        size = len(encoded.encode("utf-8"))
         if size > MAX_EVENT_BYTES:
             raise TooLarge(
                 f"{where} is {size} bytes; the limit is {MAX_EVENT_BYTES} per event. Truncate large prompts or "
@@ -173,35 +174,26 @@ class LedgerAPI:
         latency = event.get("latencyMs")
         if latency is not None and (not _is_number(latency) or latency < 0):
             raise BadInput(f"{where}.latencyMs must be a non-negative number, got {latency!r}.")
+        checked = PricedEvent(payload=event, type=kind, step_index=step, encoded=encoded)
         if kind != "llm_call":
-            return PricedEvent(payload=event, type=kind, step_index=step)
+            return checked
         for name in ("provider", "model"):
             value = event.get(name)
             if not isinstance(value, str) or not value:
                 raise BadInput(f"{where}.{name} is required for an llm_call: a non-empty string.")
-        tokens: dict[str, int] = {}
         for name in ("tokensIn", "tokensOut"):
             value = event.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BadInput(
                     f"{where}.{name} must be a non-negative integer (a number, not a string), got {value!r}."
                 )
-            tokens[name] = value
+        checked.tokens_in, checked.tokens_out = event["tokensIn"], event["tokensOut"]
         if event.get("usageMissing"):
-            return PricedEvent(
-                event,
-                kind,
-                step,
-                0.0,
-                False,
-                "usage missing: the call was not priced",
-                tokens["tokensIn"],
-                tokens["tokensOut"],
-            )
-        price = self.prices.price(event["provider"], event["model"], tokens["tokensIn"], tokens["tokensOut"])
-        return PricedEvent(
-            event, kind, step, price.cost_usd, price.priced, price.note, tokens["tokensIn"], tokens["tokensOut"]
-        )
+            checked.priced, checked.pricing_note = False, "usage missing: the call was not priced"
+            return checked
+        price = self.prices.price(event["provider"], event["model"], checked.tokens_in, checked.tokens_out)
+        checked.cost_usd, checked.priced, checked.pricing_note = price.cost_usd, price.priced, price.note
+        return checked
 
     # -- reads and budgets -----------------------------------------------------------
 

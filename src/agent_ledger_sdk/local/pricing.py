@@ -35,7 +35,6 @@ _MTOK = 1_000_000
 class Rates:
     input_per_token: float
     output_per_token: float
-    source: str
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class PriceBook:
         entry = self._overrides.get(f"{provider.lower()}/{model}") or self._overrides.get(model)
         if entry is None:
             return None
-        return Rates(entry[0] / _MTOK, entry[1] / _MTOK, "override")
+        return Rates(entry[0] / _MTOK, entry[1] / _MTOK)
 
 
 def _load_overrides(path: Path) -> dict[str, tuple[float, float]]:
@@ -117,5 +116,5 @@ def _genai_prices(provider: str, model: str) -> Optional[Rates]:
         except Exception as exc:  # a table bug must not fail ingestion
             logger.warning("genai-prices failed for %s/%s: %r", provider, model, exc)
             return None
-        return Rates(float(per_input.total_price) / _MTOK, float(per_output.total_price) / _MTOK, "genai-prices")
+        return Rates(float(per_input.total_price) / _MTOK, float(per_output.total_price) / _MTOK)
     return None

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from typing_extensions import Self
+
 Clock = Callable[[], datetime.datetime]
 KEY_PREFIX = "al_"
 DEFAULT_WORKSPACE = "default"
@@ -107,6 +109,10 @@ class PricedEvent:
     pricing_note: Optional[str] = None
     tokens_in: int = 0
     tokens_out: int = 0
+    encoded: str = ""  # the payload's compact JSON, when the API layer already made it
+
+    def payload_json(self) -> str:
+        return self.encoded or json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,12 @@ class LedgerStore(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _hash_secret(secret: str) -> str:
@@ -453,7 +465,7 @@ class SQLiteStore(LedgerStore):
                         session_id,
                         e.step_index,
                         e.type,
-                        json.dumps(e.payload, separators=(",", ":")),
+                        e.payload_json(),
                         e.cost_usd,
                         int(e.priced),
                         e.pricing_note,
