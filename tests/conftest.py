@@ -22,14 +22,17 @@ API_KEY = "sk-test-123"
 
 
 @pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     for name in (
         "AGENT_LEDGER_API_KEY",
         "AGENT_LEDGER_BASE_URL",
         "AGENT_LEDGER_ENABLED",
         "AGENT_LEDGER_CAPTURE_CONTENT",
+        "AGENT_LEDGER_DB",
     ):
         monkeypatch.delenv(name, raising=False)
+    # No test reads or writes the real local-ledger key file or journal of this machine.
+    monkeypatch.setenv("AGENT_LEDGER_HOME", str(tmp_path_factory.mktemp("agent-ledger-home")))
     monkeypatch.setattr(default_module, "_default", None)
     yield
     recorder_module.capture_override = None
