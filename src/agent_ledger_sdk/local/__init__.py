@@ -16,7 +16,7 @@ with local.run() as ledger:                    # a temporary database, a free po
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +58,14 @@ class LocalLedger:
         """A recorded session with its events, as ``GET /v1/sessions/{id}`` returns it."""
         return self.store.get_session(session_id, self.workspace)
 
-    def sessions(self, agent_name: Optional[str] = None) -> list[dict[str, Any]]:
-        """Recorded sessions, newest first."""
+    def sessions(
+        self, agent_name: Optional[str] = None, *, user: Optional[str] = None, tags: Sequence[str] = ()
+    ) -> list[dict[str, Any]]:
+        """Recorded sessions, newest first; only those of ``user`` and carrying every one of ``tags`` if given."""
         from .storage import SessionQuery
 
-        page = self.store.list_sessions(SessionQuery(agent_name=agent_name, workspace=self.workspace, limit=500))
+        query = SessionQuery(agent_name=agent_name, user_id=user, tags=tuple(tags), workspace=self.workspace, limit=500)
+        page = self.store.list_sessions(query)
         sessions: list[dict[str, Any]] = page["sessions"]
         return sessions
 

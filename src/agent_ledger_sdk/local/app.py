@@ -2,9 +2,14 @@
 
 Write endpoints (the published protocol)::
 
-    POST /v1/sessions               {"agentName": str}                  -> 201 {"id", ...}
+    POST /v1/sessions               {"agentName": str, ...context}      -> 201 {"id", ...}
     POST /v1/sessions/{id}/end      {"status", "errorMessage"}          -> 200
     POST /v1/events                 {"sessionId", "events": [...]}      -> 202 {"accepted", "costUsd"}
+
+A session may carry ``userId``, ``tags``, ``metadata`` and ``parentSessionId``.
+A batch of events is all or nothing: when some events are bad, the answer is a
+400 (413 when one is over 64 KB) whose ``rejected`` lists every bad event by
+index, so that a client can drop those and resend the rest.
 
 Read and budget endpoints: ``GET /v1/sessions``, ``GET /v1/sessions/{id}``,
 ``GET /v1/budgets``, ``PUT /v1/budgets/{agentName}``; ``GET /openapi.json``
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any, Optional
 
 from starlette.applications import Starlette
@@ -22,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._constants import MAX_EVENT_BYTES
 from .pricing import PriceBook
 from .storage import (
     BudgetExceeded,
@@ -33,6 +38,15 @@ from .storage import (
     SessionQuery,
     StoreError,
 )
+from .validation import (
+    BadInput,
+    EventsRejected,
+    Rejection,
+    TooLarge,
+    check_event,
+    check_session_context,
+    is_number,
+)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -40,13 +54,7 @@ MAX_AGENT_NAME = 200
 MAX_ERROR_MESSAGE = 10_000
 KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
 
-
-class BadInput(StoreError):
-    status = 400
-
-
-class TooLarge(StoreError):
-    status = 413
+__all__ = ["BadInput", "LedgerAPI", "TooLarge", "create_app"]
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -56,14 +64,6 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
 def _reply(reply: Reply) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
     return JSONResponse(reply.body, status_code=reply.status, headers=headers)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class LedgerAPI:
@@ -96,6 +96,8 @@ class LedgerAPI:
             raise BadInput(
                 f"Request body is not valid JSON ({exc}). Send a JSON object with Content-Type: application/json."
             ) from None
+        except RecursionError:
+            raise BadInput("Request body is nested too deeply to read; flatten it.") from None
         if not isinstance(body, dict):
             raise BadInput(
                 f"Request body must be a JSON object, got {type(body).__name__ if body is not None else 'nothing'}."
@@ -124,7 +126,8 @@ class LedgerAPI:
             )
         if len(agent_name) > MAX_AGENT_NAME:
             raise BadInput(f'"agentName" is {len(agent_name)} characters; the limit is {MAX_AGENT_NAME}.')
-        return _reply(self.store.start_session(workspace, agent_name, self._idempotency(request, raw)))
+        context = check_session_context(body)
+        return _reply(self.store.start_session(workspace, agent_name, self._idempotency(request, raw), context))
 
     async def end_session(self, request: Request) -> Response:
         workspace = self._workspace(request)
@@ -151,43 +154,23 @@ class LedgerAPI:
             raise BadInput('"events" must be a non-empty list of event objects.')
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise TooLarge(f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}.")
-        priced = [self._check_event(position, event) for position, event in enumerate(events)]
+        checked: list[PricedEvent] = []
+        rejections: list[tuple[int, Rejection]] = []
+        for position, event in enumerate(events):
+            try:
+                checked.append(check_event(position, event))
+            except Rejection as rejection:
+                rejections.append((position, rejection))
+        if rejections:
+            raise EventsRejected(rejections)
+        priced = [self._price(event) for event in checked]
         return _reply(self.store.append_events(workspace, session_id, priced, self._idempotency(request, raw)))
 
-    def _check_event(self, position: int, event: Any) -> PricedEvent:
-        where = f"events[{position}]"
-        if not isinstance(event, dict):
-            raise BadInput(f"{where} must be a JSON object, got {type(event).__name__}.")
-        encoded = json.dumps(event, separators=(",", ":"), ensure_ascii=False)  # stored as it is
-        size = len(encoded.encode("utf-8"))
-        if size > MAX_EVENT_BYTES:
-            raise TooLarge(
-                f"{where} is {size} bytes; the limit is {MAX_EVENT_BYTES} per event. Truncate large prompts or "
-                "outputs (the agent-ledger-sdk client does this for you)."
-            )
-        kind = event.get("type")
-        if not isinstance(kind, str) or not kind:
-            raise BadInput(f'{where}.type is required: a string such as "llm_call", "tool_call" or "tool_result".')
-        step = event.get("stepIndex")
-        if step is not None and (not _is_int(step) or step < 0):
-            raise BadInput(f"{where}.stepIndex must be a non-negative integer, got {step!r}.")
-        latency = event.get("latencyMs")
-        if latency is not None and (not _is_number(latency) or latency < 0):
-            raise BadInput(f"{where}.latencyMs must be a non-negative number, got {latency!r}.")
-        checked = PricedEvent(payload=event, type=kind, step_index=step, encoded=encoded)
-        if kind != "llm_call":
+    def _price(self, checked: PricedEvent) -> PricedEvent:
+        """An llm_call priced from its provider, model and tokens; other events cost nothing."""
+        event = checked.payload
+        if checked.type != "llm_call":
             return checked
-        for name in ("provider", "model"):
-            value = event.get(name)
-            if not isinstance(value, str) or not value:
-                raise BadInput(f"{where}.{name} is required for an llm_call: a non-empty string.")
-        for name in ("tokensIn", "tokensOut"):
-            value = event.get(name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise BadInput(
-                    f"{where}.{name} must be a non-negative integer (a number, not a string), got {value!r}."
-                )
-        checked.tokens_in, checked.tokens_out = event["tokensIn"], event["tokensOut"]
         if event.get("usageMissing"):
             checked.priced, checked.pricing_note = False, "usage missing: the call was not priced"
             return checked
@@ -210,9 +193,15 @@ class LedgerAPI:
         status = params.get("status")
         if status is not None and status not in ("running", "success", "error"):
             raise BadInput('status must be "running", "success" or "error".')
+        user = params.get("user")
+        tags = tuple(params.getlist("tag"))
+        if user == "" or "" in tags:
+            raise BadInput("user and tag must not be empty: ?user=USER_ID&tag=TAG (tag may repeat).")
         query = SessionQuery(
             agent_name=params.get("agent"),
             status=status,
+            user_id=user,
+            tags=tags,
             started_after=params.get("since"),
             started_before=params.get("until"),
             limit=limit,
@@ -233,7 +222,7 @@ class LedgerAPI:
         workspace = self._workspace(request)
         body, _ = await self._json_object(request)
         limit = body.get("dailyLimitUsd")
-        if limit is not None and (not _is_number(limit) or limit < 0):
+        if limit is not None and (not is_number(limit) or not math.isfinite(limit) or limit < 0):
             raise BadInput('"dailyLimitUsd" must be a non-negative number of US dollars, or null to remove the budget.')
         agent = request.path_params["agent_name"]
         return JSONResponse(self.store.set_budget(workspace, agent, None if limit is None else float(limit)))
@@ -255,6 +244,8 @@ async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     if isinstance(exc, BudgetExceeded):
         return _error(429, exc.message, details=exc.details)
+    if isinstance(exc, EventsRejected):
+        return _error(exc.status, exc.message, rejected=exc.rejected)
     return _error(exc.status, exc.message)
 
 

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -26,8 +27,11 @@ from typing import Any, Callable, Optional
 
 from typing_extensions import Self
 
+from .._local_key import LOCAL_KEY_PREFIX
+
 Clock = Callable[[], datetime.datetime]
-KEY_PREFIX = "al_"
+KEY_PREFIX = LOCAL_KEY_PREFIX  # new keys: al_local_<id>_<secret>
+LEGACY_KEY_PREFIX = "al_"  # keys of earlier versions, al_<id>_<secret>, still authenticate
 DEFAULT_WORKSPACE = "default"
 # Costs are compared with this tolerance so that float sums never refuse an exact fit.
 COST_EPSILON = 1e-9
@@ -128,10 +132,22 @@ class Reply:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class SessionContext:
+    """Who and what a session is for, as ``POST /v1/sessions`` received it (already checked)."""
+
+    user_id: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    metadata: Optional[dict[str, Any]] = None
+    parent_session_id: Optional[str] = None
+
+
 @dataclass
 class SessionQuery:
     agent_name: Optional[str] = None
     status: Optional[str] = None
+    user_id: Optional[str] = None
+    tags: tuple[str, ...] = ()  # a session must carry every one of them
     started_after: Optional[str] = None
     started_before: Optional[str] = None
     limit: int = 50
@@ -156,7 +172,13 @@ class LedgerStore(abc.ABC):
         """The workspace of a valid, unrevoked key; None otherwise."""
 
     @abc.abstractmethod
-    def start_session(self, workspace: str, agent_name: str, idempotency: Optional[Idempotency]) -> Reply: ...
+    def start_session(
+        self,
+        workspace: str,
+        agent_name: str,
+        idempotency: Optional[Idempotency],
+        context: Optional[SessionContext] = None,
+    ) -> Reply: ...
 
     @abc.abstractmethod
     def end_session(
@@ -195,6 +217,15 @@ class LedgerStore(abc.ABC):
         self.close()
 
 
+def key_id_of(secret: str) -> Optional[str]:
+    """The id inside a key of either form (``al_local_<id>_<secret>`` or ``al_<id>_<secret>``), or None."""
+    for prefix in (KEY_PREFIX, LEGACY_KEY_PREFIX):
+        if secret.startswith(prefix):
+            key_id, separator, rest = secret[len(prefix) :].partition("_")
+            return key_id if key_id and separator and rest else None
+    return None
+
+
 def _hash_secret(secret: str) -> str:
     # Keys are 256-bit random tokens: a fast hash is the right tool (as for GitHub tokens).
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -222,7 +253,11 @@ CREATE TABLE IF NOT EXISTS sessions (
     tokens_in INTEGER NOT NULL DEFAULT 0,
     tokens_out INTEGER NOT NULL DEFAULT 0,
     event_count INTEGER NOT NULL DEFAULT 0,
-    unpriced_count INTEGER NOT NULL DEFAULT 0
+    unpriced_count INTEGER NOT NULL DEFAULT 0,
+    user_id TEXT,
+    tags TEXT NOT NULL DEFAULT '[]',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    parent_session_id TEXT
 );
 CREATE INDEX IF NOT EXISTS sessions_by_workspace ON sessions (workspace, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -261,14 +296,47 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 """
 
+# Columns added after the first schema: a database created before them gets them on open.
+_ADDED_SESSION_COLUMNS = {
+    "user_id": "TEXT",
+    "tags": "TEXT NOT NULL DEFAULT '[]'",
+    "metadata": "TEXT NOT NULL DEFAULT '{}'",
+    "parent_session_id": "TEXT",
+}
+
+# Indexes on those columns, created once the columns exist.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (workspace, user_id, seq);
+CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (workspace, parent_session_id);
+"""
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; True when this call created it."""
+    try:
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return True
+
 
 class SQLiteStore(LedgerStore):
     """The embedded default: one SQLite file in WAL mode, shared safely by a server and the CLI."""
 
     def __init__(self, path: str | Path, *, clock: Clock = utc_now) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = False
+        if str(path) not in (":memory:", ""):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # The database holds prompts, outputs and key hashes: readable by this user only. SQLite
+            # gives its -wal and -shm files the mode of the database file.
+            created = _create_private_file(self.path)
         self._clock = clock
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -280,6 +348,18 @@ class SQLiteStore(LedgerStore):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(sessions)")}
+            for column, definition in _ADDED_SESSION_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {definition}")
+            for statement in _INDEXES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        if created:
+            for suffix in ("-wal", "-shm"):
+                companion = Path(f"{self.path}{suffix}")
+                if companion.exists():
+                    os.chmod(companion, 0o600)
 
     def close(self) -> None:
         with self._lock:
@@ -334,9 +414,9 @@ class SQLiteStore(LedgerStore):
         return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], revoked)
 
     def authenticate(self, secret: str) -> Optional[str]:
-        if not secret.startswith(KEY_PREFIX) or secret.count("_") < 2:
+        key_id = key_id_of(secret)
+        if key_id is None:
             return None
-        key_id = secret[len(KEY_PREFIX) :].split("_", 1)[0]
         with self._read() as db:
             row = db.execute("SELECT workspace, key_hash, revoked_at FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         expected = row["key_hash"] if row is not None else _hash_secret("no such key")
@@ -382,7 +462,15 @@ class SQLiteStore(LedgerStore):
 
     # -- sessions and events ----------------------------------------------------
 
-    def start_session(self, workspace: str, agent_name: str, idempotency: Optional[Idempotency]) -> Reply:
+    def start_session(
+        self,
+        workspace: str,
+        agent_name: str,
+        idempotency: Optional[Idempotency],
+        context: Optional[SessionContext] = None,
+    ) -> Reply:
+        context = context or SessionContext()
+        metadata = context.metadata or {}
         with self._write() as db:
             replay = self._replay(db, workspace, idempotency)
             if replay is not None:
@@ -390,10 +478,29 @@ class SQLiteStore(LedgerStore):
             session_id = str(uuid.uuid4())
             started = iso(self._now())
             db.execute(
-                "INSERT INTO sessions (id, workspace, agent_name, status, started_at) VALUES (?, ?, ?, 'running', ?)",
-                (session_id, workspace, agent_name, started),
+                "INSERT INTO sessions (id, workspace, agent_name, status, started_at, user_id, tags, metadata,"
+                " parent_session_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    workspace,
+                    agent_name,
+                    started,
+                    context.user_id,
+                    _compact(list(context.tags)),
+                    _compact(metadata),
+                    context.parent_session_id,
+                ),
             )
-            body = {"id": session_id, "agentName": agent_name, "status": "running", "startedAt": started}
+            body = {
+                "id": session_id,
+                "agentName": agent_name,
+                "status": "running",
+                "startedAt": started,
+                "userId": context.user_id,
+                "tags": list(context.tags),
+                "metadata": metadata,
+                "parentSessionId": context.parent_session_id,
+            }
             return self._remember(db, workspace, idempotency, Reply(201, body))
 
     def _session_row(self, db: sqlite3.Connection, workspace: Optional[str], session_id: str) -> sqlite3.Row:
@@ -543,6 +650,10 @@ class SQLiteStore(LedgerStore):
             "tokensOut": row["tokens_out"],
             "eventCount": row["event_count"],
             "unpricedEvents": row["unpriced_count"],
+            "userId": row["user_id"],
+            "tags": json.loads(row["tags"]),
+            "metadata": json.loads(row["metadata"]),
+            "parentSessionId": row["parent_session_id"],
         }
 
     def get_session(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]:
@@ -552,7 +663,12 @@ class SQLiteStore(LedgerStore):
                 "SELECT * FROM events WHERE session_id = ? ORDER BY step_index IS NULL, step_index, seq",
                 (session_id,),
             ).fetchall()
+            children = db.execute(
+                "SELECT id FROM sessions WHERE workspace = ? AND parent_session_id = ? ORDER BY seq",
+                (row["workspace"], session_id),
+            ).fetchall()
         summary = self._session_summary(row)
+        summary["childSessionIds"] = [child["id"] for child in children]
         summary["events"] = [
             {
                 **json.loads(e["payload"]),
@@ -575,10 +691,14 @@ class SQLiteStore(LedgerStore):
             ("started_at >= ?", query.started_after),
             ("started_at < ?", query.started_before),
             ("seq < ?", query.cursor),
+            ("user_id = ?", query.user_id),
         ):
             if value is not None:
                 clauses.append(column)
                 params.append(value)
+        for tag in dict.fromkeys(query.tags):
+            clauses.append("EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE json_each.value = ?)")
+            params.append(tag)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as db:
             rows = db.execute(
