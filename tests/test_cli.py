@@ -7,13 +7,17 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip("starlette", reason="the CLI needs the server extra")
 
 from agent_ledger_sdk import AgentLedgerClient, AuthenticationError
+from agent_ledger_sdk._local_key import LOCAL_KEY_PREFIX, local_key_path, write_local_key
 from agent_ledger_sdk.local import run
 
 pytestmark = pytest.mark.integration
@@ -121,9 +125,9 @@ def test_the_database_defaults_to_agent_ledger_db(tmp_path: Path) -> None:
     assert db.exists()
 
 
-def test_serve_answers_the_sdk(tmp_path: Path) -> None:
-    db = tmp_path / "served.db"
-    secret = cli("keys", "create", "--name", "serve", "--db", str(db)).stdout.strip().splitlines()[-1]
+@contextmanager
+def serving(db: Path) -> Iterator[tuple[str, list[str]]]:
+    """``agent-ledger serve --port 0`` on ``db``: its URL and what it printed up to the listening line."""
     server = subprocess.Popen(
         [CLI, "serve", "--port", "0", "--db", str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -131,26 +135,136 @@ def test_serve_answers_the_sdk(tmp_path: Path) -> None:
         assert server.stdout is not None
         deadline = time.monotonic() + 30
         url = None
+        lines: list[str] = []
         while url is None and time.monotonic() < deadline:
             line = server.stdout.readline()
+            lines.append(line.rstrip("\n"))
             match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
-        assert url is not None
-        client = AgentLedgerClient(api_key=secret, base_url=url, batching=False)
+        assert url is not None, lines
+        lines.append(server.stdout.readline().rstrip("\n"))  # how clients find it, on a port of its own
         for _ in range(100):  # the socket is bound before uvicorn accepts: wait for it
             try:
-                session_id = client.start_session("served")
+                httpx.get(f"{url}/health")
                 break
-            except Exception:
+            except httpx.TransportError:
                 time.sleep(0.05)
-        client.end_session(session_id, "success")
-        client.close()
+        yield url, lines
     finally:
         server.terminate()
         server.wait(timeout=30)
         if server.stdout is not None:
             server.stdout.close()
+
+
+def test_serve_answers_the_sdk(tmp_path: Path) -> None:
+    db = tmp_path / "served.db"
+    secret = cli("keys", "create", "--name", "serve", "--db", str(db)).stdout.strip().splitlines()[-1]
+    with serving(db) as (url, _):
+        client = AgentLedgerClient(api_key=secret, base_url=url, batching=False)
+        session_id = client.start_session("served")
+        client.end_session(session_id, "success")
+        client.close()
     assert "served" in cli("sessions", "--db", str(db)).stdout
+
+
+def test_serve_leaves_a_working_key_for_clients_on_this_machine_and_keeps_it(tmp_path: Path) -> None:
+    db = tmp_path / "zero-config.db"
+    key_file = local_key_path()  # under the test's own AGENT_LEDGER_HOME
+    assert str(key_file).startswith(os.environ["AGENT_LEDGER_HOME"])
+    assert not key_file.exists()
+    with serving(db) as (url, lines):
+        assert f"Database: {db}" in lines
+        assert (
+            f"Wrote a new local key in {key_file}: clients on this machine with no AGENT_LEDGER_API_KEY "
+            "use it automatically." in lines
+        )
+        assert any(line.startswith(f"Agent Ledger listening on {url}") for line in lines)
+        assert f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}" in lines
+        secret = key_file.read_text().strip()
+        assert secret.startswith(LOCAL_KEY_PREFIX)
+        if os.name == "posix":
+            assert key_file.stat().st_mode & 0o777 == 0o600
+        response = httpx.post(f"{url}/v1/sessions", json={"agentName": "zero-config"}, headers={"x-api-key": secret})
+        assert response.status_code == 201
+    listed = cli("keys", "list", "--db", str(db)).stdout
+    assert re.search(r"local-default\s+default\s", listed)
+    with serving(db) as (_, lines):  # the key still works: kept as it is
+        assert any(line.startswith(f"Kept the local key in {key_file}:") for line in lines)
+    assert key_file.read_text().strip() == secret
+    key_id = secret[len(LOCAL_KEY_PREFIX) :].split("_")[0]
+    assert cli("keys", "revoke", key_id, "--db", str(db)).returncode == 0
+    with serving(db) as (url, lines):  # revoked: replaced by a new one
+        assert any(line.startswith("Wrote a new local key in") for line in lines)
+        replacement = key_file.read_text().strip()
+        assert replacement != secret
+        assert httpx.get(f"{url}/v1/sessions", headers={"x-api-key": replacement}).status_code == 200
+    write_local_key(f"{LOCAL_KEY_PREFIX}0000_of-another-database")
+    with serving(db) as (_, lines):  # a key of another database: replaced too
+        assert any(line.startswith("Wrote a new local key in") for line in lines)
+    assert len(re.findall(r"local-default", cli("keys", "list", "--db", str(db)).stdout)) == 3
+
+
+def test_the_database_defaults_to_ledger_db_in_agent_ledger_home(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    result = cli("keys", "create", "--name", "home", env={"AGENT_LEDGER_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    assert (home / "ledger.db").exists()
+    from agent_ledger_sdk.local.server import default_db_path
+
+    assert default_db_path() == Path(os.environ["AGENT_LEDGER_HOME"]) / "ledger.db"
+
+
+def test_sessions_filter_by_user_and_tags_and_show_the_context_and_the_spans(tmp_path: Path) -> None:
+    db = tmp_path / "context.db"
+    with run(db=db) as ledger, httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+
+        def start(agent: str, **context: object) -> str:
+            return str(http.post("/v1/sessions", json={"agentName": agent, **context}).json()["id"])
+
+        parent = start("planner", userId="alice", tags=["prod", "refunds"], metadata={"plan": "pro"})
+        child = start("worker", userId="alice", tags=["prod"], parentSessionId=parent)
+        other = start("worker", userId="bob", tags=["refunds"])
+        events = [
+            {"type": "tool_call", "stepIndex": 0, "toolName": "plan", "toolInput": {}, "spanId": "a",
+             "startedAt": "2026-11-25T15:27:17.123Z"},
+            {"type": "llm_call", "stepIndex": 1, "provider": "test", "model": "m", "tokensIn": 1, "tokensOut": 2,
+             "parentSpanId": "a", "spanId": "b", "startedAt": "2026-11-25T15:27:17.456Z"},
+            {"type": "tool_call", "stepIndex": 2, "toolName": "lookup", "toolInput": {}, "parentSpanId": "b",
+             "spanId": "c", "startedAt": "2026-11-26T00:00:01Z"},
+            {"type": "tool_result", "stepIndex": 3, "toolName": "plan", "toolOutput": "done", "spanId": "a"},
+        ]  # fmt: skip
+        assert http.post("/v1/events", json={"sessionId": parent, "events": events}).status_code == 202
+    everything = cli("sessions", "--db", str(db))
+    assert everything.returncode == 0, everything.stderr
+    header = everything.stdout.splitlines()[0].split()
+    assert header[:4] == ["SESSION", "AGENT", "USER", "STATUS"] and "TAGS" in header
+    assert re.search(rf"{parent}\s+planner\s+alice\s+running.*prod,refunds", everything.stdout)
+    alices = cli("sessions", "--user", "alice", "--db", str(db)).stdout
+    assert parent in alices and child in alices and other not in alices
+    both = cli("sessions", "--tag", "prod", "--tag", "refunds", "--db", str(db)).stdout
+    assert parent in both and child not in both and other not in both
+    assert "No sessions recorded yet." in cli("sessions", "--user", "carol", "--db", str(db)).stdout
+
+    shown = cli("show", parent, "--db", str(db))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"Session {parent}  agent=planner  status=running  user=alice  tags=prod,refunds"
+    assert f"  child sessions: {child}" in lines
+    assert '  metadata: {"plan": "pro"}' in lines
+    table_header = next(line for line in lines if line.startswith("STEP"))
+    assert table_header.split()[:4] == ["STEP", "STARTED", "(UTC)", "TYPE"]
+    rows = {line.lstrip().split()[0]: line for line in lines if line.lstrip()[:1].isdigit()}
+    type_at = table_header.index("TYPE")
+    assert rows["0"][type_at:].startswith("tool_call ")
+    assert rows["1"][type_at:].startswith("  llm_call ")  # under the span of step 0
+    assert rows["2"][type_at:].startswith("    tool_call ")  # under the span of step 1
+    assert rows["3"][type_at:].startswith("tool_result ")  # the result of step 0's span, at its level
+    assert "15:27:17.123" in rows["0"] and "15:27:17.456" in rows["1"]
+    assert "2026-11-26 00:00:01" in rows["2"]  # another day than the session's start: the full date
+    child_shown = cli("show", child, "--db", str(db)).stdout.splitlines()
+    assert f"  parent session: {parent}" in child_shown
+    assert "STARTED" not in next(line for line in child_shown if line.startswith("STEP"))
 
 
 def test_demo_runs_an_agent_and_shows_the_guardrail(tmp_path: Path) -> None:

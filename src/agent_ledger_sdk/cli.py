@@ -1,13 +1,15 @@
 """``agent-ledger``: run and inspect a local ledger.
 
 Every command that reads or writes the database takes ``--db PATH`` (default:
-``AGENT_LEDGER_DB``, else ``ledger.db`` in the user's data directory) and works
-whether or not a server is running on it.
+``AGENT_LEDGER_DB``, else ``ledger.db`` in the ledger's state directory:
+``AGENT_LEDGER_HOME``, else the user's data directory) and works whether or not
+a server is running on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +27,9 @@ def _store(args: argparse.Namespace) -> Any:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .local.app import create_app
     from .local.pricing import PriceBook
-    from .local.server import serve_forever
+    from .local.server import ensure_local_key, serve_forever
+
+    say = functools.partial(print, flush=True)  # a log file or a pipe sees each line at once
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -34,10 +38,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     with _store(args) as store:
-        if not store.list_keys():
-            print("No API keys yet: create one with `agent-ledger keys create --name NAME`.")
-        print(f"Database: {args.db}")
-        serve_forever(create_app(store, PriceBook(args.prices)), args.host, args.port)
+        key_path, created = ensure_local_key(store)
+        say(f"Database: {args.db}")
+        say(
+            f"{'Wrote a new' if created else 'Kept the'} local key in {key_path}: clients on this machine "
+            "with no AGENT_LEDGER_API_KEY use it automatically."
+        )
+        serve_forever(create_app(store, PriceBook(args.prices)), args.host, args.port, announce=say)
     return 0
 
 
@@ -84,7 +91,14 @@ def _cmd_sessions(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         page = store.list_sessions(
-            SessionQuery(agent_name=args.agent, status=args.status, limit=args.limit, workspace=args.workspace)
+            SessionQuery(
+                agent_name=args.agent,
+                status=args.status,
+                user_id=args.user,
+                tags=tuple(args.tag or ()),
+                limit=args.limit,
+                workspace=args.workspace,
+            )
         )
         print(sessions_table(page["sessions"]))
     return 0
@@ -111,7 +125,7 @@ def _db_path(value: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     from .local.server import DEFAULT_PORT, default_db_path
 
-    db_help = "SQLite database (default: $AGENT_LEDGER_DB, else a file in your data directory)"
+    db_help = "SQLite database (default: $AGENT_LEDGER_DB, else ledger.db in $AGENT_LEDGER_HOME or your data directory)"
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", type=_db_path, default=None, help=db_help)
 
@@ -153,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sessions = commands.add_parser("sessions", parents=[common], help="list recorded sessions, newest first")
     sessions.add_argument("--agent", help="only this agent")
     sessions.add_argument("--status", choices=["running", "success", "error"], help="only this status")
+    sessions.add_argument("--user", help="only this userId")
+    sessions.add_argument("--tag", action="append", help="only sessions with this tag (repeat: with every one)")
     sessions.add_argument("--workspace", help="only this workspace")
     sessions.add_argument("--limit", type=int, default=20, help="how many (default: 20)")
     sessions.set_defaults(handler=_cmd_sessions)

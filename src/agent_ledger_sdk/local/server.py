@@ -9,22 +9,47 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-DB_ENV = "AGENT_LEDGER_DB"
+from .._local_key import DB_ENV, LOCAL_BASE_URL, local_key_path, read_local_key, state_dir, write_local_key
+from .storage import DEFAULT_WORKSPACE, LedgerStore
+
 DEFAULT_PORT = 8787
+LOCAL_KEY_NAME = "local-default"
+
+__all__ = [
+    "DB_ENV",
+    "DEFAULT_PORT",
+    "LOCAL_KEY_NAME",
+    "BackgroundServer",
+    "bind_socket",
+    "default_db_path",
+    "ensure_local_key",
+    "serve_forever",
+    "url_for",
+]
 
 
 def default_db_path() -> Path:
-    """``AGENT_LEDGER_DB``, else ``ledger.db`` in the user's data directory."""
+    """``AGENT_LEDGER_DB``, else ``ledger.db`` in the ledger's state directory (``AGENT_LEDGER_HOME``, else
+    ``agent-ledger`` in the user's data directory)."""
     configured = os.environ.get(DB_ENV)
     if configured:
         return Path(configured).expanduser()
-    if os.name == "nt":  # pragma: no cover - exercised on Windows only
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    elif os.uname().sysname == "Darwin":  # pragma: no cover
-        base = Path.home() / "Library" / "Application Support"
-    else:
-        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "agent-ledger" / "ledger.db"
+    return state_dir() / "ledger.db"
+
+
+def ensure_local_key(store: LedgerStore) -> tuple[Path, bool]:
+    """Make sure the local key file holds a key that works on ``store``; return its path and whether it is new.
+
+    A key already in the file is kept when it authenticates against this database
+    (unrevoked); otherwise a key named ``local-default`` is created in the
+    ``default`` workspace and written there (mode 0600). Clients on this machine
+    with no ``AGENT_LEDGER_API_KEY`` use that file.
+    """
+    current = read_local_key()
+    if current is not None and store.authenticate(current) is not None:
+        return local_key_path(), False
+    new = store.create_key(LOCAL_KEY_NAME, DEFAULT_WORKSPACE)
+    return write_local_key(new.secret), True
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -92,8 +117,9 @@ def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None
     import uvicorn
 
     sock = bind_socket(host, port)
-    actual = sock.getsockname()[1]
-    announce(f"Agent Ledger listening on {url_for(host, actual)}  (Ctrl+C to stop)")
-    announce(f"  export AGENT_LEDGER_BASE_URL={url_for(host, actual)}")
+    url = url_for(host, sock.getsockname()[1])
+    announce(f"Agent Ledger listening on {url}  (Ctrl+C to stop)")
+    if url != LOCAL_BASE_URL:
+        announce(f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}")
     config = uvicorn.Config(app, log_level="info", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
