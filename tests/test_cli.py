@@ -205,6 +205,25 @@ def test_serve_leaves_a_working_key_for_clients_on_this_machine_and_keeps_it(tmp
     assert len(re.findall(r"local-default", cli("keys", "list", "--db", str(db)).stdout)) == 3
 
 
+def test_serve_without_a_writable_key_file_still_serves_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent_ledger_sdk import cli as cli_module
+    from agent_ledger_sdk.local import server as server_module
+
+    def read_only(path: Path) -> Path:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    served: list[tuple[str, int]] = []
+    monkeypatch.setattr(server_module, "write_local_key", read_only)
+    monkeypatch.setattr(server_module, "serve_forever", lambda app, host, port, announce: served.append((host, port)))
+    assert cli_module.main(["serve", "--port", "0", "--db", str(tmp_path / "l.db")]) == 0
+    assert served == [("127.0.0.1", 0)]
+    err = capsys.readouterr().err
+    assert "Warning: could not write the local key file ([Errno 13] Permission denied" in err
+    assert "agent-ledger keys create --name NAME" in err
+
+
 def test_the_database_defaults_to_ledger_db_in_agent_ledger_home(tmp_path: Path) -> None:
     home = tmp_path / "home"
     result = cli("keys", "create", "--name", "home", env={"AGENT_LEDGER_HOME": str(home)})

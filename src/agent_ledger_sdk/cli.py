@@ -38,12 +38,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     with _store(args) as store:
-        key_path, created = ensure_local_key(store)
         say(f"Database: {args.db}")
-        say(
-            f"{'Wrote a new' if created else 'Kept the'} local key in {key_path}: clients on this machine "
-            "with no AGENT_LEDGER_API_KEY use it automatically."
-        )
+        try:
+            key_path, created = ensure_local_key(store)
+        except OSError as exc:  # a read-only home: serve anyway, with keys made by hand
+            print(
+                f"Warning: could not write the local key file ({exc}); give clients a key from "
+                "`agent-ledger keys create --name NAME` as AGENT_LEDGER_API_KEY.",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            say(
+                f"{'Wrote a new' if created else 'Kept the'} local key in {key_path}: clients on this machine "
+                "with no AGENT_LEDGER_API_KEY use it automatically."
+            )
         serve_forever(create_app(store, PriceBook(args.prices)), args.host, args.port, announce=say)
     return 0
 
