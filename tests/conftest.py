@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -13,9 +14,9 @@ import respx
 
 import agent_ledger_sdk
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk import _client as client_module
+from agent_ledger_sdk import _http as client_module
 from agent_ledger_sdk import _default as default_module
-from agent_ledger_sdk import _recorder as recorder_module
+from agent_ledger_sdk import _instrumentation as recorder_module
 
 BASE_URL = "https://ledger.test"
 API_KEY = "sk-test-123"
@@ -117,4 +118,18 @@ def ledger_api(make_api: Any) -> Any:
     return make_api()
 
 
-__all__ = ["API_KEY", "BASE_URL", "agent_ledger_sdk"]
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def without_span(event: dict[str, Any]) -> dict[str, Any]:
+    """The event less its span keys, after checking their form: ``startedAt`` (RFC 3339 ms UTC), ``spanId``."""
+    rest = dict(event)
+    started = rest.pop("startedAt")
+    assert RFC3339_MS.match(started), started
+    if "spanId" in rest:
+        assert SPAN_ID.match(rest.pop("spanId"))
+    return rest
+
+
+__all__ = ["API_KEY", "BASE_URL", "agent_ledger_sdk", "without_span"]

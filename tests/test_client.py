@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from typing import Any
 
@@ -191,10 +192,28 @@ def test_the_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize("client_class", [AgentLedgerClient, AsyncAgentLedgerClient])
-@pytest.mark.parametrize("key", [None, "", "   "])
-def test_no_api_key_is_a_value_error_that_says_where_to_set_it(client_class: Any, key: Any) -> None:
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_is_a_value_error_that_says_where_to_set_it(client_class: Any, key: Any) -> None:
     with pytest.raises(ValueError, match="AGENT_LEDGER_API_KEY"):
         client_class(api_key=key)
+
+
+def test_no_api_key_anywhere_builds_a_client_that_records_nothing_and_says_what_to_do(
+    api: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = AgentLedgerClient(base_url=BASE_URL)  # no key argument, no environment, no local key file
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "AGENT_LEDGER_API_KEY" in warning and "agent-ledger serve" in warning
+    assert not ledger.enabled
+
+    @ledger.session("bot")
+    def run() -> int:
+        return 7
+
+    assert run() == 7
+    with pytest.raises(ValueError, match="AGENT_LEDGER_API_KEY"):
+        ledger.start_session("bot")
+    assert not api.calls
 
 
 def test_base_url_keyword_then_environment_then_hosted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -459,14 +478,14 @@ def test_each_retry_logs_one_debug_line(
 
 def test_the_sync_client_is_a_context_manager_that_closes() -> None:
     with AgentLedgerClient(api_key="k") as ledger:
-        http = ledger._client()
+        http = ledger._http.client()
     assert http.is_closed
-    assert ledger._http is None
+    assert ledger._http._http is None
 
 
 async def _async_context() -> httpx.AsyncClient:
     async with AsyncAgentLedgerClient(api_key="k") as ledger:
-        http = ledger._client()
+        http = ledger._http.client()
     return http
 
 

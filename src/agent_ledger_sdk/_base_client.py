@@ -74,15 +74,29 @@ def idempotency_key() -> str:
     return f"agent-ledger-{time.time_ns():016x}-{os.urandom(8).hex()}"
 
 
+NO_KEY_MESSAGE = (
+    "no API key: pass AgentLedgerClient(api_key=...) or set {env}; to record on this machine with no "
+    "account, run `agent-ledger serve` (pip install 'agent-ledger-sdk[server]') and clients find its key"
+).format(env=API_KEY_ENV)
+
+
 def resolve_api_key(api_key: Optional[str]) -> str:
+    """``api_key``, else ``AGENT_LEDGER_API_KEY``, else the key a local ledger left on this machine."""
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is None:
+        from ._local_key import read_local_key
+
+        key = read_local_key()
     if not key or not key.strip():
-        raise ValueError(f"api_key is required: pass AgentLedgerClient(api_key=...) or set {API_KEY_ENV}")
+        raise ValueError(NO_KEY_MESSAGE)
     return key.strip()
 
 
-def resolve_base_url(base_url: Optional[str]) -> str:
-    url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+def resolve_base_url(base_url: Optional[str], api_key: str = "") -> str:
+    """``base_url``, else ``AGENT_LEDGER_BASE_URL``, else the local ledger for a local key, else the hosted API."""
+    from ._local_key import LOCAL_BASE_URL, is_local_key
+
+    url = base_url or os.environ.get(BASE_URL_ENV) or (LOCAL_BASE_URL if is_local_key(api_key) else DEFAULT_BASE_URL)
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
@@ -103,8 +117,16 @@ class BaseClient:
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        self.api_key = resolve_api_key(api_key)
-        self.base_url = resolve_base_url(base_url)
+        try:
+            self.api_key = resolve_api_key(api_key)
+        except ValueError:
+            if api_key is not None:
+                raise  # an explicit empty key is a mistake to say at once (the published client does)
+            # No key anywhere: the client is built, records nothing, and says what to do;
+            # a published call (start_session...) raises that same message.
+            self.api_key = ""
+            logger.warning("agent-ledger: %s. Nothing is recorded until then.", NO_KEY_MESSAGE)
+        self.base_url = resolve_base_url(base_url, self.api_key)
         self.timeout = timeout
         self.max_retries = max_retries
         self.default_headers = dict(default_headers or {})
@@ -121,12 +143,19 @@ class BaseClient:
     # -- requests ---------------------------------------------------------
 
     def _build_request(
-        self, method: str, path: str, body: Any = None, content: Optional[bytes] = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content: Optional[bytes] = None,
+        key: Optional[str] = None,
     ) -> httpx.Request:
-        """One logical request; its Idempotency-Key is reused by every retry."""
+        """One logical request; its Idempotency-Key (``key``, else a new one) is reused by every retry."""
+        if not self.api_key:
+            raise ValueError(NO_KEY_MESSAGE)
         headers = dict(self._headers)
         if method == "POST":
-            headers["Idempotency-Key"] = idempotency_key()
+            headers["Idempotency-Key"] = key or idempotency_key()
             headers["Content-Type"] = "application/json"
             if content is None:
                 content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -178,9 +207,9 @@ class BaseClient:
 
     # -- retries ----------------------------------------------------------
 
-    def _retry_delay(self, error: AgentLedgerError, attempt: int) -> Optional[float]:
+    def _retry_delay(self, error: AgentLedgerError, attempt: int, max_retries: int) -> Optional[float]:
         """Seconds to wait before retry number ``attempt + 1``, or None to give up."""
-        if attempt >= self.max_retries or not _is_retryable(error):
+        if attempt >= max_retries or not is_retryable(error):
             return None
         response = getattr(error, "response", None)
         retry_after = _retry_after(response) if response is not None else None
@@ -189,14 +218,16 @@ class BaseClient:
         delay = min(INITIAL_RETRY_DELAY * (2.0**attempt), MAX_RETRY_DELAY)
         return delay * (1 - RETRY_JITTER * random.random())
 
-    def _log_retry(self, request: httpx.Request, error: AgentLedgerError, delay: float, attempt: int) -> None:
+    def _log_retry(
+        self, request: httpx.Request, error: AgentLedgerError, delay: float, attempt: int, max_retries: int
+    ) -> None:
         logger.debug(
             "Retrying %s %s in %.2fs (retry %d of %d) after: %s",
             request.method,
             request.url.path,
             delay,
             attempt + 1,
-            self.max_retries,
+            max_retries,
             error,
         )
 
@@ -224,7 +255,8 @@ class BaseClient:
         return session_id
 
 
-def _is_retryable(error: AgentLedgerError) -> bool:
+def is_retryable(error: BaseException) -> bool:
+    """True for faults that may pass: connection errors, timeouts, 408, 429 without a guardrail, 5xx."""
     if isinstance(error, APIConnectionError):
         return True
     if isinstance(error, APIStatusError):

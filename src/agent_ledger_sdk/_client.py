@@ -1,45 +1,210 @@
-"""The HTTP clients: :class:`AgentLedgerClient` and :class:`AsyncAgentLedgerClient`.
+"""The clients: :class:`AgentLedgerClient` and :class:`AsyncAgentLedgerClient`.
 
-They are thin I/O twins over :class:`~agent_ledger_sdk._base_client.BaseClient`;
-the instrumentation helpers come from :class:`~agent_ledger_sdk._instrument.Instrumentation`.
+Each is the published API (sessions and events over HTTP) on
+:class:`~agent_ledger_sdk._base_client.BaseClient`, with its I/O in
+``_http``, and it *holds* an :class:`~agent_ledger_sdk._instrumentation.Instrumentation`
+built over that I/O for the helpers (``session``, ``tool``, ``llm_call``).
 """
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union, overload
 
 import httpx
 
 from ._base_client import BaseClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
-from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, encode_events, events_body, typed_event
-from ._exceptions import AgentLedgerError
-from ._instrument import Instrumentation
-from ._worker import DEFAULT_MAX_QUEUE_SIZE
-
-# The test seam for backoff waits.
-_sleep: Callable[[float], None] = time.sleep
-
-
-async def _async_sleep(delay: float) -> None:
-    import asyncio  # imported on first use: asyncio costs ~35 ms of import time
-
-    await asyncio.sleep(delay)
-
+from ._context import current_session_var
+from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, encode_events, typed_event
+from ._http import AsyncHTTP, LoopBridge, SyncHTTP, SyncLedgerIO
+from ._instrument_llm import NULL_LLM_CALL, LLMCall, make_llm_call
+from ._instrument_session import SessionScope, make_session
+from ._instrument_tool import IDENTITY_DECORATOR, ToolDecorator, make_tool
+from ._instrument_wrapping import F
+from ._instrumentation import Instrumentation
+from ._journal import DEFAULT_MAX_JOURNAL_BYTES
+from ._sender import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_RETRY_WINDOW
+from ._session import SessionHandle
+from ._stats import LedgerStats
 
 SessionStatus = Literal["success", "error"]
-
-# httpx writes a request's headers and body separately; with Nagle's algorithm on,
-# the body then waits for the server's delayed ACK (40 ms on Linux) on every request.
-NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+Redact = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
 
 
-class AgentLedgerClient(Instrumentation, BaseClient):
+class _Helpers:
+    """The instrumentation helpers both clients offer, delegated to their :class:`Instrumentation`."""
+
+    _instrumentation: Instrumentation
+
+    def _resolve_instrumentation(self) -> Instrumentation:
+        return self._instrumentation
+
+    @property
+    def enabled(self) -> bool:
+        """False when the helpers are switched off (``enabled=False`` or ``AGENT_LEDGER_ENABLED=false``)."""
+        return self._instrumentation.enabled
+
+    @property
+    def stats(self) -> LedgerStats:
+        """Events sent, failed, rejected and dropped by the helpers so far; still queued; bytes in the journal."""
+        return self._instrumentation.stats()
+
+    @overload
+    def session(self, func: F, /) -> F: ...
+
+    @overload
+    def session(
+        self,
+        func_or_name: Optional[str] = None,
+        /,
+        *,
+        agent_name: Optional[str] = None,
+        user_id: Optional[str] = None,
+        tags: Optional[Iterable[str]] = None,
+        metadata: Optional[dict[str, Any]] = None,
+    ) -> SessionScope: ...
+
+    def session(
+        self,
+        func_or_name: Any = None,
+        /,
+        *,
+        agent_name: Optional[str] = None,
+        user_id: Optional[str] = None,
+        tags: Optional[Iterable[str]] = None,
+        metadata: Optional[dict[str, Any]] = None,
+    ) -> Any:
+        """Record a session: ``@ledger.session``, ``@ledger.session("name")``, ``with ledger.session("name")``.
+
+        ```python
+        @ledger.session("support-bot", user_id="u-42", tags=["beta"])
+        def handle(ticket: str) -> str:
+            return answer(ticket)
+        ```
+
+        The session starts when the function is called (or the block entered)
+        and ends with ``success``, or with ``error`` and ``"<Type>: <message>"``
+        if it raised; the exception is re-raised unchanged. A session started
+        inside another records it as its parent.
+
+        Args:
+            agent_name: the agent; defaults to the function's name when decorating.
+            user_id: who the agent works for; the ledger filters sessions by it.
+            tags: labels to filter sessions by.
+            metadata: any JSON-able details (a dict), recorded with the session.
+        """
+        instrumentation = self._instrumentation
+        if not instrumentation.enabled and func_or_name is not None and not isinstance(func_or_name, str):
+            return func_or_name  # the kill switch: the function itself, no wrapper
+        return make_session(
+            self._resolve_instrumentation,
+            func_or_name,
+            agent_name,
+            instrumentation.enabled,
+            user_id=user_id,
+            tags=tags,
+            metadata=metadata,
+        )
+
+    @overload
+    def tool(self, func: F, /) -> F: ...
+
+    @overload
+    def tool(
+        self,
+        func_or_name: Optional[str] = None,
+        /,
+        *,
+        name: Optional[str] = None,
+        capture_input: bool = True,
+        capture_output: bool = True,
+    ) -> ToolDecorator: ...
+
+    def tool(
+        self,
+        func_or_name: Any = None,
+        /,
+        *,
+        name: Optional[str] = None,
+        capture_input: bool = True,
+        capture_output: bool = True,
+    ) -> Any:
+        """Record each call of a tool function as a ``tool_call`` and a ``tool_result`` event.
+
+        ```python
+        @ledger.tool
+        def search_docs(query: str, limit: int = 3) -> list[str]:
+            return index.search(query)[:limit]
+        ```
+
+        The input is recorded as it was when the call started, the output as it
+        was when the call returned.
+        """
+        if not self._instrumentation.enabled:
+            return func_or_name if callable(func_or_name) else IDENTITY_DECORATOR
+        return make_tool(func_or_name, name, capture_input, capture_output)
+
+    def llm_call(self, *, provider: str, model: str, prompt: Any = None, **attributes: Any) -> LLMCall:
+        """Time an LLM call over a ``with`` / ``async with`` block and record it as an ``llm_call`` event."""
+        if not self._instrumentation.enabled:
+            return NULL_LLM_CALL
+        return make_llm_call(provider, model, prompt, attributes)
+
+    def current_session(self) -> Optional[SessionHandle]:
+        """The session the calling code runs in, or None."""
+        return current_session_var.get()
+
+    def flush(self, timeout: Optional[float] = 5.0) -> int:
+        """Wait until queued events are sent (at most ``timeout`` seconds); return how many are left."""
+        return self._instrumentation.flush(timeout)
+
+    async def aflush(self, timeout: Optional[float] = 5.0) -> int:
+        """:meth:`flush` for async code: waits in a worker thread, never on the event loop."""
+        import asyncio
+
+        self._instrumentation.note_loop()
+        return await asyncio.get_running_loop().run_in_executor(None, self._instrumentation.flush, timeout)
+
+    def reset_guardrail(self, agent_name: Optional[str] = None) -> None:
+        """Lift the pre-flight stop of one agent (or all) after raising its budget."""
+        self._instrumentation.latch.clear(agent_name)
+
+
+_CLIENT_ARGS_DOC = """
+    Args:
+        api_key: workspace API key; defaults to ``AGENT_LEDGER_API_KEY``, else the key
+            ``agent-ledger serve`` left on this machine. With none, nothing is recorded
+            and one warning says what to do.
+        base_url: API root; defaults to ``AGENT_LEDGER_BASE_URL``, else the local ledger
+            (``http://127.0.0.1:8787``) for a local key, else the hosted API.
+        timeout: seconds (or an ``httpx.Timeout``) for each HTTP attempt.
+        transport: an httpx transport for proxies, meshes or tests.
+        http_client: an httpx client to send everything with (its transport, proxies and
+            limits); ``timeout`` and ``transport`` are then the client's own.
+        default_headers: extra headers sent with every request.
+        max_retries: retries after a connection error, timeout, 408, 429 or 5xx.
+        batching: the helpers send in the background (default) or inline.
+        max_queue_bytes: memory the background queue may hold; past it, events go to the journal.
+        max_queue_size: an optional bound on queued events too (the bytes bound always applies).
+        journal: the directory where events wait when memory is full or the ledger is
+            down too long (default: one per ledger and key under the local state
+            directory); ``False`` turns it off.
+        max_journal_bytes: the journal's bound on disk.
+        retry_window: seconds the sender retries a failing ledger before it moves the queue to the journal.
+        enabled: ``False`` (or ``AGENT_LEDGER_ENABLED=false``) turns the helpers off.
+        capture_content: ``False`` (or ``AGENT_LEDGER_CAPTURE_CONTENT=false``)
+            replaces prompts, responses and tool inputs and outputs with a marker.
+        redact: called with each helper event; returns the event to send, or None to drop it.
+        sample_rate: the share of sessions whose tool events are recorded (LLM calls, which
+            carry cost, always are).
+        handle_sigterm: deliver queued events when the process gets SIGTERM (if it has no handler of its own).
+"""
+
+
+class AgentLedgerClient(_Helpers, BaseClient):
     """Client of the Agent Ledger API, and the home of the instrumentation helpers.
 
     ```python
@@ -49,21 +214,9 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         session_id = ledger.start_session("batch-writer")
         ledger.end_session(session_id, "success")
     ```
-
-    Args:
-        api_key: workspace API key; defaults to ``AGENT_LEDGER_API_KEY``.
-        base_url: API root; defaults to ``AGENT_LEDGER_BASE_URL``, else the hosted API.
-        timeout: seconds (or an ``httpx.Timeout``) for each HTTP attempt.
-        transport: an ``httpx.BaseTransport`` for proxies, meshes or tests.
-        default_headers: extra headers sent with every request.
-        max_retries: retries after a connection error, timeout, 408, 429 or 5xx.
-        batching: the helpers send in the background (default) or inline.
-        max_queue_size: events the background queue holds before it drops new ones.
-        enabled: ``False`` (or ``AGENT_LEDGER_ENABLED=false``) turns the helpers off.
-        capture_content: ``False`` (or ``AGENT_LEDGER_CAPTURE_CONTENT=false``)
-            replaces prompts, responses and tool inputs and outputs with a marker.
-        redact: called with each helper event; returns the event to send.
     """
+
+    __doc__ = (__doc__ or "") + _CLIENT_ARGS_DOC
 
     def __init__(
         self,
@@ -72,13 +225,20 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         base_url: Optional[str] = None,
         timeout: Union[float, httpx.Timeout, None] = DEFAULT_TIMEOUT,
         transport: Optional[httpx.BaseTransport] = None,
+        http_client: Optional[httpx.Client] = None,
         default_headers: Optional[Mapping[str, str]] = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         batching: bool = True,
-        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_queue_size: Optional[int] = None,
+        journal: Union[str, Path, bool, None] = None,
+        max_journal_bytes: int = DEFAULT_MAX_JOURNAL_BYTES,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
         enabled: Optional[bool] = None,
         capture_content: Optional[bool] = None,
-        redact: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
+        redact: Optional[Redact] = None,
+        sample_rate: float = 1.0,
+        handle_sigterm: bool = True,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -88,15 +248,26 @@ class AgentLedgerClient(Instrumentation, BaseClient):
             default_headers=default_headers,
             max_retries=max_retries,
         )
-        self._transport = transport
-        self._http: Optional[httpx.Client] = None
-        self._http_lock = threading.Lock()
-        self._init_instrumentation(
+        if max_queue_size is not None and max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
+        self._http = SyncHTTP(self, transport=transport, http_client=http_client)
+        self._instrumentation = Instrumentation(
+            io=SyncLedgerIO(self._http, max_retries),
+            sender_io=SyncLedgerIO(self._http, 0),  # the sender retries on its own terms
+            aio=None,
+            connections=[self._http],
+            identity=(self.base_url, self.api_key),
             batching=batching,
-            max_queue_size=max_queue_size,
-            enabled=enabled,
+            enabled=False if not self.api_key else enabled,
             capture_content=capture_content,
             redact=redact,
+            max_queue_bytes=max_queue_bytes,
+            max_queue_events=max_queue_size,
+            journal=journal,
+            max_journal_bytes=max_journal_bytes,
+            retry_window=retry_window,
+            sample_rate=sample_rate,
+            handle_sigterm=handle_sigterm,
         )
 
     # -- the published API ------------------------------------------------
@@ -104,18 +275,20 @@ class AgentLedgerClient(Instrumentation, BaseClient):
     def start_session(self, agent_name: str) -> str:
         """Start a session for ``agent_name`` and return its id."""
         self._check_agent_name(agent_name)
-        response = self._post("/v1/sessions", {"agentName": agent_name})
+        response = self._http.post("/v1/sessions", {"agentName": agent_name})
         return self._session_id_from(response)
 
     def end_session(self, session_id: str, status: SessionStatus, *, error_message: Optional[str] = None) -> None:
         """Mark a session finished, with ``"success"`` or ``"error"`` and a message."""
         body = self._end_body(session_id, status, error_message)
-        self._post(f"/v1/sessions/{session_id}/end", body)
+        self._http.post(f"/v1/sessions/{session_id}/end", body)
 
     def log_events(self, session_id: str, events: Iterable[Mapping[str, Any]]) -> None:
         """Send events of any ``type`` to a session, made JSON-safe and capped at 64 KB each."""
         self._check_session_id(session_id)
-        self._send_events(session_id, encode_events(events))
+        from ._events import events_body
+
+        self._http.post("/v1/events", content=events_body(session_id, encode_events(events)))
 
     def log_llm_call(self, session_id: str, event: Mapping[str, Any]) -> None:
         """Send one ``llm_call`` event; the ledger prices it from provider, model and tokens."""
@@ -129,13 +302,13 @@ class AgentLedgerClient(Instrumentation, BaseClient):
         """Send one ``tool_result`` event, after the tool returned or raised."""
         self.log_events(session_id, [typed_event(TOOL_RESULT, event, "log_tool_result")])
 
-    def close(self) -> int:
-        """Send what the helpers have queued (at most 5 s), close connections; return what was left unsent."""
-        left = self._close_instrumentation()
-        with self._http_lock:
-            if self._http is not None:
-                self._http.close()
-                self._http = None
+    def close(self, timeout: Optional[float] = 5.0) -> int:
+        """Send what the helpers have queued (at most ``timeout`` seconds), close connections.
+
+        Returns how many events were left unsent; they wait in the journal for the next client.
+        """
+        left = self._instrumentation.close(timeout)
+        self._http.close()
         return left
 
     def __enter__(self) -> AgentLedgerClient:
@@ -149,54 +322,8 @@ class AgentLedgerClient(Instrumentation, BaseClient):
     ) -> None:
         self.close()
 
-    # -- I/O --------------------------------------------------------------
 
-    def _send_events(self, session_id: str, encoded_events: list[str]) -> None:
-        self._post("/v1/events", content=events_body(session_id, encoded_events))
-
-    def _client(self) -> httpx.Client:
-        http = self._http
-        if http is None:
-            with self._http_lock:
-                http = self._http
-                if http is None:
-                    transport = self._transport or httpx.HTTPTransport(socket_options=NO_DELAY)
-                    http = self._http = httpx.Client(timeout=self.timeout, transport=transport)
-        return http
-
-    def _forget_connections(self) -> None:
-        """After fork(): the parent's sockets are not ours to use."""
-        self._http = None
-        self._http_lock = threading.Lock()
-
-    def _helpers_sync_io(self) -> AgentLedgerClient:
-        return self
-
-    def _helpers_async_io(self) -> None:
-        return None  # async helpers run this client's calls in a worker thread
-
-    def _post(self, path: str, body: Any = None, *, content: Optional[bytes] = None) -> httpx.Response:
-        request = self._build_request("POST", path, body, content)
-        attempt = 0
-        while True:
-            error: AgentLedgerError
-            try:
-                response = self._client().send(request)
-            except httpx.TransportError as exc:
-                error = self._error_for_exception(exc, request)
-            else:
-                if response.is_success:
-                    return response
-                error = self._error_for_response(response)
-            delay = self._retry_delay(error, attempt)
-            if delay is None:
-                raise error
-            self._log_retry(request, error, delay, attempt)
-            _sleep(delay)
-            attempt += 1
-
-
-class AsyncAgentLedgerClient(Instrumentation, BaseClient):
+class AsyncAgentLedgerClient(_Helpers, BaseClient):
     """The asyncio twin of :class:`AgentLedgerClient`: same arguments, methods are coroutines.
 
     ```python
@@ -207,7 +334,12 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
             session_id = await ledger.start_session("batch-writer")
             await ledger.end_session(session_id, "success")
     ```
+
+    Everything it sends, the helpers' background sending included, goes through
+    its ``transport`` or ``http_client``, on the event loop it is used on.
     """
+
+    __doc__ = (__doc__ or "") + _CLIENT_ARGS_DOC
 
     def __init__(
         self,
@@ -216,13 +348,20 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
         base_url: Optional[str] = None,
         timeout: Union[float, httpx.Timeout, None] = DEFAULT_TIMEOUT,
         transport: Optional[httpx.AsyncBaseTransport] = None,
+        http_client: Optional[httpx.AsyncClient] = None,
         default_headers: Optional[Mapping[str, str]] = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
         batching: bool = True,
-        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_queue_size: Optional[int] = None,
+        journal: Union[str, Path, bool, None] = None,
+        max_journal_bytes: int = DEFAULT_MAX_JOURNAL_BYTES,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
         enabled: Optional[bool] = None,
         capture_content: Optional[bool] = None,
-        redact: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None,
+        redact: Optional[Redact] = None,
+        sample_rate: float = 1.0,
+        handle_sigterm: bool = True,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -232,32 +371,50 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
             default_headers=default_headers,
             max_retries=max_retries,
         )
-        self._transport = transport
-        self._http: Optional[httpx.AsyncClient] = None
-        self._sync_twin: Optional[AgentLedgerClient] = None
-        self._init_instrumentation(
+        if max_queue_size is not None and max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
+        self._http = AsyncHTTP(self, transport=transport, http_client=http_client)
+        bridge = LoopBridge(self._http, max_retries)
+        self._bridge = bridge
+        self._instrumentation = Instrumentation(
+            io=bridge,
+            sender_io=LoopBridge(self._http, 0),
+            aio=bridge,
+            connections=[self._http, _BridgeReset(bridge)],
+            identity=(self.base_url, self.api_key),
             batching=batching,
-            max_queue_size=max_queue_size,
-            enabled=enabled,
+            enabled=False if not self.api_key else enabled,
             capture_content=capture_content,
             redact=redact,
+            max_queue_bytes=max_queue_bytes,
+            max_queue_events=max_queue_size,
+            journal=journal,
+            max_journal_bytes=max_journal_bytes,
+            retry_window=retry_window,
+            sample_rate=sample_rate,
+            handle_sigterm=handle_sigterm,
         )
 
     async def start_session(self, agent_name: str) -> str:
         """Start a session for ``agent_name`` and return its id."""
         self._check_agent_name(agent_name)
-        response = await self._post("/v1/sessions", {"agentName": agent_name})
+        self._instrumentation.note_loop()
+        response = await self._http.post("/v1/sessions", {"agentName": agent_name})
         return self._session_id_from(response)
 
     async def end_session(self, session_id: str, status: SessionStatus, *, error_message: Optional[str] = None) -> None:
         """Mark a session finished, with ``"success"`` or ``"error"`` and a message."""
         body = self._end_body(session_id, status, error_message)
-        await self._post(f"/v1/sessions/{session_id}/end", body)
+        self._instrumentation.note_loop()
+        await self._http.post(f"/v1/sessions/{session_id}/end", body)
 
     async def log_events(self, session_id: str, events: Iterable[Mapping[str, Any]]) -> None:
         """Send events of any ``type`` to a session, made JSON-safe and capped at 64 KB each."""
         self._check_session_id(session_id)
-        await self._send_events(session_id, encode_events(events))
+        from ._events import events_body
+
+        self._instrumentation.note_loop()
+        await self._http.post("/v1/events", content=events_body(session_id, encode_events(events)))
 
     async def log_llm_call(self, session_id: str, event: Mapping[str, Any]) -> None:
         """Send one ``llm_call`` event; the ledger prices it from provider, model and tokens."""
@@ -271,19 +428,17 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
         """Send one ``tool_result`` event, after the tool returned or raised."""
         await self.log_events(session_id, [typed_event(TOOL_RESULT, event, "log_tool_result")])
 
-    async def aclose(self) -> int:
-        """Send what the helpers have queued (at most 5 s), close connections; return what was left unsent."""
+    async def aclose(self, timeout: Optional[float] = 5.0) -> int:
+        """Send what the helpers have queued (at most ``timeout`` seconds), close connections; return what was left."""
         import asyncio
 
-        left = await asyncio.get_running_loop().run_in_executor(None, self._close_instrumentation)
-        if self._sync_twin is not None:
-            self._sync_twin.close()
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        self._instrumentation.note_loop()
+        left = await asyncio.get_running_loop().run_in_executor(None, self._instrumentation.close, timeout)
+        await self._http.aclose()
         return left
 
     async def __aenter__(self) -> AsyncAgentLedgerClient:
+        self._instrumentation.note_loop()
         return self
 
     async def __aexit__(
@@ -294,54 +449,12 @@ class AsyncAgentLedgerClient(Instrumentation, BaseClient):
     ) -> None:
         await self.aclose()
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
-            self._http = httpx.AsyncClient(timeout=self.timeout, transport=transport)
-        return self._http
 
-    def _forget_connections(self) -> None:
-        self._http = None
-        self._sync_twin = None
+class _BridgeReset:
+    """After fork: the parent's event loop is not the child's."""
 
-    def _helpers_sync_io(self) -> AgentLedgerClient:
-        """A sync client of the same configuration, for the background sender's thread."""
-        twin = self._sync_twin
-        if twin is None:
-            transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
-            twin = self._sync_twin = AgentLedgerClient(
-                self.api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                transport=transport,
-                default_headers=self.default_headers,
-                max_retries=self.max_retries,
-                enabled=False,
-            )
-        return twin
+    def __init__(self, bridge: LoopBridge) -> None:
+        self._bridge = bridge
 
-    def _helpers_async_io(self) -> AsyncAgentLedgerClient:
-        return self
-
-    async def _send_events(self, session_id: str, encoded_events: list[str]) -> None:
-        await self._post("/v1/events", content=events_body(session_id, encoded_events))
-
-    async def _post(self, path: str, body: Any = None, *, content: Optional[bytes] = None) -> httpx.Response:
-        request = self._build_request("POST", path, body, content)
-        attempt = 0
-        while True:
-            error: AgentLedgerError
-            try:
-                response = await self._client().send(request)
-            except httpx.TransportError as exc:
-                error = self._error_for_exception(exc, request)
-            else:
-                if response.is_success:
-                    return response
-                error = self._error_for_response(response)
-            delay = self._retry_delay(error, attempt)
-            if delay is None:
-                raise error
-            self._log_retry(request, error, delay, attempt)
-            await _async_sleep(delay)
-            attempt += 1
+    def forget_connections(self) -> None:
+        self._bridge.forget_loop()

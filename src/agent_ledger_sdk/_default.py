@@ -1,13 +1,15 @@
 """The module-level helpers: ``agent_ledger_sdk.session`` and friends act on a default client.
 
 The default client is built by :func:`configure`, or from the environment
-(``AGENT_LEDGER_API_KEY``, ``AGENT_LEDGER_BASE_URL``...) the first time a
-helper runs. With no key anywhere, the helpers pass through and warn once.
+(``AGENT_LEDGER_API_KEY``, ``AGENT_LEDGER_BASE_URL``, else the key a local
+ledger left on this machine) the first time a helper runs. With no key
+anywhere, the helpers pass through and warn once.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from typing import Any, Optional, overload
 
 from ._client import AgentLedgerClient
@@ -16,9 +18,8 @@ from ._instrument_llm import LLMCall, make_llm_call
 from ._instrument_session import SessionScope, make_session
 from ._instrument_tool import ToolDecorator, make_tool
 from ._instrument_wrapping import F
-from ._recorder import Recorder
+from ._instrumentation import Instrumentation
 from ._session import SessionHandle
-from ._stats import logger
 
 _default: Optional[AgentLedgerClient] = None
 _lock = threading.Lock()
@@ -53,21 +54,12 @@ def get_client() -> AgentLedgerClient:
         with _lock:
             client = _default
             if client is None:
-                try:
-                    client = AgentLedgerClient()
-                except ValueError as exc:
-                    logger.warning(
-                        "agent-ledger: %s; the module-level helpers record nothing until "
-                        "agent_ledger_sdk.configure(api_key=...) is called",
-                        exc,
-                    )
-                    client = AgentLedgerClient(api_key="unconfigured", enabled=False)
-                _default = client
+                client = _default = AgentLedgerClient()  # with no key: records nothing, says what to do
     return client
 
 
-def _resolve() -> Recorder:
-    return get_client()._recorder
+def _resolve() -> Instrumentation:
+    return get_client()._instrumentation
 
 
 @overload
@@ -75,12 +67,28 @@ def session(func: F, /) -> F: ...
 
 
 @overload
-def session(func_or_name: Optional[str] = None, /, *, agent_name: Optional[str] = None) -> SessionScope: ...
+def session(
+    func_or_name: Optional[str] = None,
+    /,
+    *,
+    agent_name: Optional[str] = None,
+    user_id: Optional[str] = None,
+    tags: Optional[Iterable[str]] = None,
+    metadata: Optional[dict[str, Any]] = None,
+) -> SessionScope: ...
 
 
-def session(func_or_name: Any = None, /, *, agent_name: Optional[str] = None) -> Any:
+def session(
+    func_or_name: Any = None,
+    /,
+    *,
+    agent_name: Optional[str] = None,
+    user_id: Optional[str] = None,
+    tags: Optional[Iterable[str]] = None,
+    metadata: Optional[dict[str, Any]] = None,
+) -> Any:
     """``ledger.session`` of the default client; see :meth:`AgentLedgerClient.session`."""
-    return make_session(_resolve, func_or_name, agent_name)
+    return make_session(_resolve, func_or_name, agent_name, user_id=user_id, tags=tags, metadata=metadata)
 
 
 @overload

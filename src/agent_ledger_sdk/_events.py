@@ -6,7 +6,7 @@ The API expects camelCase keys (see the published README's event schema).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Optional
 
 from ._constants import MAX_EVENT_BYTES
 from ._serialization import dumps, encode, fit_event, json_safe
@@ -32,6 +32,20 @@ KNOWN_SNAKE_KEYS = {
     "tool_output": "toolOutput",
     "session_id": "sessionId",
     "error_message": "errorMessage",
+    "cache_read_tokens": "cacheReadTokens",
+    "cache_write_tokens": "cacheWriteTokens",
+    "reasoning_tokens": "reasoningTokens",
+    "started_at": "startedAt",
+    "span_id": "spanId",
+    "parent_span_id": "parentSpanId",
+}
+
+# Whole-number fields: a lossless float (12.0) or digit string ("12") is coerced, anything else rejected.
+COUNT_FIELDS = ("stepIndex", "tokensIn", "tokensOut", "cacheReadTokens", "cacheWriteTokens", "reasoningTokens")
+_COUNT_HINTS = {
+    "stepIndex": "leave it out and the helpers number steps for you",
+    "tokensIn": "pass the usage the provider returned, e.g. tokens_in=response.usage.prompt_tokens",
+    "tokensOut": "pass the usage the provider returned, e.g. tokens_out=response.usage.completion_tokens",
 }
 
 _camel_cache: dict[str, str] = {}
@@ -76,6 +90,60 @@ def typed_event(kind: str, event: Mapping[str, Any], helper: str) -> dict[str, A
             f"a {kind} event needs {', '.join(REQUIRED_KEYS[kind])} (camelCase)"
         )
     return result
+
+
+def _whole_number(value: Any) -> Any:
+    """``value`` as a non-negative int if that loses nothing, else None."""
+    kind = type(value)
+    if kind is int:
+        return value if value >= 0 else None
+    if kind is float:
+        return int(value) if value.is_integer() and value >= 0 else None
+    if kind is str and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def check_event(event: dict[str, Any]) -> Optional[str]:
+    """Coerce what can be coerced without loss, in place; return what is wrong with the event, or None.
+
+    The message names the field, what it held and how to fix it.
+    """
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind:
+        return f"type must be a non-empty string such as 'llm_call', got {kind!r}"
+    for name in COUNT_FIELDS:
+        if name not in event:
+            continue
+        value = event[name]
+        if value is None and name != "stepIndex":
+            continue
+        number = _whole_number(value)
+        if number is None:
+            hint = _COUNT_HINTS.get(name, "pass a whole number of tokens")
+            return f"{name} must be a whole number >= 0, got {value!r}; {hint}"
+        event[name] = number
+    latency = event.get("latencyMs")
+    if latency is not None:
+        if (
+            type(latency) is bool
+            or not isinstance(latency, (int, float))
+            or not latency >= 0
+            or latency == float("inf")
+        ):
+            return f"latencyMs must be a finite number of milliseconds >= 0, got {latency!r}"
+    if kind == LLM_CALL:
+        for name in ("provider", "model"):
+            value = event.get(name)
+            if not isinstance(value, str) or not value.strip():
+                return f"{name} must be a non-empty string for an llm_call, got {value!r}"
+    return None
+
+
+def describe_event(event: Mapping[str, Any]) -> str:
+    """``llm_call (step 3)``: how log lines name an event."""
+    step = event.get("stepIndex")
+    return f"{event.get('type')} (step {step})" if step is not None else str(event.get("type"))
 
 
 def encode_event(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> str:

@@ -7,10 +7,20 @@ from typing import Any, Optional
 
 from ._context import current_session_var
 from ._events import LLM_CALL, camel_keys
-from ._instrument_wrapping import aemit_quietly, emit_quietly, error_text, ms_since, perf_counter
+from ._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, error_text, ms_since, perf_counter
 from ._session import SessionHandle
+from ._snapshot import snapshot_sized
+from ._spans import current_span_var, new_span_id, wall_clock
 
 # -- llm_call ---------------------------------------------------------------
+
+_USAGE = (
+    ("tokens_in", "tokensIn"),
+    ("tokens_out", "tokensOut"),
+    ("cache_read_tokens", "cacheReadTokens"),
+    ("cache_write_tokens", "cacheWriteTokens"),
+    ("reasoning_tokens", "reasoningTokens"),
+)
 
 
 class LLMCall:
@@ -21,15 +31,26 @@ class LLMCall:
         answer = my_llm(question)
         call.record(response=answer.text, tokens_in=answer.tokens_in, tokens_out=answer.tokens_out)
     ```
+
+    The prompt is recorded as it was when the block started, the response as
+    it was when the block ended: changing them afterwards changes nothing recorded.
     """
 
     __slots__ = (
         "_attributes",
         "_handle",
-        "_started",
+        "_parent_span",
+        "_perf_started",
+        "_prompt_size",
+        "_span",
+        "_started_at",
+        "_token",
+        "cache_read_tokens",
+        "cache_write_tokens",
         "model",
         "prompt",
         "provider",
+        "reasoning_tokens",
         "response",
         "step_index",
         "tokens_in",
@@ -43,10 +64,18 @@ class LLMCall:
         self.response: Any = None
         self.tokens_in: Optional[int] = None
         self.tokens_out: Optional[int] = None
+        self.cache_read_tokens: Optional[int] = None
+        self.cache_write_tokens: Optional[int] = None
+        self.reasoning_tokens: Optional[int] = None
         self.step_index: Optional[int] = None
         self._attributes = camel_keys(attributes) if attributes else None
         self._handle: Optional[SessionHandle] = None
-        self._started = 0.0
+        self._perf_started = 0.0
+        self._started_at = 0.0
+        self._prompt_size = 0
+        self._span = ""
+        self._parent_span: Optional[str] = None
+        self._token: Any = None
 
     def record(
         self,
@@ -55,14 +84,29 @@ class LLMCall:
         tokens_in: Optional[int] = None,
         tokens_out: Optional[int] = None,
         model: Optional[str] = None,
+        cache_read_tokens: Optional[int] = None,
+        cache_write_tokens: Optional[int] = None,
+        reasoning_tokens: Optional[int] = None,
     ) -> None:
-        """Record the call's outcome: its response, token usage and the model that answered."""
+        """Record the call's outcome: its response, token usage and the model that answered.
+
+        ``tokens_in`` counts every input token, cached ones included;
+        ``cache_read_tokens`` and ``cache_write_tokens`` say how many of them
+        were read from or written to the provider's prompt cache, and
+        ``reasoning_tokens`` how many of ``tokens_out`` were reasoning.
+        """
         if response is not None:
             self.response = response
         if tokens_in is not None:
             self.tokens_in = tokens_in
         if tokens_out is not None:
             self.tokens_out = tokens_out
+        if cache_read_tokens is not None:
+            self.cache_read_tokens = cache_read_tokens
+        if cache_write_tokens is not None:
+            self.cache_write_tokens = cache_write_tokens
+        if reasoning_tokens is not None:
+            self.reasoning_tokens = reasoning_tokens
         if model is not None:
             self.model = model
 
@@ -75,30 +119,48 @@ class LLMCall:
     def _begin(self) -> None:
         handle = current_session_var.get()
         if handle is not None:
-            handle._recorder.latch.check(handle.agent_name)  # the pre-flight stop: raises before the call
+            handle._instrumentation.latch.check(handle.agent_name)  # the pre-flight stop: raises before the call
             self.step_index = handle.next_step()
+            self.prompt, self._prompt_size = snapshot_sized(self.prompt)  # as sent
+            self._span = new_span_id()
+            self._parent_span = current_span_var.get()
+            self._token = current_span_var.set(self._span)
+            self._started_at = wall_clock()
         self._handle = handle
-        self._started = perf_counter()
+        self._perf_started = perf_counter()
 
-    def _event(self, exc: Optional[BaseException]) -> dict[str, Any]:
+    def _end(self, exc: Optional[BaseException]) -> tuple[dict[str, Any], int]:
+        current_span_var.reset(self._token)
+        self._token = None
+        response, size = snapshot_sized(self.response if self.response is not None else "")
         event: dict[str, Any] = {
             "type": LLM_CALL,
             "stepIndex": self.step_index,
             "provider": self.provider,
             "model": self.model,
             "prompt": self.prompt,
-            "response": self.response if self.response is not None else "",
+            "response": response,
             "tokensIn": self.tokens_in if self.tokens_in is not None else 0,
             "tokensOut": self.tokens_out if self.tokens_out is not None else 0,
-            "latencyMs": ms_since(self._started),
+            "latencyMs": ms_since(self._perf_started),
+            "startedAt": self._started_at,
+            "spanId": self._span,
         }
+        for attribute, key in _USAGE[2:]:
+            value = getattr(self, attribute)
+            if value is not None:
+                event[key] = value
+        if self._parent_span is not None:
+            event["parentSpanId"] = self._parent_span
         if self.tokens_in is None and self.tokens_out is None:
             event["usageMissing"] = True  # the ledger flags it instead of pricing it at $0 silently
         if exc is not None:
             event["error"] = error_text(exc)
         if self._attributes:
-            event.update(self._attributes)
-        return event
+            attributes, attributes_size = snapshot_sized(self._attributes)
+            event.update(attributes)
+            size += attributes_size
+        return event, size + self._prompt_size
 
     def __enter__(self) -> LLMCall:
         self._begin()
@@ -114,10 +176,11 @@ class LLMCall:
         if handle is None:
             return
         self._handle = None
+        event, size = self._end(exc)
         if exc is not None:
-            emit_quietly(handle, self._event(exc))
+            emit_quietly(handle, event, size)
         else:
-            handle._sink.emit(handle, self._event(None))  # may raise BudgetGuardrailError
+            emit_safely(handle, event, size)  # may raise BudgetGuardrailError
 
     async def __aenter__(self) -> LLMCall:
         self._begin()
@@ -133,10 +196,11 @@ class LLMCall:
         if handle is None:
             return
         self._handle = None
+        event, size = self._end(exc)
         if exc is not None:
-            await aemit_quietly(handle, self._event(exc))
+            await aemit_quietly(handle, event, size)
         else:
-            await handle._sink.aemit(handle, self._event(None))
+            await aemit_safely(handle, event, size)
 
 
 class _NullLLMCall(LLMCall):
@@ -144,14 +208,7 @@ class _NullLLMCall(LLMCall):
 
     __slots__ = ()
 
-    def record(
-        self,
-        *,
-        response: Any = None,
-        tokens_in: Optional[int] = None,
-        tokens_out: Optional[int] = None,
-        model: Optional[str] = None,
-    ) -> None:
+    def record(self, **usage: Any) -> None:
         pass
 
     def set(self, **attributes: Any) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import _recorder
 from ._context import current_session_var
+from ._delivery import NULL_DELIVERY, Delivery
 from ._instrument_wrapping import (
     PASS_THROUGH,
     F,
@@ -18,53 +18,50 @@ from ._instrument_wrapping import (
     generator_wrapper,
     rewrap_descriptor,
 )
-from ._recorder import Recorder, Sink
 from ._session import SessionHandle
-from ._stats import logger
+from ._snapshot import snapshot
+from ._stats import internal_error
 
-Resolver = Callable[[], Recorder]
+if TYPE_CHECKING:
+    from ._instrumentation import Instrumentation
 
-
-class _NullSink:
-    """Where the events of a disabled client's ``with ledger.session(...)`` go: nowhere."""
-
-    def start(self, handle: SessionHandle) -> None:
-        handle._fail()
-
-    async def astart(self, handle: SessionHandle) -> None:
-        handle._fail()
-
-    def emit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        pass
-
-    async def aemit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        pass
-
-    def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
-        pass
-
-    async def aend(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
-        pass
-
-    def wait_started(self, handle: SessionHandle, timeout: float) -> None:
-        pass
+Resolver = Callable[[], "Instrumentation"]
 
 
-_NULL_SINK = _NullSink()
+class SessionContext:
+    """What a session records besides its agent: user, tags and metadata (checked once, up front)."""
+
+    __slots__ = ("metadata", "tags", "user_id")
+
+    def __init__(self, user_id: Any = None, tags: Any = None, metadata: Any = None) -> None:
+        if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+            raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
+        if tags is not None:
+            if isinstance(tags, str) or not isinstance(tags, (list, tuple, set, frozenset)):
+                raise TypeError(f'tags must be a list of strings, e.g. tags=["beta", "eu"], got {tags!r}')
+            bad = [tag for tag in tags if not isinstance(tag, str) or not tag.strip()]
+            if bad:
+                raise ValueError(f"each tag must be a non-empty string, got {bad[0]!r}")
+            tags = sorted(set(tags)) if isinstance(tags, (set, frozenset)) else list(dict.fromkeys(tags))
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f'metadata must be a dict, e.g. metadata={{"plan": "pro"}}, got {type(metadata).__name__}')
+        self.user_id: Optional[str] = user_id
+        self.tags: Optional[list[str]] = tags or None
+        self.metadata: Optional[dict[str, Any]] = snapshot(metadata) if metadata else None
 
 
-def _session_sink(recorder: Recorder) -> Optional[Sink]:
-    override = _recorder.capture_override
-    if override is not None:
-        return override
-    return recorder.default_sink if recorder.enabled else None
+NO_CONTEXT = SessionContext()
 
 
-def _new_handle(recorder: Recorder, sink: Sink, agent_name: str) -> SessionHandle:
-    handle = SessionHandle(agent_name, sink, recorder)
-    if sink is not _NULL_SINK:
-        recorder.open_sessions.add(handle)
-    return handle
+def _open_session(resolve: Resolver, agent_name: str, context: SessionContext) -> Optional[SessionHandle]:
+    """A new handle in the current context's session tree, or None when nothing records."""
+    instrumentation = resolve()
+    delivery = instrumentation.delivery()
+    if delivery is None:
+        return None
+    return instrumentation.new_session(
+        delivery, agent_name, current_session_var.get(), context.user_id, context.tags, context.metadata
+    )
 
 
 def _end_status(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
@@ -76,15 +73,29 @@ def _end_status(exc: Optional[BaseException]) -> tuple[str, Optional[str]]:
     return "error", error_text(exc)
 
 
+def _start(handle: SessionHandle) -> None:
+    try:
+        handle._delivery.start(handle)
+    except Exception as exc:
+        internal_error("session start", exc)
+
+
+async def _astart(handle: SessionHandle) -> None:
+    try:
+        await handle._delivery.astart(handle)
+    except Exception as exc:
+        internal_error("session start", exc)
+
+
 def _finish(handle: SessionHandle, exc: Optional[BaseException]) -> None:
     if handle.ended:
         return
     handle.ended = True
     status, message = _end_status(exc)
     try:
-        handle._sink.end(handle, status, message)
-    except Exception:  # pragma: no cover - sinks do not raise; the user's outcome wins regardless
-        logger.debug("agent-ledger: ending a session failed", exc_info=True)
+        handle._delivery.end(handle, status, message)
+    except Exception as error:  # the user's outcome wins regardless
+        internal_error("session end", error)
 
 
 async def _afinish(handle: SessionHandle, exc: Optional[BaseException]) -> None:
@@ -93,9 +104,9 @@ async def _afinish(handle: SessionHandle, exc: Optional[BaseException]) -> None:
     handle.ended = True
     status, message = _end_status(exc)
     try:
-        await handle._sink.aend(handle, status, message)
-    except Exception:  # pragma: no cover
-        logger.debug("agent-ledger: ending a session failed", exc_info=True)
+        await handle._delivery.aend(handle, status, message)
+    except Exception as error:
+        internal_error("session end", error)
 
 
 # -- session ----------------------------------------------------------------
@@ -120,19 +131,19 @@ class _SessionRun(Run):
         await _afinish(self.handle, exc)
 
 
-def _wrap_session(func: Callable[..., Any], agent_name: str, resolve: Resolver) -> Callable[..., Any]:
+def _wrap_session(
+    func: Callable[..., Any], agent_name: str, resolve: Resolver, context: SessionContext
+) -> Callable[..., Any]:
     kind = function_kind(func)
 
     if kind == "coroutine":
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            recorder = resolve()
-            sink = _session_sink(recorder)
-            if sink is None:
+            handle = _open_session(resolve, agent_name, context)
+            if handle is None:
                 return await func(*args, **kwargs)
-            handle = _new_handle(recorder, sink, agent_name)
-            await sink.astart(handle)
+            await _astart(handle)
             token = current_session_var.set(handle)
             try:
                 try:
@@ -150,36 +161,30 @@ def _wrap_session(func: Callable[..., Any], agent_name: str, resolve: Resolver) 
     if kind in ("generator", "async_generator"):
 
         def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Run:
-            recorder = resolve()
-            sink = _session_sink(recorder)
-            if sink is None:
+            handle = _open_session(resolve, agent_name, context)
+            if handle is None:
                 return PASS_THROUGH
-            handle = _new_handle(recorder, sink, agent_name)
-            sink.start(handle)
+            _start(handle)
             return _SessionRun(handle)
 
         if kind == "generator":
             return generator_wrapper(func, begin)
 
         async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Run:
-            recorder = resolve()
-            sink = _session_sink(recorder)
-            if sink is None:
+            handle = _open_session(resolve, agent_name, context)
+            if handle is None:
                 return PASS_THROUGH
-            handle = _new_handle(recorder, sink, agent_name)
-            await sink.astart(handle)
+            await _astart(handle)
             return _SessionRun(handle)
 
         return async_generator_wrapper(func, abegin)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        recorder = resolve()
-        sink = _session_sink(recorder)
-        if sink is None:
+        handle = _open_session(resolve, agent_name, context)
+        if handle is None:
             return func(*args, **kwargs)
-        handle = _new_handle(recorder, sink, agent_name)
-        sink.start(handle)
+        _start(handle)
         token = current_session_var.set(handle)
         try:
             try:
@@ -196,17 +201,24 @@ def _wrap_session(func: Callable[..., Any], agent_name: str, resolve: Resolver) 
 
 
 class SessionScope:
-    """What ``ledger.session("name")`` returns: a decorator, and a ``with`` / ``async with`` block.
+    """What ``ledger.session("name", ...)`` returns: a decorator, and a ``with`` / ``async with`` block.
 
     One scope object serves one ``with`` block at a time; each
     ``ledger.session(...)`` call makes a new one.
     """
 
-    def __init__(self, resolve: Resolver, agent_name: Optional[str], enabled: bool = True) -> None:
+    def __init__(
+        self,
+        resolve: Resolver,
+        agent_name: Optional[str],
+        enabled: bool = True,
+        context: SessionContext = NO_CONTEXT,
+    ) -> None:
         if agent_name is not None and (not isinstance(agent_name, str) or not agent_name.strip()):
             raise ValueError(f"agent_name must be a non-empty string, got {agent_name!r}")
         self._resolve = resolve
         self._enabled = enabled
+        self._context = context
         self.agent_name = agent_name
         self._handle: Optional[SessionHandle] = None
         self._token: Any = None
@@ -216,27 +228,29 @@ class SessionScope:
             return func  # the kill switch: the function itself, no wrapper
         target = getattr(func, "__func__", func)  # classmethod / staticmethod objects
         name = self.agent_name or str(getattr(target, "__name__", "agent"))
-        resolve = self._resolve
-        wrapped: F = rewrap_descriptor(func, lambda f: _wrap_session(f, name, resolve))
+        resolve, context = self._resolve, self._context
+        wrapped: F = rewrap_descriptor(func, lambda f: _wrap_session(f, name, resolve, context))
         return wrapped
 
-    def _open(self) -> tuple[SessionHandle, Optional[Sink]]:
+    def _open(self) -> tuple[SessionHandle, bool]:
         if self.agent_name is None:
             raise TypeError(
                 'ledger.session() used as a with-block needs an agent name: with ledger.session("my-agent") as s:'
             )
         if self._handle is not None:
             raise RuntimeError("this ledger.session(...) block is already open; call ledger.session() again")
-        recorder = self._resolve()
-        sink = _session_sink(recorder) if self._enabled else None
-        handle = _new_handle(recorder, sink or _NULL_SINK, self.agent_name)
+        handle = _open_session(self._resolve, self.agent_name, self._context) if self._enabled else None
+        recording = handle is not None
+        if handle is None:
+            handle = SessionHandle(self.agent_name, NULL_DELIVERY, self._resolve())
+            handle._fail()
         self._handle = handle
-        return handle, sink
+        return handle, recording
 
     def __enter__(self) -> SessionHandle:
-        handle, sink = self._open()
-        if sink is not None:
-            sink.start(handle)
+        handle, recording = self._open()
+        if recording:
+            _start(handle)
             self._token = current_session_var.set(handle)
         return handle
 
@@ -254,9 +268,9 @@ class SessionScope:
             _finish(handle, exc)
 
     async def __aenter__(self) -> SessionHandle:
-        handle, sink = self._open()
-        if sink is not None:
-            await sink.astart(handle)
+        handle, recording = self._open()
+        if recording:
+            await _astart(handle)
             self._token = current_session_var.set(handle)
         return handle
 
@@ -274,11 +288,23 @@ class SessionScope:
             await _afinish(handle, exc)
 
 
-def make_session(resolve: Resolver, func_or_name: Any, agent_name: Optional[str], enabled: bool = True) -> Any:
+def make_session(
+    resolve: Resolver,
+    func_or_name: Any,
+    agent_name: Optional[str],
+    enabled: bool = True,
+    *,
+    user_id: Optional[str] = None,
+    tags: Optional[Any] = None,
+    metadata: Optional[dict[str, Any]] = None,
+) -> Any:
+    context = (
+        NO_CONTEXT if user_id is None and tags is None and metadata is None else SessionContext(user_id, tags, metadata)
+    )
     if func_or_name is not None and not isinstance(func_or_name, str):
         if agent_name is not None:
             raise TypeError("pass the agent name either positionally or as agent_name=, not both")
-        return SessionScope(resolve, None)(func_or_name)
+        return SessionScope(resolve, None, context=context)(func_or_name)
     if func_or_name is not None and agent_name is not None:
         raise TypeError("pass the agent name either positionally or as agent_name=, not both")
-    return SessionScope(resolve, func_or_name if func_or_name is not None else agent_name, enabled)
+    return SessionScope(resolve, func_or_name if func_or_name is not None else agent_name, enabled, context)

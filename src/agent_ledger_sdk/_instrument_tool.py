@@ -13,16 +13,19 @@ from ._instrument_wrapping import (
     F,
     Run,
     aemit_quietly,
+    aemit_safely,
     async_generator_wrapper,
     emit_quietly,
+    emit_safely,
     function_kind,
     generator_wrapper,
     ms_since,
     perf_counter,
     rewrap_descriptor,
 )
-from ._recorder import Lazy
 from ._session import SessionHandle
+from ._snapshot import snapshot_sized, snapshot_values
+from ._spans import current_span_var, new_span_id, wall_clock
 from ._stats import logger
 
 NOT_CAPTURED = "[not captured]"
@@ -33,46 +36,92 @@ GENERATOR_OUTPUT_ITEMS = 20
 # -- tool -------------------------------------------------------------------
 
 
+class _ToolCall:
+    """One call of a tool: its step, its span and when it started; builds the events of its end."""
+
+    __slots__ = ("handle", "name", "parent_span", "perf_started", "span", "started_at", "step")
+
+    def __init__(self, handle: SessionHandle, name: str) -> None:
+        self.handle = handle
+        self.name = name
+        self.step = handle.next_step()
+        self.span = new_span_id()
+        self.parent_span = current_span_var.get()
+        self.started_at = wall_clock()
+        self.perf_started = perf_counter()
+
+    def call_event(self, tool_input: Any) -> dict[str, Any]:
+        event = {
+            "type": TOOL_CALL,
+            "stepIndex": self.step,
+            "toolName": self.name,
+            "toolInput": tool_input,
+            "startedAt": self.started_at,
+            "spanId": self.span,
+        }
+        if self.parent_span is not None:
+            event["parentSpanId"] = self.parent_span
+        return event
+
+    def result_event(self, output: Any) -> dict[str, Any]:
+        event = {
+            "type": TOOL_RESULT,
+            "stepIndex": self.step,
+            "toolName": self.name,
+            "toolOutput": output,
+            "latencyMs": ms_since(self.perf_started),
+            "startedAt": self.started_at,
+            "spanId": self.span,
+        }
+        if self.parent_span is not None:
+            event["parentSpanId"] = self.parent_span
+        return event
+
+    def error_event(self, exc: BaseException) -> dict[str, Any]:
+        return self.result_event({"error": str(exc), "errorType": type(exc).__name__})
+
+
 class _ToolRun(Run):
     """A generator tool: its output is the first GENERATOR_OUTPUT_ITEMS items and the count."""
 
-    def __init__(
-        self,
-        handle: SessionHandle,
-        step: int,
-        result_event: Callable[[int, Any, float], dict[str, Any]],
-        error_event: Callable[[int, BaseException, float], dict[str, Any]],
-    ) -> None:
-        self.handle = handle
-        self.step = step
-        self.result_event = result_event
-        self.error_event = error_event
+    def __init__(self, call: _ToolCall, capture_output: bool) -> None:
+        self.call = call
+        self.capture_output = capture_output
         self.items: list[Any] = []
+        self.size = 0
         self.count = 0
-        self.started = perf_counter()
+
+    def enter(self) -> Any:
+        return current_span_var.set(self.call.span)
+
+    def exit(self, token: Any) -> None:
+        current_span_var.reset(token)
 
     def item(self, item: Any) -> None:
         self.count += 1
-        if len(self.items) < GENERATOR_OUTPUT_ITEMS:
-            self.items.append(item)
+        if self.capture_output and len(self.items) < GENERATOR_OUTPUT_ITEMS:
+            copied, size = snapshot_sized(item)  # as yielded: the consumer may change it afterwards
+            self.items.append(copied)
+            self.size += size
 
     def _event(self, exc: Optional[BaseException]) -> dict[str, Any]:
         if exc is None or isinstance(exc, GeneratorExit):
-            return self.result_event(self.step, {"items": self.items, "count": self.count}, self.started)
-        return self.error_event(self.step, exc, self.started)
+            output = {"items": self.items, "count": self.count} if self.capture_output else NOT_CAPTURED
+            return self.call.result_event(output)
+        return self.call.error_event(exc)
 
     def finish(self, exc: Optional[BaseException]) -> None:
-        emit_quietly(self.handle, self._event(exc))
+        emit_quietly(self.call.handle, self._event(exc), self.size)
 
     async def afinish(self, exc: Optional[BaseException]) -> None:
-        await aemit_quietly(self.handle, self._event(exc))
+        await aemit_quietly(self.call.handle, self._event(exc), self.size)
 
 
 def _input_binder(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
     """Map a call's arguments to parameter names, defaults applied, without ``self``/``cls``.
 
-    Runs when the event is sent, not on the caller's path; plain signatures take
-    a fast path, anything else ``inspect.Signature.bind``.
+    Runs on the caller's path, when the call starts (its values are snapshotted
+    then); plain signatures take a fast path, anything else ``inspect.Signature.bind``.
     """
     try:
         signature = inspect.signature(func)
@@ -109,28 +158,17 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
     kind = function_kind(func)
     bind = _input_binder(func)
 
-    def call_event(handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        step = handle.next_step()
-        tool_input: Any = Lazy(bind, args, kwargs) if capture_input else NOT_CAPTURED
-        return step, {"type": TOOL_CALL, "stepIndex": step, "toolName": name, "toolInput": tool_input}
+    def begin_call(handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ToolCall:
+        call = _ToolCall(handle, name)
+        if capture_input:
+            arguments = bind(args, kwargs)  # a fresh dict: its values are snapshotted in place
+            emit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+        else:
+            emit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
+        return call
 
-    def result_event(step: int, output: Any, started: float) -> dict[str, Any]:
-        return {
-            "type": TOOL_RESULT,
-            "stepIndex": step,
-            "toolName": name,
-            "toolOutput": output if capture_output else NOT_CAPTURED,
-            "latencyMs": ms_since(started),
-        }
-
-    def error_event(step: int, exc: BaseException, started: float) -> dict[str, Any]:
-        return {
-            "type": TOOL_RESULT,
-            "stepIndex": step,
-            "toolName": name,
-            "toolOutput": {"error": str(exc), "errorType": type(exc).__name__},
-            "latencyMs": ms_since(started),
-        }
+    def output_of(result: Any) -> tuple[Any, int]:
+        return snapshot_sized(result) if capture_output else (NOT_CAPTURED, 0)
 
     logged: list[bool] = []
 
@@ -144,19 +182,26 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             handle = current_session_var.get()
-            if handle is None:
-                outside_session()
+            if handle is None or not handle.sampled:
+                if handle is None:
+                    outside_session()
                 return await func(*args, **kwargs)
-            step, event = call_event(handle, args, kwargs)
-            sink = handle._sink
-            await sink.aemit(handle, event)
-            started = perf_counter()
+            call = _ToolCall(handle, name)
+            if capture_input:
+                arguments = bind(args, kwargs)
+                await aemit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+            else:
+                await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
+            token = current_span_var.set(call.span)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
-                await aemit_quietly(handle, error_event(step, exc, started))
+                current_span_var.reset(token)
+                await aemit_quietly(handle, call.error_event(exc), 0)
                 raise
-            await sink.aemit(handle, result_event(step, result, started))
+            current_span_var.reset(token)
+            output, size = output_of(result)
+            await aemit_safely(handle, call.result_event(output), size)
             return result
 
         return async_wrapper
@@ -165,43 +210,49 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
 
         def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Run:
             handle = current_session_var.get()
-            if handle is None:
-                outside_session()
+            if handle is None or not handle.sampled:
+                if handle is None:
+                    outside_session()
                 return PASS_THROUGH
-            step, event = call_event(handle, args, kwargs)
-            handle._sink.emit(handle, event)
-            return _ToolRun(handle, step, result_event, error_event)
+            return _ToolRun(begin_call(handle, args, kwargs), capture_output)
 
         if kind == "generator":
             return generator_wrapper(func, begin)
 
         async def abegin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Run:
             handle = current_session_var.get()
-            if handle is None:
-                outside_session()
+            if handle is None or not handle.sampled:
+                if handle is None:
+                    outside_session()
                 return PASS_THROUGH
-            step, event = call_event(handle, args, kwargs)
-            await handle._sink.aemit(handle, event)
-            return _ToolRun(handle, step, result_event, error_event)
+            call = _ToolCall(handle, name)
+            if capture_input:
+                arguments = bind(args, kwargs)
+                await aemit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+            else:
+                await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
+            return _ToolRun(call, capture_output)
 
         return async_generator_wrapper(func, abegin)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         handle = current_session_var.get()
-        if handle is None:
-            outside_session()
+        if handle is None or not handle.sampled:
+            if handle is None:
+                outside_session()
             return func(*args, **kwargs)
-        step, event = call_event(handle, args, kwargs)
-        sink = handle._sink
-        sink.emit(handle, event)
-        started = perf_counter()
+        call = begin_call(handle, args, kwargs)
+        token = current_span_var.set(call.span)
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
-            emit_quietly(handle, error_event(step, exc, started))
+            current_span_var.reset(token)
+            emit_quietly(handle, call.error_event(exc), 0)
             raise
-        sink.emit(handle, result_event(step, result, started))
+        current_span_var.reset(token)
+        output, size = output_of(result)
+        emit_safely(handle, call.result_event(output), size)
         return result
 
     return wrapper

@@ -7,7 +7,8 @@ import inspect
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
-from ._stats import logger
+from ._exceptions import BudgetGuardrailError
+from ._stats import internal_error
 
 if TYPE_CHECKING:
     from ._session import SessionHandle
@@ -25,19 +26,42 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def emit_quietly(handle: SessionHandle, event: dict[str, Any]) -> None:
+def emit_quietly(handle: SessionHandle, event: dict[str, Any], size: int) -> None:
     """Emit while the user's exception is on its way out: nothing may replace it."""
     try:
-        handle._sink.emit(handle, event)
-    except Exception:
-        logger.debug("agent-ledger: recording an event failed", exc_info=True)
+        handle._delivery.emit(handle, event, size)
+    except BudgetGuardrailError:
+        pass  # the user's own exception wins; the refusal is latched and counted
+    except Exception as exc:
+        internal_error("emit", exc)
 
 
-async def aemit_quietly(handle: SessionHandle, event: dict[str, Any]) -> None:
+async def aemit_quietly(handle: SessionHandle, event: dict[str, Any], size: int) -> None:
     try:
-        await handle._sink.aemit(handle, event)
-    except Exception:
-        logger.debug("agent-ledger: recording an event failed", exc_info=True)
+        await handle._delivery.aemit(handle, event, size)
+    except BudgetGuardrailError:
+        pass
+    except Exception as exc:
+        internal_error("emit", exc)
+
+
+def emit_safely(handle: SessionHandle, event: dict[str, Any], size: int) -> None:
+    """Emit after the user's code returned: a guardrail refusal is raised, any other fault only reported."""
+    try:
+        handle._delivery.emit(handle, event, size)
+    except BudgetGuardrailError:
+        raise
+    except Exception as exc:
+        internal_error("emit", exc)
+
+
+async def aemit_safely(handle: SessionHandle, event: dict[str, Any], size: int) -> None:
+    try:
+        await handle._delivery.aemit(handle, event, size)
+    except BudgetGuardrailError:
+        raise
+    except Exception as exc:
+        internal_error("emit", exc)
 
 
 def function_kind(func: Callable[..., Any]) -> str:

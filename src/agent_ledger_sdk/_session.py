@@ -1,18 +1,29 @@
-"""The handle of a running session: its id, its agent and its step counter."""
+"""The handle of a running session: its id, its agent, its context and its step counter."""
 
 from __future__ import annotations
 
 import itertools
-import threading
+import os
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._events import camel_keys
+from ._snapshot import snapshot_sized
+from ._spans import current_span_var, wall_clock
 
 if TYPE_CHECKING:
-    from ._recorder import Recorder, Sink
+    from ._delivery import Delivery
+    from ._instrumentation import Instrumentation
 
-# How long ``SessionHandle.id`` waits for the background sender to learn the id.
-ID_WAIT_TIMEOUT = 30.0
+# The longest ``SessionHandle.id`` waits for the background sender to learn the id.
+ID_WAIT_TIMEOUT = 2.0
+
+PENDING, STARTED, FAILED = 0, 1, 2
+
+
+def session_key() -> str:
+    """A unique, time-ordered key per session: the idempotency key of its start, in any process."""
+    return f"{time.time_ns():016x}{os.urandom(6).hex()}"
 
 
 class SessionHandle:
@@ -26,37 +37,61 @@ class SessionHandle:
     __slots__ = (
         "__weakref__",
         "_background",
+        "_delivery",
         "_id",
-        "_ready",
-        "_recorder",
-        "_sink",
+        "_instrumentation",
+        "_state",
         "_steps",
         "agent_name",
         "ended",
+        "key",
+        "metadata",
+        "parent",
+        "sampled",
+        "tags",
+        "user_id",
     )
 
-    def __init__(self, agent_name: str, sink: Sink, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        agent_name: str,
+        delivery: Delivery,
+        instrumentation: Instrumentation,
+        *,
+        user_id: Optional[str] = None,
+        tags: Optional[list[str]] = None,
+        metadata: Optional[dict[str, Any]] = None,
+        parent: Optional[SessionHandle] = None,
+        sampled: bool = True,
+    ) -> None:
         self.agent_name = agent_name
-        self._recorder = recorder
+        self.user_id = user_id
+        self.tags = tags
+        self.metadata = metadata
+        self.parent = parent
+        self.sampled = sampled
+        self._instrumentation = instrumentation
         self.ended = False
-        self._sink = sink
+        self._delivery = delivery
         self._id: Optional[str] = None
+        self._state = PENDING
         self._background = False  # once any event went to the sender, all the rest follow it, in order
-        self._ready = threading.Event()
         self._steps = itertools.count()  # next() on it is atomic: no lock on the hot path
+        self.key = session_key()
 
     def __repr__(self) -> str:
         return f"SessionHandle(agent_name={self.agent_name!r}, id={self._id!r})"
 
     @property
     def id(self) -> Optional[str]:
-        """The id the ledger gave the session; None if it could not be started.
+        """The id the ledger gave the session; None if it is not known (yet).
 
         With background sending the session is started by the sender thread, so
-        the first read may wait for it (at most 30 s).
+        the first read may wait for it, at most ``ID_WAIT_TIMEOUT`` (2 s); during
+        an outage it returns None rather than block the agent.
         """
-        if not self._ready.is_set():
-            self._sink.wait_started(self, ID_WAIT_TIMEOUT)
+        if self._state == PENDING:
+            self._delivery.wait_started(self, ID_WAIT_TIMEOUT)
         return self._id
 
     @property
@@ -68,31 +103,51 @@ class SessionHandle:
         """Take the next ``stepIndex`` of this session (0, 1, 2, ...)."""
         return next(self._steps)
 
+    def start_body(self) -> dict[str, Any]:
+        """The body of ``POST /v1/sessions``: the published ``agentName``, plus context keys only when set."""
+        body: dict[str, Any] = {"agentName": self.agent_name}
+        if self.user_id is not None:
+            body["userId"] = self.user_id
+        if self.tags:
+            body["tags"] = self.tags
+        if self.metadata:
+            body["metadata"] = self.metadata
+        parent = self.parent
+        if parent is not None and parent._id is not None:
+            body["parentSessionId"] = parent._id
+        return body
+
     def log(self, type: str, **attributes: Any) -> None:
         """Record a custom event with the next ``stepIndex``.
 
         ``s.log("retrieval", doc_count=3)`` sends ``{"type": "retrieval", "docCount": 3, "stepIndex": n}``.
         """
-        self._sink.emit(self, self._custom_event(type, attributes))
+        event, size = self._custom_event(type, attributes)
+        self._delivery.emit(self, event, size)
 
     async def alog(self, type: str, **attributes: Any) -> None:
         """:meth:`log` for async code: never blocks the event loop."""
-        await self._sink.aemit(self, self._custom_event(type, attributes))
+        event, size = self._custom_event(type, attributes)
+        await self._delivery.aemit(self, event, size)
 
-    def _custom_event(self, type: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    def _custom_event(self, type: str, attributes: dict[str, Any]) -> tuple[dict[str, Any], int]:
         if not isinstance(type, str) or not type:
             raise ValueError(f"log() needs the event type as a non-empty string, got {type!r}")
-        event = camel_keys(attributes)
+        event, size = snapshot_sized(camel_keys(attributes))
         event["type"] = type
         if "stepIndex" not in event:
             event["stepIndex"] = self.next_step()
-        return event
+        event.setdefault("startedAt", wall_clock())
+        parent_span = current_span_var.get()
+        if parent_span is not None:
+            event.setdefault("parentSpanId", parent_span)
+        return event, size
 
-    # -- set by the sender ----------------------------------------------
+    # -- set by delivery --------------------------------------------------
 
     def _resolve(self, session_id: str) -> None:
         self._id = session_id
-        self._ready.set()
+        self._state = STARTED
 
     def _fail(self) -> None:
-        self._ready.set()  # ready without an id: the session could not be started
+        self._state = FAILED  # settled without an id: the session could not be started

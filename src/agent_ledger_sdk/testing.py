@@ -23,8 +23,15 @@ assert captured.events[0]["toolInput"] == {"a": 2, "b": 3}
 ```
 
 With pytest, the ``ledger_capture`` fixture does the same, and ``local_ledger``
-gives a test a real local ledger (this module is a pytest plugin, registered
-when the package is installed).
+gives a test a real local ledger that every client records into, including a
+module-level ``ledger = AgentLedgerClient()`` made before the test (this
+module is a pytest plugin, registered when the package is installed). Under
+the plugin, an internal error of the SDK (a bug it caught so that your code
+carried on) fails the test that met it.
+
+The capture behaves like production: values are snapshotted when the call
+starts or returns, and each event goes through the same processors,
+checks and JSON encoding as one sent to a ledger.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import _recorder
+from . import _instrumentation, _stats
 from ._session import SessionHandle
 
 __all__ = ["Capture", "CapturedSession", "capture"]
@@ -100,8 +107,8 @@ class Capture:
     async def astart(self, handle: SessionHandle) -> None:
         self.start(handle)
 
-    def emit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        encoded = handle._recorder.prepare(event)
+    def emit(self, handle: SessionHandle, event: dict[str, Any], size: int = 0) -> None:
+        encoded = handle._instrumentation.pipeline.encode(event)
         if encoded is None:
             return
         prepared = json.loads(encoded)
@@ -111,8 +118,8 @@ class Capture:
                 captured.events.append(prepared)
             self.events.append(prepared)
 
-    async def aemit(self, handle: SessionHandle, event: dict[str, Any]) -> None:
-        self.emit(handle, event)
+    async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int = 0) -> None:
+        self.emit(handle, event, size)
 
     def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
         with self._lock:
@@ -137,12 +144,12 @@ def capture() -> Iterator[Capture]:
     records nothing; sessions started before the block are not captured.
     """
     captured = Capture()
-    previous = _recorder.capture_override
-    _recorder.capture_override = captured
+    previous = _instrumentation.capture_override
+    _instrumentation.capture_override = captured
     try:
         yield captured
     finally:
-        _recorder.capture_override = previous
+        _instrumentation.capture_override = previous
 
 
 try:
@@ -158,13 +165,31 @@ else:
             yield captured
 
     @pytest.fixture
-    def local_ledger(tmp_path: Any) -> Iterator[Any]:
+    def local_ledger(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         """A real local ledger on 127.0.0.1 for one test (needs the server extra).
 
         Yields an ``agent_ledger_sdk.local.LocalLedger``: ``.client()``, ``.url``,
-        ``.api_key``, ``.session(id)``, ``.set_budget(agent, usd)``.
+        ``.api_key``, ``.session(id)``, ``.sessions()``, ``.set_budget(agent, usd)``.
+        While the test runs, the sessions of *every* client (also one made at
+        import time, before the test) record into it, and the environment
+        (``AGENT_LEDGER_API_KEY``, ``AGENT_LEDGER_BASE_URL``) points at it.
         """
         from .local import run
 
         with run(db=tmp_path / "ledger.db") as ledger:
-            yield ledger
+            for name, value in ledger.env().items():
+                monkeypatch.setenv(name, value)
+            with ledger.redirect():
+                yield ledger
+
+    @pytest.fixture(autouse=True)
+    def _agent_ledger_internal_errors() -> Iterator[None]:
+        """Fail the test if the SDK met an internal error (a bug it caught so that the user's code carried on)."""
+        collected: list[str] = []
+        previous, _stats.internal_errors = _stats.internal_errors, collected
+        try:
+            yield
+        finally:
+            _stats.internal_errors = previous
+        if collected:
+            pytest.fail("agent-ledger internal error(s) during the test: " + "; ".join(collected))

@@ -46,6 +46,25 @@ class LocalLedger:
         """An :class:`AsyncAgentLedgerClient` pointed at this ledger."""
         return AsyncAgentLedgerClient(api_key=self.api_key, base_url=self.url, **options)
 
+    @contextmanager
+    def redirect(self) -> Iterator[AgentLedgerClient]:
+        """Record the sessions that *every* client starts in the block into this ledger.
+
+        Also clients made before the block, such as a module-level
+        ``ledger = AgentLedgerClient()``: what tests of an agent need. Yields
+        the client that delivers them (``flush()`` it to wait for delivery).
+        """
+        from .. import _instrumentation
+
+        client = self.client()
+        previous = _instrumentation.capture_override
+        _instrumentation.capture_override = client._instrumentation.default_delivery
+        try:
+            yield client
+        finally:
+            _instrumentation.capture_override = previous
+            client.close()
+
     def env(self) -> dict[str, str]:
         """Environment variables that point the SDK (and its module-level helpers) here."""
         return {"AGENT_LEDGER_BASE_URL": self.url, "AGENT_LEDGER_API_KEY": self.api_key}

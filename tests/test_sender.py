@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import respx
 
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk._worker import DEFAULT_BATCH_SIZE
+from agent_ledger_sdk._sender import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
 
 from .conftest import BASE_URL
 
@@ -45,8 +46,8 @@ def test_events_keep_their_order_across_batches(api: respx.MockRouter) -> None:
             work(i)
     assert ledger.flush(10) == 0
     batches = [json.loads(c.request.content)["events"] for c in r["events"].calls]
-    assert len(batches) >= 2000 // DEFAULT_BATCH_SIZE
-    assert all(len(b) <= DEFAULT_BATCH_SIZE for b in batches)
+    assert len(batches) >= 2000 // MAX_BATCH_SIZE
+    assert all(len(b) <= MAX_BATCH_SIZE for b in batches)  # batches grow to MAX_BATCH_SIZE when the queue is deep
     sent = [e for b in batches for e in b]
     assert [(e["stepIndex"], e["type"]) for e in sent] == [
         (i, kind) for i in range(1000) for kind in ("tool_call", "tool_result")
@@ -105,11 +106,16 @@ def test_the_caller_never_waits_for_the_network(api: respx.MockRouter) -> None:
     ledger.close()
 
 
-def test_a_dead_ledger_keeps_memory_bounded_and_counts_the_drops(caplog: pytest.LogCaptureFixture) -> None:
+def _dead_url() -> str:
     with socket.socket() as probe:  # a port with nothing listening
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ledger = AgentLedgerClient(api_key="k", base_url=f"http://127.0.0.1:{port}", max_queue_size=500, max_retries=0)
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_dead_ledger_keeps_memory_bounded_and_spills_to_the_journal(tmp_path: Path) -> None:
+    ledger = AgentLedgerClient(
+        api_key="k", base_url=_dead_url(), max_queue_size=500, max_retries=0, journal=tmp_path / "journal"
+    )
 
     @ledger.tool
     def work(i: int) -> int:
@@ -118,15 +124,36 @@ def test_a_dead_ledger_keeps_memory_bounded_and_counts_the_drops(caplog: pytest.
     with ledger.session("offline"):
         for i in range(5000):
             assert work(i) == i
-        assert ledger._recorder.worker.queued <= 500 + 2
-    ledger.flush(10)
+        assert ledger._instrumentation.sender.queued <= 500 + 2
+    ledger.flush(0.2)
+    stats = ledger.stats
+    assert (stats.sent, stats.dropped, stats.failed) == (0, 0, 0)  # nothing lost: it waits
+    assert stats.journaled_bytes > 9000 * 100  # the events past the memory bound are on disk
+    assert sorted(p.suffix for p in (tmp_path / "journal").iterdir()) == [".jsonl"]
+    ledger.close(timeout=0)
+
+
+def test_a_dead_ledger_without_a_journal_drops_past_the_bound_counts_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ledger = AgentLedgerClient(api_key="k", base_url=_dead_url(), max_queue_size=500, max_retries=0, journal=False)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with ledger.session("offline"):
+        for i in range(5000):
+            assert work(i) == i
+    ledger.flush(0.2)
     stats = ledger.stats
     assert stats.sent == 0
-    assert stats.dropped + stats.failed == 10_000
     assert stats.dropped >= 9000
-    overflow = [r for r in caplog.records if "queue is full" in r.getMessage()]
-    assert len(overflow) == 1
-    ledger.close()
+    assert stats.dropped + stats.queued == 10_000
+    lost = [r for r in caplog.records if "events are being dropped" in r.getMessage()]
+    assert len(lost) == 1
+    assert lost[0].levelno == logging.WARNING
+    ledger.close(timeout=0)
 
 
 def test_the_sync_client_never_blocks_an_event_loop_even_inline(api: respx.MockRouter) -> None:
@@ -344,37 +371,3 @@ def test_a_forked_child_sends_its_own_events(ledger_url_and_key: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert [s["eventCount"] for s in ledger.sessions("child")] == [40]
     assert sorted(s["eventCount"] for s in ledger.sessions("parent")) == [20, 20]
-
-
-def test_a_flood_from_one_session_does_not_hold_back_another() -> None:
-    """A sender pass takes what is queued when it starts: a partial batch waits one pass at most."""
-    from agent_ledger_sdk._worker import EVENT, START, BackgroundWorker
-
-    quiet, noisy = object(), object()
-    sent: list[tuple[object, int]] = []
-    refills = 0
-
-    class Flood:
-        def start(self, handle: Any) -> None:
-            pass
-
-        def send(self, handle: Any, events: list[Any]) -> None:
-            nonlocal refills
-            sent.append((handle, len(events)))
-            if handle is noisy and refills < 50:  # the agent keeps producing faster than we send
-                refills += 1
-                for _ in range(DEFAULT_BATCH_SIZE):
-                    worker._queue.append((EVENT, noisy, {}))
-
-        def end(self, handle: Any, status: str, message: Any) -> None:
-            pass
-
-        def overflowed(self) -> None:
-            pass
-
-    worker = BackgroundWorker(Flood())
-    worker._queue.extend([(START, quiet, None), (EVENT, quiet, {}), (START, noisy, None)])
-    worker._queue.extend((EVENT, noisy, {}) for _ in range(DEFAULT_BATCH_SIZE))
-    worker._drain()
-    assert (quiet, 1) in sent
-    assert sent.index((quiet, 1)) <= 1  # sent with the first pass, not after the flood

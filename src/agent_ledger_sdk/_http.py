@@ -1,0 +1,297 @@
+"""The I/O of the clients: one POST with retries, sync and async, and nothing else.
+
+:class:`SyncHTTP` and :class:`AsyncHTTP` move bytes for a
+:class:`~agent_ledger_sdk._base_client.BaseClient`, which decides everything
+that needs no I/O (requests, retries, errors). They also offer the three
+calls the instrumentation's delivery needs (start a session, send encoded
+events, end a session) with an explicit idempotency key, so that a batch
+retried later (even by another process, from the journal) is the same request.
+
+:class:`LoopBridge` lets the background sender thread send through an
+:class:`AsyncHTTP`: on the event loop the async client is used on, so that the
+user's async transport or ``http_client`` carries everything the client sends.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+
+import httpx
+
+from ._events import events_body
+from ._exceptions import AgentLedgerError
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Coroutine
+
+    from ._base_client import BaseClient
+
+# The test seams for backoff waits.
+_sleep: Callable[[float], None] = time.sleep
+
+
+async def _async_sleep(delay: float) -> None:
+    import asyncio  # imported on first use: asyncio costs ~35 ms of import time
+
+    await asyncio.sleep(delay)
+
+
+# httpx writes a request's headers and body separately; with Nagle's algorithm on,
+# the body then waits for the server's delayed ACK (40 ms on Linux) on every request.
+NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+SESSION_KEY_PREFIX = "agent-ledger-session-"
+
+
+class LedgerIO(Protocol):
+    """What delivery needs from the ledger: three idempotent calls."""
+
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str: ...
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None: ...
+    def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
+
+
+class SyncHTTP:
+    """Blocking I/O over ``httpx.Client``: the user's ``http_client`` or ``transport``, else our own."""
+
+    def __init__(
+        self,
+        config: BaseClient,
+        *,
+        transport: Optional[httpx.BaseTransport] = None,
+        http_client: Optional[httpx.Client] = None,
+    ) -> None:
+        self.config = config
+        self._transport = transport
+        self._user_client = http_client
+        self._http: Optional[httpx.Client] = None
+        self._lock = threading.Lock()
+        # Made now, in the parent: a forked child then never loads certificates while
+        # another thread of its parent may have held OpenSSL's locks at the fork.
+        self._ssl_context: Optional[ssl.SSLContext] = (
+            httpx.create_ssl_context() if config.base_url.startswith("https") and transport is None else None
+        )
+
+    def client(self) -> httpx.Client:
+        if self._user_client is not None:
+            return self._user_client
+        http = self._http
+        if http is None:
+            with self._lock:
+                http = self._http
+                if http is None:
+                    transport = self._transport or httpx.HTTPTransport(
+                        socket_options=NO_DELAY, verify=self._ssl_context or True
+                    )
+                    http = self._http = httpx.Client(timeout=self.config.timeout, transport=transport)
+        return http
+
+    def forget_connections(self) -> None:
+        """After fork(): the parent's sockets are not ours to use (nor to close)."""
+        self._http = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        content: Optional[bytes] = None,
+        idempotency_key: Optional[str] = None,
+        max_retries: Optional[int] = None,
+    ) -> httpx.Response:
+        config = self.config
+        retries = config.max_retries if max_retries is None else max_retries
+        request = config._build_request("POST", path, body, content, idempotency_key)
+        attempt = 0
+        while True:
+            error: AgentLedgerError
+            try:
+                response = self.client().send(request)
+            except httpx.TransportError as exc:
+                error = config._error_for_exception(exc, request)
+            else:
+                if response.is_success:
+                    return response
+                error = config._error_for_response(response)
+            delay = config._retry_delay(error, attempt, retries)
+            if delay is None:
+                raise error
+            config._log_retry(request, error, delay, attempt, retries)
+            _sleep(delay)
+            attempt += 1
+
+
+class AsyncHTTP:
+    """Non-blocking I/O over ``httpx.AsyncClient``: the user's ``http_client`` or ``transport``, else our own."""
+
+    def __init__(
+        self,
+        config: BaseClient,
+        *,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        http_client: Optional[httpx.AsyncClient] = None,
+    ) -> None:
+        self.config = config
+        self._transport = transport
+        self._user_client = http_client
+        self._http: Optional[httpx.AsyncClient] = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self._user_client is not None:
+            return self._user_client
+        if self._http is None:
+            transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
+            self._http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
+        return self._http
+
+    def forget_connections(self) -> None:
+        self._http = None
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        content: Optional[bytes] = None,
+        idempotency_key: Optional[str] = None,
+        max_retries: Optional[int] = None,
+    ) -> httpx.Response:
+        config = self.config
+        retries = config.max_retries if max_retries is None else max_retries
+        request = config._build_request("POST", path, body, content, idempotency_key)
+        attempt = 0
+        while True:
+            error: AgentLedgerError
+            try:
+                response = await self.client().send(request)
+            except httpx.TransportError as exc:
+                error = config._error_for_exception(exc, request)
+            else:
+                if response.is_success:
+                    return response
+                error = config._error_for_response(response)
+            delay = config._retry_delay(error, attempt, retries)
+            if delay is None:
+                raise error
+            config._log_retry(request, error, delay, attempt, retries)
+            await _async_sleep(delay)
+            attempt += 1
+
+
+class SyncLedgerIO:
+    """:class:`LedgerIO` over a :class:`SyncHTTP`, with its own retry budget."""
+
+    def __init__(self, http: SyncHTTP, max_retries: int) -> None:
+        self.http = http
+        self.max_retries = max_retries
+
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str:
+        response = self.http.post("/v1/sessions", body, idempotency_key=idempotency_key, max_retries=self.max_retries)
+        return self.http.config._session_id_from(response)
+
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
+        content = events_body(session_id, encoded_events)
+        self.http.post("/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries)
+
+    def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
+        path = f"/v1/sessions/{session_id}/end"
+        self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries)
+
+
+class LoopBridge:
+    """:class:`LedgerIO` for the sender thread over an :class:`AsyncHTTP`.
+
+    Each call runs as a coroutine on the event loop the async client was last
+    used on, so connections and the user's async transport stay on their loop.
+    When that loop is gone (``asyncio.run`` returned, interpreter exit), the
+    calls run on a private loop of the sender thread, still through the
+    user's transport or ``http_client``.
+    """
+
+    # Longest the sender waits for the user's loop to run one call: a loop blocked
+    # by a synchronous flush() must not hang the sender forever.
+    LOOP_WAIT = 120.0
+
+    def __init__(self, http: AsyncHTTP, max_retries: int) -> None:
+        self.http = http
+        self.max_retries = max_retries
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._private: Optional[asyncio.AbstractEventLoop] = None
+
+    def note_loop(self) -> None:
+        """Remember the running loop (called by the async client's coroutines)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            self.loop = loop
+
+    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        import asyncio
+
+        loop = self.loop
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            try:
+                running_here = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                running_here = False
+            if not running_here:
+                return asyncio.run_coroutine_threadsafe(coroutine, loop).result(self.LOOP_WAIT)
+        private = self._private
+        if private is None or private.is_closed():
+            private = self._private = asyncio.new_event_loop()
+        return private.run_until_complete(coroutine)
+
+    def forget_loop(self) -> None:
+        self.loop = None
+        self._private = None
+
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str:
+        return str(self._run(self._astart(body, idempotency_key)))
+
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
+        content = events_body(session_id, encoded_events)
+        self._run(
+            self.http.post("/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries)
+        )
+
+    def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
+        path = f"/v1/sessions/{session_id}/end"
+        self._run(self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries))
+
+    async def _astart(self, body: dict[str, Any], idempotency_key: str) -> str:
+        response = await self.http.post(
+            "/v1/sessions", body, idempotency_key=idempotency_key, max_retries=self.max_retries
+        )
+        return self.http.config._session_id_from(response)
+
+    # The same calls for async callers already on the loop (inline delivery).
+    async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> str:
+        return await self._astart(body, idempotency_key)
+
+    async def asend_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
+        content = events_body(session_id, encoded_events)
+        await self.http.post(
+            "/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries
+        )
+
+    async def aend_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
+        path = f"/v1/sessions/{session_id}/end"
+        await self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries)

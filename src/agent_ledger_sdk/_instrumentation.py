@@ -1,0 +1,321 @@
+"""The instrumentation of one client: its settings, its event pipeline, its delivery, its counters.
+
+An :class:`AgentLedgerClient` *holds* one :class:`Instrumentation`, built over
+the client's HTTP I/O; nothing here calls back into the client. Data flows
+one way::
+
+    session / tool / llm_call  (``_instrument_*``: time the call, take a step and a span, snapshot values)
+      -> delivery              (``_delivery``: inline, background via ``_sender`` and ``_journal``, or a test capture)
+      -> pipeline              (``_pipeline``: capture switch, redaction, checks, encoding)
+      -> LedgerIO              (``_http``: the ledger's three calls, with idempotency keys)
+
+Every telemetry fault is caught, logged (rate limited) on the
+``agent_ledger_sdk`` logger and counted; only :class:`BudgetGuardrailError` is
+let through, and only from inline delivery, whose caller can still act on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from . import _lifecycle
+from ._constants import CAPTURE_CONTENT_ENV, ENABLED_ENV
+from ._delivery import NULL_DELIVERY, BackgroundDelivery, Delivery, InlineDelivery
+from ._exceptions import AgentLedgerError, APIConnectionError, APIStatusError, BudgetGuardrailError
+from ._guardrail import GuardrailLatch
+from ._journal import DEFAULT_MAX_JOURNAL_BYTES, Journal
+from ._pipeline import Pipeline, Redactor
+from ._sender import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_RETRY_WINDOW, Sender
+from ._session import SessionHandle
+from ._stats import Counters, LedgerStats, RateLimitedWarnings
+
+if TYPE_CHECKING:
+    from ._http import LedgerIO, LoopBridge
+
+# Seconds ``close()`` waits for queued events to go out.
+CLOSE_FLUSH_TIMEOUT = 5.0
+
+JournalSetting = Union[str, Path, bool, None]
+
+# Set by agent_ledger_sdk.testing: while a capture is active, new sessions record into it.
+capture_override: Optional[Delivery] = None
+
+
+def env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def default_journal_dir(base_url: str, api_key: str) -> Path:
+    """One journal per ledger and key: what it holds is delivered only with the key that recorded it."""
+    from ._local_key import state_dir
+
+    identity = hashlib.sha256(f"{base_url}\0{api_key}".encode()).hexdigest()[:16]
+    return state_dir() / "journal" / identity
+
+
+class Instrumentation:
+    """The helpers' state for one client."""
+
+    def __init__(
+        self,
+        *,
+        io: LedgerIO,
+        sender_io: LedgerIO,
+        aio: Optional[LoopBridge],
+        connections: list[Any],
+        identity: tuple[str, str],
+        batching: bool,
+        enabled: Optional[bool],
+        capture_content: Optional[bool],
+        redact: Optional[Redactor],
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_queue_events: Optional[int] = None,
+        journal: JournalSetting = None,
+        max_journal_bytes: int = DEFAULT_MAX_JOURNAL_BYTES,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+        sample_rate: float = 1.0,
+        handle_sigterm: bool = True,
+    ) -> None:
+        if max_queue_bytes < 1024:
+            raise ValueError(f"max_queue_bytes must be at least 1024, got {max_queue_bytes}")
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
+        if retry_window < 0:
+            raise ValueError(f"retry_window must be >= 0 seconds, got {retry_window}")
+        self.enabled = env_flag(ENABLED_ENV, True) if enabled is None else enabled
+        self.capture_content = env_flag(CAPTURE_CONTENT_ENV, True) if capture_content is None else capture_content
+        self.sample_rate = sample_rate
+        self.handle_sigterm = handle_sigterm
+        self.counters = Counters()
+        self.warnings = RateLimitedWarnings()
+        self.latch = GuardrailLatch()
+        self.pipeline = Pipeline(
+            capture_content=self.capture_content, redact=redact, counters=self.counters, warnings=self.warnings
+        )
+        self._sender_io = sender_io
+        self._aio = aio
+        self._connections = connections
+        self._max_queue_bytes = max_queue_bytes
+        self._max_queue_events = max_queue_events
+        self._retry_window = retry_window
+        if journal is False:
+            self._journal_dir: Optional[Path] = None
+        elif journal is None or journal is True:
+            self._journal_dir = default_journal_dir(*identity)
+        else:
+            self._journal_dir = Path(journal).expanduser()
+        self._max_journal_bytes = max_journal_bytes
+        self._sender: Optional[Sender] = None
+        self._sender_lock = threading.Lock()
+        self.open_sessions: weakref.WeakSet[SessionHandle] = weakref.WeakSet()
+        self.background = BackgroundDelivery(self)
+        self.default_delivery: Delivery = self.background if batching else InlineDelivery(self, io, aio)
+        _lifecycle.live.add(self)
+
+    # -- the sender, made on first use -------------------------------------
+
+    @property
+    def sender(self) -> Sender:
+        sender = self._sender
+        if sender is None:
+            with self._sender_lock:
+                sender = self._sender
+                if sender is None:
+                    journal = Journal(self._journal_dir, self._max_journal_bytes) if self._journal_dir else None
+                    sender = self._sender = Sender(
+                        self,
+                        lambda: self._sender_io,
+                        journal,
+                        max_queue_bytes=self._max_queue_bytes,
+                        max_queue_events=self._max_queue_events,
+                        retry_window=self._retry_window,
+                    )
+        return sender
+
+    def _sender_started(self) -> None:
+        if self.handle_sigterm:
+            _lifecycle.install_sigterm_handler()
+
+    def note_loop(self) -> None:
+        if self._aio is not None:
+            self._aio.note_loop()
+
+    # -- sessions --------------------------------------------------------
+
+    def delivery(self) -> Optional[Delivery]:
+        """Where a new session records: the active test capture, else this client's delivery (None if off)."""
+        override = capture_override
+        if override is not None:
+            return override
+        return self.default_delivery if self.enabled else None
+
+    def new_session(
+        self,
+        delivery: Delivery,
+        agent_name: str,
+        parent: Optional[SessionHandle],
+        user_id: Optional[str],
+        tags: Optional[list[str]],
+        metadata: Optional[dict[str, Any]],
+    ) -> SessionHandle:
+        sampled = True
+        if self.sample_rate < 1.0:
+            import random
+
+            sampled = random.random() < self.sample_rate
+        # A delivery of another client (a local ledger's redirect) records with that client's settings.
+        owner = getattr(delivery, "owner", None) or self
+        handle = SessionHandle(
+            agent_name,
+            delivery,
+            owner,
+            user_id=user_id,
+            tags=tags,
+            metadata=metadata,
+            parent=parent,
+            sampled=sampled,
+        )
+        if delivery is not NULL_DELIVERY:
+            owner.open_sessions.add(handle)
+        return handle
+
+    def end_open_sessions(self, reason: str) -> None:
+        for handle in list(self.open_sessions):
+            if not handle.ended:
+                handle.ended = True
+                delivery = handle._delivery
+                if isinstance(delivery, InlineDelivery):
+                    delivery = self.background  # never block exit on one request per session
+                if delivery is self.background:
+                    delivery.end(handle, "error", reason)
+
+    # -- outcomes, reported by delivery ------------------------------------
+
+    def sent(self, handle: Any, encoded: list[str]) -> None:
+        self.counters.add(sent=len(encoded))
+        if self.latch and any('"type":"llm_call"' in e for e in encoded):  # rare path
+            self.latch.clear(handle.agent_name)  # the ledger accepts this agent's spend again
+
+    def send_failed(self, handle: Any, encoded: list[str], exc: BaseException) -> None:
+        if isinstance(exc, BudgetGuardrailError):
+            self.latch.trip(handle.agent_name, exc)
+        if isinstance(exc, APIStatusError) and exc.status_code in (400, 422):
+            for _ in encoded:
+                self.pipeline.reject(f"a {handle.agent_name!r}", f"the ledger refused it: {exc}")
+            return
+        self.counters.add(failed=len(encoded))
+        self.warnings.warn(
+            f"send-{type(exc).__name__}",
+            "agent-ledger: %d events of agent %r were not recorded: %s",
+            len(encoded),
+            handle.agent_name,
+            describe_error(exc),
+        )
+
+    def session_failed(self, handle: SessionHandle, exc: BaseException) -> None:
+        self.warnings.warn(
+            "start",
+            "agent-ledger: could not start a session for agent %r (%s); its events will be dropped",
+            handle.agent_name,
+            describe_error(exc),
+        )
+
+    def events_orphaned(self, handle: SessionHandle, count: int) -> None:
+        self.counters.add(dropped=count)
+        self.warnings.warn(
+            "no-session",
+            "agent-ledger: %d events of agent %r dropped: its session could not be started",
+            count,
+            handle.agent_name,
+        )
+
+    def end_failed(self, handle: SessionHandle, exc: BaseException) -> None:
+        self.warnings.warn(
+            "end",
+            "agent-ledger: could not end the session of agent %r: %s",
+            handle.agent_name,
+            describe_error(exc),
+        )
+
+    # -- flushing, stats, process lifecycle ---------------------------------
+
+    def stats(self) -> LedgerStats:
+        c = self.counters
+        sender = self._sender
+        queued = sender.queued if sender is not None else 0
+        journaled = sender.journal.pending_bytes if sender is not None and sender.journal is not None else 0
+        return LedgerStats(
+            sent=c.sent,
+            failed=c.failed,
+            dropped=c.dropped,
+            queued=queued,
+            rejected=c.rejected,
+            journaled_bytes=journaled,
+        )
+
+    def flush(self, timeout: Optional[float]) -> int:
+        return self._sender.flush(timeout) if self._sender is not None else 0
+
+    def close(self, timeout: Optional[float] = CLOSE_FLUSH_TIMEOUT) -> int:
+        left = self._sender.close(timeout) if self._sender is not None else 0
+        if left:
+            kept = self.journal_remaining()
+            self.warnings.warn(
+                "close",
+                "agent-ledger: %d queued events were not sent before close()%s",
+                left,
+                f"; they wait in the journal at {kept}" if kept else "",
+            )
+        return left
+
+    def journal_remaining(self) -> Optional[Path]:
+        """Write what is still queued to the journal; its directory if it holds anything."""
+        sender = self._sender
+        if sender is None or sender.journal is None:
+            return None
+        sender.journal_everything()
+        return sender.journal.directory if sender.journal.pending_bytes else None
+
+    def before_fork(self) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.before_fork()
+
+    def after_fork_in_parent(self) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.after_fork_in_parent()
+
+    def after_fork_in_child(self) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.after_fork()
+        self._sender_lock = threading.Lock()
+        self.open_sessions = weakref.WeakSet()
+        self.counters = Counters()  # the child's stats describe the child
+        self.pipeline.counters = self.counters
+        self.warnings = RateLimitedWarnings()
+        self.pipeline.warnings = self.warnings
+        for connection in self._connections:
+            connection.forget_connections()
+
+
+def describe_error(exc: Optional[BaseException]) -> str:
+    if exc is None:
+        return "no session id in the response"
+    if isinstance(exc, APIConnectionError):
+        from ._local_key import LOCAL_BASE_URL
+
+        if str(exc).find(LOCAL_BASE_URL) >= 0:
+            return f"{exc}. Is the local ledger running? Start it with `agent-ledger serve`"
+    if isinstance(exc, AgentLedgerError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc!r}"

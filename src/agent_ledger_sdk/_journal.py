@@ -1,0 +1,222 @@
+"""The on-disk journal: where events wait when memory is full or the ledger has been down too long.
+
+A journal is a directory of segment files, one JSON record per line, written
+and read in order. Each process writes its own segments and holds an
+exclusive ``flock`` on the one it is writing; a segment whose writer is gone
+(the process exited or died) is *orphaned*, and the next client that starts
+with the same directory claims it and delivers what it holds.
+
+Records are what the sender would have sent, with the idempotency key it
+would have used, so a record delivered twice (say, the process died between
+sending and forgetting it) is recorded once by the ledger. Each record names
+its session by the SDK's session key, with the ledger's id when known, and
+otherwise the body that starts the session (an idempotent start: the ledger
+answers with the same id every time).
+
+The journal is bounded in bytes; past the bound, ``append`` refuses and the
+caller counts the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import IO, Any, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no cross-process claiming, own segments only
+    fcntl = None  # type: ignore[assignment]
+
+DEFAULT_MAX_JOURNAL_BYTES = 128 * 1024 * 1024
+SEGMENT_BYTES = 4 * 1024 * 1024
+SUFFIX = ".jsonl"
+
+
+def _lock(handle: IO[Any], blocking: bool) -> bool:
+    if fcntl is None:  # pragma: no cover
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        return False
+    return True
+
+
+class _Segment:
+    __slots__ = ("handle", "offset", "path", "size")
+
+    def __init__(self, path: Path, handle: IO[Any], size: int) -> None:
+        self.path = path
+        self.handle = handle  # opened for reading (and appending, when it is ours and active)
+        self.size = size  # bytes written
+        self.offset = 0  # bytes consumed
+
+
+class Journal:
+    """An append-only queue of JSON lines on disk, bounded in bytes, shared safely between processes."""
+
+    def __init__(self, directory: Path, max_bytes: int = DEFAULT_MAX_JOURNAL_BYTES) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self._lock = threading.RLock()
+        self._segments: deque[_Segment] = deque()  # oldest first: claimed orphans, then our own
+        self._active: Optional[_Segment] = None
+        self._bytes = 0  # written and not yet consumed
+        self._scanned = False
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
+
+    def is_empty(self) -> bool:
+        self._scan_once()
+        return self._bytes == 0
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's segments and locks stay the parent's."""
+        self._lock = threading.RLock()
+        self._segments = deque()
+        self._active = None
+        self._bytes = 0
+        self._scanned = True  # the parent's segments are live, not orphans
+
+    # -- writing ----------------------------------------------------------
+
+    def append(self, lines: list[str]) -> bool:
+        """Write ``lines`` (JSON records without newlines), all or none; False when over the bound."""
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+        with self._lock:
+            self._scan_once()
+            if self._bytes + len(data) > self.max_bytes:
+                return False
+            segment = self._active
+            if segment is None or segment.size >= SEGMENT_BYTES:
+                segment = self._open_segment()
+            segment.handle.seek(0, os.SEEK_END)
+            segment.handle.write(data)
+            segment.handle.flush()
+            segment.size += len(data)
+            self._bytes += len(data)
+            return True
+
+    def _open_segment(self) -> _Segment:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(self.directory, 0o700)
+        except OSError:  # pragma: no cover
+            pass
+        name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(3).hex()}{SUFFIX}"
+        path = self.directory / name
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        handle = os.fdopen(fd, "r+b")
+        _lock(handle, blocking=True)
+        segment = _Segment(path, handle, 0)
+        self._segments.append(segment)
+        self._active = segment
+        return segment
+
+    # -- reading ----------------------------------------------------------
+
+    def read(self, max_records: int) -> list[tuple[dict[str, Any], int]]:
+        """The oldest records (at most ``max_records``), each with its size; :meth:`consume` them once done."""
+        with self._lock:
+            self._scan_once()
+            while self._segments:
+                segment = self._segments[0]
+                records = self._read_segment(segment, max_records)
+                if records:
+                    return records
+                if segment is self._active and segment.offset < segment.size:
+                    return []  # a partial line being written: nothing complete yet
+                self._retire(segment)
+            return []
+
+    def _read_segment(self, segment: _Segment, max_records: int) -> list[tuple[dict[str, Any], int]]:
+        segment.handle.seek(segment.offset)
+        records: list[tuple[dict[str, Any], int]] = []
+        skipped = 0
+        while len(records) < max_records:
+            line = segment.handle.readline()
+            if not line or not line.endswith(b"\n"):
+                break  # end, or a torn last line of a process that died mid-write
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append((record, len(line) + skipped))
+                skipped = 0
+            else:
+                skipped += len(line)  # unreadable: skipped, counted with the next record
+        if skipped and not records:
+            segment.offset += skipped
+            self._bytes -= min(skipped, self._bytes)
+        return records
+
+    def consume(self, sizes: int) -> None:
+        """Forget ``sizes`` bytes of the oldest records: they were delivered (or given up)."""
+        with self._lock:
+            left = sizes
+            while left > 0 and self._segments:
+                segment = self._segments[0]
+                step = min(left, segment.size - segment.offset)
+                segment.offset += step
+                self._bytes -= min(step, self._bytes)
+                left -= step
+                if segment.offset >= segment.size:
+                    self._retire(segment)
+
+    def _retire(self, segment: _Segment) -> None:
+        if self._segments and self._segments[0] is segment:
+            self._segments.popleft()
+        if segment is self._active:
+            self._active = None
+        unread = segment.size - segment.offset
+        self._bytes -= min(max(unread, 0), self._bytes)
+        try:
+            segment.path.unlink()
+        except OSError:
+            pass
+        segment.handle.close()
+
+    # -- orphans ----------------------------------------------------------
+
+    def _scan_once(self) -> None:
+        if self._scanned:
+            return
+        self._scanned = True
+        try:
+            names = sorted(p for p in self.directory.iterdir() if p.name.endswith(SUFFIX))
+        except OSError:
+            return
+        claimed = []
+        for path in names:
+            try:
+                handle = open(path, "r+b")  # noqa: SIM115 - kept open while claimed
+            except OSError:
+                continue
+            if not _lock(handle, blocking=False):
+                handle.close()  # its writer is alive
+                continue
+            size = os.fstat(handle.fileno()).st_size
+            claimed.append(_Segment(path, handle, size))
+            self._bytes += size
+        # Orphans are older than anything this process writes: deliver them first.
+        self._segments.extendleft(reversed(claimed))
+
+    def close(self) -> None:
+        with self._lock:
+            for segment in self._segments:
+                try:
+                    segment.handle.close()
+                except OSError:  # pragma: no cover
+                    pass
+            self._segments.clear()
+            self._active = None

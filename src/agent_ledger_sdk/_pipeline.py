@@ -1,0 +1,99 @@
+"""From an event the helpers built to the JSON the ledger receives: processors, checks, encoding.
+
+The helpers build each event on the caller's thread with its values already
+snapshotted (``_snapshot``); everything here runs where the event is
+delivered: on the sender thread in the background, at once inline or under a
+test capture. In order:
+
+1. ``startedAt`` is written as RFC 3339 (the helpers keep the cheap float);
+2. the capture switch replaces content (prompt, response, tool input and
+   output) with a marker when content capture is off;
+3. the user's ``redact`` hook shapes the event (it may drop it by returning None);
+4. the event is checked: lossless coercions (``12.0`` tokens -> 12) are
+   applied, and an event still wrong is rejected alone, logged with the field
+   and the fix;
+5. it is encoded once: JSON-safe, and at most 64 KB.
+
+A processor that raises never reaches the user's code: the event is dropped
+(never sent unredacted), counted and logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ._constants import REDACTED
+from ._events import check_event, describe_event, encode_event
+from ._spans import rfc3339
+from ._stats import Counters, RateLimitedWarnings
+
+Redactor = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
+
+CONTENT_KEYS = ("prompt", "response", "toolInput", "toolOutput")
+
+
+class Pipeline:
+    """The processors and the encoder of one client's events."""
+
+    def __init__(
+        self,
+        *,
+        capture_content: bool,
+        redact: Optional[Redactor],
+        counters: Counters,
+        warnings: RateLimitedWarnings,
+    ) -> None:
+        self.capture_content = capture_content
+        self.redact = redact
+        self.counters = counters
+        self.warnings = warnings
+
+    def encode(self, event: dict[str, Any]) -> Optional[str]:
+        """The wire form of ``event``, or None if a processor dropped it or it is invalid (counted and logged)."""
+        started = event.get("startedAt")
+        if type(started) is float:
+            event["startedAt"] = rfc3339(started)
+        if not self.capture_content:
+            for key in CONTENT_KEYS:
+                if key in event:
+                    event[key] = REDACTED
+        if self.redact is not None:
+            redacted = self._redact(event)
+            if redacted is None:
+                return None
+            event = redacted
+        problem = check_event(event)
+        if problem is not None:
+            self.reject(describe_event(event), problem)
+            return None
+        return encode_event(event)
+
+    def reject(self, what: str, problem: str) -> None:
+        self.counters.add(rejected=1)
+        self.warnings.warn(
+            f"rejected-{problem.split(' ', 1)[0]}",
+            "agent-ledger: the %s event was not recorded: %s",
+            what,
+            problem,
+        )
+
+    def _redact(self, event: dict[str, Any]) -> Optional[dict[str, Any]]:
+        assert self.redact is not None
+        try:
+            redacted = self.redact(event)
+        except Exception as exc:
+            self.counters.add(dropped=1)
+            self.warnings.warn("redact", "agent-ledger: redact= raised %r; the event was dropped, not sent", exc)
+            return None
+        if redacted is None:
+            self.counters.add(dropped=1)  # the hook chose to drop it
+            return None
+        if not isinstance(redacted, dict):
+            self.counters.add(dropped=1)
+            self.warnings.warn(
+                "redact",
+                "agent-ledger: redact= returned %s, not a dict; the event was dropped",
+                type(redacted).__name__,
+            )
+            return None
+        return redacted

@@ -1,0 +1,659 @@
+"""The background sender: a queue bounded in bytes, drained by one daemon thread, with a journal behind it.
+
+The caller's side is :meth:`Sender.submit`: one lock, one ``append``, no I/O
+and no serialisation (the event's values are already snapshotted). The
+sender thread wakes every ``flush_interval`` seconds, or as soon as a batch is
+full, or on ``flush``; it encodes each session's events (``_pipeline``) and
+sends them in batches, in the order they were recorded.
+
+Nothing that can be kept is lost:
+
+- a healthy ledger slower than the agent: the queue absorbs bursts up to
+  ``max_queue_bytes``; past that, events go to the on-disk journal (in order:
+  once anything is journaled, new events follow it there until it drains);
+- a ledger that fails (connection, timeout, 5xx, 429 without a guardrail):
+  the sender retries the same batch, with the same idempotency key, with
+  backoff, for ``retry_window`` seconds; then it moves everything to the
+  journal and keeps probing the ledger; it delivers the journal in order when
+  the ledger answers again;
+- past both bounds, events are dropped, counted and logged at WARNING.
+
+Starts are sent ahead of everything else (a session's start has no earlier
+event to wait for), so ``SessionHandle.id`` waits for one round trip, not
+for the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ._base_client import is_retryable
+from ._events import describe_event
+from ._exceptions import APIStatusError, BudgetGuardrailError
+from ._http import SESSION_KEY_PREFIX
+from ._serialization import dumps
+from ._session import FAILED, PENDING, SessionHandle
+from ._stats import internal_error, logger
+
+if TYPE_CHECKING:
+    from ._http import LedgerIO
+    from ._instrumentation import Instrumentation
+    from ._journal import Journal
+
+EVENT, END = 1, 2
+
+DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
+DEFAULT_BATCH_SIZE = 100
+MAX_BATCH_SIZE = 500  # batches grow up to this when the queue is deep
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+DEFAULT_FLUSH_INTERVAL = 0.2  # seconds
+DEFAULT_RETRY_WINDOW = 60.0  # seconds of failures before the queue moves to the journal
+MAX_BACKOFF = 5.0
+SHUTDOWN_DRAIN = 2.0  # seconds a caller spends delivering its own events when no thread can start
+ITEM_BYTES = 160  # what a queued item costs beyond its values: tuple, deque slot, event dict
+HANDLE_BYTES = 512  # a session handle kept alive by the queue
+
+
+class _Unit:
+    """One request to make: a batch of encoded events, or a session's end, with its idempotency key."""
+
+    __slots__ = ("body", "encoded", "handle", "key", "kind", "size")
+
+    def __init__(
+        self,
+        kind: int,
+        handle: SessionHandle,
+        key: str,
+        encoded: Optional[list[str]] = None,
+        body: Optional[dict[str, Any]] = None,
+        size: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.handle = handle
+        self.key = key
+        self.encoded = encoded
+        self.body = body
+        self.size = size
+
+
+class _Stall(Exception):
+    """The ledger failed in a way that may pass: keep the unit and retry it later."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def new_key() -> str:
+    from ._base_client import idempotency_key
+
+    return idempotency_key()
+
+
+class Sender:
+    def __init__(
+        self,
+        owner: Instrumentation,
+        io: Callable[[], LedgerIO],
+        journal: Optional[Journal],
+        *,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        max_queue_events: Optional[int] = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+    ) -> None:
+        self._owner = owner
+        self._io = io
+        self.journal = journal
+        self.max_queue_bytes = max_queue_bytes
+        self.max_queue_events = max_queue_events or (1 << 62)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.retry_window = retry_window
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.RLock()  # re-entrant: a signal handler may flush while its thread holds it
+        self._queue: deque[tuple[int, SessionHandle, Any, int]] = deque()
+        self._starts: deque[SessionHandle] = deque()
+        self._units: deque[_Unit] = deque()  # built and encoded, not yet delivered (the sender's own)
+        self._bytes = 0  # of _queue and _starts
+        self._unit_bytes = 0
+        self._spilling = False  # True while the journal holds this process's events: new ones follow them
+        self._wake = threading.Event()
+        self._started_cond = threading.Condition(threading.Lock())
+        self._drain_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._no_thread = False  # threads cannot be started (interpreter shutdown): deliver on the caller
+        self._busy = False
+        self._closed = False
+        self._stall_since: Optional[float] = None
+        self._backoff = 0.0
+        self._session_ids: dict[str, str] = {}  # session key -> id, for journal records
+
+    def before_fork(self) -> None:
+        """Hold the queue's lock across fork(): the child never inherits the queue mid-update."""
+        self._lock.acquire()
+        if self.journal is not None:
+            self.journal._lock.acquire()
+
+    def after_fork_in_parent(self) -> None:
+        if self.journal is not None:
+            self.journal._lock.release()
+        self._lock.release()
+
+    def after_fork(self) -> None:
+        """In a forked child: a fresh queue and thread; the parent sends what it had queued."""
+        self._reset()
+        if self.journal is not None:
+            self.journal.after_fork()
+
+    def journal_everything(self) -> None:
+        """At exit: write what is still in memory to the journal, for the next client to deliver."""
+        if self.journal is None or not (self._queue or self._units):
+            return
+        if not self._drain_lock.acquire(timeout=0.5):  # the sender is mid-request: leave it be
+            return
+        try:
+            self._move_to_journal()
+        finally:
+            self._drain_lock.release()
+
+    # -- the caller's side ----------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Events waiting in memory."""
+        return sum(1 for item in list(self._queue) if item[0] == EVENT) + sum(
+            len(u.encoded or ()) for u in list(self._units)
+        )
+
+    def left(self) -> int:
+        """What flush() reports: events and session ends not delivered yet (in memory or journaled)."""
+        waiting = len(self._queue) + sum(len(u.encoded or ()) or 1 for u in list(self._units))
+        if self.journal is not None and self._spilling and self.journal.pending_bytes:
+            waiting += 1
+        return waiting
+
+    def submit(self, kind: int, handle: SessionHandle, payload: Any, size: int) -> None:
+        size += ITEM_BYTES
+        if (
+            self._spilling
+            or self._bytes + self._unit_bytes + size > self.max_queue_bytes
+            or len(self._queue) >= self.max_queue_events
+        ):
+            self._spill(kind, handle, payload)
+            return
+        with self._lock:
+            self._queue.append((kind, handle, payload, size))
+            self._bytes += size
+            queued = len(self._queue)
+        if self._thread is None or self._closed:
+            self._start()
+            if self._no_thread:
+                self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
+        elif not queued % self.batch_size:
+            self._wake.set()  # a full batch is waiting: don't wait for the interval
+
+    def submit_start(self, handle: SessionHandle) -> None:
+        if self._spilling or self._bytes + self._unit_bytes + HANDLE_BYTES > self.max_queue_bytes:
+            return  # the session is started with its first delivered record instead
+        with self._lock:
+            self._starts.append(handle)
+            self._bytes += HANDLE_BYTES
+        if self._thread is None or self._closed:
+            self._start()
+            if self._no_thread:
+                self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
+        else:
+            self._wake.set()
+
+    def wait_started(self, handle: SessionHandle, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        with self._started_cond:
+            while handle._state == PENDING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._started_cond.wait(min(left, 0.05))
+
+    def flush(self, timeout: Optional[float]) -> int:
+        """Wait until everything is delivered or ``timeout`` seconds pass; return how many events are left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._thread_alive():
+            if not self._pending():
+                return self.left()
+            self._start()
+            if self._no_thread:
+                self._drain_on_caller(deadline)
+                return self.left()
+        self._wake.set()
+        while self._pending() or self._busy:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            self._wake.set()
+            time.sleep(0.002)
+        return self.left()
+
+    def close(self, timeout: Optional[float]) -> int:
+        """Flush for up to ``timeout`` seconds, journal what is left, and let the thread end."""
+        left = self.flush(timeout)
+        self._closed = True
+        if left:
+            self.journal_everything()
+        self._wake.set()
+        return left
+
+    def _pending(self) -> bool:
+        if self._queue or self._starts or self._units:
+            return True
+        return self._spilling
+
+    def _thread_alive(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread_alive():
+                self._closed = False  # closed but still draining: it keeps going
+                return
+            if self._no_thread:
+                return
+            thread = threading.Thread(target=self._run, name="agent-ledger-sender", daemon=True)
+            self._closed = False
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                self._no_thread = True
+                self._thread = None
+                return
+            self._thread = thread
+        self._owner._sender_started()
+
+    # -- spilling (the slow path, on the caller) ----------------------------
+
+    def _spill(self, kind: int, handle: SessionHandle, payload: Any) -> None:
+        journal = self.journal
+        if journal is None:
+            self._lost(1 if kind == EVENT else 0, "the background queue is full (%d bytes) and the journal is off")
+            return
+        with self._lock:
+            if not self._spilling:
+                self._spilling = True
+                logger.info(
+                    "agent-ledger: the background queue is full; events now go to the journal at %s", journal.directory
+                )
+            if kind == EVENT:
+                encoded = self._owner.pipeline.encode(payload)
+                if encoded is None:
+                    return
+                record = self._record(handle, "e", new_key(), encoded=[encoded])
+            else:
+                status, message = payload
+                record = self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
+            if not journal.append([record]):
+                self._lost(1 if kind == EVENT else 0, "the queue (%d bytes) and the journal are both full")
+            if self._thread is None:
+                self._start()
+
+    def _lost(self, events: int, why: str) -> None:
+        owner = self._owner
+        owner.counters.add(dropped=events)
+        owner.warnings.warn("lost", "agent-ledger: events are being dropped: " + why, self.max_queue_bytes)
+
+    def _record(
+        self,
+        handle: SessionHandle,
+        kind: str,
+        key: str,
+        *,
+        encoded: Optional[list[str]] = None,
+        body: Optional[dict[str, Any]] = None,
+    ) -> str:
+        head: dict[str, Any] = {"t": kind, "k": handle.key, "i": key, "a": handle.agent_name}
+        if handle._id is not None:
+            head["id"] = handle._id
+        elif handle._state != FAILED:
+            head["s"] = handle.start_body()
+        if body is not None:
+            head["b"] = body
+        text = dumps(head)
+        if encoded is None:
+            return text
+        return f'{text[:-1]},"e":[{",".join(encoded)}]}}'
+
+    # -- the sender thread ----------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            if self._stall_since is not None:
+                self._wake.wait(self._backoff)
+            elif len(self._queue) < self.batch_size and not self._starts and not self._spilling:
+                self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self._busy = True
+            try:
+                with self._drain_lock:
+                    self._pass()
+            except Exception as exc:  # never let the sender die: that would lose everything after
+                internal_error("sender", exc)
+            finally:
+                self._busy = False
+            if self._closed and (not self._pending() or self._stall_since is not None):
+                with self._lock:  # decide to exit where _start() can see it
+                    if self._closed and (not self._pending() or self._stall_since is not None):
+                        self._thread = None  # what is left waits in the journal, or for the next use
+                        return
+
+    def _drain_on_caller(self, deadline: Optional[float]) -> None:
+        """No thread can be started (interpreter shutdown): deliver on the calling thread, within ``deadline``."""
+        with self._drain_lock:
+            while self._pending():
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                before = self._stall_since
+                self._pass()
+                if self._stall_since is not None and before is not None:
+                    return  # the ledger is failing: give up for now rather than spin
+
+    def _pass(self) -> None:
+        """One round: starts, then units left from before, then the journal or the queue."""
+        try:
+            self._deliver_starts()
+            self._deliver_units()
+            if self._spilling or (self.journal is not None and not self.journal.is_empty()):
+                self._deliver_journal()
+            if not self._spilling:
+                self._build_units()
+                self._deliver_units()
+        except _Stall as stall:
+            self._stalled(stall.cause)
+        else:
+            if self._stall_since is not None:
+                logger.info("agent-ledger: the ledger answers again; delivering what waited")
+            self._stall_since = None
+            self._backoff = 0.0
+
+    def _stalled(self, cause: BaseException) -> None:
+        now = time.monotonic()
+        if self._stall_since is None:
+            self._stall_since = now
+            self._owner.warnings.warn(
+                f"stall-{type(cause).__name__}",
+                "agent-ledger: the ledger failed (%s); events wait in memory and are retried for %.0f s, "
+                "then in the journal",
+                _describe(cause),
+                self.retry_window,
+            )
+        self._backoff = min(MAX_BACKOFF, max(0.25, self._backoff * 2))
+        if now - self._stall_since >= self.retry_window and self.journal is not None and not self._spilling:
+            self._move_to_journal()
+            logger.warning(
+                "agent-ledger: the ledger has failed for %.0f s; queued events moved to the journal at %s",
+                self.retry_window,
+                self.journal.directory,
+            )
+
+    def _move_to_journal(self) -> None:
+        journal = self.journal
+        assert journal is not None
+        with self._lock:
+            self._spilling = True
+            records: list[str] = []
+            while self._units:
+                unit = self._units.popleft()
+                self._unit_bytes -= unit.size
+                if unit.kind == EVENT:
+                    records.append(self._record(unit.handle, "e", unit.key, encoded=unit.encoded))
+                else:
+                    records.append(self._record(unit.handle, "x", unit.key, body=unit.body))
+            while self._queue:
+                kind, handle, payload, size = self._queue.popleft()
+                self._bytes -= size
+                if kind == EVENT:
+                    encoded = self._owner.pipeline.encode(payload)
+                    if encoded is not None:
+                        records.append(self._record(handle, "e", new_key(), encoded=[encoded]))
+                else:
+                    status, message = payload
+                    records.append(
+                        self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
+                    )
+            while self._starts:
+                self._starts.popleft()
+                self._bytes -= HANDLE_BYTES
+            if records and not journal.append(records):
+                events = sum(1 for r in records if r.startswith('{"t":"e"'))
+                self._lost(events, "the ledger is down and the journal is full (memory bound %d bytes)")
+
+    # -- delivering -------------------------------------------------------
+
+    def _deliver_starts(self) -> None:
+        while self._starts:
+            handle = self._starts[0]
+            if handle._state == PENDING:
+                self._ensure_started(handle)
+            with self._lock:
+                self._starts.popleft()
+                self._bytes -= HANDLE_BYTES
+
+    def _ensure_started(self, handle: SessionHandle) -> Optional[str]:
+        if handle._state != PENDING:
+            return handle._id
+        try:
+            session_id = self._io().start_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise _Stall(exc) from exc
+            handle._fail()
+            self._notify_started()
+            self._owner.session_failed(handle, exc)
+            return None
+        handle._resolve(session_id)
+        self._notify_started()
+        return session_id
+
+    def _notify_started(self) -> None:
+        with self._started_cond:
+            self._started_cond.notify_all()
+
+    def _build_units(self) -> None:
+        """Turn what is queued now into requests: per session, in order, batches of at most ``batch_size``."""
+        queue = self._queue
+        encode = self._owner.pipeline.encode
+        # Deep queue: bigger batches, fewer requests.
+        limit = self.batch_size if len(queue) < 4 * self.batch_size else MAX_BATCH_SIZE
+        pending: dict[SessionHandle, list[str]] = {}
+        pending_size: dict[SessionHandle, int] = {}
+        built: list[_Unit] = []
+        released = 0
+        # One pass takes what is queued now, so that a flood of new events cannot
+        # hold back another session's partial batch (or a guardrail's answer).
+        for _ in range(len(queue)):
+            kind, handle, payload, size = queue.popleft()
+            released += size
+            if kind == EVENT:
+                encoded = encode(payload)
+                if encoded is None:
+                    continue
+                batch = pending.get(handle)
+                if batch is None:
+                    batch = pending[handle] = []
+                    pending_size[handle] = 0
+                batch.append(encoded)
+                pending_size[handle] += len(encoded)
+                if len(batch) >= limit or pending_size[handle] >= MAX_BATCH_BYTES:
+                    built.append(
+                        _Unit(EVENT, handle, new_key(), encoded=pending.pop(handle), size=pending_size.pop(handle))
+                    )
+            else:
+                batch = pending.pop(handle, None)
+                if batch:
+                    built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=pending_size.pop(handle)))
+                status, message = payload
+                built.append(_Unit(END, handle, new_key(), body={"status": status, "errorMessage": message}))
+        for handle, batch in pending.items():
+            built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=pending_size[handle]))
+        with self._lock:
+            self._bytes -= released
+            for unit in built:
+                self._units.append(unit)
+                self._unit_bytes += unit.size
+
+    def _deliver_units(self) -> None:
+        while self._units:
+            unit = self._units[0]
+            self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
+            with self._lock:
+                self._units.popleft()
+                self._unit_bytes -= unit.size
+
+    def _deliver(self, unit: _Unit) -> None:
+        handle = unit.handle
+        session_id = self._ensure_started(handle)
+        if session_id is None:
+            if unit.kind == EVENT:
+                self._owner.events_orphaned(handle, len(unit.encoded or ()))
+            return
+        if unit.kind == END:
+            assert unit.body is not None
+            try:
+                self._io().end_session(session_id, unit.body, unit.key)
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise _Stall(exc) from exc
+                self._owner.end_failed(handle, exc)
+            return
+        assert unit.encoded is not None
+        self._send(handle, session_id, unit.encoded, unit.key)
+
+    def _send(self, handle: SessionHandle, session_id: str, encoded: list[str], key: str) -> None:
+        try:
+            self._io().send_events(session_id, encoded, key)
+        except BudgetGuardrailError as exc:
+            if len(encoded) > 1:
+                # The ledger takes a batch whole or not at all: send one by one so that
+                # only the refused calls are lost, and the latch holds the exact refusal.
+                for position, event in enumerate(encoded):
+                    self._send(handle, session_id, [event], f"{key}-{position}")
+                return
+            self._owner.send_failed(handle, encoded, exc)
+        except APIStatusError as exc:
+            if is_retryable(exc):
+                raise _Stall(exc) from exc
+            if exc.status_code in (400, 422):
+                self._reject(handle, session_id, encoded, key, exc)
+            else:
+                self._owner.send_failed(handle, encoded, exc)
+        except Exception as exc:
+            if is_retryable(exc):
+                raise _Stall(exc) from exc
+            self._owner.send_failed(handle, encoded, exc)
+        else:
+            self._owner.sent(handle, encoded)
+
+    def _reject(
+        self, handle: SessionHandle, session_id: str, encoded: list[str], key: str, exc: APIStatusError
+    ) -> None:
+        """The ledger refused the batch as invalid: drop exactly the bad events, send the rest."""
+        rejected = _rejected_positions(exc, len(encoded))
+        if rejected is None:
+            if len(encoded) == 1:
+                rejected = {0: str(exc)}
+            else:
+                for position, event in enumerate(encoded):
+                    self._send(handle, session_id, [event], f"{key}-{position}")
+                return
+        pipeline = self._owner.pipeline
+        for position, message in rejected.items():
+            pipeline.reject(_describe_encoded(encoded[position]), f"the ledger refused it: {message}")
+        rest = [event for position, event in enumerate(encoded) if position not in rejected]
+        if rest:
+            self._send(handle, session_id, rest, f"{key}-r")
+
+    def _deliver_journal(self) -> None:
+        journal = self.journal
+        assert journal is not None
+        while True:
+            records = journal.read(self.batch_size)
+            if not records:
+                with self._lock:
+                    if journal.is_empty() and self._spilling:
+                        self._spilling = False
+                        logger.info("agent-ledger: the journal is delivered; events go through memory again")
+                return
+            for record, size in records:
+                self._deliver_record(record)  # raises _Stall: the record is read again next time
+                journal.consume(size)
+
+    def _deliver_record(self, record: dict[str, Any]) -> None:
+        key = str(record.get("k", ""))
+        session_id = record.get("id") or self._session_ids.get(key)
+        if not session_id:
+            start = record.get("s")
+            if not isinstance(start, dict):
+                self._owner.counters.add(dropped=len(record.get("e") or ()))
+                return  # its session could not be started when it was written: nothing to attach it to
+            try:
+                session_id = self._io().start_session(start, SESSION_KEY_PREFIX + key)
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise _Stall(exc) from exc
+                self._owner.counters.add(failed=len(record.get("e") or ()))
+                return
+            if len(self._session_ids) > 100_000:
+                self._session_ids.clear()
+            self._session_ids[key] = session_id
+        handle = _RecordHandle(str(record.get("a", "?")))
+        if record.get("t") == "x":
+            body = record.get("b") or {}
+            try:
+                self._io().end_session(session_id, body, str(record.get("i")))
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise _Stall(exc) from exc
+            return
+        events = record.get("e") or []
+        self._send(handle, session_id, [dumps(event) for event in events], str(record.get("i")))  # type: ignore[arg-type]
+
+
+class _RecordHandle:
+    """What outcome reporting needs of a session known only from a journal record."""
+
+    def __init__(self, agent_name: str) -> None:
+        self.agent_name = agent_name
+
+
+def _rejected_positions(exc: APIStatusError, count: int) -> Optional[dict[int, str]]:
+    body = exc.body
+    rejected = body.get("rejected") if isinstance(body, dict) else None
+    if not isinstance(rejected, list) or not rejected:
+        return None
+    positions: dict[int, str] = {}
+    for entry in rejected:
+        if not isinstance(entry, dict):
+            return None
+        index = entry.get("index")
+        if not isinstance(index, int) or not 0 <= index < count:
+            return None
+        positions[index] = str(entry.get("error") or exc)
+    return positions
+
+
+def _describe_encoded(encoded: str) -> str:
+    try:
+        event = json.loads(encoded)
+    except ValueError:  # pragma: no cover
+        return "an"
+    return describe_event(event) if isinstance(event, dict) else "an"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,44 @@
+"""Spans: the id an event's call gets, the span it runs inside, and its start time.
+
+A tool call's ``tool_call`` and ``tool_result`` share one ``spanId``; an LLM
+call has its own; an event recorded while a tool runs carries that tool's span
+as ``parentSpanId``. The current span travels in a ``ContextVar``, like the
+current session, so it follows asyncio tasks and context-copying executors.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from typing import Optional
+
+current_span_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "agent_ledger_current_span", default=None
+)
+
+_getrandbits = random.getrandbits  # CPython reseeds the module's generator in a forked child
+
+
+def new_span_id() -> str:
+    """16 hex digits, as OpenTelemetry span ids."""
+    return "%016x" % _getrandbits(64)
+
+
+wall_clock = time.time
+
+_second: tuple[int, str] = (-1, "")  # the last second formatted, swapped as one tuple: thread-safe
+
+
+def rfc3339(moment: float) -> str:
+    """``moment`` (seconds since the epoch) as RFC 3339 UTC with milliseconds: ``2026-11-25T15:27:17.123Z``."""
+    global _second
+    seconds = int(moment)
+    cached = _second
+    if cached[0] != seconds:
+        cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{int((moment - seconds) * 1000):03d}Z"
+
+
+def now_rfc3339() -> str:
+    return rfc3339(wall_clock())
