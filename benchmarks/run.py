@@ -223,7 +223,7 @@ def ledger_ingest(ledger: Ledger, batches: int, batch_size: int) -> float:
     """Events per second the ledger accepts over HTTP, batches of ``batch_size`` from one connection."""
     import httpx
 
-    from agent_ledger_sdk._client import NO_DELAY
+    from agent_ledger_sdk._http import NO_DELAY
 
     headers = {"x-api-key": ledger.key}
     transport = httpx.HTTPTransport(socket_options=NO_DELAY)

@@ -160,9 +160,10 @@ class AsyncHTTP:
         self._http = None
 
     async def aclose(self) -> None:
-        if self._http is not None:
+        """Close what we made; a transport or client the user passed stays the user's to close."""
+        if self._http is not None and self._transport is None:
             await self._http.aclose()
-            self._http = None
+        self._http = None
 
     async def post(
         self,
@@ -221,8 +222,8 @@ class LoopBridge:
     Each call runs as a coroutine on the event loop the async client was last
     used on, so connections and the user's async transport stay on their loop.
     When that loop is gone (``asyncio.run`` returned, interpreter exit), the
-    calls run on a private loop of the sender thread, still through the
-    user's transport or ``http_client``.
+    call runs on a short-lived loop of its own, still through the user's
+    transport or ``http_client`` (which are never closed by it).
     """
 
     # Longest the sender waits for the user's loop to run one call: a loop blocked
@@ -233,7 +234,6 @@ class LoopBridge:
         self.http = http
         self.max_retries = max_retries
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self._private: Optional[asyncio.AbstractEventLoop] = None
 
     def note_loop(self) -> None:
         """Remember the running loop (called by the async client's coroutines)."""
@@ -243,7 +243,10 @@ class LoopBridge:
         if loop is not self.loop:
             self.loop = loop
 
-    def _run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    def forget_loop(self) -> None:
+        self.loop = None
+
+    def _run(self, call: Callable[[AsyncHTTP], Coroutine[Any, Any, Any]]) -> Any:
         import asyncio
 
         loop = self.loop
@@ -253,45 +256,51 @@ class LoopBridge:
             except RuntimeError:
                 running_here = False
             if not running_here:
-                return asyncio.run_coroutine_threadsafe(coroutine, loop).result(self.LOOP_WAIT)
-        private = self._private
-        if private is None or private.is_closed():
-            private = self._private = asyncio.new_event_loop()
-        return private.run_until_complete(coroutine)
+                future = asyncio.run_coroutine_threadsafe(call(self.http), loop)
+                try:
+                    return future.result(self.LOOP_WAIT)
+                except BaseException:
+                    future.cancel()
+                    raise
+        # The user's loop is gone: a loop of our own for this call, and an httpx client bound to it.
+        http = AsyncHTTP(self.http.config, transport=self.http._transport, http_client=self.http._user_client)
+        private = asyncio.new_event_loop()
+        try:
+            return private.run_until_complete(call(http))
+        finally:
+            try:
+                private.run_until_complete(http.aclose())
+            finally:
+                private.close()
 
-    def forget_loop(self) -> None:
-        self.loop = None
-        self._private = None
+    def _post(self, http: AsyncHTTP, path: str, body: Any = None, content: Optional[bytes] = None, key: str = "") -> Any:
+        return http.post(path, body, content=content, idempotency_key=key, max_retries=self.max_retries)
+
+    async def _start_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> str:
+        response = await self._post(http, "/v1/sessions", body, key=idempotency_key)
+        return http.config._session_id_from(response)
+
+    # -- LedgerIO, for the sender thread -----------------------------------
 
     def start_session(self, body: dict[str, Any], idempotency_key: str) -> str:
-        return str(self._run(self._astart(body, idempotency_key)))
+        return str(self._run(lambda http: self._start_on(http, body, idempotency_key)))
 
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
         content = events_body(session_id, encoded_events)
-        self._run(
-            self.http.post("/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries)
-        )
+        self._run(lambda http: self._post(http, "/v1/events", content=content, key=idempotency_key))
 
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         path = f"/v1/sessions/{session_id}/end"
-        self._run(self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries))
+        self._run(lambda http: self._post(http, path, body, key=idempotency_key))
 
-    async def _astart(self, body: dict[str, Any], idempotency_key: str) -> str:
-        response = await self.http.post(
-            "/v1/sessions", body, idempotency_key=idempotency_key, max_retries=self.max_retries
-        )
-        return self.http.config._session_id_from(response)
+    # -- the same calls for async callers already on the loop (inline delivery) --
 
-    # The same calls for async callers already on the loop (inline delivery).
     async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> str:
-        return await self._astart(body, idempotency_key)
+        return await self._start_on(self.http, body, idempotency_key)
 
     async def asend_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
         content = events_body(session_id, encoded_events)
-        await self.http.post(
-            "/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries
-        )
+        await self._post(self.http, "/v1/events", content=content, key=idempotency_key)
 
     async def aend_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
-        path = f"/v1/sessions/{session_id}/end"
-        await self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries)
+        await self._post(self.http, f"/v1/sessions/{session_id}/end", body, key=idempotency_key)

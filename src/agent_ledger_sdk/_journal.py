@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 try:
     import fcntl
@@ -34,27 +34,36 @@ except ImportError:  # pragma: no cover - Windows: no cross-process claiming, ow
 
 DEFAULT_MAX_JOURNAL_BYTES = 128 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
+READ_BYTES = 1024 * 1024  # read at most this much of a segment at a time (a record is at most a batch)
 SUFFIX = ".jsonl"
 
 
-def _lock(handle: IO[Any], blocking: bool) -> bool:
+def _lock(fd: int, blocking: bool) -> bool:
     if fcntl is None:  # pragma: no cover
         return True
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
     except OSError:
         return False
     return True
 
 
 class _Segment:
-    __slots__ = ("handle", "offset", "path", "size")
+    """One file of the journal, held open (and locked) by a raw descriptor while this process uses it."""
 
-    def __init__(self, path: Path, handle: IO[Any], size: int) -> None:
+    __slots__ = ("fd", "offset", "path", "size")
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
         self.path = path
-        self.handle = handle  # opened for reading (and appending, when it is ours and active)
+        self.fd = fd
         self.size = size  # bytes written
         self.offset = 0  # bytes consumed
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:  # pragma: no cover
+            pass
 
 
 class Journal:
@@ -99,9 +108,9 @@ class Journal:
             segment = self._active
             if segment is None or segment.size >= SEGMENT_BYTES:
                 segment = self._open_segment()
-            segment.handle.seek(0, os.SEEK_END)
-            segment.handle.write(data)
-            segment.handle.flush()
+            written = 0
+            while written < len(data):  # the OS has it once this returns: it survives our death
+                written += os.write(segment.fd, data[written:])
             segment.size += len(data)
             self._bytes += len(data)
             return True
@@ -114,10 +123,9 @@ class Journal:
             pass
         name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(3).hex()}{SUFFIX}"
         path = self.directory / name
-        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        handle = os.fdopen(fd, "r+b")
-        _lock(handle, blocking=True)
-        segment = _Segment(path, handle, 0)
+        fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        _lock(fd, blocking=True)
+        segment = _Segment(path, fd, 0)
         self._segments.append(segment)
         self._active = segment
         return segment
@@ -139,13 +147,21 @@ class Journal:
             return []
 
     def _read_segment(self, segment: _Segment, max_records: int) -> list[tuple[dict[str, Any], int]]:
-        segment.handle.seek(segment.offset)
+        wanted = READ_BYTES
+        while True:  # a record longer than what was read: read more
+            data = os.pread(segment.fd, wanted, segment.offset)
+            if len(data) < wanted or b"\n" in data:
+                break
+            wanted *= 2
         records: list[tuple[dict[str, Any], int]] = []
         skipped = 0
+        start = 0
         while len(records) < max_records:
-            line = segment.handle.readline()
-            if not line or not line.endswith(b"\n"):
-                break  # end, or a torn last line of a process that died mid-write
+            end = data.find(b"\n", start)
+            if end < 0:
+                break  # the end, or a torn last line of a process that died mid-write
+            line = data[start : end + 1]
+            start = end + 1
             try:
                 record = json.loads(line)
             except ValueError:
@@ -184,7 +200,7 @@ class Journal:
             segment.path.unlink()
         except OSError:
             pass
-        segment.handle.close()
+        segment.close()
 
     # -- orphans ----------------------------------------------------------
 
@@ -199,24 +215,24 @@ class Journal:
         claimed = []
         for path in names:
             try:
-                handle = open(path, "r+b")  # noqa: SIM115 - kept open while claimed
+                fd = os.open(str(path), os.O_RDWR)
             except OSError:
                 continue
-            if not _lock(handle, blocking=False):
-                handle.close()  # its writer is alive
+            if not _lock(fd, blocking=False):
+                os.close(fd)  # its writer is alive
                 continue
-            size = os.fstat(handle.fileno()).st_size
-            claimed.append(_Segment(path, handle, size))
+            size = os.fstat(fd).st_size
+            claimed.append(_Segment(path, fd, size))
             self._bytes += size
         # Orphans are older than anything this process writes: deliver them first.
         self._segments.extendleft(reversed(claimed))
 
     def close(self) -> None:
+        """Let go of our segments (still on disk, now claimable by the next client, this one included)."""
         with self._lock:
             for segment in self._segments:
-                try:
-                    segment.handle.close()
-                except OSError:  # pragma: no cover
-                    pass
+                segment.close()
             self._segments.clear()
             self._active = None
+            self._bytes = 0
+            self._scanned = False

@@ -248,6 +248,11 @@ class Sender:
         if left:
             self.journal_everything()
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(0.5)
+        if self.journal is not None and not self._thread_alive():
+            self.journal.close()  # its files stay on disk, for the next client to claim
         return left
 
     def _pending(self) -> bool:
