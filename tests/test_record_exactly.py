@@ -22,7 +22,7 @@ from .conftest import RFC3339_MS, SPAN_ID
 
 pytest.importorskip("starlette")
 
-from agent_ledger_sdk.local import LocalLedger, run  # noqa: E402
+from agent_ledger_sdk.local import LocalLedger, run
 
 pytestmark = pytest.mark.integration
 
