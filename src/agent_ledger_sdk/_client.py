@@ -378,7 +378,7 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         self._bridge = bridge
         self._instrumentation = Instrumentation(
             io=bridge,
-            sender_io=LoopBridge(self._http, 0),
+            sender_io=LoopBridge(self._http, 0, loop_of=bridge),
             aio=bridge,
             connections=[self._http, _BridgeReset(bridge)],
             identity=(self.base_url, self.api_key),

@@ -114,6 +114,10 @@ class SyncHTTP:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
         request = config._build_request("POST", path, body, content, idempotency_key)
+        if self._user_client is not None:  # its own headers, auth and settings apply too
+            request = self._user_client.build_request(
+                "POST", request.url, headers=request.headers, content=request.content
+            )
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -177,6 +181,10 @@ class AsyncHTTP:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
         request = config._build_request("POST", path, body, content, idempotency_key)
+        if self._user_client is not None:  # its own headers, auth and settings apply too
+            request = self._user_client.build_request(
+                "POST", request.url, headers=request.headers, content=request.content
+            )
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -230,24 +238,31 @@ class LoopBridge:
     # by a synchronous flush() must not hang the sender forever.
     LOOP_WAIT = 120.0
 
-    def __init__(self, http: AsyncHTTP, max_retries: int) -> None:
+    def __init__(self, http: AsyncHTTP, max_retries: int, *, loop_of: Optional[LoopBridge] = None) -> None:
         self.http = http
         self.max_retries = max_retries
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self._loop_of = loop_of  # another bridge of the same client: one loop for both
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    @property
+    def loop(self) -> Optional[asyncio.AbstractEventLoop]:
+        return self._loop_of.loop if self._loop_of is not None else self._loop
 
     def note_loop(self) -> None:
         """Remember the running loop (called by the async client's coroutines)."""
         import asyncio
 
-        loop = asyncio.get_running_loop()
-        if loop is not self.loop:
-            self.loop = loop
+        if self._loop_of is not None:
+            self._loop_of.note_loop()
+        else:
+            self._loop = asyncio.get_running_loop()
 
     def forget_loop(self) -> None:
-        self.loop = None
+        self._loop = None
 
     def _run(self, call: Callable[[AsyncHTTP], Coroutine[Any, Any, Any]]) -> Any:
         import asyncio
+        import concurrent.futures
 
         loop = self.loop
         if loop is not None and loop.is_running() and not loop.is_closed():
@@ -257,11 +272,19 @@ class LoopBridge:
                 running_here = False
             if not running_here:
                 future = asyncio.run_coroutine_threadsafe(call(self.http), loop)
-                try:
-                    return future.result(self.LOOP_WAIT)
-                except BaseException:
-                    future.cancel()
-                    raise
+                deadline = time.monotonic() + self.LOOP_WAIT
+                while True:
+                    try:
+                        return future.result(0.05)
+                    except concurrent.futures.TimeoutError:
+                        if loop.is_running() and not loop.is_closed() and time.monotonic() < deadline:
+                            continue
+                        future.cancel()
+                        if time.monotonic() >= deadline:
+                            raise
+                    except concurrent.futures.CancelledError:
+                        pass  # not by us: the loop is shutting down (asyncio.run cancels what is left)
+                    break  # the loop stopped under the call: make it again on a loop of our own (same idempotency key)
         # The user's loop is gone: a loop of our own for this call, and an httpx client bound to it.
         http = AsyncHTTP(self.http.config, transport=self.http._transport, http_client=self.http._user_client)
         private = asyncio.new_event_loop()
@@ -273,7 +296,9 @@ class LoopBridge:
             finally:
                 private.close()
 
-    def _post(self, http: AsyncHTTP, path: str, body: Any = None, content: Optional[bytes] = None, key: str = "") -> Any:
+    def _post(
+        self, http: AsyncHTTP, path: str, body: Any = None, content: Optional[bytes] = None, key: str = ""
+    ) -> Any:
         return http.post(path, body, content=content, idempotency_key=key, max_retries=self.max_retries)
 
     async def _start_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> str:

@@ -1,0 +1,108 @@
+"""The async client sends everything through the transport or http_client it was given, helpers included."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from agent_ledger_sdk import AsyncAgentLedgerClient
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """A fake ledger behind an async transport: answers like the real one and keeps every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+        self.loops: set[int] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.loops.add(id(asyncio.get_running_loop()))
+        self.requests.append(request)
+        await request.aread()
+        if request.url.path == "/v1/sessions":
+            return httpx.Response(201, json={"id": f"s{len(self.requests)}"})
+        return httpx.Response(202, json={})
+
+    def paths(self) -> list[str]:
+        return [r.url.path for r in self.requests]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [e for r in self.requests if r.url.path == "/v1/events" for e in json.loads(r.content)["events"]]
+
+
+def agent(ledger: AsyncAgentLedgerClient) -> Any:
+    @ledger.tool
+    def lookup(x: int) -> int:
+        return x
+
+    @ledger.tool
+    async def fetch(x: int) -> int:
+        return x
+
+    @ledger.session("async-agent")
+    async def run() -> int:
+        value = lookup(1) + await fetch(2)
+        async with ledger.llm_call(provider="openai", model="gpt-4o-mini", prompt="p") as call:
+            call.record(response="r", tokens_in=1, tokens_out=1)
+        return value
+
+    return run
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_every_request_goes_through_the_users_async_transport(batching: bool) -> None:
+    transport = Recorder()
+
+    async def main() -> int:
+        ledger = AsyncAgentLedgerClient(
+            api_key="k", base_url="https://ledger.invalid", transport=transport, batching=batching
+        )
+        result: int = await agent(ledger)()
+        assert await ledger.aflush(10) == 0
+        await ledger.aclose()
+        return result
+
+    assert asyncio.run(main()) == 3
+    assert transport.paths()[0] == "/v1/sessions"
+    assert transport.paths()[-1].endswith("/end")
+    assert [e["type"] for e in transport.events()] == [
+        "tool_call",
+        "tool_result",
+        "tool_call",
+        "tool_result",
+        "llm_call",
+    ]
+    assert len(transport.loops) == 1  # all on the user's event loop, where the transport's connections live
+
+
+def test_every_request_goes_through_the_users_http_client() -> None:
+    transport = Recorder()
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=transport, headers={"x-proxy": "mesh"}) as http:
+            ledger = AsyncAgentLedgerClient(api_key="k", base_url="https://ledger.invalid", http_client=http)
+            await agent(ledger)()
+            assert await ledger.aflush(10) == 0
+            await ledger.aclose()
+
+    asyncio.run(main())
+    assert transport.paths() == ["/v1/sessions", "/v1/events", "/v1/sessions/s1/end"]
+    assert all(r.headers["x-proxy"] == "mesh" for r in transport.requests)
+
+
+def test_events_queued_after_the_loop_is_gone_still_go_through_the_transport() -> None:
+    transport = Recorder()
+    ledger = AsyncAgentLedgerClient(api_key="k", base_url="https://ledger.invalid", transport=transport)
+
+    async def main() -> None:
+        await agent(ledger)()  # no flush: the loop ends with events queued
+
+    asyncio.run(main())
+    assert ledger.flush(10) == 0  # delivered on a loop of the SDK's own, through the same transport
+    assert [e["type"] for e in transport.events()][-1] == "llm_call"
+    assert transport.paths()[-1].endswith("/end")
+    assert ledger.stats.sent == 5
