@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,8 +14,8 @@ import respx
 
 import agent_ledger_sdk
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk import _http as client_module
 from agent_ledger_sdk import _default as default_module
+from agent_ledger_sdk import _http as client_module
 from agent_ledger_sdk import _instrumentation as recorder_module
 
 BASE_URL = "https://ledger.test"

@@ -333,7 +333,9 @@ def test_the_async_with_block(ledger_capture: Capture) -> None:
         assert ledger.current_session() is None
 
     asyncio.run(main())
-    assert [without_span(e) for e in ledger_capture.sessions[0].events] == [{"text": "hi", "type": "note", "stepIndex": 0}]
+    assert [without_span(e) for e in ledger_capture.sessions[0].events] == [
+        {"text": "hi", "type": "note", "stepIndex": 0}
+    ]
 
 
 def test_the_with_block_needs_an_agent_name() -> None:

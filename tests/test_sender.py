@@ -20,7 +20,7 @@ import pytest
 import respx
 
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk._sender import DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE
+from agent_ledger_sdk._sender import MAX_BATCH_SIZE
 
 from .conftest import BASE_URL
 

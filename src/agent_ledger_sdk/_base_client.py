@@ -75,9 +75,9 @@ def idempotency_key() -> str:
 
 
 NO_KEY_MESSAGE = (
-    "no API key: pass AgentLedgerClient(api_key=...) or set {env}; to record on this machine with no "
+    f"no API key: pass AgentLedgerClient(api_key=...) or set {API_KEY_ENV}; to record on this machine with no "
     "account, run `agent-ledger serve` (pip install 'agent-ledger-sdk[server]') and clients find its key"
-).format(env=API_KEY_ENV)
+)
 
 
 def resolve_api_key(api_key: Optional[str]) -> str:

@@ -124,14 +124,10 @@ def check_event(event: dict[str, Any]) -> Optional[str]:
             return f"{name} must be a whole number >= 0, got {value!r}; {hint}"
         event[name] = number
     latency = event.get("latencyMs")
-    if latency is not None:
-        if (
-            type(latency) is bool
-            or not isinstance(latency, (int, float))
-            or not latency >= 0
-            or latency == float("inf")
-        ):
-            return f"latencyMs must be a finite number of milliseconds >= 0, got {latency!r}"
+    if latency is not None and (
+        type(latency) is bool or not isinstance(latency, (int, float)) or not latency >= 0 or latency == float("inf")
+    ):
+        return f"latencyMs must be a finite number of milliseconds >= 0, got {latency!r}"
     if kind == LLM_CALL:
         for name in ("provider", "model"):
             value = event.get(name)

@@ -7,7 +7,15 @@ from typing import Any, Optional
 
 from ._context import current_session_var
 from ._events import LLM_CALL, camel_keys
-from ._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, error_text, ms_since, perf_counter
+from ._instrument_wrapping import (
+    aemit_quietly,
+    aemit_safely,
+    emit_quietly,
+    emit_safely,
+    error_text,
+    ms_since,
+    perf_counter,
+)
 from ._session import SessionHandle
 from ._snapshot import snapshot_sized
 from ._spans import current_span_var, new_span_id, wall_clock

@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._context import current_session_var
-from ._delivery import NULL_DELIVERY, Delivery
+from ._delivery import NULL_DELIVERY
 from ._instrument_wrapping import (
     PASS_THROUGH,
     F,

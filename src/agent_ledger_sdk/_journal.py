@@ -19,6 +19,7 @@ caller counts the loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -60,10 +61,8 @@ class _Segment:
         self.offset = 0  # bytes consumed
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:  # pragma: no cover
-            pass
 
 
 class Journal:
@@ -117,10 +116,8 @@ class Journal:
 
     def _open_segment(self) -> _Segment:
         self.directory.mkdir(parents=True, exist_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
-        except OSError:  # pragma: no cover
-            pass
         name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(3).hex()}{SUFFIX}"
         path = self.directory / name
         fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
@@ -196,10 +193,8 @@ class Journal:
             self._active = None
         unread = segment.size - segment.offset
         self._bytes -= min(max(unread, 0), self._bytes)
-        try:
+        with contextlib.suppress(OSError):
             segment.path.unlink()
-        except OSError:
-            pass
         segment.close()
 
     # -- orphans ----------------------------------------------------------

@@ -22,7 +22,7 @@ _getrandbits = random.getrandbits  # CPython reseeds the module's generator in a
 
 def new_span_id() -> str:
     """16 hex digits, as OpenTelemetry span ids."""
-    return "%016x" % _getrandbits(64)
+    return f"{_getrandbits(64):016x}"
 
 
 wall_clock = time.time
