@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("starlette", reason="the CLI needs the server extra")
 
 from agent_ledger_sdk import AgentLedgerClient, AuthenticationError
-from agent_ledger_sdk._local_key import LOCAL_KEY_PREFIX, local_key_path, write_local_key
+from agent_ledger_sdk._local_key import LOCAL_KEY_PREFIX, local_key_path, local_url_path, write_local_key
 from agent_ledger_sdk.local import run
 
 pytestmark = pytest.mark.integration
@@ -142,7 +142,6 @@ def serving(db: Path) -> Iterator[tuple[str, list[str]]]:
             match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
         assert url is not None, lines
-        lines.append(server.stdout.readline().rstrip("\n"))  # how clients find it, on a port of its own
         for _ in range(100):  # the socket is bound before uvicorn accepts: wait for it
             try:
                 httpx.get(f"{url}/health")
@@ -180,7 +179,7 @@ def test_serve_leaves_a_working_key_for_clients_on_this_machine_and_keeps_it(tmp
             "use it automatically." in lines
         )
         assert any(line.startswith(f"Agent Ledger listening on {url}") for line in lines)
-        assert f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}" in lines
+        assert local_url_path().read_text().strip() == url  # how clients find it, on a port of its own
         secret = key_file.read_text().strip()
         assert secret.startswith(LOCAL_KEY_PREFIX)
         if os.name == "posix":

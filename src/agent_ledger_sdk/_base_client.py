@@ -94,9 +94,11 @@ def resolve_api_key(api_key: Optional[str]) -> str:
 
 def resolve_base_url(base_url: Optional[str], api_key: str = "") -> str:
     """``base_url``, else ``AGENT_LEDGER_BASE_URL``, else the local ledger for a local key, else the hosted API."""
-    from ._local_key import LOCAL_BASE_URL, is_local_key
+    from ._local_key import LOCAL_BASE_URL, is_local_key, read_local_url
 
-    url = base_url or os.environ.get(BASE_URL_ENV) or (LOCAL_BASE_URL if is_local_key(api_key) else DEFAULT_BASE_URL)
+    url = base_url or os.environ.get(BASE_URL_ENV)
+    if not url:
+        url = (read_local_url() or LOCAL_BASE_URL) if is_local_key(api_key) else DEFAULT_BASE_URL
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {url!r}")

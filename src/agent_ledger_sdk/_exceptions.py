@@ -175,3 +175,14 @@ class RateLimitError(APIStatusError):
 
 class InternalServerError(APIStatusError):
     """HTTP 5xx: the ledger failed; retried with backoff."""
+
+
+def describe_error(exc: Optional[BaseException]) -> str:
+    """How log lines name a telemetry fault, with the fix when there is an obvious one."""
+    if exc is None:
+        return "no session id in the response"
+    if isinstance(exc, APIConnectionError) and ("127.0.0.1" in str(exc) or "localhost" in str(exc)):
+        return f"{exc}. Is the local ledger running? Start it with `agent-ledger serve`"
+    if isinstance(exc, AgentLedgerError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc!r}"

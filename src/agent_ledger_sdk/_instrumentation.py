@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from . import _lifecycle
 from ._constants import CAPTURE_CONTENT_ENV, ENABLED_ENV
 from ._delivery import NULL_DELIVERY, BackgroundDelivery, Delivery, InlineDelivery
-from ._exceptions import AgentLedgerError, APIConnectionError, APIStatusError, BudgetGuardrailError
+from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
 from ._guardrail import GuardrailLatch
 from ._journal import DEFAULT_MAX_JOURNAL_BYTES, Journal
 from ._pipeline import Pipeline, Redactor
@@ -306,16 +306,3 @@ class Instrumentation:
         self.pipeline.warnings = self.warnings
         for connection in self._connections:
             connection.forget_connections()
-
-
-def describe_error(exc: Optional[BaseException]) -> str:
-    if exc is None:
-        return "no session id in the response"
-    if isinstance(exc, APIConnectionError):
-        from ._local_key import LOCAL_BASE_URL
-
-        if str(exc).find(LOCAL_BASE_URL) >= 0:
-            return f"{exc}. Is the local ledger running? Start it with `agent-ledger serve`"
-    if isinstance(exc, AgentLedgerError):
-        return f"{type(exc).__name__}: {exc}"
-    return f"{type(exc).__name__}: {exc!r}"

@@ -1,9 +1,10 @@
 """How a client finds a local ledger with no configuration: its key file and its default address.
 
 ``agent-ledger serve`` writes a key of its own ledger to :func:`local_key_path`
-(mode 0600). A client given no key (no ``api_key=``, no ``AGENT_LEDGER_API_KEY``)
-uses that key, and a client holding a local key (prefix ``al_local_``) with no
-base URL set talks to :data:`LOCAL_BASE_URL`, never to the hosted API.
+(mode 0600) and the address it listens on to :func:`local_url_path`. A client
+given no key (no ``api_key=``, no ``AGENT_LEDGER_API_KEY``) uses that key, and
+a client holding a local key (prefix ``al_local_``) with no base URL set talks
+to that address (else :data:`LOCAL_BASE_URL`), never to the hosted API.
 """
 
 from __future__ import annotations
@@ -34,6 +35,25 @@ def state_dir() -> Path:
 
 def local_key_path() -> Path:
     return state_dir() / "local-key"
+
+
+def local_url_path() -> Path:
+    return state_dir() / "local-url"
+
+
+def read_local_url() -> Optional[str]:
+    """Where ``agent-ledger serve`` last listened on this machine, or None."""
+    try:
+        text = local_url_path().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text.startswith("http://") else None
+
+
+def write_local_url(url: str) -> None:
+    path = local_url_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url + "\n", encoding="utf-8")
 
 
 def is_local_key(key: str) -> bool:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._base_client import is_retryable
 from ._events import describe_event
-from ._exceptions import APIStatusError, BudgetGuardrailError
+from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
 from ._http import SESSION_KEY_PREFIX
 from ._serialization import dumps
 from ._session import FAILED, PENDING, SessionHandle
@@ -394,7 +394,7 @@ class Sender:
                 f"stall-{type(cause).__name__}",
                 "agent-ledger: the ledger failed (%s); events wait in memory and are retried for %.0f s, "
                 "then in the journal",
-                _describe(cause),
+                describe_error(cause),
                 self.retry_window,
             )
         self._backoff = min(MAX_BACKOFF, max(0.25, self._backoff * 2))
@@ -658,7 +658,3 @@ def _describe_encoded(encoded: str) -> str:
     except ValueError:  # pragma: no cover
         return "an"
     return describe_event(event) if isinstance(event, dict) else "an"
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"

@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .._local_key import DB_ENV, LOCAL_BASE_URL, local_key_path, read_local_key, state_dir, write_local_key
+from .._local_key import (
+    DB_ENV,
+    LOCAL_BASE_URL,
+    local_key_path,
+    read_local_key,
+    state_dir,
+    write_local_key,
+    write_local_url,
+)
 from .storage import DEFAULT_WORKSPACE, LedgerStore
 
 DEFAULT_PORT = 8787
@@ -119,7 +127,10 @@ def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None
     sock = bind_socket(host, port)
     url = url_for(host, sock.getsockname()[1])
     announce(f"Agent Ledger listening on {url}  (Ctrl+C to stop)")
-    if url != LOCAL_BASE_URL:
-        announce(f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}")
+    try:
+        write_local_url(url)  # clients holding the local key find this address with no configuration
+    except OSError:
+        if url != LOCAL_BASE_URL:
+            announce(f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}")
     config = uvicorn.Config(app, log_level="info", lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
