@@ -44,8 +44,9 @@ class _Helpers:
 
     @property
     def enabled(self) -> bool:
-        """False when the helpers are switched off (``enabled=False`` or ``AGENT_LEDGER_ENABLED=false``)."""
-        return self._instrumentation.enabled
+        """False when the helpers record nothing: switched off (``enabled=False`` or
+        ``AGENT_LEDGER_ENABLED=false``), or no API key."""
+        return self._instrumentation.enabled and self._instrumentation.configured
 
     @property
     def stats(self) -> LedgerStats:
@@ -258,7 +259,8 @@ class AgentLedgerClient(_Helpers, BaseClient):
             connections=[self._http],
             identity=(self.base_url, self.api_key),
             batching=batching,
-            enabled=False if not self.api_key else enabled,
+            enabled=enabled,
+            configured=bool(self.api_key),
             capture_content=capture_content,
             redact=redact,
             max_queue_bytes=max_queue_bytes,
@@ -383,7 +385,8 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
             connections=[self._http, _BridgeReset(bridge)],
             identity=(self.base_url, self.api_key),
             batching=batching,
-            enabled=False if not self.api_key else enabled,
+            enabled=enabled,
+            configured=bool(self.api_key),
             capture_content=capture_content,
             redact=redact,
             max_queue_bytes=max_queue_bytes,

@@ -237,12 +237,15 @@ class LoopBridge:
     # Longest the sender waits for the user's loop to run one call: a loop blocked
     # by a synchronous flush() must not hang the sender forever.
     LOOP_WAIT = 120.0
+    # How long a call waits for the loop to pick it up before it is made on a loop of its own.
+    LOOP_START_WAIT = 0.5
 
     def __init__(self, http: AsyncHTTP, max_retries: int, *, loop_of: Optional[LoopBridge] = None) -> None:
         self.http = http
         self.max_retries = max_retries
         self._loop_of = loop_of  # another bridge of the same client: one loop for both
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._blocked_until = 0.0
 
     @property
     def loop(self) -> Optional[asyncio.AbstractEventLoop]:
@@ -265,15 +268,27 @@ class LoopBridge:
         import concurrent.futures
 
         loop = self.loop
-        if loop is not None and loop.is_running() and not loop.is_closed():
+        usable = loop is not None and loop.is_running() and not loop.is_closed()
+        if loop is not None and usable and time.monotonic() >= self._blocked_until:
             try:
                 running_here = asyncio.get_running_loop() is loop
             except RuntimeError:
                 running_here = False
             if not running_here:
-                future = asyncio.run_coroutine_threadsafe(call(self.http), loop)
+                began = threading.Event()
+
+                async def on_the_users_loop() -> Any:
+                    began.set()
+                    return await call(self.http)
+
+                future = asyncio.run_coroutine_threadsafe(on_the_users_loop(), loop)
                 deadline = time.monotonic() + self.LOOP_WAIT
-                while True:
+                if not began.wait(self.LOOP_START_WAIT):
+                    # The loop is blocked (a synchronous flush() on it, or CPU-bound work): don't wait for it.
+                    future.cancel()
+                    deadline = 0.0
+                    self._blocked_until = time.monotonic() + 1.0
+                while deadline:
                     try:
                         return future.result(0.05)
                     except concurrent.futures.TimeoutError:

@@ -83,6 +83,7 @@ class Instrumentation:
         retry_window: float = DEFAULT_RETRY_WINDOW,
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
+        configured: bool = True,
     ) -> None:
         if max_queue_bytes < 1024:
             raise ValueError(f"max_queue_bytes must be at least 1024, got {max_queue_bytes}")
@@ -90,7 +91,10 @@ class Instrumentation:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         if retry_window < 0:
             raise ValueError(f"retry_window must be >= 0 seconds, got {retry_window}")
-        self.enabled = env_flag(ENABLED_ENV, True) if enabled is None else enabled
+        self.enabled = env_flag(ENABLED_ENV, True) if enabled is None else enabled  # the kill switch
+        # No key: wrappers stay in place (a test capture or a local_ledger fixture can still
+        # record through them), but nothing is sent.
+        self.configured = configured
         self.capture_content = env_flag(CAPTURE_CONTENT_ENV, True) if capture_content is None else capture_content
         self.sample_rate = sample_rate
         self.handle_sigterm = handle_sigterm
@@ -155,7 +159,7 @@ class Instrumentation:
         override = capture_override
         if override is not None:
             return override
-        return self.default_delivery if self.enabled else None
+        return self.default_delivery if self.enabled and self.configured else None
 
     def new_session(
         self,
