@@ -169,7 +169,7 @@ else:
         """A real local ledger on 127.0.0.1 for one test (needs the server extra).
 
         Yields an ``agent_ledger_sdk.local.LocalLedger``: ``.client()``, ``.url``,
-        ``.api_key``, ``.session(id)``, ``.sessions()``, ``.set_budget(agent, usd)``.
+        ``.api_key``, ``.flush()``, ``.session(id)``, ``.sessions()``, ``.set_budget(agent, usd)``.
         While the test runs, the sessions of *every* client (also one made at
         import time, before the test) record into it, and the environment
         (``AGENT_LEDGER_API_KEY``, ``AGENT_LEDGER_BASE_URL``) points at it.

@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -37,6 +37,7 @@ class LocalLedger:
     db_path: Path
     workspace: str
     store: SQLiteStore
+    _redirecting: list[AgentLedgerClient] = field(default_factory=list, repr=False)
 
     def client(self, **options: Any) -> AgentLedgerClient:
         """An :class:`AgentLedgerClient` pointed at this ledger."""
@@ -59,11 +60,17 @@ class LocalLedger:
         client = self.client()
         previous = _instrumentation.capture_override
         _instrumentation.capture_override = client._instrumentation.default_delivery
+        self._redirecting.append(client)
         try:
             yield client
         finally:
             _instrumentation.capture_override = previous
+            self._redirecting.remove(client)
             client.close()
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait until what the redirected clients recorded is in this ledger; return what is left."""
+        return sum(client.flush(timeout) for client in self._redirecting)
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the SDK (and its module-level helpers) here."""
