@@ -371,3 +371,42 @@ def test_a_forked_child_sends_its_own_events(ledger_url_and_key: Any) -> None:
     assert result.returncode == 0, result.stderr
     assert [s["eventCount"] for s in ledger.sessions("child")] == [40]
     assert sorted(s["eventCount"] for s in ledger.sessions("parent")) == [20, 20]
+
+
+def test_a_flood_from_one_session_does_not_hold_back_another() -> None:
+    """A sender pass takes what is queued when it starts: a partial batch waits one pass at most."""
+    delivered: dict[str, float] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            return httpx.Response(201, json={"id": body["agentName"]})
+        if request.url.path == "/v1/events":
+            delivered.setdefault(body["sessionId"], time.monotonic())
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+    stop = threading.Event()
+
+    def flood() -> None:
+        with ledger.session("noisy") as noisy:
+            while not stop.is_set():
+                noisy.log("tick")
+
+    thread = threading.Thread(target=flood)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "noisy" not in delivered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with ledger.session("quiet") as quiet:
+            quiet.log("hello")
+            queued_at = time.monotonic()
+        while "quiet" not in delivered and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    assert "quiet" in delivered, "the quiet session's event never went out during the flood"
+    assert delivered["quiet"] - queued_at < 3.0  # a pass or two, not the whole flood
+    ledger.close(timeout=30)
