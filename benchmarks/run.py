@@ -1,10 +1,12 @@
 """Measure the SDK's overhead and throughput; prints a Markdown table.
 
-    python benchmarks/run.py            # the full run (about a minute)
-    python benchmarks/run.py --quick    # fewer iterations
+    python benchmarks/run.py            # the full run (a few minutes)
+    python benchmarks/run.py --quick    # fewer iterations and smaller loads: a smoke run
 
 Needs the server extra (the local ledger runs in a separate process, as a real
 one would). Targets come from the performance issue; see docs/performance.md.
+The SDK's state (local key, journals) goes to a temporary AGENT_LEDGER_HOME,
+never to this machine's own.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
+MIB = 1024 * 1024
 CLI = str(Path(sys.executable).with_name("agent-ledger"))
 
 
@@ -81,23 +83,36 @@ def per_call_us(
 
 
 BURST = 500  # calls an agent makes between two idle moments (an LLM round trip is 100s of ms)
+BIG_BURST = 100  # the same with 50 KB prompts: 5 MB for the sender to deliver between bursts
+PROMPT_BYTES = 50_000
+CHAT_MESSAGES = 100  # of PROMPT_BYTES // CHAT_MESSAGES = 500 characters each
 
 
-def overhead(ledger: Ledger, mode: str, calls: int, repeats: int) -> dict[str, float]:
+def big_prompts() -> tuple[str, list[dict[str, str]]]:
+    """A 50 KB prompt as one string, and as a chat history of 100 messages of 500 characters."""
+    text = ("The quick brown fox jumps over the lazy dog. " * (PROMPT_BYTES // 40 + 1))[:PROMPT_BYTES]
+    size = PROMPT_BYTES // CHAT_MESSAGES
+    chat = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": text[i * size : (i + 1) * size]}
+        for i in range(CHAT_MESSAGES)
+    ]
+    return text, chat
+
+
+def overhead(ledger: Ledger, mode: str, calls: int, repeats: int, big_bursts: int) -> dict[str, float]:
     """Caller-side µs per call over the plain function.
 
     Calls are timed in bursts of BURST with the sender draining, untimed, in
     between, as it does while a real agent waits for its LLM. ``saturated``
-    times calls back to back with the sender busy on the other core.
+    times calls back to back with the sender busy on the other core. The
+    50 KB prompts are timed in ``big_bursts`` bursts of BIG_BURST.
     """
     from agent_ledger_sdk import AgentLedgerClient
 
-    options: dict[str, Any] = {
-        "batching": True,
-        "enabled": mode != "disabled",
-        "max_queue_size": 4 * calls * repeats + 10,
-    }
-    client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, **options)
+    # A queue that holds the whole saturated run: this measures the caller's cost, not the overflow.
+    client = AgentLedgerClient(
+        api_key=ledger.key, base_url=ledger.url, enabled=mode != "disabled", max_queue_bytes=256 * MIB
+    )
 
     def plain(query: str, limit: int = 3) -> int:
         return limit
@@ -107,6 +122,16 @@ def overhead(ledger: Ledger, mode: str, calls: int, repeats: int) -> dict[str, f
     def block() -> None:
         with client.llm_call(provider="openai", model="gpt-4o-mini", prompt="q") as call:
             call.record(response="a", tokens_in=10, tokens_out=2)
+
+    text, chat = big_prompts()
+
+    def block_text() -> None:
+        with client.llm_call(provider="openai", model="gpt-4o-mini", prompt=text) as call:
+            call.record(response="a", tokens_in=12_500, tokens_out=2)
+
+    def block_chat() -> None:
+        with client.llm_call(provider="openai", model="gpt-4o-mini", prompt=chat) as call:
+            call.record(response="a", tokens_in=12_500, tokens_out=2)
 
     def drain() -> None:
         client.flush(60)
@@ -120,7 +145,12 @@ def overhead(ledger: Ledger, mode: str, calls: int, repeats: int) -> dict[str, f
         if mode == "background":
             results["tool_saturated"] = per_call_us(lambda: tool("q"), calls, repeats) - base
             drain()
+            results["llm_call_text"] = per_call_us(block_text, BIG_BURST, big_bursts, drain) - base
+            results["llm_call_chat"] = per_call_us(block_chat, BIG_BURST, big_bursts, drain) - base
+    stats = client.stats
     client.close()
+    if mode == "background" and (stats.dropped or stats.failed or stats.rejected):
+        raise RuntimeError(f"the overhead run lost events: {stats}")
     return results
 
 
@@ -200,7 +230,7 @@ def end_to_end(ledger: Ledger, tool_calls: int) -> float:
     from agent_ledger_sdk import AgentLedgerClient
 
     # A queue that holds the whole burst: this measures delivery, not the overflow policy.
-    client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, max_queue_size=2 * tool_calls + 10)
+    client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, max_queue_bytes=1024 * MIB)
 
     @client.tool
     def work(i: int) -> int:
@@ -239,32 +269,149 @@ def ledger_ingest(ledger: Ledger, batches: int, batch_size: int) -> float:
         return batches * batch_size / (time.perf_counter() - started)
 
 
-def peak_rss_ledger_down(events: int) -> dict[str, float]:
-    """Peak RSS (VmHWM) of a process offering ``events`` events while the ledger is down."""
-    script = textwrap.dedent(f"""
-        import time
-        from agent_ledger_sdk import AgentLedgerClient
+BURST_SCRIPT = """
+import json, sqlite3, sys, time
+from agent_ledger_sdk import local
 
-        def peak_mb():
-            for line in open("/proc/self/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+tool_calls = int(sys.argv[1])
+with local.run() as ledger:
+    client = ledger.client()  # the default settings
 
-        client = AgentLedgerClient(api_key="k", base_url="http://127.0.0.1:9", max_retries=0, timeout=0.5)
+    @client.tool
+    def work(i):
+        return i
 
-        @client.tool
-        def work(i):
-            return i
+    started = time.perf_counter()
+    with client.session("burst") as session:
+        for i in range(tool_calls):
+            work(i)
+    recorded = time.perf_counter() - started
+    left = client.flush(300)
+    delivered = time.perf_counter() - started
+    stats = client.stats
+    session_id = session.id
+    client.close()
+    db = sqlite3.connect(str(ledger.db_path))
+    (count,) = db.execute("SELECT count(*) FROM events WHERE session_id = ?", (session_id,)).fetchone()
+    db.close()
+print(json.dumps({"recorded_s": recorded, "delivered_s": delivered, "left": left, "count": count,
+                  "sent": stats.sent, "dropped": stats.dropped, "failed": stats.failed}))
+"""
 
-        before = peak_mb()
-        with client.session("down"):
-            for i in range({events // 2}):
-                work(i)
-        print(before, peak_mb(), client.stats.dropped, client.stats.failed)
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    before, after, dropped, failed = out.stdout.split()
-    return {"before_mb": float(before), "after_mb": float(after), "dropped": int(dropped), "failed": int(failed)}
+
+def local_burst(tool_calls: int) -> dict[str, Any]:
+    """A burst of ``tool_calls`` calls (two events each) against ``local.run()``, default client settings.
+
+    Runs in a fresh process, where the ledger (``local.run()`` serves from a
+    thread) shares the interpreter with the agent and its sender.
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", BURST_SCRIPT, str(tool_calls)], capture_output=True, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["count"] != 2 * tool_calls or result["left"]:
+        raise RuntimeError(f"the ledger recorded {result['count']:,} events of {2 * tool_calls:,}: {result}")
+    return result
+
+
+DOWN_SCRIPT = """
+import json, os, sys, time
+from pathlib import Path
+from agent_ledger_sdk import AgentLedgerClient
+
+def status(field):  # bytes
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+workload, count, url, max_queue_bytes, journal, max_journal_bytes = sys.argv[1:]
+count = int(count)
+client = AgentLedgerClient(
+    api_key="k", base_url=url, max_retries=0, timeout=0.5,
+    max_queue_bytes=int(max_queue_bytes), max_journal_bytes=int(max_journal_bytes),
+    journal=False if journal == "off" else journal,
+)
+
+if workload == "sessions":
+    @client.tool
+    def lookup(i):
+        return i
+
+    @client.session("short")
+    def agent(i):
+        return lookup(i)
+
+    def loop():
+        for i in range(count):
+            agent(i)
+else:
+    @client.tool
+    def fetch(i):
+        return os.urandom(50_000).hex()  # a new 100 KB string each call
+
+    def loop():
+        with client.session("payloads"):
+            for i in range(count):
+                fetch(i)
+
+def on_disk():
+    return 0 if journal == "off" else sum(p.stat().st_size for p in Path(journal).iterdir())
+
+before = status("VmRSS")
+started = time.perf_counter()
+loop()
+seconds = time.perf_counter() - started
+peak = status("VmHWM")
+stats = client.stats
+disk = on_disk()
+client.close(0)  # the ledger is down: journal what is in memory, if there is a journal
+closed = client.stats
+print(json.dumps({
+    "before": before, "peak": peak, "seconds": seconds, "stats": vars(stats), "disk": disk,
+    "closed_peak": status("VmHWM"), "closed_stats": vars(closed), "closed_disk": on_disk(),
+}))
+sys.stdout.flush()
+os._exit(0)  # not the exit handler: it would wait for the ledger
+"""
+
+
+def free_port() -> int:
+    """A port with nothing listening on it (taken from the OS, then let go)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def ledger_down(workload: str, count: int, max_queue_bytes: int, max_journal_bytes: Optional[int]) -> dict[str, Any]:
+    """Peak RSS (VmHWM) growth of a fresh process recording ``workload`` while the ledger is down.
+
+    ``max_journal_bytes=None`` turns the journal off: memory is the only store.
+    """
+    with tempfile.TemporaryDirectory(prefix="agent-ledger-journal-") as scratch:
+        journal = "off" if max_journal_bytes is None else str(Path(scratch) / "journal")
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                DOWN_SCRIPT,
+                workload,
+                str(count),
+                f"http://127.0.0.1:{free_port()}",
+                str(max_queue_bytes),
+                journal,
+                str(max_journal_bytes or 0),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    result["growth"] = result["peak"] - result["before"]
+    result["closed_growth"] = result["closed_peak"] - result["before"]
+    return result
 
 
 def import_ms(repeats: int) -> float:
@@ -288,21 +435,60 @@ def _us(value: float) -> str:
     return f"{0.0 if abs(value) < 0.005 else value:.2f} µs"  # never print "-0.00"
 
 
+def _mib(value: float) -> str:
+    return f"{value / MIB:.1f} MiB"
+
+
+def down_rows(workload: str, what: str, count: int, queue_bytes: int, journal_bytes: int) -> list[tuple[str, str, str]]:
+    """The ledger-down rows of one workload: memory only, then with a journal (and its ``close()``)."""
+    limit = queue_bytes + 32 * MIB  # the bound, plus the interpreter's own overheads
+    where = f"ledger down, {count:,} {what}"
+    memory = ledger_down(workload, count, queue_bytes, None)
+    journaled = ledger_down(workload, count, queue_bytes, journal_bytes)
+    s, j, c = memory["stats"], journaled["stats"], journaled["closed_stats"]
+    return [
+        (
+            f"{where}, {_mib(queue_bytes)} queue, no journal: peak RSS growth",
+            f"{_mib(memory['growth'])} (from {_mib(memory['before'])}); "
+            f"{s['queued']:,} events queued, {s['dropped']:,} dropped; {memory['seconds']:.1f} s",
+            f"<= {_mib(limit)}",
+        ),
+        (
+            f"{where}, {_mib(queue_bytes)} queue, {_mib(journal_bytes)} journal: peak RSS growth",
+            f"{_mib(journaled['growth'])}; journal {_mib(journaled['disk'])} on disk; "
+            f"{j['queued']:,} events queued, {j['dropped']:,} dropped, {j['failed']:,} failed; "
+            f"{journaled['seconds']:.1f} s",
+            f"<= {_mib(limit)}, 0 dropped",
+        ),
+        (
+            f"{where}, {_mib(queue_bytes)} queue, {_mib(journal_bytes)} journal: then `close()`",
+            f"{_mib(journaled['closed_growth'])} peak RSS growth; journal {_mib(journaled['closed_disk'])} on disk; "
+            f"{c['queued']:,} events queued, {c['dropped']:,} dropped",
+            f"<= {_mib(limit)}, 0 dropped",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer iterations")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations and smaller loads")
     args = parser.parse_args()
-    calls, repeats = (2_000, 5) if args.quick else (20_000, 7)
+    quick = args.quick
+    calls, repeats, big_bursts = (2_000, 5, 3) if quick else (20_000, 7, 20)
+    # Never this machine's own local key or journals, nor a journal left by an earlier run.
+    home = tempfile.TemporaryDirectory(prefix="agent-ledger-home-")
+    os.environ["AGENT_LEDGER_HOME"] = home.name
+    load = os.getloadavg()[0]
 
     rows: list[tuple[str, str, str]] = []
     ledger = Ledger()
     try:
         for mode in ("background", "disabled"):
-            measured = overhead(ledger, mode, calls, repeats)
+            measured = overhead(ledger, mode, calls, repeats, big_bursts)
             target = {"background": "<= 5 µs", "disabled": "<= 0.3 µs"}[mode]
             rows.append((f"`@tool` call over the plain call, {mode}", _us(measured["tool"]), target))
             rows.append((f"`llm_call` block over the plain call, {mode}", _us(measured["llm_call"]), target))
-            if "tool_saturated" in measured:
+            if mode == "background":
                 rows.append(
                     (
                         "`@tool` call, back to back with the sender saturated",
@@ -310,7 +496,21 @@ def main() -> None:
                         "-",
                     )
                 )
-        inline = inline_per_event(ledger, 300 if args.quick else 1000, 3 if args.quick else 5)
+                rows.append(
+                    (
+                        "`llm_call` block, 50 KB prompt as one string, background",
+                        _us(measured["llm_call_text"]),
+                        "-",
+                    )
+                )
+                rows.append(
+                    (
+                        "`llm_call` block, 50 KB prompt as 100 chat messages of 500 chars, background",
+                        _us(measured["llm_call_chat"]),
+                        "-",
+                    )
+                )
+        inline = inline_per_event(ledger, 300 if quick else 1000, 3 if quick else 5)
         published = inline.get("published")
         rows.append(
             (
@@ -335,30 +535,50 @@ def main() -> None:
         rows.append(
             (
                 "end to end, helpers to ledger, one process",
-                f"{end_to_end(ledger, 20_000 if args.quick else 100_000):,.0f} events/s",
+                f"{end_to_end(ledger, 20_000 if quick else 100_000):,.0f} events/s",
                 ">= 20,000 events/s",
             )
         )
         rows.append(
             (
                 "ledger ingest over HTTP, batches of 100",
-                f"{ledger_ingest(ledger, 50 if args.quick else 300, 100):,.0f} events/s",
+                f"{ledger_ingest(ledger, 50 if quick else 300, 100):,.0f} events/s",
                 "-",
             )
         )
     finally:
         ledger.close()
-    down = peak_rss_ledger_down(100_000 if args.quick else 1_000_000)
+
+    tool_calls = 5_000 if quick else 50_000
+    burst = local_burst(tool_calls)
+    events = 2 * tool_calls
+    what = f"burst of {events:,} tool events, `local.run()`, default settings"
     rows.append(
         (
-            f"peak RSS offering {100_000 if args.quick else 1_000_000:,} events, ledger down",
-            f"{down['after_mb']:.1f} MB (from {down['before_mb']:.1f} MB; {down['dropped']:,} dropped, {down['failed']:,} failed)",
-            "bounded by the queue",
+            f"{what}: recorded (caller side)",
+            f"{burst['recorded_s']:.2f} s ({burst['recorded_s'] / tool_calls * 1e6:.1f} µs a call)",
+            "-",
         )
     )
-    rows.append(("`import agent_ledger_sdk`", f"{import_ms(10):.0f} ms", "<= 130 ms"))
+    rows.append(
+        (
+            f"{what}: delivered (`flush()` returned)",
+            f"{burst['delivered_s']:.2f} s ({events / burst['delivered_s']:,.0f} events/s)",
+            "-",
+        )
+    )
+    rows.append((f"{what}: events the ledger recorded", f"{burst['count']:,} events", f"{events:,} events"))
 
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, medians\n")
+    if quick:
+        rows += down_rows("sessions", "short sessions", 40_000, 4 * MIB, 32 * MIB)
+        rows += down_rows("payloads", "tool calls returning 100 KB", 200, 4 * MIB, 32 * MIB)
+    else:
+        rows += down_rows("sessions", "short sessions", 400_000, 32 * MIB, 256 * MIB)
+        rows += down_rows("payloads", "tool calls returning 100 KB", 2_000, 32 * MIB, 256 * MIB)
+    rows.append(("`import agent_ledger_sdk`", f"{import_ms(10):.0f} ms", "<= 130 ms"))
+    home.cleanup()
+
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {load:.1f} at the start, medians\n")
     print("| measure | result | target |")
     print("| --- | --- | --- |")
     for row in rows:

@@ -24,11 +24,23 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
     for expected in (
         "`@tool` call over the plain call, background",
         "`llm_call` block over the plain call, background",
+        "`llm_call` block, 50 KB prompt as one string, background",
+        "`llm_call` block, 50 KB prompt as 100 chat messages of 500 chars, background",
         "`@tool` call over the plain call, disabled",
         "inline, µs per event: `log_tool_call`",
         "end to end, helpers to ledger, one process",
         "`import agent_ledger_sdk`",
     ):
         assert expected in measures
-    assert any(m.startswith("peak RSS offering") for m in measures)
-    assert all(" µs" in row or "events/s" in row or "MB" in row or " ms" in row for row in rows)
+    burst = {m.split(": ")[-1]: row for m, row in zip(measures, rows) if m.startswith("burst of 10,000 tool events")}
+    assert set(burst) == {"recorded (caller side)", "delivered (`flush()` returned)", "events the ledger recorded"}
+    assert "| 10,000 events | 10,000 events |" in burst["events the ledger recorded"]
+    # Ledger down: for each workload, memory only, with a journal, and that journal's close().
+    for workload in ("40,000 short sessions", "200 tool calls returning 100 KB"):
+        down = [m for m in measures if m.startswith(f"ledger down, {workload}, ")]
+        assert len(down) == 3, down
+        assert down[0].endswith("no journal: peak RSS growth")
+        assert down[1].endswith("journal: peak RSS growth")
+        assert down[2].endswith("journal: then `close()`")
+    units = (" µs", "events/s", " events", "MiB", " ms")
+    assert all(any(unit in row.split(" | ")[1] for unit in units) for row in rows), rows
