@@ -25,7 +25,9 @@ class Recorder(httpx.AsyncBaseTransport):
         await request.aread()
         if request.url.path == "/v1/sessions":
             return httpx.Response(201, json={"id": f"s{len(self.requests)}"})
-        return httpx.Response(202, json={})
+        if request.url.path == "/v1/events" or request.url.path.endswith("/end"):
+            return httpx.Response(202, json={})
+        return httpx.Response(404, json={"error": f"No route {request.method} {request.url.path}"})
 
     def paths(self) -> list[str]:
         return [r.url.path for r in self.requests]
@@ -90,7 +92,11 @@ def test_every_request_goes_through_the_users_http_client() -> None:
             await ledger.aclose()
 
     asyncio.run(main())
-    assert transport.paths() == ["/v1/sessions", "/v1/events", "/v1/sessions/s1/end"]
+    paths = transport.paths()
+    assert paths.count("/v1/reservations") == 1  # one probe: this fake ledger has no budgets (404), then never again
+    rest = [p for p in paths if p != "/v1/reservations"]
+    assert rest[0] == "/v1/sessions" and rest[-1] == "/v1/sessions/s1/end"
+    assert set(rest[1:-1]) == {"/v1/events"}
     assert all(r.headers["x-proxy"] == "mesh" for r in transport.requests)
 
 

@@ -33,6 +33,7 @@ def test_all_is_pinned() -> None:
         "SessionScope",
         "StepCounter",
         "ToolDecorator",
+        "UnpricedModelError",
         "UnprocessableEntityError",
         "__version__",
         "bind_context",

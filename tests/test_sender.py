@@ -30,6 +30,8 @@ def routes(api: respx.MockRouter) -> dict[str, respx.Route]:
         "start": api.post("/v1/sessions").respond(201, json={"id": "sess-1"}),
         "events": api.post("/v1/events").respond(202),
         "end": api.post("/v1/sessions/sess-1/end").respond(200),
+        # A ledger without budget reservations (the hosted API today): probed once, then not again.
+        "reservations": api.post("/v1/reservations").respond(404, json={"error": "Cannot POST /v1/reservations"}),
     }
 
 
@@ -162,8 +164,12 @@ def test_the_sync_client_never_blocks_an_event_loop_even_inline(api: respx.MockR
     paths: list[str] = []
 
     def record(request: httpx.Request) -> httpx.Response:
-        http_threads.append(threading.current_thread())
         paths.append(request.url.path)
+        if request.url.path == "/v1/reservations":
+            # The budget check must finish before the LLM call runs: a sync `with` waits for it
+            # (once here: this ledger has no reservations). Async code uses `async with` for that.
+            return httpx.Response(404, json={"error": "Cannot POST /v1/reservations"})
+        http_threads.append(threading.current_thread())
         if request.url.path == "/v1/sessions":
             return httpx.Response(201, json={"id": "sess-1"})
         return httpx.Response(202)
@@ -186,7 +192,7 @@ def test_the_sync_client_never_blocks_an_event_loop_even_inline(api: respx.MockR
     assert ledger.flush(10) == 0
     assert paths[0] == "/v1/sessions"
     assert paths[-1] == "/v1/sessions/sess-1/end"  # after every event
-    assert set(paths[1:-1]) == {"/v1/events"}
+    assert set(paths[1:-1]) - {"/v1/reservations"} == {"/v1/events"}  # (a probe for budget reservations)
     assert loop_threads[0] not in http_threads
     ledger.close()
 

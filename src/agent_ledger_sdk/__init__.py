@@ -31,6 +31,7 @@ from ._exceptions import (
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
+    UnpricedModelError,
     UnprocessableEntityError,
 )
 from ._helpers import StepCounter, instrument_tool, run_session
@@ -65,6 +66,7 @@ __all__ = [
     "SessionScope",
     "StepCounter",
     "ToolDecorator",
+    "UnpricedModelError",
     "UnprocessableEntityError",
     "__version__",
     "bind_context",

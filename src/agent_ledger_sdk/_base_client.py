@@ -156,8 +156,9 @@ class BaseClient:
         if not self.api_key:
             raise ValueError(NO_KEY_MESSAGE)
         headers = dict(self._headers)
-        if method == "POST":
+        if method in ("POST", "DELETE"):
             headers["Idempotency-Key"] = key or idempotency_key()
+        if method == "POST":
             headers["Content-Type"] = "application/json"
             if content is None:
                 content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

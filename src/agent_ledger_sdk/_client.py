@@ -66,6 +66,7 @@ class _Helpers:
         user_id: Optional[str] = None,
         tags: Optional[Iterable[str]] = None,
         metadata: Optional[dict[str, Any]] = None,
+        max_cost_usd: Optional[float] = None,
     ) -> SessionScope: ...
 
     def session(
@@ -77,6 +78,7 @@ class _Helpers:
         user_id: Optional[str] = None,
         tags: Optional[Iterable[str]] = None,
         metadata: Optional[dict[str, Any]] = None,
+        max_cost_usd: Optional[float] = None,
     ) -> Any:
         """Record a session: ``@ledger.session``, ``@ledger.session("name")``, ``with ledger.session("name")``.
 
@@ -96,6 +98,8 @@ class _Helpers:
             user_id: who the agent works for; the ledger filters sessions by it.
             tags: labels to filter sessions by.
             metadata: any JSON-able details (a dict), recorded with the session.
+            max_cost_usd: a cap on what this session may spend; the ledger refuses LLM
+                calls (before they run) that would take it over.
         """
         instrumentation = self._instrumentation
         if not instrumentation.enabled and func_or_name is not None and not isinstance(func_or_name, str):
@@ -108,6 +112,7 @@ class _Helpers:
             user_id=user_id,
             tags=tags,
             metadata=metadata,
+            max_cost_usd=max_cost_usd,
         )
 
     @overload
@@ -148,11 +153,24 @@ class _Helpers:
             return func_or_name if callable(func_or_name) else IDENTITY_DECORATOR
         return make_tool(func_or_name, name, capture_input, capture_output)
 
-    def llm_call(self, *, provider: str, model: str, prompt: Any = None, **attributes: Any) -> LLMCall:
-        """Time an LLM call over a ``with`` / ``async with`` block and record it as an ``llm_call`` event."""
+    def llm_call(
+        self,
+        *,
+        provider: str,
+        model: str,
+        prompt: Any = None,
+        max_cost_usd: Optional[float] = None,
+        **attributes: Any,
+    ) -> LLMCall:
+        """Time an LLM call over a ``with`` / ``async with`` block and record it as an ``llm_call`` event.
+
+        For an agent with a budget, the call's maximum cost is reserved before the
+        block runs (``max_cost_usd=``, else estimated from the prompt and
+        ``max_tokens=``); a refusal raises :class:`BudgetGuardrailError` before it runs.
+        """
         if not self._instrumentation.enabled:
             return NULL_LLM_CALL
-        return make_llm_call(provider, model, prompt, attributes)
+        return make_llm_call(provider, model, prompt, attributes, max_cost_usd)
 
     def current_session(self) -> Optional[SessionHandle]:
         """The session the calling code runs in, or None."""

@@ -75,6 +75,7 @@ def session(
     user_id: Optional[str] = None,
     tags: Optional[Iterable[str]] = None,
     metadata: Optional[dict[str, Any]] = None,
+    max_cost_usd: Optional[float] = None,
 ) -> SessionScope: ...
 
 
@@ -86,9 +87,12 @@ def session(
     user_id: Optional[str] = None,
     tags: Optional[Iterable[str]] = None,
     metadata: Optional[dict[str, Any]] = None,
+    max_cost_usd: Optional[float] = None,
 ) -> Any:
     """``ledger.session`` of the default client; see :meth:`AgentLedgerClient.session`."""
-    return make_session(_resolve, func_or_name, agent_name, user_id=user_id, tags=tags, metadata=metadata)
+    return make_session(
+        _resolve, func_or_name, agent_name, user_id=user_id, tags=tags, metadata=metadata, max_cost_usd=max_cost_usd
+    )
 
 
 @overload
@@ -118,9 +122,11 @@ def tool(
     return make_tool(func_or_name, name, capture_input, capture_output)
 
 
-def llm_call(*, provider: str, model: str, prompt: Any = None, **attributes: Any) -> LLMCall:
+def llm_call(
+    *, provider: str, model: str, prompt: Any = None, max_cost_usd: Optional[float] = None, **attributes: Any
+) -> LLMCall:
     """``ledger.llm_call`` of the default client; see :meth:`AgentLedgerClient.llm_call`."""
-    return make_llm_call(provider, model, prompt, attributes)
+    return make_llm_call(provider, model, prompt, attributes, max_cost_usd)
 
 
 def current_session() -> Optional[SessionHandle]:

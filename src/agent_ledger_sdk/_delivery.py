@@ -95,11 +95,11 @@ class InlineDelivery:
             self._background.start(handle)
             return
         try:
-            session_id = self._io.start_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
+            session_id, budgeted = self._io.start_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
         except Exception as exc:
             self._start_failed(handle, exc)
         else:
-            handle._resolve(session_id)
+            handle._resolve(session_id, budgeted)
 
     def emit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
         if self._to_background(handle):
@@ -136,11 +136,11 @@ class InlineDelivery:
             return
         aio.note_loop()
         try:
-            session_id = await aio.astart_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
+            session_id, budgeted = await aio.astart_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
         except Exception as exc:
             self._start_failed(handle, exc)
         else:
-            handle._resolve(session_id)
+            handle._resolve(session_id, budgeted)
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
         aio = self._aio

@@ -111,6 +111,21 @@ class BudgetGuardrailError(AgentLedgerError):
         self.response = response
 
 
+class UnpricedModelError(AgentLedgerError):
+    """The ledger has no price for this model, and the agent has a budget: the call was stopped before it ran.
+
+    An unpriced call cannot be counted against a budget, so it is refused by
+    default. The message names the model and how to add a price (or allow
+    unpriced models in the workspace).
+    """
+
+    status_code = 422
+
+    def __init__(self, message: str, *, response: Optional[httpx.Response] = None) -> None:
+        super().__init__(message)
+        self.response = response
+
+
 class APIConnectionError(AgentLedgerError):
     """The request got no response (DNS failure, refused or reset connection)."""
 

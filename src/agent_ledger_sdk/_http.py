@@ -48,12 +48,25 @@ NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 SESSION_KEY_PREFIX = "agent-ledger-session-"
 
 
-class LedgerIO(Protocol):
-    """What delivery needs from the ledger: three idempotent calls."""
+# What starting a session tells: its id, and whether a budget applies to it (None: the ledger did not say).
+Started = tuple[str, Optional[bool]]
 
-    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str: ...
+
+class LedgerIO(Protocol):
+    """What delivery and budgets need from the ledger: idempotent calls."""
+
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started: ...
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None: ...
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
+    def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any: ...
+    def release(self, reservation_id: str, idempotency_key: str) -> None: ...
+
+
+def started(config: BaseClient, response: httpx.Response) -> Started:
+    session_id = config._session_id_from(response)
+    body = config._parse_success(response)
+    budgeted = body.get("budgeted") if isinstance(body, dict) else None
+    return session_id, budgeted if isinstance(budgeted, bool) else None
 
 
 class SyncHTTP:
@@ -110,13 +123,14 @@ class SyncHTTP:
         content: Optional[bytes] = None,
         idempotency_key: Optional[str] = None,
         max_retries: Optional[int] = None,
+        method: str = "POST",
     ) -> httpx.Response:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
-        request = config._build_request("POST", path, body, content, idempotency_key)
+        request = config._build_request(method, path, body, content, idempotency_key)
         if self._user_client is not None:  # its own headers, auth and settings apply too
             request = self._user_client.build_request(
-                "POST", request.url, headers=request.headers, content=request.content
+                method, request.url, headers=request.headers, content=request.content
             )
         attempt = 0
         while True:
@@ -177,13 +191,14 @@ class AsyncHTTP:
         content: Optional[bytes] = None,
         idempotency_key: Optional[str] = None,
         max_retries: Optional[int] = None,
+        method: str = "POST",
     ) -> httpx.Response:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
-        request = config._build_request("POST", path, body, content, idempotency_key)
+        request = config._build_request(method, path, body, content, idempotency_key)
         if self._user_client is not None:  # its own headers, auth and settings apply too
             request = self._user_client.build_request(
-                "POST", request.url, headers=request.headers, content=request.content
+                method, request.url, headers=request.headers, content=request.content
             )
         attempt = 0
         while True:
@@ -211,9 +226,19 @@ class SyncLedgerIO:
         self.http = http
         self.max_retries = max_retries
 
-    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str:
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
         response = self.http.post("/v1/sessions", body, idempotency_key=idempotency_key, max_retries=self.max_retries)
-        return self.http.config._session_id_from(response)
+        return started(self.http.config, response)
+
+    def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
+        response = self.http.post(
+            "/v1/reservations", body, idempotency_key=idempotency_key, max_retries=self.max_retries
+        )
+        return self.http.config._parse_success(response)
+
+    def release(self, reservation_id: str, idempotency_key: str) -> None:
+        path = f"/v1/reservations/{reservation_id}"
+        self.http.post(path, method="DELETE", idempotency_key=idempotency_key, max_retries=self.max_retries)
 
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
         content = events_body(session_id, encoded_events)
@@ -222,6 +247,21 @@ class SyncLedgerIO:
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         path = f"/v1/sessions/{session_id}/end"
         self.http.post(path, body, idempotency_key=idempotency_key, max_retries=self.max_retries)
+
+
+def _responds(loop: asyncio.AbstractEventLoop, timeout: float) -> bool:
+    """True if ``loop`` runs a callback within ``timeout`` seconds: it is not blocked."""
+    ping = threading.Event()
+    try:
+        loop.call_soon_threadsafe(ping.set)
+    except RuntimeError:  # closed
+        return False
+    return ping.wait(timeout)
+
+
+def _serving(loop: asyncio.AbstractEventLoop) -> bool:
+    """True while ``loop`` runs user code: not closed, and not yet shutting down (``asyncio.run``'s last steps)."""
+    return loop.is_running() and not loop.is_closed() and not getattr(loop, "_asyncgens_shutdown_called", False)
 
 
 class LoopBridge:
@@ -265,42 +305,18 @@ class LoopBridge:
 
     def _run(self, call: Callable[[AsyncHTTP], Coroutine[Any, Any, Any]]) -> Any:
         import asyncio
-        import concurrent.futures
 
         loop = self.loop
-        usable = loop is not None and loop.is_running() and not loop.is_closed()
-        if loop is not None and usable and time.monotonic() >= self._blocked_until:
+        if loop is not None and _serving(loop) and time.monotonic() >= self._blocked_until:
             try:
                 running_here = asyncio.get_running_loop() is loop
             except RuntimeError:
                 running_here = False
             if not running_here:
-                began = threading.Event()
-
-                async def on_the_users_loop() -> Any:
-                    began.set()
-                    return await call(self.http)
-
-                future = asyncio.run_coroutine_threadsafe(on_the_users_loop(), loop)
-                deadline = time.monotonic() + self.LOOP_WAIT
-                if not began.wait(self.LOOP_START_WAIT):
-                    # The loop is blocked (a synchronous flush() on it, or CPU-bound work): don't wait for it.
-                    future.cancel()
-                    deadline = 0.0
-                    self._blocked_until = time.monotonic() + 1.0
-                while deadline:
-                    try:
-                        return future.result(0.05)
-                    except concurrent.futures.TimeoutError:
-                        if loop.is_running() and not loop.is_closed() and time.monotonic() < deadline:
-                            continue
-                        future.cancel()
-                        if time.monotonic() >= deadline:
-                            raise
-                    except concurrent.futures.CancelledError:
-                        pass  # not by us: the loop is shutting down (asyncio.run cancels what is left)
-                    break  # the loop stopped under the call: make it again on a loop of our own (same idempotency key)
-        # The user's loop is gone: a loop of our own for this call, and an httpx client bound to it.
+                done, result = self._on_the_users_loop(loop, call)
+                if done:
+                    return result
+        # The user's loop is gone or blocked: a loop of our own for this call, and an httpx client bound to it.
         http = AsyncHTTP(self.http.config, transport=self.http._transport, http_client=self.http._user_client)
         private = asyncio.new_event_loop()
         try:
@@ -311,19 +327,61 @@ class LoopBridge:
             finally:
                 private.close()
 
+    def _on_the_users_loop(
+        self, loop: asyncio.AbstractEventLoop, call: Callable[[AsyncHTTP], Coroutine[Any, Any, Any]]
+    ) -> tuple[bool, Any]:
+        """Run the call on the user's loop: (True, its result), or (False, None) if the loop stopped or is blocked.
+
+        A call given up on a blocked loop is cancelled there and made again on a
+        loop of our own, with the same idempotency key: the ledger records it once.
+        """
+        import asyncio
+        import concurrent.futures
+
+        future = asyncio.run_coroutine_threadsafe(call(self.http), loop)
+        deadline = time.monotonic() + self.LOOP_WAIT
+        while True:
+            try:
+                return True, future.result(0.05)
+            except concurrent.futures.TimeoutError:
+                if time.monotonic() >= deadline:
+                    future.cancel()
+                    raise
+                if _serving(loop) and _responds(loop, self.LOOP_START_WAIT):
+                    continue
+                future.cancel()  # stopped, or blocked (a synchronous flush() on it, CPU-bound work)
+                if _serving(loop):
+                    self._blocked_until = time.monotonic() + 1.0
+                return False, None
+            except concurrent.futures.CancelledError:
+                return False, None  # not by us: the loop is shutting down (asyncio.run cancels what is left)
+            except Exception:
+                if _serving(loop):
+                    raise
+                return False, None  # it failed because the loop was shutting down under it
+
     def _post(
         self, http: AsyncHTTP, path: str, body: Any = None, content: Optional[bytes] = None, key: str = ""
     ) -> Any:
         return http.post(path, body, content=content, idempotency_key=key, max_retries=self.max_retries)
 
-    async def _start_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> str:
+    async def _start_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> Started:
         response = await self._post(http, "/v1/sessions", body, key=idempotency_key)
-        return http.config._session_id_from(response)
+        return started(http.config, response)
 
-    # -- LedgerIO, for the sender thread -----------------------------------
+    async def _reserve_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> Any:
+        response = await self._post(http, "/v1/reservations", body, key=idempotency_key)
+        return http.config._parse_success(response)
 
-    def start_session(self, body: dict[str, Any], idempotency_key: str) -> str:
-        return str(self._run(lambda http: self._start_on(http, body, idempotency_key)))
+    def _release_on(self, http: AsyncHTTP, reservation_id: str, idempotency_key: str) -> Any:
+        path = f"/v1/reservations/{reservation_id}"
+        return http.post(path, method="DELETE", idempotency_key=idempotency_key, max_retries=self.max_retries)
+
+    # -- LedgerIO, for the sender thread and synchronous callers ---------------
+
+    def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
+        result: Started = self._run(lambda http: self._start_on(http, body, idempotency_key))
+        return result
 
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
         content = events_body(session_id, encoded_events)
@@ -333,9 +391,15 @@ class LoopBridge:
         path = f"/v1/sessions/{session_id}/end"
         self._run(lambda http: self._post(http, path, body, key=idempotency_key))
 
-    # -- the same calls for async callers already on the loop (inline delivery) --
+    def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
+        return self._run(lambda http: self._reserve_on(http, body, idempotency_key))
 
-    async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> str:
+    def release(self, reservation_id: str, idempotency_key: str) -> None:
+        self._run(lambda http: self._release_on(http, reservation_id, idempotency_key))
+
+    # -- the same calls for async callers already on the loop ---------------
+
+    async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
         return await self._start_on(self.http, body, idempotency_key)
 
     async def asend_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
@@ -344,3 +408,9 @@ class LoopBridge:
 
     async def aend_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         await self._post(self.http, f"/v1/sessions/{session_id}/end", body, key=idempotency_key)
+
+    async def areserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
+        return await self._reserve_on(self.http, body, idempotency_key)
+
+    async def arelease(self, reservation_id: str, idempotency_key: str) -> None:
+        await self._release_on(self.http, reservation_id, idempotency_key)

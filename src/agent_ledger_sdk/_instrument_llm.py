@@ -16,7 +16,7 @@ from ._instrument_wrapping import (
     ms_since,
     perf_counter,
 )
-from ._session import SessionHandle
+from ._session import PENDING, SessionHandle
 from ._snapshot import snapshot_sized
 from ._spans import current_span_var, new_span_id, wall_clock
 
@@ -47,9 +47,11 @@ class LLMCall:
     __slots__ = (
         "_attributes",
         "_handle",
+        "_max_cost_usd",
         "_parent_span",
         "_perf_started",
         "_prompt_size",
+        "_reservation",
         "_span",
         "_started_at",
         "_token",
@@ -65,7 +67,9 @@ class LLMCall:
         "tokens_out",
     )
 
-    def __init__(self, provider: str, model: str, prompt: Any, attributes: dict[str, Any]) -> None:
+    def __init__(
+        self, provider: str, model: str, prompt: Any, attributes: dict[str, Any], max_cost_usd: Optional[float] = None
+    ) -> None:
         self.provider = provider
         self.model = model
         self.prompt = prompt
@@ -84,6 +88,8 @@ class LLMCall:
         self._span = ""
         self._parent_span: Optional[str] = None
         self._token: Any = None
+        self._max_cost_usd = max_cost_usd
+        self._reservation: Optional[str] = None
 
     def record(
         self,
@@ -124,10 +130,41 @@ class LLMCall:
             self._attributes = {}
         self._attributes.update(camel_keys(attributes))
 
+    def _needs_reservation(self, handle: Optional[SessionHandle]) -> bool:
+        """The pre-flight checks that need no I/O: the latch (raises), and whether to reserve."""
+        if handle is None:
+            return False
+        budgets = handle._instrumentation.budgets
+        budgets.latch.check(handle.agent_name)  # a ledger without reservations: raises before the call
+        return getattr(handle._delivery, "owner", None) is not None and budgets.needs_reservation(handle)
+
+    def _reservation_body(self, handle: SessionHandle) -> Any:
+        limits = {"maxCostUsd": self._max_cost_usd}
+        if self._attributes:
+            limits["maxTokens"] = self._attributes.get("maxTokens") or self._attributes.get("maxOutputTokens")
+        return lambda session_id: handle._instrumentation.budgets.body(
+            handle, session_id, self.provider, self.model, self.prompt, limits
+        )
+
+    def _reserve(self, handle: SessionHandle) -> None:
+        instrumentation = handle._instrumentation
+        self._reservation = instrumentation.budgets.reserve(instrumentation.io, handle, self._reservation_body(handle))
+
+    async def _areserve(self, handle: SessionHandle) -> None:
+        import asyncio
+
+        instrumentation = handle._instrumentation
+        aio = instrumentation._aio
+        if aio is None:  # a sync client in async code: its blocking round trip runs in a thread
+            await asyncio.get_running_loop().run_in_executor(None, self._reserve, handle)
+            return
+        if handle._state == PENDING:  # started by the sender thread: wait for its id off the loop
+            await asyncio.get_running_loop().run_in_executor(None, lambda: handle.id)
+        self._reservation = await instrumentation.budgets.areserve(aio, handle, self._reservation_body(handle))
+
     def _begin(self) -> None:
         handle = current_session_var.get()
         if handle is not None:
-            handle._instrumentation.latch.check(handle.agent_name)  # the pre-flight stop: raises before the call
             self.step_index = handle.next_step()
             self.prompt, self._prompt_size = snapshot_sized(self.prompt)  # as sent
             self._span = new_span_id()
@@ -160,6 +197,8 @@ class LLMCall:
                 event[key] = value
         if self._parent_span is not None:
             event["parentSpanId"] = self._parent_span
+        if self._reservation is not None:
+            event["reservationId"] = self._reservation
         if self.tokens_in is None and self.tokens_out is None:
             event["usageMissing"] = True  # the ledger flags it instead of pricing it at $0 silently
         if exc is not None:
@@ -171,6 +210,10 @@ class LLMCall:
         return event, size + self._prompt_size
 
     def __enter__(self) -> LLMCall:
+        handle = current_session_var.get()
+        if self._needs_reservation(handle):
+            assert handle is not None
+            self._reserve(handle)  # raises BudgetGuardrailError before the body runs
         self._begin()
         return self
 
@@ -191,6 +234,10 @@ class LLMCall:
             emit_safely(handle, event, size)  # may raise BudgetGuardrailError
 
     async def __aenter__(self) -> LLMCall:
+        handle = current_session_var.get()
+        if self._needs_reservation(handle):
+            assert handle is not None
+            await self._areserve(handle)
         self._begin()
         return self
 
@@ -238,9 +285,17 @@ class _NullLLMCall(LLMCall):
 NULL_LLM_CALL: LLMCall = _NullLLMCall("disabled", "disabled", None, {})
 
 
-def make_llm_call(provider: str, model: str, prompt: Any, attributes: dict[str, Any]) -> LLMCall:
+def make_llm_call(
+    provider: str, model: str, prompt: Any, attributes: dict[str, Any], max_cost_usd: Optional[float] = None
+) -> LLMCall:
     if not isinstance(provider, str) or not provider:
         raise ValueError(f"llm_call() needs provider= as a non-empty string, got {provider!r}")
     if not isinstance(model, str) or not model:
         raise ValueError(f"llm_call() needs model= as a non-empty string, got {model!r}")
-    return LLMCall(provider, model, prompt, attributes)
+    if max_cost_usd is not None and (
+        isinstance(max_cost_usd, bool)
+        or not isinstance(max_cost_usd, (int, float))
+        or not 0 <= max_cost_usd < float("inf")
+    ):
+        raise ValueError(f"max_cost_usd must be a number of US dollars >= 0, got {max_cost_usd!r}")
+    return LLMCall(provider, model, prompt, attributes, max_cost_usd)

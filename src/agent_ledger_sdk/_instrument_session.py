@@ -31,9 +31,9 @@ Resolver = Callable[[], "Instrumentation"]
 class SessionContext:
     """What a session records besides its agent: user, tags and metadata (checked once, up front)."""
 
-    __slots__ = ("metadata", "tags", "user_id")
+    __slots__ = ("max_cost_usd", "metadata", "tags", "user_id")
 
-    def __init__(self, user_id: Any = None, tags: Any = None, metadata: Any = None) -> None:
+    def __init__(self, user_id: Any = None, tags: Any = None, metadata: Any = None, max_cost_usd: Any = None) -> None:
         if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
             raise ValueError(f"user_id must be a non-empty string, got {user_id!r}")
         if tags is not None:
@@ -45,6 +45,15 @@ class SessionContext:
             tags = sorted(set(tags)) if isinstance(tags, (set, frozenset)) else list(dict.fromkeys(tags))
         if metadata is not None and not isinstance(metadata, dict):
             raise TypeError(f'metadata must be a dict, e.g. metadata={{"plan": "pro"}}, got {type(metadata).__name__}')
+        if max_cost_usd is not None and (
+            isinstance(max_cost_usd, bool)
+            or not isinstance(max_cost_usd, (int, float))
+            or not 0 <= max_cost_usd < float("inf")
+        ):
+            raise ValueError(
+                f"max_cost_usd must be a number of US dollars >= 0, e.g. max_cost_usd=0.50, got {max_cost_usd!r}"
+            )
+        self.max_cost_usd: Optional[float] = None if max_cost_usd is None else float(max_cost_usd)
         self.user_id: Optional[str] = user_id
         self.tags: Optional[list[str]] = tags or None
         self.metadata: Optional[dict[str, Any]] = snapshot(metadata) if metadata else None
@@ -60,7 +69,13 @@ def _open_session(resolve: Resolver, agent_name: str, context: SessionContext) -
     if delivery is None:
         return None
     return instrumentation.new_session(
-        delivery, agent_name, current_session_var.get(), context.user_id, context.tags, context.metadata
+        delivery,
+        agent_name,
+        current_session_var.get(),
+        context.user_id,
+        context.tags,
+        context.metadata,
+        context.max_cost_usd,
     )
 
 
@@ -297,10 +312,10 @@ def make_session(
     user_id: Optional[str] = None,
     tags: Optional[Any] = None,
     metadata: Optional[dict[str, Any]] = None,
+    max_cost_usd: Optional[float] = None,
 ) -> Any:
-    context = (
-        NO_CONTEXT if user_id is None and tags is None and metadata is None else SessionContext(user_id, tags, metadata)
-    )
+    no_context = user_id is None and tags is None and metadata is None and max_cost_usd is None
+    context = NO_CONTEXT if no_context else SessionContext(user_id, tags, metadata, max_cost_usd)
     if func_or_name is not None and not isinstance(func_or_name, str):
         if agent_name is not None:
             raise TypeError("pass the agent name either positionally or as agent_name=, not both")

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _lifecycle
+from ._budget import Budgets, GuardrailLatch
 from ._constants import CAPTURE_CONTENT_ENV, ENABLED_ENV
 from ._delivery import NULL_DELIVERY, BackgroundDelivery, Delivery, InlineDelivery
 from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
-from ._guardrail import GuardrailLatch
 from ._journal import DEFAULT_MAX_JOURNAL_BYTES, Journal
 from ._pipeline import Pipeline, Redactor
 from ._sender import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_RETRY_WINDOW, Sender
@@ -100,7 +100,8 @@ class Instrumentation:
         self.handle_sigterm = handle_sigterm
         self.counters = Counters()
         self.warnings = RateLimitedWarnings()
-        self.latch = GuardrailLatch()
+        self.budgets = Budgets(self.warnings)
+        self.io = io  # for the budget's reservation round trip, on the caller's thread
         self.pipeline = Pipeline(
             capture_content=self.capture_content, redact=redact, counters=self.counters, warnings=self.warnings
         )
@@ -123,6 +124,10 @@ class Instrumentation:
         self.background = BackgroundDelivery(self)
         self.default_delivery: Delivery = self.background if batching else InlineDelivery(self, io, aio)
         _lifecycle.live.add(self)
+
+    @property
+    def latch(self) -> GuardrailLatch:
+        return self.budgets.latch
 
     # -- the sender, made on first use -------------------------------------
 
@@ -169,6 +174,7 @@ class Instrumentation:
         user_id: Optional[str],
         tags: Optional[list[str]],
         metadata: Optional[dict[str, Any]],
+        max_cost_usd: Optional[float] = None,
     ) -> SessionHandle:
         sampled = True
         if self.sample_rate < 1.0:
@@ -186,6 +192,7 @@ class Instrumentation:
             metadata=metadata,
             parent=parent,
             sampled=sampled,
+            max_cost_usd=max_cost_usd,
         )
         if delivery is not NULL_DELIVERY:
             owner.open_sessions.add(handle)
@@ -308,5 +315,6 @@ class Instrumentation:
         self.pipeline.counters = self.counters
         self.warnings = RateLimitedWarnings()
         self.pipeline.warnings = self.warnings
+        self.budgets.warnings = self.warnings
         for connection in self._connections:
             connection.forget_connections()

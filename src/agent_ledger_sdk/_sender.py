@@ -31,6 +31,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from . import _lifecycle
 from ._base_client import is_retryable
 from ._events import describe_event
 from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
@@ -54,6 +55,8 @@ DEFAULT_FLUSH_INTERVAL = 0.2  # seconds
 DEFAULT_RETRY_WINDOW = 60.0  # seconds of failures before the queue moves to the journal
 MAX_BACKOFF = 5.0
 SHUTDOWN_DRAIN = 2.0  # seconds a caller spends delivering its own events when no thread can start
+FORK_IMPORT_WAIT = 2.0  # seconds fork() waits for the sender thread to finish its first imports
+HANDOVER_WAIT = 1.0  # seconds the exit path waits for the sender to finish the request it is making
 ITEM_BYTES = 160  # what a queued item costs beyond its values: tuple, deque slot, event dict
 HANDLE_BYTES = 512  # a session handle kept alive by the queue
 
@@ -86,6 +89,10 @@ class _Stall(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class _Handover(Exception):
+    """The exit path wants what is in memory (``journal_everything``): stop between two requests."""
 
 
 def new_key() -> str:
@@ -129,15 +136,27 @@ class Sender:
         self._started_cond = threading.Condition(threading.Lock())
         self._drain_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
-        self._no_thread = False  # threads cannot be started (interpreter shutdown): deliver on the caller
+        # Set while no thread of ours imports modules: fork() waits for it (see _warm_up).
+        self._imports_done = threading.Event()
+        self._imports_done.set()
+        self._warmed = False
+        # Threads cannot be started (interpreter shutdown), or the exit hook has run and no one
+        # would wait for one any more: callers deliver what they queue themselves.
+        self._no_thread = _lifecycle.exit_hook_ran
         self._busy = False
         self._closed = False
+        self._handover = False  # set by journal_everything: the sender stops between two requests
         self._stall_since: Optional[float] = None
         self._backoff = 0.0
         self._session_ids: dict[str, str] = {}  # session key -> id, for journal records
 
     def before_fork(self) -> None:
-        """Hold the queue's lock across fork(): the child never inherits the queue mid-update."""
+        """Hold the queue's lock across fork(): the child never inherits the queue mid-update.
+
+        And never fork while the sender thread imports modules: the child would
+        inherit them half-initialised (a partially initialised ``httpcore``).
+        """
+        self._imports_done.wait(FORK_IMPORT_WAIT)
         self._lock.acquire()
         if self.journal is not None:
             self.journal._lock.acquire()
@@ -147,6 +166,16 @@ class Sender:
             self.journal._lock.release()
         self._lock.release()
 
+    def after_exit_hook(self) -> None:
+        """The exit hook has run: what is recorded later (an ``atexit`` handler that runs after it) is
+        delivered by its caller, for no one would flush the thread any more (threads can still start
+        there before Python 3.12, and daemon threads die with the interpreter)."""
+        self._no_thread = True
+
+    def locks(self) -> list[Any]:
+        """The re-entrant locks a caller holds while it queues or journals (the SIGTERM handler's concern)."""
+        return [self._lock] if self.journal is None else [self._lock, self.journal._lock]
+
     def after_fork(self) -> None:
         """In a forked child: a fresh queue and thread; the parent sends what it had queued."""
         self._reset()
@@ -154,15 +183,23 @@ class Sender:
             self.journal.after_fork()
 
     def journal_everything(self) -> None:
-        """At exit: write what is still in memory to the journal, for the next client to deliver."""
+        """At exit: write what is still in memory to the journal, for the next client to deliver.
+
+        The sender thread holds the drain lock for a whole pass (a deep queue is
+        many requests): it is asked to let go after the request it is making.
+        """
         if self.journal is None or not (self._queue or self._units):
             return
-        if not self._drain_lock.acquire(timeout=0.5):  # the sender is mid-request: leave it be
-            return
+        self._handover = True
         try:
-            self._move_to_journal()
+            if not self._drain_lock.acquire(timeout=HANDOVER_WAIT):  # a request that hangs: leave it be
+                return
+            try:
+                self._move_to_journal()
+            finally:
+                self._drain_lock.release()
         finally:
-            self._drain_lock.release()
+            self._handover = False
 
     # -- the caller's side ----------------------------------------------
 
@@ -193,7 +230,7 @@ class Sender:
             self._queue.append((kind, handle, payload, size))
             self._bytes += size
             queued = len(self._queue)
-        if self._thread is None or self._closed:
+        if self._thread is None or self._closed or self._no_thread:
             self._start()
             if self._no_thread:
                 self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
@@ -206,7 +243,7 @@ class Sender:
         with self._lock:
             self._starts.append(handle)
             self._bytes += HANDLE_BYTES
-        if self._thread is None or self._closed:
+        if self._thread is None or self._closed or self._no_thread:
             self._start()
             if self._no_thread:
                 self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
@@ -237,7 +274,8 @@ class Sender:
         while self._pending() or self._busy:
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            self._wake.set()
+            if self._stall_since is None:  # a failing ledger is retried with backoff, flush or not
+                self._wake.set()
             time.sleep(0.002)
         return self.left()
 
@@ -273,9 +311,12 @@ class Sender:
                 return
             thread = threading.Thread(target=self._run, name="agent-ledger-sender", daemon=True)
             self._closed = False
+            if not self._warmed:
+                self._imports_done.clear()
             try:
                 thread.start()
             except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                self._imports_done.set()
                 self._no_thread = True
                 self._thread = None
                 return
@@ -336,7 +377,31 @@ class Sender:
 
     # -- the sender thread ----------------------------------------------
 
+    def _warm_up(self) -> None:
+        """Import now what the first request would import lazily (httpx >= 0.28 imports httpcore on a
+        transport's first use, the socket module the idna codec on its first connect): a fork() in
+        another thread then waits for this (``before_fork``), instead of giving the child half-imported
+        modules."""
+        try:
+            import codecs
+
+            import httpcore  # noqa: F401
+
+            from ._http import SyncHTTP
+
+            codecs.lookup("idna")
+            http = getattr(self._io(), "http", None)
+            if isinstance(http, SyncHTTP):
+                http.client()  # the transport: certifi, the TLS context
+        except Exception as exc:  # pragma: no cover - the first request will say what is wrong
+            internal_error("sender", exc)
+        finally:
+            self._warmed = True
+            self._imports_done.set()
+
     def _run(self) -> None:
+        if not self._warmed:
+            self._warm_up()
         while True:
             if self._stall_since is not None:
                 self._wake.wait(self._backoff)
@@ -361,7 +426,7 @@ class Sender:
         """No thread can be started (interpreter shutdown): deliver on the calling thread, within ``deadline``."""
         with self._drain_lock:
             while self._pending():
-                if deadline is not None and time.monotonic() >= deadline:
+                if (deadline is not None and time.monotonic() >= deadline) or self._handover:
                     return
                 before = self._stall_since
                 self._pass()
@@ -369,17 +434,23 @@ class Sender:
                     return  # the ledger is failing: give up for now rather than spin
 
     def _pass(self) -> None:
-        """One round: starts, then units left from before, then the journal or the queue."""
+        """One round: starts, units left from before, the queue, then the journal.
+
+        What is in memory is older than anything this process journaled (once
+        spilling starts, new events go to the journal), so it goes first: else a
+        session's end, spilled, would reach the ledger before its last queued events.
+        """
         try:
             self._deliver_starts()
             self._deliver_units()
+            self._build_units()
+            self._deliver_units()
             if self._spilling or (self.journal is not None and not self.journal.is_empty()):
                 self._deliver_journal()
-            if not self._spilling:
-                self._build_units()
-                self._deliver_units()
         except _Stall as stall:
             self._stalled(stall.cause)
+        except _Handover:
+            return
         else:
             if self._stall_since is not None:
                 logger.info("agent-ledger: the ledger answers again; delivering what waited")
@@ -434,7 +505,8 @@ class Sender:
             while self._starts:
                 self._starts.popleft()
                 self._bytes -= HANDLE_BYTES
-            if records and not journal.append(records):
+            # Memory is older than anything this process journaled already: it goes ahead of it.
+            if records and not journal.prepend(records):
                 events = sum(1 for r in records if r.startswith('{"t":"e"'))
                 self._lost(events, "the ledger is down and the journal is full (memory bound %d bytes)")
 
@@ -442,6 +514,8 @@ class Sender:
 
     def _deliver_starts(self) -> None:
         while self._starts:
+            if self._handover:
+                raise _Handover
             handle = self._starts[0]
             if handle._state == PENDING:
                 self._ensure_started(handle)
@@ -453,7 +527,7 @@ class Sender:
         if handle._state != PENDING:
             return handle._id
         try:
-            session_id = self._io().start_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
+            session_id, budgeted = self._io().start_session(handle.start_body(), SESSION_KEY_PREFIX + handle.key)
         except Exception as exc:
             if is_retryable(exc):
                 raise _Stall(exc) from exc
@@ -461,7 +535,7 @@ class Sender:
             self._notify_started()
             self._owner.session_failed(handle, exc)
             return None
-        handle._resolve(session_id)
+        handle._resolve(session_id, budgeted)
         self._notify_started()
         return session_id
 
@@ -482,6 +556,8 @@ class Sender:
         # One pass takes what is queued now, so that a flood of new events cannot
         # hold back another session's partial batch (or a guardrail's answer).
         for _ in range(len(queue)):
+            if self._handover:
+                break  # what is built so far becomes units; the rest stays queued, behind them
             kind, handle, payload, size = queue.popleft()
             released += size
             if kind == EVENT:
@@ -514,6 +590,8 @@ class Sender:
 
     def _deliver_units(self) -> None:
         while self._units:
+            if self._handover:
+                raise _Handover
             unit = self._units[0]
             self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
             with self._lock:
@@ -587,14 +665,16 @@ class Sender:
         journal = self.journal
         assert journal is not None
         while True:
-            records = journal.read(self.batch_size)
+            records = journal.read(MAX_BATCH_SIZE)
             if not records:
                 with self._lock:
                     if journal.is_empty() and self._spilling:
                         self._spilling = False
                         logger.info("agent-ledger: the journal is delivered; events go through memory again")
                 return
-            for record, size in records:
+            for record, size in _merged(records, MAX_BATCH_SIZE):
+                if self._handover:
+                    raise _Handover
                 self._deliver_record(record)  # raises _Stall: the record is read again next time
                 journal.consume(size)
 
@@ -607,7 +687,7 @@ class Sender:
                 self._owner.counters.add(dropped=len(record.get("e") or ()))
                 return  # its session could not be started when it was written: nothing to attach it to
             try:
-                session_id = self._io().start_session(start, SESSION_KEY_PREFIX + key)
+                session_id, _ = self._io().start_session(start, SESSION_KEY_PREFIX + key)
             except Exception as exc:
                 if is_retryable(exc):
                     raise _Stall(exc) from exc
@@ -627,6 +707,34 @@ class Sender:
             return
         events = record.get("e") or []
         self._send(handle, session_id, [dumps(event) for event in events], str(record.get("i")))  # type: ignore[arg-type]
+
+
+def _merged(records: list[tuple[dict[str, Any], int]], limit: int) -> list[tuple[dict[str, Any], int]]:
+    """Consecutive event records of one session as one request (spilled one event at a time, sent in batches).
+
+    The merged request's idempotency key is made from its first record's and its
+    length: the same records read again merge the same way, under the same key.
+    """
+    merged: list[tuple[dict[str, Any], int]] = []
+    for record, size in records:
+        if merged and record.get("t") == "e":
+            last, last_size = merged[-1]
+            if (
+                last.get("t") == "e"
+                and last.get("k") == record.get("k")
+                and len(last["e"]) + len(record.get("e") or ()) <= limit
+            ):
+                if "m" not in last:
+                    last = {**last, "e": list(last["e"]), "m": 1}
+                last["e"].extend(record.get("e") or ())
+                last["m"] += 1
+                merged[-1] = (last, last_size + size)
+                continue
+        merged.append((record, size))
+    for position, (record, size) in enumerate(merged):
+        if "m" in record:
+            merged[position] = ({**record, "i": f"{record.get('i')}-m{record['m']}"}, size)
+    return merged
 
 
 class _RecordHandle:

@@ -43,8 +43,10 @@ class SessionHandle:
         "_state",
         "_steps",
         "agent_name",
+        "budgeted",
         "ended",
         "key",
+        "max_cost_usd",
         "metadata",
         "parent",
         "sampled",
@@ -63,6 +65,7 @@ class SessionHandle:
         metadata: Optional[dict[str, Any]] = None,
         parent: Optional[SessionHandle] = None,
         sampled: bool = True,
+        max_cost_usd: Optional[float] = None,
     ) -> None:
         self.agent_name = agent_name
         self.user_id = user_id
@@ -70,6 +73,8 @@ class SessionHandle:
         self.metadata = metadata
         self.parent = parent
         self.sampled = sampled
+        self.max_cost_usd = max_cost_usd
+        self.budgeted: Optional[bool] = None  # does a budget apply? the ledger says when the session starts
         self._instrumentation = instrumentation
         self.ended = False
         self._delivery = delivery
@@ -112,6 +117,8 @@ class SessionHandle:
             body["tags"] = self.tags
         if self.metadata:
             body["metadata"] = self.metadata
+        if self.max_cost_usd is not None:
+            body["maxCostUsd"] = self.max_cost_usd
         parent = self.parent
         if parent is not None and parent._id is not None:
             body["parentSessionId"] = parent._id
@@ -145,8 +152,10 @@ class SessionHandle:
 
     # -- set by delivery --------------------------------------------------
 
-    def _resolve(self, session_id: str) -> None:
+    def _resolve(self, session_id: str, budgeted: Optional[bool] = None) -> None:
         self._id = session_id
+        if budgeted is not None or self.max_cost_usd is not None:
+            self.budgeted = True if self.max_cost_usd is not None else budgeted
         self._state = STARTED
 
     def _fail(self) -> None:
