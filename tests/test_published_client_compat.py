@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,16 @@ def test_the_published_client_runs_a_session_and_meets_the_guardrail(published: 
         out = _run_published(published, ledger)
         session_id = out.split("SESSION ")[1].strip()
         recorded = ledger.session(session_id)
-    assert "GUARDRAIL published-bot 0.0005" in out
+    assert "GUARDRAIL published-bot 0.0005" in out  # 0.0015 - 0.001, exactly
     assert recorded["status"] == "success"
-    assert [e["type"] for e in recorded["events"]] == ["tool_call", "tool_result", "llm_call"]
-    assert recorded["costUsd"] == pytest.approx(0.001)
+    # The refused call had run: it is recorded, flagged and counted, so the ledger shows what was spent.
+    assert [(e["type"], e["overBudget"]) for e in recorded["events"]] == [
+        ("tool_call", False),
+        ("tool_result", False),
+        ("llm_call", False),
+        ("llm_call", True),
+    ]
+    assert recorded["costUsd"] == Decimal("0.002")
 
 
 def _run_published(published: Path, ledger: LocalLedger) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .._client import AgentLedgerClient, AsyncAgentLedgerClient
-from .storage import DEFAULT_WORKSPACE, SQLiteStore
+from .storage import DEFAULT_WORKSPACE, UNSET, Amount, SQLiteStore
 
 __all__ = ["LocalLedger", "run"]
 
@@ -76,9 +76,59 @@ class LocalLedger:
         """Environment variables that point the SDK (and its module-level helpers) here."""
         return {"AGENT_LEDGER_BASE_URL": self.url, "AGENT_LEDGER_API_KEY": self.api_key}
 
-    def set_budget(self, agent_name: str, daily_limit_usd: Optional[float]) -> dict[str, Any]:
-        """Set an agent's daily limit in USD (None removes it)."""
-        return self.store.set_budget(self.workspace, agent_name, daily_limit_usd)
+    def set_budget(
+        self,
+        agent_name: str,
+        daily_limit_usd: Amount = UNSET,
+        *,
+        monthly_limit_usd: Amount = UNSET,
+        warn_at_percent: Amount = UNSET,
+    ) -> dict[str, Any]:
+        """Set an agent's daily (UTC day) and monthly (UTC month) limits in USD; None removes one.
+
+        ``warn_at_percent`` records a ``budget_warning`` event when the spend crosses
+        that share of a limit. A limit not given is left as it is.
+        """
+        return self.store.set_budget(
+            self.workspace,
+            agent_name,
+            daily_limit_usd,
+            monthly_limit_usd=monthly_limit_usd,
+            warn_at_percent=warn_at_percent,
+        )
+
+    def set_workspace_budget(
+        self, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
+    ) -> dict[str, Any]:
+        """Set the workspace's daily limit in USD, all agents together (None removes it)."""
+        return self.store.set_workspace_budget(self.workspace, daily_limit_usd, warn_at_percent=warn_at_percent)
+
+    def allow_unpriced_models(self, allow: bool = True) -> dict[str, Any]:
+        """Let agents with a budget make calls the ledger cannot price (refused by default)."""
+        return self.store.set_settings(self.workspace, allow_unpriced_models=allow)
+
+    def set_price(
+        self,
+        model: str,
+        input_per_mtok: Union[float, str],
+        output_per_mtok: Union[float, str],
+        *,
+        cache_read_per_mtok: Union[float, str, None] = None,
+        cache_write_per_mtok: Union[float, str, None] = None,
+    ) -> None:
+        """Price ``model`` (``provider/model`` or ``model``) in USD per million tokens, in this workspace."""
+        from .pricing import normalise_name, rates_from
+
+        entry = {
+            "input": input_per_mtok,
+            "output": output_per_mtok,
+            "cache_read": cache_read_per_mtok,
+            "cache_write": cache_write_per_mtok,
+        }
+        rates = rates_from(
+            entry, ("input", "output", "cache_read", "cache_write"), f"the price of {model!r}", text_ok=True
+        )
+        self.store.set_price(self.workspace, normalise_name(model), rates)
 
     def session(self, session_id: str) -> dict[str, Any]:
         """A recorded session with its events, as ``GET /v1/sessions/{id}`` returns it."""

@@ -1,18 +1,39 @@
-"""Pricing LLM calls: a local override file first, then the maintained ``genai-prices`` table.
+"""Pricing LLM calls exactly: the workspace's own prices, then a local override file, then ``genai-prices``.
 
-An unknown model is never an error: it costs 0 and the event is flagged
-(``priced: false`` with a note), so that an unpriced model cannot silently
-defeat a budget without anyone seeing it.
+A call is priced from its full usage, with the maintained genai-prices table
+(`genai_prices.calc_price`): input, output, cache reads and cache writes, each
+at the rate of the price tier that the call's prompt size falls in (for
+instance above 200k input tokens). The ledger and ``calc_price`` agree to the
+last digit, because the ledger calls it for every call; only the lookup of the
+model is cached.
 
-The override file is JSON::
+Token counts follow OpenAI's convention, which is also genai-prices'
+``Usage``: ``tokensIn`` counts *every* input token, cached ones included, and
+``cacheReadTokens`` and ``cacheWriteTokens`` say how many of them were read
+from or written to the prompt cache (so they add up to at most ``tokensIn``).
+``reasoningTokens`` are part of ``tokensOut`` and are not priced apart.
+
+Model names are found the way people write them: case and surrounding
+whitespace do not matter, nor a provider prefix (``openai/gpt-4o-mini``,
+``models/gemini-2.5-pro``), nor a dated snapshot (``gpt-4o-mini-2024-07-18``,
+``claude-3-5-sonnet@20240620``) or ``-latest``.
+
+A model with no price is never priced at $0 silently: its event says
+``costStatus: "unpriced"``, and under a budget it is refused unless the
+workspace allows unpriced models.
+
+The override file is JSON, prices in USD per million tokens (the cache prices
+are optional; without one, those tokens cost the input price)::
 
     {
-      "openai/my-finetune": {"input_per_mtok": 3.0, "output_per_mtok": 12.0},
+      "openai/my-finetune": {"input_per_mtok": 3.0, "output_per_mtok": 12.0,
+                             "cache_read_per_mtok": 1.5, "cache_write_per_mtok": 3.75},
       "local-llama": {"input_per_mtok": 0, "output_per_mtok": 0}
     }
 
-Keys are ``provider/model`` or just ``model``; prices are USD per million tokens.
-Prices from ``genai-prices`` are per-token rates for the model's base tier.
+Keys are ``provider/model`` or just ``model``. Prices added at run time
+(``PUT /v1/prices/{model}``, ``agent-ledger prices set``) live in the database,
+per workspace, and come first.
 """
 
 from __future__ import annotations
@@ -20,101 +41,299 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from . import money
 
 logger = logging.getLogger("agent_ledger_sdk.local")
 
 PRICES_ENV = "AGENT_LEDGER_PRICES"
-_MTOK = 1_000_000
+PRICED = "priced"
+UNPRICED = "unpriced"
+ESTIMATED = "estimated"
+COST_STATUSES = (PRICED, UNPRICED, ESTIMATED)
+# A call whose usage is missing (usageMissing: true) and that reserved nothing is charged as if it
+# had used this many tokens (or the tokensIn / tokensOut it reports, when more).
+ESTIMATE_TOKENS_IN = 4096
+ESTIMATE_TOKENS_OUT = 4096
+_OVERRIDE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
+
+# Provider names people use that genai-prices spells differently.
+_PROVIDER_ALIASES = {
+    "gemini": "google",
+    "google-genai": "google",
+    "google-gla": "google",
+    "google-vertex": "google",
+    "vertex": "google",
+    "vertexai": "google",
+    "azure-openai": "azure",
+    "bedrock": "aws",
+    "aws-bedrock": "aws",
+    "xai": "x-ai",
+    "grok": "x-ai",
+}
+# A dated snapshot or a moving alias at the end of a model name.
+_SNAPSHOT_SUFFIX = re.compile(r"(?:[-@](?:\d{4}-\d{2}-\d{2}|\d{8})|-latest)$")
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """What one LLM call used (``tokens_in`` includes the cached input tokens)."""
+
+    tokens_in: int
+    tokens_out: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class Rates:
-    input_per_token: float
-    output_per_token: float
+    """Flat prices in USD per million tokens; a cache price of None means those tokens cost the input price."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Optional[Decimal] = None
+    cache_write_per_mtok: Optional[Decimal] = None
+
+    def cost(self, usage: TokenUsage) -> Decimal:
+        # The same decomposition as genai-prices: cached tokens with a price of their own leave the input count.
+        plain_in = usage.tokens_in
+        parts = [money.multiply(Decimal(usage.tokens_out), self.output_per_mtok)]
+        for count, rate in (
+            (usage.cache_read_tokens, self.cache_read_per_mtok),
+            (usage.cache_write_tokens, self.cache_write_per_mtok),
+        ):
+            if rate is not None and count:
+                plain_in -= count
+                parts.append(money.multiply(Decimal(count), rate))
+        parts.append(money.multiply(Decimal(plain_in), self.input_per_mtok))
+        return money.per_million(money.add(*parts))
+
+    def as_json(self) -> dict[str, Optional[Decimal]]:
+        return {
+            "inputPerMtok": self.input_per_mtok,
+            "outputPerMtok": self.output_per_mtok,
+            "cacheReadPerMtok": self.cache_read_per_mtok,
+            "cacheWritePerMtok": self.cache_write_per_mtok,
+        }
 
 
 @dataclass(frozen=True)
 class Price:
-    cost_usd: float
-    priced: bool
+    cost_usd: Decimal
+    status: str  # priced | unpriced | estimated
     note: Optional[str] = None
+
+    @property
+    def priced(self) -> bool:
+        return self.status != UNPRICED
+
+
+class _GenaiModel:
+    """A model found in genai-prices: every call is priced by its own ``calc_price``."""
+
+    def __init__(self, provider: Any, model: Any, snapshot: Any) -> None:
+        self.provider = provider
+        self.model = model
+        self.snapshot = snapshot
+
+    def cost(self, usage: TokenUsage) -> Decimal:
+        from genai_prices import Usage
+
+        calculation = self.model.calc_price(
+            Usage(
+                input_tokens=usage.tokens_in,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                output_tokens=usage.tokens_out,
+            ),
+            self.provider,
+        )
+        total: Decimal = calculation.total_price
+        return total
+
+
+_Pricer = Union[Rates, _GenaiModel]
+
+
+def normalise_name(name: str) -> str:
+    """A price key or provider as the ledger compares them: trimmed, lower case."""
+    return name.strip().lower()
+
+
+def model_candidates(model: str) -> Iterator[str]:
+    """The names to try for a model, most specific first: as written, without a provider prefix, without a date."""
+    seen: set[str] = set()
+    name = normalise_name(model)
+    for candidate in (name, name.rsplit("/", 1)[-1]):
+        for form in (candidate, _SNAPSHOT_SUFFIX.sub("", candidate)):
+            if form and form not in seen:
+                seen.add(form)
+                yield form
+
+
+def _provider_candidates(provider: str, model: str) -> Iterator[Optional[str]]:
+    name = normalise_name(provider)
+    yield _PROVIDER_ALIASES.get(name, name)
+    prefix = normalise_name(model).split("/", 1)[0] if "/" in model else ""
+    if prefix and prefix != name:
+        yield _PROVIDER_ALIASES.get(prefix, prefix)
+    yield None  # genai-prices picks the provider from the model name
+
+
+def unpriced_message(provider: str, model: str) -> str:
+    name = f"{normalise_name(provider)}/{normalise_name(model)}" if provider.strip() else normalise_name(model)
+    return (
+        f"No price for model {model!r} (provider {provider!r}): genai-prices does not know it and no price was "
+        f"added. Add one with `agent-ledger prices set {name} --input USD_PER_MTOK --output USD_PER_MTOK` or "
+        f'PUT /v1/prices/{name} {{"inputPerMtok": ..., "outputPerMtok": ...}} (or in the --prices file), or allow '
+        "unpriced models in this workspace with `agent-ledger settings set allow-unpriced-models true` or "
+        'PUT /v1/settings {"allowUnpricedModels": true}.'
+    )
 
 
 class PriceBook:
-    """Looks up USD rates per (provider, model), caching every answer."""
+    """Prices LLM calls; caches each model's lookup (never a price)."""
 
-    def __init__(self, overrides_path: Optional[str | Path] = None) -> None:
+    def __init__(self, overrides_path: Optional[Union[str, Path]] = None) -> None:
         path = overrides_path if overrides_path is not None else os.environ.get(PRICES_ENV)
         self.overrides_path = Path(path) if path else None
-        self._overrides = _load_overrides(self.overrides_path) if self.overrides_path else {}
-        self._cache: dict[tuple[str, str], Optional[Rates]] = {}
+        self._overrides = load_overrides(self.overrides_path) if self.overrides_path else {}
+        self._cache: dict[tuple[str, str], Optional[_Pricer]] = {}
         self._lock = threading.Lock()
 
-    def price(self, provider: str, model: str, tokens_in: int, tokens_out: int) -> Price:
-        rates = self.rates(provider, model)
-        if rates is None:
-            return Price(0.0, False, f"unknown model {provider}/{model}: priced at $0; add it to the price overrides")
-        return Price(tokens_in * rates.input_per_token + tokens_out * rates.output_per_token, True)
+    def price(self, provider: str, model: str, usage: TokenUsage, custom: Mapping[str, Rates] | None = None) -> Price:
+        """The exact cost of one call; ``custom`` holds the workspace's own prices by key."""
+        pricer = self.lookup(provider, model, custom)
+        if pricer is None:
+            return Price(money.ZERO, UNPRICED, unpriced_message(provider, model))
+        try:
+            return Price(pricer.cost(usage), PRICED)
+        except Exception as exc:  # a table bug must not fail ingestion: flag the call instead
+            logger.warning("genai-prices failed to price %s/%s: %r", provider, model, exc)
+            return Price(money.ZERO, UNPRICED, f"genai-prices failed to price {provider}/{model}: {exc}")
 
-    def rates(self, provider: str, model: str) -> Optional[Rates]:
-        key = (provider.lower(), model)
-        if key in self._cache:
-            return self._cache[key]
-        rates = self._override(provider, model) or _genai_prices(provider, model)
-        with self._lock:
-            self._cache[key] = rates
-        return rates
+    def estimate(
+        self, provider: str, model: str, tokens_in: int, tokens_out: int, custom: Mapping[str, Rates] | None = None
+    ) -> Price:
+        """A call whose usage is missing: priced as ESTIMATE_TOKENS_IN in and ESTIMATE_TOKENS_OUT out (or more)."""
+        usage = TokenUsage(max(tokens_in, ESTIMATE_TOKENS_IN), max(tokens_out, ESTIMATE_TOKENS_OUT))
+        price = self.price(provider, model, usage, custom)
+        if not price.priced:
+            return price
+        note = (
+            f"usage missing: estimated as {usage.tokens_in} tokens in and {usage.tokens_out} out "
+            f"(the ledger's default estimate)"
+        )
+        return Price(price.cost_usd, ESTIMATED, note)
 
-    def _override(self, provider: str, model: str) -> Optional[Rates]:
-        entry = self._overrides.get(f"{provider.lower()}/{model}") or self._overrides.get(model)
-        if entry is None:
+    def lookup(self, provider: str, model: str, custom: Mapping[str, Rates] | None = None) -> Optional[_Pricer]:
+        """The price source of a model, or None when nothing prices it."""
+        if custom:
+            found = _find_rates(custom, provider, model)
+            if found is not None:
+                return found
+        key = (normalise_name(provider), normalise_name(model))
+        pricer = self._cache.get(key)
+        if pricer is not None and (not isinstance(pricer, _GenaiModel) or pricer.snapshot is _snapshot()):
+            return pricer
+        if pricer is None and key in self._cache:
             return None
-        return Rates(entry[0] / _MTOK, entry[1] / _MTOK)
+        pricer = _find_rates(self._overrides, provider, model) or _genai_model(provider, model)
+        with self._lock:
+            self._cache[key] = pricer
+        return pricer
 
 
-def _load_overrides(path: Path) -> dict[str, tuple[float, float]]:
+def _find_rates(table: Mapping[str, Rates], provider: str, model: str) -> Optional[Rates]:
+    provider_name = normalise_name(provider)
+    for candidate in model_candidates(model):
+        for key in (f"{provider_name}/{candidate}", candidate):
+            if key in table:
+                return table[key]
+    return None
+
+
+def _snapshot() -> Any:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        from genai_prices import data_snapshot
+    except ImportError:  # pragma: no cover - the server extra installs it
+        return None
+    return data_snapshot.get_snapshot()
+
+
+def _genai_model(provider: str, model: str) -> Optional[_GenaiModel]:
+    snapshot = _snapshot()
+    if snapshot is None:  # pragma: no cover - the server extra installs it
+        logger.warning("genai-prices is not installed; every model is unpriced. pip install 'agent-ledger-sdk[server]'")
+        return None
+    for candidate in model_candidates(model):
+        for provider_id in _provider_candidates(provider, model):
+            try:
+                found_provider, found_model = snapshot.find_provider_model(candidate, None, provider_id, None)
+            except LookupError:
+                continue
+            except Exception as exc:  # a table bug must not fail ingestion
+                logger.warning("genai-prices failed to look up %s/%s: %r", provider, model, exc)
+                return None
+            return _GenaiModel(found_provider, found_model, snapshot)
+    return None
+
+
+# -- prices given by people ------------------------------------------------------------------
+
+
+def rates_from(
+    entry: Mapping[str, Any], names: tuple[str, str, str, str], where: str, *, text_ok: bool = False
+) -> Rates:
+    """Rates from a mapping of non-negative numbers; ``names`` are its keys for input, output, cache read, write.
+
+    ``text_ok`` also takes numbers written as text (from a command line).
+    """
+    values: list[Optional[Decimal]] = []
+    for position, name in enumerate(names):
+        value = entry.get(name)
+        if value is None and position >= 2:
+            values.append(None)
+            continue
+        kinds = (int, float, str, Decimal) if text_ok else (int, float, Decimal)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{where}: {name} must be a non-negative number of USD per million tokens")
+        try:
+            amount = money.exact(value)
+        except (InvalidOperation, ValueError):
+            raise ValueError(f"{where}: {name} must be a non-negative number of USD per million tokens") from None
+        if not amount.is_finite() or amount < 0:
+            raise ValueError(f"{where}: {name} must be a non-negative number of USD per million tokens")
+        values.append(amount)
+    input_rate, output_rate = values[0], values[1]
+    assert input_rate is not None
+    assert output_rate is not None
+    return Rates(input_rate, output_rate, values[2], values[3])
+
+
+def load_overrides(path: Path) -> dict[str, Rates]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_float=Decimal)
     except FileNotFoundError:
         raise ValueError(f"price overrides file {path} does not exist") from None
     except ValueError as exc:
         raise ValueError(f"price overrides file {path} is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"price overrides file {path} must hold a JSON object of model -> prices")
-    result: dict[str, tuple[float, float]] = {}
+    result: dict[str, Rates] = {}
     for name, entry in raw.items():
-        try:
-            result[name] = (float(entry["input_per_mtok"]), float(entry["output_per_mtok"]))
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(
-                f"price overrides file {path}: {name!r} needs numbers input_per_mtok and output_per_mtok"
-            ) from None
+        where = f"price overrides file {path}: {name!r}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} needs numbers input_per_mtok and output_per_mtok")
+        missing = [field for field in _OVERRIDE_FIELDS[:2] if field not in entry]
+        if missing:
+            raise ValueError(f"{where} needs numbers input_per_mtok and output_per_mtok")
+        result[normalise_name(name)] = rates_from(entry, _OVERRIDE_FIELDS, where)
     return result
-
-
-# Provider names people use that genai-prices spells differently.
-_PROVIDER_ALIASES = {"gemini": "google", "google-genai": "google", "vertex": "google", "azure-openai": "azure"}
-
-
-def _genai_prices(provider: str, model: str) -> Optional[Rates]:
-    try:
-        from genai_prices import Usage, calc_price
-    except ImportError:  # pragma: no cover - the server extra installs it
-        logger.warning("genai-prices is not installed; every model is unknown. pip install 'agent-ledger-sdk[server]'")
-        return None
-    provider_id: Any = _PROVIDER_ALIASES.get(provider.lower(), provider.lower())
-    for candidate in (provider_id, None):
-        try:
-            per_input = calc_price(Usage(input_tokens=_MTOK, output_tokens=0), model_ref=model, provider_id=candidate)
-            per_output = calc_price(Usage(input_tokens=0, output_tokens=_MTOK), model_ref=model, provider_id=candidate)
-        except LookupError:
-            continue
-        except Exception as exc:  # a table bug must not fail ingestion
-            logger.warning("genai-prices failed for %s/%s: %r", provider, model, exc)
-            return None
-        return Rates(float(per_input.total_price) / _MTOK, float(per_output.total_price) / _MTOK)
-    return None

@@ -2,9 +2,13 @@
 
 The API layer (``app.py``) talks only to :class:`LedgerStore`, so another
 backend (PostgreSQL) can be added without touching it. Every write that
-checks something and then changes something (the budget guardrail, ending a
-session, idempotency) runs in one transaction: concurrent requests never
-overspend a budget or apply a request twice.
+checks something and then changes something (budgets and reservations, ending
+a session, idempotency) runs in one transaction (``BEGIN IMMEDIATE``):
+concurrent requests, from threads or processes sharing the file, never
+over-grant a budget or apply a request twice.
+
+Money is exact: every amount is a :class:`~decimal.Decimal`, stored as text
+(see ``money.py``); the rules of budgets are in ``budgets.py``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -21,33 +26,84 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from typing_extensions import Self
 
 from .._local_key import LOCAL_KEY_PREFIX
+from . import money
+from .budgets import (
+    AGENT_DAILY,
+    AGENT_MONTHLY,
+    SESSION,
+    WORKSPACE_DAILY,
+    Budget,
+    day_of,
+    iso,
+    month_of,
+    next_utc_midnight,
+    next_utc_month,
+)
+from .pricing import ESTIMATED, PRICED, UNPRICED, Rates
+
+logger = logging.getLogger("agent_ledger_sdk.local")
 
 Clock = Callable[[], datetime.datetime]
 KEY_PREFIX = LOCAL_KEY_PREFIX  # new keys: al_local_<id>_<secret>
 LEGACY_KEY_PREFIX = "al_"  # keys of earlier versions, al_<id>_<secret>, still authenticate
 DEFAULT_WORKSPACE = "default"
-# Costs are compared with this tolerance so that float sums never refuse an exact fit.
-COST_EPSILON = 1e-9
+# A reservation not settled or released within this time is released by the ledger.
+RESERVATION_TTL_SECONDS = 600
+# How long a client may remember what the ledger said about an agent's budget (the "ttlSeconds" it answers).
+BUDGET_CACHE_SECONDS = 60
+# Settled, released and expired reservations are remembered this long (DELETE answers 204, not 404).
+RESERVATION_MEMORY = datetime.timedelta(days=1)
+
+__all__ = [
+    "BUDGET_CACHE_SECONDS",
+    "DEFAULT_WORKSPACE",
+    "RESERVATION_TTL_SECONDS",
+    "ApiKey",
+    "BudgetExceeded",
+    "Conflict",
+    "Idempotency",
+    "IdempotencyMismatch",
+    "LedgerStore",
+    "NewApiKey",
+    "NotFound",
+    "PricedEvent",
+    "Reply",
+    "ReservationRequest",
+    "SQLiteStore",
+    "SessionContext",
+    "SessionQuery",
+    "StoreError",
+    "UNSET",
+    "UnpricedModel",
+    "iso",
+    "next_utc_midnight",
+    "utc_now",
+]
 
 
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def iso(moment: Optional[datetime.datetime]) -> Optional[str]:
-    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+def _stamp(moment: datetime.datetime) -> str:
+    """A fixed-width UTC time: such stamps compare as text in the order of time."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def next_utc_midnight(moment: datetime.datetime) -> datetime.datetime:
-    day = moment.astimezone(datetime.timezone.utc).date() + datetime.timedelta(days=1)
-    return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.timezone.utc)
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()  # a setting left as it is
 
 
 # -- what the store raises ---------------------------------------------------
@@ -58,9 +114,10 @@ class StoreError(Exception):
 
     status = 400
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.extra = extra  # more fields of the error's JSON body
 
 
 class NotFound(StoreError):
@@ -75,12 +132,21 @@ class IdempotencyMismatch(StoreError):
     status = 422
 
 
+class UnpricedModel(StoreError):
+    """A call the ledger cannot price, for an agent with a budget: refused unless the workspace allows it."""
+
+    status = 422
+
+
 class BudgetExceeded(StoreError):
+    """An amount that does not fit a budget; ``body`` is the published guardrail body."""
+
     status = 429
 
-    def __init__(self, message: str, details: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.details = details
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(str(body["error"]))
+        self.body = body
+        self.details: dict[str, Any] = body["details"]
 
 
 # -- records -----------------------------------------------------------------
@@ -103,20 +169,47 @@ class NewApiKey:
 
 @dataclass
 class PricedEvent:
-    """An event checked by the API layer, with its cost (0 and a note when it could not be priced)."""
+    """An event checked and priced by the API layer; the store settles its reservation and checks budgets."""
 
     payload: dict[str, Any]
     type: str
     step_index: Optional[int]
-    cost_usd: float = 0.0
-    priced: bool = True
+    cost_usd: Decimal = money.ZERO
+    cost_status: Optional[str] = None  # priced | unpriced | estimated; None for events that cost nothing
     pricing_note: Optional[str] = None
     tokens_in: int = 0
     tokens_out: int = 0
+    provider: str = ""
+    model: str = ""
+    reservation_id: Optional[str] = None
+    usage_missing: bool = False
+    over_budget: bool = False
     encoded: str = ""  # the payload's compact JSON, when the API layer already made it
 
+    def __post_init__(self) -> None:
+        self.cost_usd = money.exact(self.cost_usd)
+        if self.type == "llm_call" and self.cost_status is None:
+            self.cost_status = PRICED
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_status != UNPRICED
+
     def payload_json(self) -> str:
-        return self.encoded or json.dumps(self.payload, separators=(",", ":"), ensure_ascii=False)
+        return self.encoded or money.dumps(self.payload)
+
+
+@dataclass(frozen=True)
+class ReservationRequest:
+    """``POST /v1/reservations``, checked and priced: ``amount`` None means the model has no price."""
+
+    session_id: str
+    provider: str
+    model: str
+    amount: Optional[Decimal]
+    max_cost_usd: Optional[Decimal] = None
+    step_index: Optional[int] = None
+    note: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +223,7 @@ class Reply:
     status: int
     body: dict[str, Any]
     replayed: bool = False
+    raw: Optional[str] = None  # the JSON first sent, when this is a replay
 
 
 @dataclass(frozen=True)
@@ -140,6 +234,8 @@ class SessionContext:
     tags: tuple[str, ...] = ()
     metadata: Optional[dict[str, Any]] = None
     parent_session_id: Optional[str] = None
+    max_cost_usd: Optional[Decimal] = None
+    warn_at_percent: Optional[Decimal] = None
 
 
 @dataclass
@@ -153,6 +249,9 @@ class SessionQuery:
     limit: int = 50
     cursor: Optional[int] = None
     workspace: Optional[str] = None  # None: every workspace (the CLI)
+
+
+Amount = Union[Decimal, float, int, None]
 
 
 class LedgerStore(abc.ABC):
@@ -193,7 +292,14 @@ class LedgerStore(abc.ABC):
     @abc.abstractmethod
     def append_events(
         self, workspace: str, session_id: str, events: Sequence[PricedEvent], idempotency: Optional[Idempotency]
-    ) -> Reply: ...
+    ) -> Reply:
+        """Store a batch whole; a 429 reply (stored too) when an unreserved LLM call went over a budget."""
+
+    @abc.abstractmethod
+    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply: ...
+
+    @abc.abstractmethod
+    def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency]) -> Reply: ...
 
     @abc.abstractmethod
     def get_session(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]: ...
@@ -202,10 +308,44 @@ class LedgerStore(abc.ABC):
     def list_sessions(self, query: SessionQuery) -> dict[str, Any]: ...
 
     @abc.abstractmethod
-    def set_budget(self, workspace: str, agent_name: str, daily_limit_usd: Optional[float]) -> dict[str, Any]: ...
+    def set_budget(
+        self,
+        workspace: str,
+        agent_name: str,
+        daily_limit_usd: Amount = UNSET,
+        *,
+        monthly_limit_usd: Amount = UNSET,
+        warn_at_percent: Amount = UNSET,
+    ) -> dict[str, Any]:
+        """Set an agent's limits; None removes one, UNSET leaves it as it is."""
 
     @abc.abstractmethod
-    def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]: ...
+    def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
+        """Each agent with a limit or spend this month: its limits, spend, reserved amount and what remains."""
+
+    @abc.abstractmethod
+    def set_workspace_budget(
+        self, workspace: str, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
+    ) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def workspace_budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    def settings(self, workspace: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def set_settings(self, workspace: str, *, allow_unpriced_models: Optional[bool] = None) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def prices(self, workspace: str) -> dict[str, Rates]:
+        """The workspace's own prices, by key (``provider/model`` or ``model``, normalised)."""
+
+    @abc.abstractmethod
+    def set_price(self, workspace: str, name: str, rates: Rates) -> None: ...
+
+    @abc.abstractmethod
+    def remove_price(self, workspace: str, name: str) -> bool: ...
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -249,15 +389,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     error_message TEXT,
     started_at TEXT NOT NULL,
     ended_at TEXT,
-    cost_usd REAL NOT NULL DEFAULT 0,
     tokens_in INTEGER NOT NULL DEFAULT 0,
     tokens_out INTEGER NOT NULL DEFAULT 0,
     event_count INTEGER NOT NULL DEFAULT 0,
-    unpriced_count INTEGER NOT NULL DEFAULT 0,
-    user_id TEXT,
-    tags TEXT NOT NULL DEFAULT '[]',
-    metadata TEXT NOT NULL DEFAULT '{}',
-    parent_session_id TEXT
+    unpriced_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sessions_by_workspace ON sessions (workspace, seq);
 CREATE TABLE IF NOT EXISTS events (
@@ -266,25 +401,55 @@ CREATE TABLE IF NOT EXISTS events (
     step_index INTEGER,
     type TEXT NOT NULL,
     payload TEXT NOT NULL,
-    cost_usd REAL NOT NULL DEFAULT 0,
-    priced INTEGER NOT NULL DEFAULT 1,
     pricing_note TEXT,
     received_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_session ON events (session_id, step_index, seq);
-CREATE TABLE IF NOT EXISTS budgets (
+CREATE TABLE IF NOT EXISTS agent_budgets (
     workspace TEXT NOT NULL,
     agent_name TEXT NOT NULL,
-    daily_limit_usd REAL NOT NULL,
+    daily_limit TEXT,
+    monthly_limit TEXT,
+    warn_at_percent TEXT,
     PRIMARY KEY (workspace, agent_name)
-);
-CREATE TABLE IF NOT EXISTS daily_spend (
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workspace_settings (
+    workspace TEXT PRIMARY KEY,
+    daily_limit TEXT,
+    warn_at_percent TEXT,
+    allow_unpriced INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spend (
     workspace TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    period TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    PRIMARY KEY (workspace, scope, subject, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    session_id TEXT NOT NULL,
     agent_name TEXT NOT NULL,
-    day TEXT NOT NULL,
-    spent_usd REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (workspace, agent_name, day)
-);
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reservations_by_expiry ON reservations (workspace, state, expires_at);
+CREATE TABLE IF NOT EXISTS prices (
+    workspace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    input_per_mtok TEXT NOT NULL,
+    output_per_mtok TEXT NOT NULL,
+    cache_read_per_mtok TEXT,
+    cache_write_per_mtok TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (workspace, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     workspace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -297,11 +462,24 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 # Columns added after the first schema: a database created before them gets them on open.
-_ADDED_SESSION_COLUMNS = {
-    "user_id": "TEXT",
-    "tags": "TEXT NOT NULL DEFAULT '[]'",
-    "metadata": "TEXT NOT NULL DEFAULT '{}'",
-    "parent_session_id": "TEXT",
+_ADDED_COLUMNS = {
+    "sessions": {
+        "user_id": "TEXT",
+        "tags": "TEXT NOT NULL DEFAULT '[]'",
+        "metadata": "TEXT NOT NULL DEFAULT '{}'",
+        "parent_session_id": "TEXT",
+        # Exact amounts, as text (earlier versions kept a REAL cost_usd: see _migrate_amounts).
+        "cost": "TEXT NOT NULL DEFAULT '0'",
+        "estimated_count": "INTEGER NOT NULL DEFAULT 0",
+        "over_budget_count": "INTEGER NOT NULL DEFAULT 0",
+        "max_cost": "TEXT",
+        "warn_at_percent": "TEXT",
+    },
+    "events": {
+        "cost": "TEXT NOT NULL DEFAULT '0'",
+        "cost_status": "TEXT",
+        "over_budget": "INTEGER NOT NULL DEFAULT 0",
+    },
 }
 
 # Indexes on those columns, created once the columns exist.
@@ -315,6 +493,28 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def _legacy_amount(value: Any) -> Decimal:
+    """An amount an earlier version stored as a REAL: the shortest decimal that reads back as it."""
+    return money.exact(float(value or 0.0))
+
+
+def _optional_amount(value: Amount, name: str) -> Optional[Decimal]:
+    if value is None:
+        return None
+    amount = money.exact(value)
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"{name} must be a non-negative number")
+    return amount
+
+
+def _stored(amount: Optional[Decimal]) -> Optional[str]:
+    return None if amount is None else money.text(amount)
+
+
+def _read_amount(stored: Optional[str]) -> Optional[Decimal]:
+    return None if stored is None else Decimal(stored)
+
+
 def _create_private_file(path: Path) -> bool:
     """Create ``path`` empty with mode 0600 unless it exists; True when this call created it."""
     try:
@@ -326,10 +526,24 @@ def _create_private_file(path: Path) -> bool:
     return True
 
 
+@dataclass
+class _Limits:
+    """The budgets that apply to one session's calls right now, and the workspace's setting for unpriced models."""
+
+    budgets: list[Budget] = field(default_factory=list)
+    allow_unpriced: bool = False
+
+
 class SQLiteStore(LedgerStore):
     """The embedded default: one SQLite file in WAL mode, shared safely by a server and the CLI."""
 
-    def __init__(self, path: str | Path, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self,
+        path: Union[str, Path],
+        *,
+        clock: Clock = utc_now,
+        reservation_ttl_seconds: float = RESERVATION_TTL_SECONDS,
+    ) -> None:
         self.path = Path(path)
         created = False
         if str(path) not in (":memory:", ""):
@@ -338,6 +552,7 @@ class SQLiteStore(LedgerStore):
             # gives its -wal and -shm files the mode of the database file.
             created = _create_private_file(self.path)
         self._clock = clock
+        self.reservation_ttl = datetime.timedelta(seconds=reservation_ttl_seconds)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.row_factory = sqlite3.Row
@@ -348,18 +563,68 @@ class SQLiteStore(LedgerStore):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            present = {row["name"] for row in db.execute("PRAGMA table_info(sessions)")}
-            for column, definition in _ADDED_SESSION_COLUMNS.items():
-                if column not in present:
-                    db.execute(f"ALTER TABLE sessions ADD COLUMN {column} {definition}")
+            added: set[tuple[str, str]] = set()
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column, definition in columns.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                        added.add((table, column))
             for statement in _INDEXES.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            self._migrate_amounts(db, added)
         if created:
             for suffix in ("-wal", "-shm"):
                 companion = Path(f"{self.path}{suffix}")
                 if companion.exists():
                     os.chmod(companion, 0o600)
+
+    @staticmethod
+    def _migrate_amounts(db: sqlite3.Connection, added: set[tuple[str, str]]) -> None:
+        """Move what earlier versions stored as REAL (costs, budgets, daily spend) to exact text."""
+        tables = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if ("events", "cost") in added:
+            events = [r["name"] for r in db.execute("PRAGMA table_info(events)")]
+            if "cost_usd" in events:
+                rows = db.execute("SELECT seq, cost_usd, priced, type FROM events WHERE type = 'llm_call'").fetchall()
+                db.executemany(
+                    "UPDATE events SET cost = ?, cost_status = ? WHERE seq = ?",
+                    [
+                        (money.text(_legacy_amount(r["cost_usd"])), PRICED if r["priced"] else UNPRICED, r["seq"])
+                        for r in rows
+                    ],
+                )
+        if ("sessions", "cost") in added:
+            sessions = [r["name"] for r in db.execute("PRAGMA table_info(sessions)")]
+            if "cost_usd" in sessions:
+                rows = db.execute("SELECT seq, cost_usd FROM sessions WHERE cost_usd != 0").fetchall()
+                db.executemany(
+                    "UPDATE sessions SET cost = ? WHERE seq = ?",
+                    [(money.text(_legacy_amount(r["cost_usd"])), r["seq"]) for r in rows],
+                )
+        if "budgets" in tables:
+            for row in db.execute("SELECT workspace, agent_name, daily_limit_usd FROM budgets").fetchall():
+                db.execute(
+                    "INSERT OR IGNORE INTO agent_budgets (workspace, agent_name, daily_limit) VALUES (?, ?, ?)",
+                    (row["workspace"], row["agent_name"], money.text(_legacy_amount(row["daily_limit_usd"]))),
+                )
+            db.execute("DROP TABLE budgets")
+        if "daily_spend" in tables:
+            totals: dict[tuple[str, str, str, str], Decimal] = {}
+            for row in db.execute("SELECT workspace, agent_name, day, spent_usd FROM daily_spend").fetchall():
+                amount = _legacy_amount(row["spent_usd"])
+                for key in (
+                    (row["workspace"], AGENT_DAILY, row["agent_name"], row["day"]),
+                    (row["workspace"], AGENT_MONTHLY, row["agent_name"], row["day"][:7]),
+                    (row["workspace"], WORKSPACE_DAILY, "", row["day"]),
+                ):
+                    totals[key] = money.add(totals.get(key, money.ZERO), amount)
+            db.executemany(
+                "INSERT OR IGNORE INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?)",
+                [(*key, money.text(amount)) for key, amount in totals.items()],
+            )
+            db.execute("DROP TABLE daily_spend")
 
     def close(self) -> None:
         with self._lock:
@@ -441,7 +706,7 @@ class SQLiteStore(LedgerStore):
                 f"Idempotency-Key {idempotency.key!r} was already used for a different request; "
                 "use a new key for each new request (and the same key only to retry it)."
             )
-        return Reply(row["status"], json.loads(row["body"]), replayed=True)
+        return Reply(row["status"], json.loads(row["body"]), replayed=True, raw=row["body"])
 
     def _remember(
         self, db: sqlite3.Connection, workspace: str, idempotency: Optional[Idempotency], reply: Reply
@@ -454,7 +719,7 @@ class SQLiteStore(LedgerStore):
                     idempotency.key,
                     idempotency.fingerprint,
                     reply.status,
-                    json.dumps(reply.body),
+                    money.dumps(reply.body),
                     iso(self._now()),
                 ),
             )
@@ -471,15 +736,16 @@ class SQLiteStore(LedgerStore):
     ) -> Reply:
         context = context or SessionContext()
         metadata = context.metadata or {}
+        now = self._now()
         with self._write() as db:
             replay = self._replay(db, workspace, idempotency)
             if replay is not None:
                 return replay
             session_id = str(uuid.uuid4())
-            started = iso(self._now())
+            started = iso(now)
             db.execute(
                 "INSERT INTO sessions (id, workspace, agent_name, status, started_at, user_id, tags, metadata,"
-                " parent_session_id) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                " parent_session_id, max_cost, warn_at_percent) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     workspace,
@@ -489,8 +755,11 @@ class SQLiteStore(LedgerStore):
                     _compact(list(context.tags)),
                     _compact(metadata),
                     context.parent_session_id,
+                    _stored(context.max_cost_usd),
+                    _stored(context.warn_at_percent),
                 ),
             )
+            row = self._session_row(db, workspace, session_id)
             body = {
                 "id": session_id,
                 "agentName": agent_name,
@@ -500,6 +769,8 @@ class SQLiteStore(LedgerStore):
                 "tags": list(context.tags),
                 "metadata": metadata,
                 "parentSessionId": context.parent_session_id,
+                "maxCostUsd": context.max_cost_usd,
+                "budgeted": bool(self._limits(db, workspace, row, now, spending=False).budgets),
             }
             return self._remember(db, workspace, idempotency, Reply(201, body))
 
@@ -517,6 +788,14 @@ class SQLiteStore(LedgerStore):
             )
         found: sqlite3.Row = row
         return found
+
+    @staticmethod
+    def _running(row: sqlite3.Row, what: str) -> None:
+        if row["status"] != "running":
+            raise Conflict(
+                f"Session {row['id']!r} already ended with status {row['status']!r}; {what} only "
+                "a running session. Start a new session for new work."
+            )
 
     def end_session(
         self,
@@ -544,94 +823,329 @@ class SQLiteStore(LedgerStore):
             body = {"id": session_id, "status": status, "errorMessage": error_message, "endedAt": ended}
             return self._remember(db, workspace, idempotency, Reply(200, body))
 
+    # -- budgets: what applies, what is spent and held ------------------------------
+
+    @staticmethod
+    def _spent(db: sqlite3.Connection, workspace: str, scope: str, subject: str, period: str) -> Decimal:
+        row = db.execute(
+            "SELECT amount FROM spend WHERE workspace = ? AND scope = ? AND subject = ? AND period = ?",
+            (workspace, scope, subject, period),
+        ).fetchone()
+        return money.parse(row["amount"] if row is not None else None)
+
+    @classmethod
+    def _add_spend(
+        cls, db: sqlite3.Connection, workspace: str, scope: str, subject: str, period: str, amount: Decimal
+    ) -> None:
+        total = money.add(cls._spent(db, workspace, scope, subject, period), amount)
+        db.execute(
+            "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
+            (workspace, scope, subject, period, money.text(total)),
+        )
+
+    def _live_reservations(self, db: sqlite3.Connection, workspace: str, now: datetime.datetime) -> list[sqlite3.Row]:
+        """The workspace's reservations still held; those long gone are forgotten on the way (lazily)."""
+        db.execute(
+            "DELETE FROM reservations WHERE workspace = ? AND expires_at <= ?",
+            (workspace, _stamp(now - RESERVATION_MEMORY)),
+        )
+        rows: list[sqlite3.Row] = db.execute(
+            "SELECT id, session_id, agent_name, amount FROM reservations"
+            " WHERE workspace = ? AND state = 'held' AND expires_at > ?",
+            (workspace, _stamp(now)),
+        ).fetchall()
+        return rows
+
+    def _limits(
+        self, db: sqlite3.Connection, workspace: str, session: sqlite3.Row, now: datetime.datetime, *, spending: bool
+    ) -> _Limits:
+        """The budgets of ``session``'s calls, with their spend and reservations (only if ``spending``)."""
+        agent = session["agent_name"]
+        agent_row = db.execute(
+            "SELECT daily_limit, monthly_limit, warn_at_percent FROM agent_budgets WHERE workspace = ? AND agent_name = ?",
+            (workspace, agent),
+        ).fetchone()
+        settings = db.execute(
+            "SELECT daily_limit, warn_at_percent, allow_unpriced FROM workspace_settings WHERE workspace = ?",
+            (workspace,),
+        ).fetchone()
+        found = _Limits(allow_unpriced=bool(settings["allow_unpriced"]) if settings is not None else False)
+        wanted: list[tuple[str, Optional[str], Optional[str]]] = []
+        if agent_row is not None:
+            wanted.append((AGENT_DAILY, agent_row["daily_limit"], agent_row["warn_at_percent"]))
+            wanted.append((AGENT_MONTHLY, agent_row["monthly_limit"], agent_row["warn_at_percent"]))
+        if settings is not None:
+            wanted.append((WORKSPACE_DAILY, settings["daily_limit"], settings["warn_at_percent"]))
+        wanted.append((SESSION, session["max_cost"], session["warn_at_percent"]))
+        wanted = [entry for entry in wanted if entry[1] is not None]
+        if not wanted or not spending:
+            found.budgets = [
+                Budget(kind, Decimal(limit or "0"), money.ZERO, money.ZERO, None, None, agent, "")
+                for kind, limit, _ in wanted
+            ]
+            return found
+        held = self._live_reservations(db, workspace, now)
+        day, month = day_of(now), month_of(now)
+        for kind, limit, warn in wanted:
+            if kind == AGENT_DAILY:
+                spent = self._spent(db, workspace, AGENT_DAILY, agent, day)
+                reserved = [r for r in held if r["agent_name"] == agent]
+                resets: Optional[datetime.datetime] = next_utc_midnight(now)
+                subject = agent
+            elif kind == AGENT_MONTHLY:
+                spent = self._spent(db, workspace, AGENT_MONTHLY, agent, month)
+                reserved = [r for r in held if r["agent_name"] == agent]
+                resets, subject = next_utc_month(now), agent
+            elif kind == WORKSPACE_DAILY:
+                spent = self._spent(db, workspace, WORKSPACE_DAILY, "", day)
+                reserved = held
+                resets, subject = next_utc_midnight(now), workspace
+            else:
+                spent = money.parse(session["cost"])
+                reserved = [r for r in held if r["session_id"] == session["id"]]
+                resets, subject = None, session["id"]
+            found.budgets.append(
+                Budget(
+                    kind=kind,
+                    limit=Decimal(str(limit)),
+                    spent=spent,
+                    reserved=money.add(*(Decimal(r["amount"]) for r in reserved)),
+                    warn_at_percent=_read_amount(warn),
+                    resets_at=resets,
+                    agent_name=agent,
+                    subject=subject,
+                )
+            )
+        return found
+
+    # -- events ---------------------------------------------------------------------------
+
     def append_events(
         self, workspace: str, session_id: str, events: Sequence[PricedEvent], idempotency: Optional[Idempotency]
     ) -> Reply:
         now = self._now()
-        day = now.date().isoformat()
         received = iso(now)
         with self._write() as db:
             replay = self._replay(db, workspace, idempotency)
             if replay is not None:
                 return replay
             row = self._session_row(db, workspace, session_id)
-            if row["status"] != "running":
-                raise Conflict(
-                    f"Session {session_id!r} already ended with status {row['status']!r}; events can only be "
-                    "added to a running session. Start a new session for new work."
-                )
-            agent = row["agent_name"]
-            cost = sum(e.cost_usd for e in events)
-            if cost > 0:
-                self._charge(db, workspace, agent, day, cost, now)
+            self._running(row, "events can only be added to")
+            refusal: Optional[dict[str, Any]] = None
+            warnings: dict[int, list[PricedEvent]] = {}
+            if any(e.type == "llm_call" for e in events):
+                refusal, warnings = self._charge(db, workspace, row, events, now)
+            stored: list[PricedEvent] = []
+            for position, event in enumerate(events):
+                stored.append(event)
+                stored.extend(warnings.get(position, ()))
             db.executemany(
-                "INSERT INTO events (session_id, step_index, type, payload, cost_usd, priced, pricing_note, received_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (session_id, step_index, type, payload, cost, cost_status, over_budget,"
+                " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         session_id,
                         e.step_index,
                         e.type,
                         e.payload_json(),
-                        e.cost_usd,
-                        int(e.priced),
+                        money.text(e.cost_usd),
+                        e.cost_status,
+                        int(e.over_budget),
                         e.pricing_note,
                         received,
                     )
-                    for e in events
+                    for e in stored
                 ],
             )
+            cost = money.add(*(e.cost_usd for e in events))
             db.execute(
-                "UPDATE sessions SET cost_usd = cost_usd + ?, tokens_in = tokens_in + ?, tokens_out = tokens_out + ?,"
-                " event_count = event_count + ?, unpriced_count = unpriced_count + ? WHERE id = ?",
+                "UPDATE sessions SET cost = ?, tokens_in = tokens_in + ?, tokens_out = tokens_out + ?,"
+                " event_count = event_count + ?, unpriced_count = unpriced_count + ?,"
+                " estimated_count = estimated_count + ?, over_budget_count = over_budget_count + ? WHERE id = ?",
                 (
-                    cost,
+                    money.text(money.add(money.parse(row["cost"]), cost)),
                     sum(e.tokens_in for e in events),
                     sum(e.tokens_out for e in events),
-                    len(events),
-                    sum(1 for e in events if not e.priced),
+                    len(stored),
+                    sum(1 for e in events if e.cost_status == UNPRICED),
+                    sum(1 for e in events if e.cost_status == ESTIMATED),
+                    sum(1 for e in events if e.over_budget),
                     session_id,
                 ),
             )
-            body = {"accepted": len(events), "costUsd": cost}
-            return self._remember(db, workspace, idempotency, Reply(202, body))
+            body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
+            if refusal is None:
+                return self._remember(db, workspace, idempotency, Reply(202, body))
+            # The calls ran (no reservation stopped them): they are recorded and counted, and the
+            # published client is told to stop with its 429.
+            over = [position for position, e in enumerate(events) if e.over_budget]
+            return self._remember(db, workspace, idempotency, Reply(429, {**refusal, **body, "overBudgetEvents": over}))
 
     def _charge(
-        self, db: sqlite3.Connection, workspace: str, agent: str, day: str, cost: float, now: datetime.datetime
-    ) -> None:
-        """Check the agent's daily budget and add the spend, in the caller's transaction."""
-        spent_row = db.execute(
-            "SELECT spent_usd FROM daily_spend WHERE workspace = ? AND agent_name = ? AND day = ?",
-            (workspace, agent, day),
-        ).fetchone()
-        spent = float(spent_row["spent_usd"]) if spent_row is not None else 0.0
-        limit_row = db.execute(
-            "SELECT daily_limit_usd FROM budgets WHERE workspace = ? AND agent_name = ?", (workspace, agent)
-        ).fetchone()
-        if limit_row is not None:
-            limit = float(limit_row["daily_limit_usd"])
-            projected = spent + cost
-            if projected > limit + COST_EPSILON:
-                resets = next_utc_midnight(now)
-                raise BudgetExceeded(
-                    f"Daily budget of ${limit:.4f} for agent {agent!r} would be exceeded: ${spent:.6f} spent "
-                    f"today (UTC), this call costs ${cost:.6f}. The budget resets at {iso(resets)}; raise it "
-                    f"with `agent-ledger budget set {agent} USD`.",
-                    {
-                        "agentName": agent,
-                        "dailyLimitUsd": limit,
-                        "spentTodayUsd": spent,
-                        "attemptedCostUsd": cost,
-                        "projectedCostUsd": projected,
-                        "remainingBudgetUsd": max(limit - spent, 0.0),
-                        "resetsAt": iso(resets),
-                    },
-                )
-        db.execute(
-            "INSERT INTO daily_spend (workspace, agent_name, day, spent_usd) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (workspace, agent_name, day) DO UPDATE SET spent_usd = spent_usd + excluded.spent_usd",
-            (workspace, agent, day, cost),
+        self,
+        db: sqlite3.Connection,
+        workspace: str,
+        session: sqlite3.Row,
+        events: Sequence[PricedEvent],
+        now: datetime.datetime,
+    ) -> tuple[Optional[dict[str, Any]], dict[int, list[PricedEvent]]]:
+        """Settle reservations, check budgets and count the spend of a batch's LLM calls, in order.
+
+        Returns the guardrail body of the first unreserved call that went over a budget (None if
+        none did), and the ``budget_warning`` events to store after each call that crossed a
+        soft threshold.
+        """
+        limits = self._limits(db, workspace, session, now, spending=True)
+        calls = [(position, e) for position, e in enumerate(events) if e.type == "llm_call"]
+        held = self._held_for(db, workspace, session["id"], [e.reservation_id for _, e in calls], now)
+        if limits.budgets and not limits.allow_unpriced:
+            unpriced = [(p, e) for p, e in calls if e.cost_status == UNPRICED and e.reservation_id not in held]
+            if unpriced:
+                raise self._unpriced(session["agent_name"], unpriced)
+        refusal: Optional[dict[str, Any]] = None
+        warnings: dict[int, list[PricedEvent]] = {}
+        for position, event in calls:
+            reservation = held.pop(event.reservation_id, None) if event.reservation_id else None
+            if reservation is not None:
+                reserved = Decimal(reservation["amount"])
+                for budget in limits.budgets:  # it was counted in every budget of this session
+                    budget.reserved = money.subtract(budget.reserved, reserved)
+                if (event.usage_missing or event.cost_status == UNPRICED) and reserved > 0:
+                    why = "usage missing" if event.usage_missing else "no price for the model"
+                    event.cost_usd, event.cost_status = reserved, ESTIMATED
+                    event.pricing_note = f"{why}: charged the ${money.text(reserved)} it reserved"
+                db.execute("UPDATE reservations SET state = 'settled' WHERE id = ?", (reservation["id"],))
+            over = [budget for budget in limits.budgets if not budget.fits(event.cost_usd)]
+            if over:
+                event.over_budget = True
+                if reservation is None and refusal is None:
+                    refusal = over[0].refusal(event.cost_usd)
+            for budget in limits.budgets:
+                before, budget.spent = budget.spent, money.add(budget.spent, event.cost_usd)
+                if budget.crossed_warning(before, budget.spent):
+                    warning = budget.warning_event(event.step_index)
+                    logger.warning("%s", warning["message"])
+                    warnings.setdefault(position, []).append(
+                        PricedEvent(warning, "budget_warning", event.step_index, encoded=money.dumps(warning))
+                    )
+        cost = money.add(*(e.cost_usd for _, e in calls))
+        if cost:
+            agent, day = session["agent_name"], day_of(now)
+            self._add_spend(db, workspace, AGENT_DAILY, agent, day, cost)
+            self._add_spend(db, workspace, AGENT_MONTHLY, agent, month_of(now), cost)
+            self._add_spend(db, workspace, WORKSPACE_DAILY, "", day, cost)
+        return refusal, warnings
+
+    @staticmethod
+    def _held_for(
+        db: sqlite3.Connection,
+        workspace: str,
+        session_id: str,
+        ids: Sequence[Optional[str]],
+        now: datetime.datetime,
+    ) -> dict[str, sqlite3.Row]:
+        """The reservations named by ``ids`` that this session still holds (an unknown or expired one: none)."""
+        wanted = sorted({i for i in ids if i})
+        if not wanted:
+            return {}
+        rows = db.execute(
+            f"SELECT id, amount FROM reservations WHERE id IN ({','.join('?' * len(wanted))})"
+            " AND workspace = ? AND session_id = ? AND state = 'held' AND expires_at > ?",
+            (*wanted, workspace, session_id, _stamp(now)),
+        ).fetchall()
+        return {row["id"]: row for row in rows}
+
+    @staticmethod
+    def _unpriced(agent: str, calls: Sequence[tuple[int, PricedEvent]]) -> UnpricedModel:
+        first = calls[0][1]
+        message = (
+            f"{first.pricing_note or 'No price for the model.'} Agent {agent!r} has a budget, so a call the "
+            "ledger cannot price is refused: it could not be counted against the budget."
         )
+        return UnpricedModel(
+            message,
+            code="unpriced_model",
+            provider=first.provider,
+            model=first.model,
+            rejected=[
+                {
+                    "index": p,
+                    "field": "model",
+                    "error": f"events[{p}]: no price for model {e.model!r} (provider {e.provider!r})",
+                }
+                for p, e in calls
+            ],
+        )
+
+    # -- reservations ---------------------------------------------------------------------
+
+    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply:
+        now = self._now()
+        with self._write() as db:
+            replay = self._replay(db, workspace, idempotency)
+            if replay is not None:
+                return replay
+            session = self._session_row(db, workspace, request.session_id)
+            self._running(session, "reservations are made for")
+            limits = self._limits(db, workspace, session, now, spending=True)
+            if not limits.budgets:
+                body: dict[str, Any] = {"budgeted": False, "ttlSeconds": BUDGET_CACHE_SECONDS}
+                return self._remember(db, workspace, idempotency, Reply(200, body))
+            amount = request.amount
+            if amount is None:
+                if not limits.allow_unpriced:
+                    raise UnpricedModel(
+                        f"{request.note or 'No price for the model.'} Agent {session['agent_name']!r} has a budget, "
+                        "so a call the ledger cannot price is refused before it runs.",
+                        code="unpriced_model",
+                        provider=request.provider,
+                        model=request.model,
+                    )
+                amount = request.max_cost_usd if request.max_cost_usd is not None else money.ZERO
+            for budget in limits.budgets:
+                if not budget.fits(amount):
+                    raise BudgetExceeded(budget.refusal(amount))
+            reservation_id = f"res_{secrets.token_hex(12)}"
+            expires = _stamp(now + self.reservation_ttl)
+            db.execute(
+                "INSERT INTO reservations (id, workspace, session_id, agent_name, provider, model, amount, state,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'held', ?, ?)",
+                (
+                    reservation_id,
+                    workspace,
+                    session["id"],
+                    session["agent_name"],
+                    request.provider,
+                    request.model,
+                    money.text(amount),
+                    _stamp(now),
+                    expires,
+                ),
+            )
+            body = {
+                "budgeted": True,
+                "id": reservation_id,
+                "reservedUsd": amount,
+                "expiresAt": expires,
+                "ttlSeconds": BUDGET_CACHE_SECONDS,
+            }
+            return self._remember(db, workspace, idempotency, Reply(201, body))
+
+    def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency]) -> Reply:
+        with self._write() as db:
+            replay = self._replay(db, workspace, idempotency)
+            if replay is not None:
+                return replay
+            row = db.execute("SELECT workspace, state FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+            if row is None or row["workspace"] != workspace:
+                raise NotFound(
+                    f"Reservation {reservation_id!r} not found. Use the id that POST /v1/reservations returned, "
+                    "with an API key of the same workspace (ids are remembered for a day after they expire)."
+                )
+            if row["state"] == "held":
+                db.execute("UPDATE reservations SET state = 'released' WHERE id = ?", (reservation_id,))
+            return self._remember(db, workspace, idempotency, Reply(204, {}))
 
     # -- reads --------------------------------------------------------------------
 
@@ -645,11 +1159,14 @@ class SQLiteStore(LedgerStore):
             "errorMessage": row["error_message"],
             "startedAt": row["started_at"],
             "endedAt": row["ended_at"],
-            "costUsd": row["cost_usd"],
+            "costUsd": money.parse(row["cost"]),
             "tokensIn": row["tokens_in"],
             "tokensOut": row["tokens_out"],
             "eventCount": row["event_count"],
             "unpricedEvents": row["unpriced_count"],
+            "estimatedEvents": row["estimated_count"],
+            "overBudgetEvents": row["over_budget_count"],
+            "maxCostUsd": _read_amount(row["max_cost"]),
             "userId": row["user_id"],
             "tags": json.loads(row["tags"]),
             "metadata": json.loads(row["metadata"]),
@@ -660,7 +1177,8 @@ class SQLiteStore(LedgerStore):
         with self._read() as db:
             row = self._session_row(db, workspace, session_id)
             events = db.execute(
-                "SELECT * FROM events WHERE session_id = ? ORDER BY step_index IS NULL, step_index, seq",
+                "SELECT payload, cost, cost_status, over_budget, pricing_note, received_at FROM events"
+                " WHERE session_id = ? ORDER BY step_index IS NULL, step_index, seq",
                 (session_id,),
             ).fetchall()
             children = db.execute(
@@ -672,8 +1190,10 @@ class SQLiteStore(LedgerStore):
         summary["events"] = [
             {
                 **json.loads(e["payload"]),
-                "costUsd": e["cost_usd"],
-                "priced": bool(e["priced"]),
+                "costUsd": money.parse(e["cost"]),
+                "costStatus": e["cost_status"],
+                "overBudget": bool(e["over_budget"]),
+                "priced": e["cost_status"] != UNPRICED,
                 "pricingNote": e["pricing_note"],
                 "receivedAt": e["received_at"],
             }
@@ -711,63 +1231,251 @@ class SQLiteStore(LedgerStore):
             "nextCursor": str(rows[-1]["seq"]) if more and rows else None,
         }
 
-    def set_budget(self, workspace: str, agent_name: str, daily_limit_usd: Optional[float]) -> dict[str, Any]:
+    # -- budgets and settings ------------------------------------------------------------
+
+    def set_budget(
+        self,
+        workspace: str,
+        agent_name: str,
+        daily_limit_usd: Amount = UNSET,
+        *,
+        monthly_limit_usd: Amount = UNSET,
+        warn_at_percent: Amount = UNSET,
+    ) -> dict[str, Any]:
+        changes = {
+            column: _optional_amount(value, name)
+            for column, name, value in (
+                ("daily_limit", "the daily limit", daily_limit_usd),
+                ("monthly_limit", "the monthly limit", monthly_limit_usd),
+                ("warn_at_percent", "the warning threshold", warn_at_percent),
+            )
+            if value is not UNSET
+        }
         with self._write() as db:
-            if daily_limit_usd is None:
-                db.execute("DELETE FROM budgets WHERE workspace = ? AND agent_name = ?", (workspace, agent_name))
+            row = db.execute(
+                "SELECT daily_limit, monthly_limit, warn_at_percent FROM agent_budgets"
+                " WHERE workspace = ? AND agent_name = ?",
+                (workspace, agent_name),
+            ).fetchone()
+            current = {
+                k: (row[k] if row is not None else None) for k in ("daily_limit", "monthly_limit", "warn_at_percent")
+            }
+            current.update({k: _stored(v) for k, v in changes.items()})
+            if current["daily_limit"] is None and current["monthly_limit"] is None:
+                db.execute("DELETE FROM agent_budgets WHERE workspace = ? AND agent_name = ?", (workspace, agent_name))
             else:
                 db.execute(
-                    "INSERT INTO budgets (workspace, agent_name, daily_limit_usd) VALUES (?, ?, ?)"
-                    " ON CONFLICT (workspace, agent_name) DO UPDATE SET daily_limit_usd = excluded.daily_limit_usd",
-                    (workspace, agent_name, daily_limit_usd),
+                    "INSERT INTO agent_budgets (workspace, agent_name, daily_limit, monthly_limit, warn_at_percent)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace, agent_name) DO UPDATE SET"
+                    " daily_limit = excluded.daily_limit, monthly_limit = excluded.monthly_limit,"
+                    " warn_at_percent = excluded.warn_at_percent",
+                    (
+                        workspace,
+                        agent_name,
+                        current["daily_limit"],
+                        current["monthly_limit"],
+                        current["warn_at_percent"],
+                    ),
                 )
-        return self._budget(workspace, agent_name)
-
-    def _budget(self, workspace: str, agent_name: str) -> dict[str, Any]:
         for budget in self.budgets(workspace):
             if budget["agentName"] == agent_name:
                 return budget
-        now = self._now()
+        return self._agent_budget(workspace, agent_name, None, {}, {}, {}, self._now())
+
+    @staticmethod
+    def _agent_budget(
+        workspace: str,
+        agent: str,
+        row: Optional[sqlite3.Row],
+        today: dict[tuple[str, str], Decimal],
+        month: dict[tuple[str, str], Decimal],
+        reserved: dict[tuple[str, str], Decimal],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        daily = _read_amount(row["daily_limit"]) if row is not None else None
+        monthly = _read_amount(row["monthly_limit"]) if row is not None else None
+        spent_today = today.get((workspace, agent), money.ZERO)
+        spent_month = month.get((workspace, agent), money.ZERO)
+        held = reserved.get((workspace, agent), money.ZERO)
+
+        def remaining(limit: Optional[Decimal], spent: Decimal) -> Optional[Decimal]:
+            if limit is None:
+                return None
+            return max(money.subtract(limit, money.add(spent, held)), money.ZERO)
+
         return {
             "workspace": workspace,
-            "agentName": agent_name,
-            "dailyLimitUsd": None,
-            "spentTodayUsd": 0.0,
-            "remainingBudgetUsd": None,
+            "agentName": agent,
+            "dailyLimitUsd": daily,
+            "spentTodayUsd": spent_today,
+            "remainingBudgetUsd": remaining(daily, spent_today),
             "resetsAt": iso(next_utc_midnight(now)),
+            "monthlyLimitUsd": monthly,
+            "spentThisMonthUsd": spent_month,
+            "remainingMonthlyUsd": remaining(monthly, spent_month),
+            "monthResetsAt": iso(next_utc_month(now)),
+            "reservedUsd": held,
+            "warnAtPercent": _read_amount(row["warn_at_percent"]) if row is not None else None,
         }
+
+    def _held_by(
+        self, db: sqlite3.Connection, workspace: Optional[str], now: datetime.datetime, group: str
+    ) -> dict[tuple[str, str], Decimal]:
+        rows = db.execute(
+            f"SELECT workspace, {group} AS subject, amount FROM reservations"
+            " WHERE (? IS NULL OR workspace = ?) AND state = 'held' AND expires_at > ?",
+            (workspace, workspace, _stamp(now)),
+        ).fetchall()
+        held: dict[tuple[str, str], Decimal] = {}
+        for row in rows:
+            key = (row["workspace"], row["subject"])
+            held[key] = money.add(held.get(key, money.ZERO), Decimal(row["amount"]))
+        return held
+
+    @staticmethod
+    def _spend_by(
+        db: sqlite3.Connection, workspace: Optional[str], scope: str, period: str
+    ) -> dict[tuple[str, str], Decimal]:
+        rows = db.execute(
+            "SELECT workspace, subject, amount FROM spend WHERE (? IS NULL OR workspace = ?) AND scope = ?"
+            " AND period = ?",
+            (workspace, workspace, scope, period),
+        ).fetchall()
+        return {(r["workspace"], r["subject"]): Decimal(r["amount"]) for r in rows}
 
     def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
         now = self._now()
-        day = now.date().isoformat()
         with self._read() as db:
-            rows = db.execute(
-                """
-                SELECT workspace, agent_name, MAX(daily_limit_usd) AS daily_limit_usd, SUM(spent_usd) AS spent_usd
-                FROM (
-                    SELECT workspace, agent_name, daily_limit_usd, 0.0 AS spent_usd FROM budgets
-                    UNION ALL
-                    SELECT workspace, agent_name, NULL, spent_usd FROM daily_spend WHERE day = ?
-                )
-                WHERE (? IS NULL OR workspace = ?)
-                GROUP BY workspace, agent_name
-                ORDER BY workspace, agent_name
-                """,
-                (day, workspace, workspace),
-            ).fetchall()
-        resets = iso(next_utc_midnight(now))
-        result = []
-        for row in rows:
-            limit = row["daily_limit_usd"]
-            spent = float(row["spent_usd"] or 0.0)
-            result.append(
-                {
-                    "workspace": row["workspace"],
-                    "agentName": row["agent_name"],
-                    "dailyLimitUsd": limit,
-                    "spentTodayUsd": spent,
-                    "remainingBudgetUsd": max(limit - spent, 0.0) if limit is not None else None,
-                    "resetsAt": resets,
-                }
+            limits = {
+                (r["workspace"], r["agent_name"]): r
+                for r in db.execute(
+                    "SELECT * FROM agent_budgets WHERE (? IS NULL OR workspace = ?)", (workspace, workspace)
+                ).fetchall()
+            }
+            today = self._spend_by(db, workspace, AGENT_DAILY, day_of(now))
+            month = self._spend_by(db, workspace, AGENT_MONTHLY, month_of(now))
+            reserved = self._held_by(db, workspace, now, "agent_name")
+        agents = sorted(set(limits) | set(today) | set(month) | set(reserved))
+        return [
+            self._agent_budget(ws, agent, limits.get((ws, agent)), today, month, reserved, now) for ws, agent in agents
+        ]
+
+    def set_workspace_budget(
+        self, workspace: str, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
+    ) -> dict[str, Any]:
+        changes = {
+            column: _stored(_optional_amount(value, name))
+            for column, name, value in (
+                ("daily_limit", "the daily limit", daily_limit_usd),
+                ("warn_at_percent", "the warning threshold", warn_at_percent),
             )
-        return result
+            if value is not UNSET
+        }
+        with self._write() as db:
+            self._settings_row(db, workspace)
+            for column, value in changes.items():
+                db.execute(f"UPDATE workspace_settings SET {column} = ? WHERE workspace = ?", (value, workspace))
+        (found,) = self.workspace_budgets(workspace) or [self._workspace_budget(workspace, None, {}, {}, self._now())]
+        return found
+
+    @staticmethod
+    def _settings_row(db: sqlite3.Connection, workspace: str) -> None:
+        db.execute("INSERT OR IGNORE INTO workspace_settings (workspace) VALUES (?)", (workspace,))
+
+    @staticmethod
+    def _workspace_budget(
+        workspace: str,
+        row: Optional[sqlite3.Row],
+        today: dict[tuple[str, str], Decimal],
+        reserved: dict[tuple[str, str], Decimal],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        limit = _read_amount(row["daily_limit"]) if row is not None else None
+        spent = today.get((workspace, ""), money.ZERO)
+        held = reserved.get((workspace, ""), money.ZERO)
+        return {
+            "workspace": workspace,
+            "dailyLimitUsd": limit,
+            "spentTodayUsd": spent,
+            "reservedUsd": held,
+            "remainingBudgetUsd": None
+            if limit is None
+            else max(money.subtract(limit, money.add(spent, held)), money.ZERO),
+            "warnAtPercent": _read_amount(row["warn_at_percent"]) if row is not None else None,
+            "resetsAt": iso(next_utc_midnight(now)),
+        }
+
+    def workspace_budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
+        now = self._now()
+        with self._read() as db:
+            rows = {
+                r["workspace"]: r
+                for r in db.execute(
+                    "SELECT * FROM workspace_settings WHERE (? IS NULL OR workspace = ?)", (workspace, workspace)
+                ).fetchall()
+            }
+            today = self._spend_by(db, workspace, WORKSPACE_DAILY, day_of(now))
+            reserved = self._held_by(db, workspace, now, "''")
+        names = sorted(set(rows) | {ws for ws, _ in today} | {ws for ws, _ in reserved})
+        if workspace is not None and workspace not in names:
+            names = [workspace]
+        return [self._workspace_budget(ws, rows.get(ws), today, reserved, now) for ws in names]
+
+    def settings(self, workspace: str) -> dict[str, Any]:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT allow_unpriced FROM workspace_settings WHERE workspace = ?", (workspace,)
+            ).fetchone()
+        return {
+            "workspace": workspace,
+            "allowUnpricedModels": bool(row["allow_unpriced"]) if row is not None else False,
+        }
+
+    def set_settings(self, workspace: str, *, allow_unpriced_models: Optional[bool] = None) -> dict[str, Any]:
+        with self._write() as db:
+            self._settings_row(db, workspace)
+            if allow_unpriced_models is not None:
+                db.execute(
+                    "UPDATE workspace_settings SET allow_unpriced = ? WHERE workspace = ?",
+                    (int(allow_unpriced_models), workspace),
+                )
+        return self.settings(workspace)
+
+    # -- prices ---------------------------------------------------------------------------
+
+    def prices(self, workspace: str) -> dict[str, Rates]:
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM prices WHERE workspace = ? ORDER BY name", (workspace,)).fetchall()
+        return {
+            row["name"]: Rates(
+                Decimal(row["input_per_mtok"]),
+                Decimal(row["output_per_mtok"]),
+                _read_amount(row["cache_read_per_mtok"]),
+                _read_amount(row["cache_write_per_mtok"]),
+            )
+            for row in rows
+        }
+
+    def set_price(self, workspace: str, name: str, rates: Rates) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO prices (workspace, name, input_per_mtok, output_per_mtok, cache_read_per_mtok,"
+                " cache_write_per_mtok, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (workspace, name) DO UPDATE SET input_per_mtok = excluded.input_per_mtok,"
+                " output_per_mtok = excluded.output_per_mtok, cache_read_per_mtok = excluded.cache_read_per_mtok,"
+                " cache_write_per_mtok = excluded.cache_write_per_mtok, updated_at = excluded.updated_at",
+                (
+                    workspace,
+                    name,
+                    money.text(rates.input_per_mtok),
+                    money.text(rates.output_per_mtok),
+                    _stored(rates.cache_read_per_mtok),
+                    _stored(rates.cache_write_per_mtok),
+                    iso(self._now()),
+                ),
+            )
+
+    def remove_price(self, workspace: str, name: str) -> bool:
+        with self._write() as db:
+            removed = db.execute("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount
+        return bool(removed)

@@ -13,9 +13,12 @@ import datetime
 import json
 import math
 import re
+from decimal import Decimal
 from typing import Any, Optional
 
 from .._constants import MAX_EVENT_BYTES
+from . import money
+from .pricing import TokenUsage
 from .storage import PricedEvent, SessionContext, StoreError
 
 MAX_SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader keeps exact
@@ -26,6 +29,7 @@ MAX_TAGS = 50
 MAX_TAG = 100
 MAX_METADATA_BYTES = 16 * 1024
 MAX_SPAN_ID = 64
+MAX_RESERVATION_ID = 100
 TIMESTAMP_EXAMPLE = "2026-11-25T15:27:17.123Z"
 LLM_COUNTS = ("tokensIn", "tokensOut")  # required on llm_call
 LLM_OPTIONAL_COUNTS = ("cacheReadTokens", "cacheWriteTokens", "reasoningTokens")
@@ -186,6 +190,26 @@ def check_event(position: int, event: Any) -> PricedEvent:
         for name in LLM_OPTIONAL_COUNTS:
             if event.get(name) is not None:
                 fixed[name] = _count(where, name, event[name], MAX_TOKENS)
+        cached = fixed.get("cacheReadTokens", 0) + fixed.get("cacheWriteTokens", 0)
+        if cached > fixed["tokensIn"]:
+            raise Rejection(
+                "cacheReadTokens" if fixed.get("cacheReadTokens") else "cacheWriteTokens",
+                f"{where}: cacheReadTokens + cacheWriteTokens ({cached}) exceed tokensIn ({fixed['tokensIn']}). "
+                "tokensIn counts every input token, the cached ones included (OpenAI's prompt_tokens; for "
+                "Anthropic, input_tokens + cache_read_input_tokens + cache_creation_input_tokens).",
+            )
+        if event.get("reservationId") is not None:
+            _short_string(
+                where,
+                "reservationId",
+                event["reservationId"],
+                MAX_RESERVATION_ID,
+                "the id POST /v1/reservations returned",
+            )
+        if event.get("usageMissing") is not None and not isinstance(event["usageMissing"], bool):
+            raise Rejection(
+                "usageMissing", f"{where}.usageMissing must be true or false; got {shown(event['usageMissing'])}."
+            )
     # 12.0 tokens were converted to 12: store what was meant.
     payload = {**event, **fixed} if any(type(event[name]) is not int for name in fixed) else event
     try:
@@ -209,7 +233,21 @@ def check_event(position: int, event: Any) -> PricedEvent:
     checked = PricedEvent(payload=payload, type=kind, step_index=fixed.get("stepIndex"), encoded=encoded)
     if kind == "llm_call":
         checked.tokens_in, checked.tokens_out = fixed["tokensIn"], fixed["tokensOut"]
+        checked.provider, checked.model = event["provider"], event["model"]
+        checked.reservation_id = event.get("reservationId")
+        checked.usage_missing = event.get("usageMissing") is True
     return checked
+
+
+def usage_of(checked: PricedEvent) -> TokenUsage:
+    """The token usage of a checked llm_call, as the price book wants it."""
+    payload = checked.payload
+    return TokenUsage(
+        tokens_in=checked.tokens_in,
+        tokens_out=checked.tokens_out,
+        cache_read_tokens=int(payload.get("cacheReadTokens") or 0),
+        cache_write_tokens=int(payload.get("cacheWriteTokens") or 0),
+    )
 
 
 # -- sessions ------------------------------------------------------------------
@@ -268,10 +306,43 @@ def _metadata(value: Any) -> Optional[dict[str, Any]]:
 
 
 def check_session_context(body: dict[str, Any]) -> SessionContext:
-    """The optional ``userId``, ``tags``, ``metadata`` and ``parentSessionId`` of a new session."""
+    """The optional ``userId``, ``tags``, ``metadata``, ``parentSessionId``, ``maxCostUsd`` and ``warnAtPercent``."""
     return SessionContext(
         user_id=_optional_id(body, "userId", MAX_USER_ID, "user-42"),
         tags=_tags(body.get("tags")),
         metadata=_metadata(body.get("metadata")),
         parent_session_id=_optional_id(body, "parentSessionId", MAX_PARENT_SESSION_ID, "the id of the parent session"),
+        max_cost_usd=usd_amount(body, "maxCostUsd", "a cap on what the session may spend", nullable=True),
+        warn_at_percent=warn_percent(body, nullable=True),
     )
+
+
+# -- amounts -------------------------------------------------------------------
+
+
+def usd_amount(body: dict[str, Any], name: str, what: str, *, nullable: bool) -> Optional[Decimal]:
+    """``body[name]``: a finite, non-negative number of US dollars (exact), or None when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(value) or value < 0:
+        also = ", or null" if nullable else ""
+        raise BadInput(
+            f'"{name}" must be a non-negative number of US dollars ({what}), e.g. {{"{name}": 5}}{also}; '
+            f"got {shown(value)}."
+        )
+    return money.exact(value)
+
+
+def warn_percent(body: dict[str, Any], *, nullable: bool) -> Optional[Decimal]:
+    """``body["warnAtPercent"]``: a number above 0 and at most 100, or None when absent or null."""
+    value = body.get("warnAtPercent")
+    if value is None:
+        return None
+    if not is_number(value) or not math.isfinite(value) or not 0 < value <= 100:
+        also = ", or null for no warning" if nullable else ""
+        raise BadInput(
+            f'"warnAtPercent" must be a number above 0 and at most 100 (the share of the limit at which the '
+            f'ledger records a budget_warning), e.g. {{"warnAtPercent": 80}}{also}; got {shown(value)}.'
+        )
+    return money.exact(value)
