@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+STEP_TIMEOUT = 300  # seconds a measuring process may take: a hang fails the run instead of stalling it
 CLI = str(Path(sys.executable).with_name("agent-ledger"))
 
 
@@ -43,7 +45,11 @@ class Ledger:
         )
         assert self.process.stdout is not None
         while True:
-            match = re.search(r"listening on (http://\S+)", self.process.stdout.readline())
+            line = self.process.stdout.readline()
+            if not line:  # the server exited before listening: say why instead of waiting forever
+                self.process.wait(10)
+                raise RuntimeError(f"agent-ledger serve exited with status {self.process.returncode}")
+            match = re.search(r"listening on (http://\S+)", line)
             if match:
                 self.url = match.group(1)
                 break
@@ -208,20 +214,24 @@ def inline_per_event(ledger: Ledger, calls: int, rounds: int) -> dict[str, float
         capture_output=True,
     ).returncode == 0 and sys.version_info >= (3, 10)
     samples: dict[str, list[float]] = {"ours": [], "ours_tool": [], "ours_llm": [], "published": []}
-    for _ in range(rounds):
-        for who in ("ours", "published") if installed else ("ours",):
-            env = {**os.environ, "PYTHONPATH": str(target)} if who == "published" else dict(os.environ)
-            out = subprocess.run(
-                [sys.executable, "-c", INLINE_SCRIPT, ledger.key, ledger.url, str(calls), who],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-            ).stdout.split()
-            samples[who].append(float(out[0]))
-            if who == "ours":
-                samples["ours_tool"].append(float(out[1]))
-                samples["ours_llm"].append(float(out[2]))
+    try:
+        for _ in range(rounds):
+            for who in ("ours", "published") if installed else ("ours",):
+                env = {**os.environ, "PYTHONPATH": str(target)} if who == "published" else dict(os.environ)
+                out = subprocess.run(
+                    [sys.executable, "-c", INLINE_SCRIPT, ledger.key, ledger.url, str(calls), who],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                    timeout=STEP_TIMEOUT,
+                ).stdout.split()
+                samples[who].append(float(out[0]))
+                if who == "ours":
+                    samples["ours_tool"].append(float(out[1]))
+                    samples["ours_llm"].append(float(out[2]))
+    finally:
+        shutil.rmtree(target, ignore_errors=True)  # the published client's install
     return {k: statistics.median(v) for k, v in samples.items() if v}
 
 
@@ -306,7 +316,11 @@ def local_burst(tool_calls: int) -> dict[str, Any]:
     thread) shares the interpreter with the agent and its sender.
     """
     out = subprocess.run(
-        [sys.executable, "-c", BURST_SCRIPT, str(tool_calls)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", BURST_SCRIPT, str(tool_calls)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=STEP_TIMEOUT,
     )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if result["count"] != 2 * tool_calls or result["left"]:
@@ -407,6 +421,7 @@ def ledger_down(workload: str, count: int, max_queue_bytes: int, max_journal_byt
             capture_output=True,
             text=True,
             check=True,
+            timeout=STEP_TIMEOUT,
         )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["growth"] = result["peak"] - result["before"]
