@@ -12,6 +12,7 @@ import argparse
 import functools
 import sys
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Optional
 
@@ -74,23 +75,113 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _amount(text: str) -> Decimal:
+    """A command-line amount, read exactly (``0.1`` is one tenth, not the float nearest to it)."""
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not amount.is_finite():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return amount
+
+
+def _percent(text: str) -> Decimal:
+    value = _amount(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0 and at most 100 (a percentage of the limit)")
+    return value
+
+
 def _cmd_budget(args: argparse.Namespace) -> int:
     from .local.report import budgets_table, usd
+    from .local.storage import UNSET
 
     with _store(args) as store:
-        if args.budget_command == "set":
-            if args.usd < 0:
-                raise ValueError("the daily budget must be zero or more US dollars")
-            budget = store.set_budget(args.workspace, args.agent, args.usd)
+        command = args.budget_command
+        if command in ("set", "set-workspace") and args.usd < 0:
+            raise ValueError("a budget must be zero or more US dollars")
+        warn = args.warn_at if getattr(args, "warn_at", None) is not None else UNSET
+        if command == "set":
+            window = "monthly" if args.monthly else "daily"
+            limits = {"monthly_limit_usd": args.usd} if args.monthly else {"daily_limit_usd": args.usd}
+            budget = store.set_budget(args.workspace, args.agent, warn_at_percent=warn, **limits)
+            spent, resets = (
+                (budget["spentThisMonthUsd"], budget["monthResetsAt"])
+                if args.monthly
+                else (budget["spentTodayUsd"], budget["resetsAt"])
+            )
+            warning = f"; warns at {budget['warnAtPercent']}%" if budget["warnAtPercent"] is not None else ""
             print(
-                f"Daily budget of {args.agent!r} in workspace {args.workspace}: {usd(budget['dailyLimitUsd'])} "
+                f"{window.capitalize()} budget of {args.agent!r} in workspace {args.workspace}: {usd(args.usd)} "
+                f"(spent {'this month' if args.monthly else 'today'}: {usd(spent)}; resets {resets}{warning})."
+            )
+        elif command == "remove":
+            which = {"daily": ("daily_limit_usd",), "monthly": ("monthly_limit_usd",)}.get(
+                args.only or "", ("daily_limit_usd", "monthly_limit_usd")
+            )
+            store.set_budget(args.workspace, args.agent, **dict.fromkeys(which))
+            what = f"{args.only} budget" if args.only else "budgets"
+            print(f"Removed the {what} of {args.agent!r} in workspace {args.workspace}.")
+        elif command == "set-workspace":
+            budget = store.set_workspace_budget(args.workspace, args.usd, warn_at_percent=warn)
+            print(
+                f"Daily budget of workspace {args.workspace}, all agents together: {usd(args.usd)} "
                 f"(spent today: {usd(budget['spentTodayUsd'])}; resets {budget['resetsAt']})."
             )
-        elif args.budget_command == "remove":
-            store.set_budget(args.workspace, args.agent, None)
-            print(f"Removed the daily budget of {args.agent!r} in workspace {args.workspace}.")
+        elif command == "remove-workspace":
+            store.set_workspace_budget(args.workspace, None)
+            print(f"Removed the daily budget of workspace {args.workspace}.")
         else:
-            print(budgets_table(store.budgets(args.workspace)))
+            print(budgets_table(store.budgets(args.workspace), store.workspace_budgets(args.workspace)))
+    return 0
+
+
+def _cmd_prices(args: argparse.Namespace) -> int:
+    from .local.pricing import PriceBook, Rates, normalise_name
+    from .local.report import prices_table
+
+    with _store(args) as store:
+        if args.prices_command == "set":
+            rates = Rates(args.input, args.output, args.cache_read, args.cache_write)
+            if any(r is not None and r < 0 for r in (args.input, args.output, args.cache_read, args.cache_write)):
+                raise ValueError("prices must be zero or more US dollars per million tokens")
+            name = normalise_name(args.model)
+            store.set_price(args.workspace, name, rates)
+            print(f"Price of {name} in workspace {args.workspace}: {rates.describe()}.")
+        elif args.prices_command == "remove":
+            name = normalise_name(args.model)
+            if not store.remove_price(args.workspace, name):
+                raise LookupError(f"no price for {name!r} in workspace {args.workspace}; `agent-ledger prices list`")
+            print(f"Removed the price of {name} in workspace {args.workspace}.")
+        elif args.prices_command == "check":
+            found, description = PriceBook(args.prices).describe(
+                args.provider, args.model, store.prices(args.workspace)
+            )
+            print(description)
+            return 0 if found else 1
+        else:
+            print(prices_table(store.prices(args.workspace)))
+    return 0
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.settings_command == "set":
+            value = args.value.strip().lower()
+            if value not in ("true", "false", "on", "off", "yes", "no", "1", "0"):
+                raise ValueError(f"allow-unpriced-models takes true or false, not {args.value!r}")
+            store.set_settings(args.workspace, allow_unpriced_models=value in ("true", "on", "yes", "1"))
+        settings = store.settings(args.workspace)
+        allowed = settings["allowUnpricedModels"]
+        print(
+            f"Workspace {args.workspace}: allow-unpriced-models = {str(allowed).lower()} "
+            + (
+                "(agents with a budget may call models the ledger cannot price; those calls count as $0)."
+                if allowed
+                else "(agents with a budget are refused calls the ledger cannot price)."
+            )
+        )
     return 0
 
 
@@ -160,18 +251,69 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id", help="the id that `keys list` shows")
     keys.set_defaults(handler=_cmd_keys)
 
-    budget = commands.add_parser("budget", help="set and show daily USD budgets per agent")
+    budget = commands.add_parser("budget", help="set and show USD budgets: per agent, per workspace")
     budget_commands = budget.add_subparsers(dest="budget_command", required=True, metavar="ACTION")
-    budget_set = budget_commands.add_parser("set", parents=[common], help="set an agent's daily limit in USD")
+    budget_set = budget_commands.add_parser(
+        "set", parents=[common], help="set an agent's daily (UTC day) or, with --monthly, monthly limit in USD"
+    )
     budget_set.add_argument("agent", help="agent name")
-    budget_set.add_argument("usd", type=float, help="daily limit in US dollars")
-    budget_remove = budget_commands.add_parser("remove", parents=[common], help="remove an agent's limit")
+    budget_set.add_argument("usd", type=_amount, help="limit in US dollars")
+    budget_set.add_argument("--monthly", action="store_true", help="the limit per UTC calendar month")
+    budget_remove = budget_commands.add_parser("remove", parents=[common], help="remove an agent's limits")
     budget_remove.add_argument("agent", help="agent name")
-    budget_commands.add_parser("show", parents=[common], help="spend today against each limit")
-    for sub in (budget_set, budget_remove):
+    only = budget_remove.add_mutually_exclusive_group()
+    only.add_argument("--daily", dest="only", action="store_const", const="daily", help="only the daily limit")
+    only.add_argument("--monthly", dest="only", action="store_const", const="monthly", help="only the monthly limit")
+    budget_workspace = budget_commands.add_parser(
+        "set-workspace", parents=[common], help="set the workspace's daily limit in USD, all agents together"
+    )
+    budget_workspace.add_argument("usd", type=_amount, help="daily limit in US dollars")
+    budget_unset_workspace = budget_commands.add_parser(
+        "remove-workspace", parents=[common], help="remove the workspace's daily limit"
+    )
+    for sub in (budget_set, budget_workspace):
+        sub.add_argument(
+            "--warn-at",
+            type=_percent,
+            metavar="PERCENT",
+            help="record a budget_warning (and log it) when the spend crosses this share of the limit, e.g. 80",
+        )
+    budget_commands.add_parser("show", parents=[common], help="each budget: spent, reserved, remaining, reset")
+    for sub in (budget_set, budget_remove, budget_workspace, budget_unset_workspace):
         sub.add_argument("--workspace", default="default", help="workspace (default: default)")
     budget_commands.choices["show"].add_argument("--workspace", default=None, help="only this workspace")
     budget.set_defaults(handler=_cmd_budget)
+
+    prices = commands.add_parser("prices", help="price models genai-prices does not know, per workspace")
+    price_commands = prices.add_subparsers(dest="prices_command", required=True, metavar="ACTION")
+    price_set = price_commands.add_parser(
+        "set", parents=[common], help="price a model in USD per million tokens (PROVIDER/MODEL or MODEL)"
+    )
+    price_set.add_argument("model", help="provider/model, or model for any provider, e.g. openai/my-finetune")
+    price_set.add_argument("--input", type=_amount, required=True, help="USD per million input tokens")
+    price_set.add_argument("--output", type=_amount, required=True, help="USD per million output tokens")
+    price_set.add_argument("--cache-read", type=_amount, help="USD per million cached input tokens read")
+    price_set.add_argument("--cache-write", type=_amount, help="USD per million input tokens written to the cache")
+    price_remove = price_commands.add_parser("remove", parents=[common], help="remove a model's price")
+    price_remove.add_argument("model", help="as given to `prices set`")
+    price_list = price_commands.add_parser("list", parents=[common], help="the prices added to a workspace")
+    price_check = price_commands.add_parser("check", parents=[common], help="how the ledger prices a model")
+    price_check.add_argument("provider", help="the provider, as the llm_call event carries it")
+    price_check.add_argument("model", help="the model, as the llm_call event carries it")
+    price_check.add_argument("--prices", default=None, help="JSON file of price overrides ($AGENT_LEDGER_PRICES)")
+    for sub in (price_set, price_remove, price_list, price_check):
+        sub.add_argument("--workspace", default="default", help="workspace (default: default)")
+    prices.set_defaults(handler=_cmd_prices)
+
+    settings = commands.add_parser("settings", help="show and change a workspace's settings")
+    settings_commands = settings.add_subparsers(dest="settings_command", required=True, metavar="ACTION")
+    settings_set = settings_commands.add_parser("set", parents=[common], help="change a setting")
+    settings_set.add_argument("name", choices=["allow-unpriced-models"], help="the setting")
+    settings_set.add_argument("value", help="true or false")
+    settings_show = settings_commands.add_parser("show", parents=[common], help="show the settings")
+    for sub in (settings_set, settings_show):
+        sub.add_argument("--workspace", default="default", help="workspace (default: default)")
+    settings.set_defaults(handler=_cmd_settings)
 
     sessions = commands.add_parser("sessions", parents=[common], help="list recorded sessions, newest first")
     sessions.add_argument("--agent", help="only this agent")

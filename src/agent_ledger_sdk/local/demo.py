@@ -41,7 +41,8 @@ def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
 
         out(f"\n2. A runaway agent loops on gpt-4o with a daily budget of {usd(RUNAWAY_BUDGET_USD)}.")
         ledger.set_budget("runaway-agent", RUNAWAY_BUDGET_USD)
-        research = build_runaway_agent(client, FakeLLM("gpt-4o", output_tokens=800))
+        runaway_llm = FakeLLM("gpt-4o", output_tokens=800)
+        research = build_runaway_agent(client, runaway_llm)
         stopped: Optional[BudgetGuardrailError] = None
         try:
             research("why is the sky blue")
@@ -50,20 +51,30 @@ def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
         left += client.flush(10)
         runaway = ledger.session(ledger.sessions("runaway-agent")[0]["id"])
         recorded = [e for e in runaway["events"] if e["type"] == "llm_call"]
-        out(f"   The ledger recorded {len(recorded)} calls costing {usd(runaway['costUsd'])}, within the budget,")
+        over = [e for e in recorded if e["overBudget"]]
+        (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == "runaway-agent"]
         if stopped is None:
-            out("   but the guardrail never stopped the agent. That is a bug.")
+            out("   The guardrail never stopped the agent. That is a bug.")
             return 1
-        refused = client.stats.failed
-        out(f"   refused the {refused} call{'s' if refused != 1 else ''} that would have gone over it, and the SDK")
-        out("   then stopped the agent")
-        out("   before its next LLM call ran:")
+        out(
+            f"   {runaway_llm.calls} LLM calls ran; the ledger recorded {len(recorded)}, costing {usd(runaway['costUsd'])}."
+        )
+        if over:
+            out("   The last went over the budget: the ledger recorded it (overBudget), counted it and answered")
+            out("   429, and the SDK stopped the agent before its next LLM call ran:")
+        else:
+            out("   Each call reserved its cost before it ran; the ledger refused the reservation of the call that")
+            out("   would have gone over the budget, so the SDK stopped the agent before that call ran:")
         out(f"     BudgetGuardrailError: {stopped}")
+        out(f"   Spend in the ledger today: {usd(budget['spentTodayUsd'])}, exactly what the calls that ran cost.")
         out(f"   The session ended with status {runaway['status']!r}.\n")
         out(budgets_table(ledger.store.budgets(ledger.workspace)))
         client.close()
         if left:
             out(f"\nWarning: {left} events were not delivered.")
+            return 1
+        if len(recorded) != runaway_llm.calls or budget["spentTodayUsd"] != runaway["costUsd"]:
+            out("\nThe ledger's spend does not match the calls that ran. That is a bug.")
             return 1
         out("\nNext: `agent-ledger serve` runs this ledger for your own agents; see docs/local-ledger.md.")
         return 0

@@ -46,8 +46,10 @@ class FakeLLM:
         self.model = model
         self.latency = latency
         self.output_tokens = output_tokens
+        self.calls = 0  # how many completions ran: what the provider would bill
 
     def complete(self, messages: list[dict[str, str]]) -> Completion:
+        self.calls += 1
         time.sleep(self.latency)
         question = messages[-1]["content"]
         context = " ".join(m["content"] for m in messages[:-1])
@@ -114,7 +116,11 @@ def build_runaway_agent(ledger: AgentLedgerClient, llm: FakeLLM) -> Any:
         calls = 0
         notes = topic
         for _ in range(max_calls):
-            with ledger.llm_call(provider="openai", model=llm.model, prompt=f"Dig deeper: {notes}") as call:
+            # max_tokens bounds the answer: with a budget, the SDK reserves the most the call can cost.
+            prompt = f"Dig deeper: {notes}"
+            with ledger.llm_call(
+                provider="openai", model=llm.model, prompt=prompt, max_tokens=llm.output_tokens
+            ) as call:
                 reply = llm.complete([{"role": "user", "content": f"Dig deeper: {notes}"}])
                 call.record(response=reply.text, tokens_in=reply.input_tokens, tokens_out=reply.output_tokens)
             calls += 1

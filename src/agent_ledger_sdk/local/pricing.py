@@ -38,6 +38,7 @@ per workspace, and come first.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -115,6 +116,16 @@ class Rates:
         parts.append(money.multiply(Decimal(plain_in), self.input_per_mtok))
         return money.per_million(money.add(*parts))
 
+    def describe(self) -> str:
+        def rate(value: Optional[Decimal]) -> str:
+            return "the input price" if value is None else f"${money.text(value)}"
+
+        return (
+            f"${money.text(self.input_per_mtok)} in, ${money.text(self.output_per_mtok)} out, "
+            f"{rate(self.cache_read_per_mtok)} for cache reads and {rate(self.cache_write_per_mtok)} for cache "
+            "writes, per million tokens"
+        )
+
     def as_json(self) -> dict[str, Optional[Decimal]]:
         return {
             "inputPerMtok": self.input_per_mtok,
@@ -157,6 +168,9 @@ class _GenaiModel:
         )
         total: Decimal = calculation.total_price
         return total
+
+    def describe(self) -> str:
+        return f"{self.provider.id}/{self.model.id} in genai-prices: {self.model.get_prices(_now())}"
 
 
 _Pricer = Union[Rates, _GenaiModel]
@@ -233,6 +247,22 @@ class PriceBook:
         )
         return Price(price.cost_usd, ESTIMATED, note)
 
+    def describe(self, provider: str, model: str, custom: Mapping[str, Rates] | None = None) -> tuple[bool, str]:
+        """Whether a model is priced, and by what: for people (``agent-ledger prices check``)."""
+        if custom:
+            found = _find_rates(custom, provider, model)
+            if found is not None:
+                return True, f"{provider}/{model} is priced by this workspace's own price: {found.describe()}."
+        pricer = self.lookup(provider, model)
+        if pricer is None:
+            return False, unpriced_message(provider, model)
+        if isinstance(pricer, Rates):
+            return (
+                True,
+                f"{provider}/{model} is priced by the overrides file {self.overrides_path}: {pricer.describe()}.",
+            )
+        return True, f"{provider}/{model} is priced as {pricer.describe()}."
+
     def lookup(self, provider: str, model: str, custom: Mapping[str, Rates] | None = None) -> Optional[_Pricer]:
         """The price source of a model, or None when nothing prices it."""
         if custom:
@@ -258,6 +288,10 @@ def _find_rates(table: Mapping[str, Rates], provider: str, model: str) -> Option
             if key in table:
                 return table[key]
     return None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _snapshot() -> Any:

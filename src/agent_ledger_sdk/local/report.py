@@ -1,10 +1,13 @@
-"""Plain-text tables of sessions, timelines, budgets and keys, for the CLI and the demo."""
+"""Plain-text tables of sessions, timelines, budgets, prices and keys, for the CLI and the demo."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, Optional, Union
+
+from . import money
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = ()) -> str:
@@ -18,10 +21,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Seque
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
-def usd(value: Optional[float]) -> str:
+def usd(value: Union[Decimal, float, None]) -> str:
+    """An amount for a table: four decimals, six below a cent, and every digit below a millionth."""
     if value is None:
         return "-"
-    return f"${value:.6f}" if 0 < value < 0.01 else f"${value:.4f}"
+    amount = money.exact(value)
+    if 0 < amount < Decimal("0.000001"):
+        return f"${money.text(amount)}"
+    return f"${amount:.6f}" if 0 < amount < Decimal("0.01") else f"${amount:.4f}"
+
+
+def cost(event: Mapping[str, Any]) -> str:
+    """What an LLM call cost, as its status says: never $0 for a call the ledger could not price."""
+    status = event.get("costStatus")
+    if status == "unpriced":
+        return "unpriced"
+    shown = usd(event.get("costUsd"))
+    return f"~{shown}" if status == "estimated" else shown
+
+
+def _session_cost(session: Mapping[str, Any]) -> str:
+    shown = usd(session["costUsd"])
+    unpriced = session.get("unpricedEvents") or 0
+    return f"{shown} +{unpriced} unpriced" if unpriced else shown
 
 
 def _short(value: Any, width: int) -> str:
@@ -45,7 +67,7 @@ def sessions_table(sessions: Sequence[dict[str, Any]]) -> str:
             s["startedAt"][:19].replace("T", " "),
             s["eventCount"],
             s["tokensIn"] + s["tokensOut"],
-            usd(s["costUsd"]),
+            _session_cost(s),
             _short(_tags(s), 30),
             _short(s.get("errorMessage") or "", 40),
         )
@@ -76,8 +98,14 @@ def _detail(event: dict[str, Any]) -> str:
     if kind == "tool_result":
         return f"output {_short(event.get('toolOutput'), 45)}"
     if kind == "llm_call":
-        note = "" if event.get("priced", True) else "  [unpriced]"
+        note = "  [OVER BUDGET]" if event.get("overBudget") else ""
+        if event.get("costStatus") == "unpriced":
+            note += "  [no price: see agent-ledger prices set]"
+        elif event.get("costStatus") == "estimated":
+            note += "  [estimated: usage missing]" if event.get("usageMissing") else "  [estimated]"
         return f"{_short(event.get('response'), 44)}{note}"
+    if kind == "budget_warning" and event.get("message"):
+        return _short(f"warning: {event['message']}", 100)
     extra = {k: v for k, v in event.items() if k not in _BOOKKEEPING}
     return _short(extra, 52)
 
@@ -86,6 +114,8 @@ _BOOKKEEPING = {
     "type",
     "stepIndex",
     "costUsd",
+    "costStatus",
+    "overBudget",
     "priced",
     "pricingNote",
     "receivedAt",
@@ -151,7 +181,7 @@ def timeline(session: dict[str, Any]) -> str:
             _what(event),
             f"{latency} ms" if latency is not None else "",
             tokens,
-            usd(event.get("costUsd")) if event.get("type") == "llm_call" else "",
+            cost(event) if event.get("type") == "llm_call" else "",
             _detail(event),
         ]
         if timed:
@@ -163,24 +193,102 @@ def timeline(session: dict[str, Any]) -> str:
         headers.insert(1, "STARTED (UTC)")
         right = (0, 4, 6)
     body = table(headers, rows, right=right)
-    unpriced = session.get("unpricedEvents", 0)
+    flags = [
+        f"{count} {what}"
+        for count, what in (
+            (session.get("unpricedEvents") or 0, "unpriced LLM calls"),
+            (session.get("estimatedEvents") or 0, "estimated"),
+            (session.get("overBudgetEvents") or 0, "over budget"),
+        )
+        if count
+    ]
+    cap = f", cap {usd(session['maxCostUsd'])}" if session.get("maxCostUsd") is not None else ""
     total = (
         f"Total: {session['eventCount']} events, {session['tokensIn']} tokens in, {session['tokensOut']} out, "
-        f"{usd(session['costUsd'])}" + (f"  ({unpriced} unpriced LLM calls)" if unpriced else "")
+        f"{usd(session['costUsd'])}{cap}" + (f"  ({', '.join(flags)})" if flags else "")
     )
     return "\n".join([header, *_context(session), body, total])
 
 
-def budgets_table(budgets: Sequence[dict[str, Any]]) -> str:
-    if not budgets:
+def _when(moment: Optional[str]) -> str:
+    return moment[:16].replace("T", " ") if moment else "never"
+
+
+def budgets_table(budgets: Sequence[dict[str, Any]], workspace_budgets: Sequence[dict[str, Any]] = ()) -> str:
+    """Every budget: its limit, what its window spent and holds in flight, what remains and when it resets."""
+    rows = []
+    for w in workspace_budgets:
+        if w["dailyLimitUsd"] is not None:
+            rows.append(
+                (
+                    w["workspace"],
+                    "workspace-daily",
+                    "(all agents)",
+                    usd(w["dailyLimitUsd"]),
+                    usd(w["spentTodayUsd"]),
+                    usd(w["reservedUsd"]),
+                    usd(w["remainingBudgetUsd"]),
+                    _percent(w["warnAtPercent"]),
+                    _when(w["resetsAt"]),
+                )
+            )
+    for b in budgets:
+        kinds = [
+            ("agent-daily", b["dailyLimitUsd"], b["spentTodayUsd"], b["remainingBudgetUsd"], b["resetsAt"]),
+            (
+                "agent-monthly",
+                b["monthlyLimitUsd"],
+                b["spentThisMonthUsd"],
+                b["remainingMonthlyUsd"],
+                b["monthResetsAt"],
+            ),
+        ]
+        limited = [k for k in kinds if k[1] is not None]
+        for kind, limit, spent, remaining, resets in limited or [("(no limit)", None, b["spentTodayUsd"], None, None)]:
+            rows.append(
+                (
+                    b["workspace"],
+                    kind,
+                    b["agentName"],
+                    usd(limit),
+                    usd(spent),
+                    usd(b["reservedUsd"]),
+                    usd(remaining),
+                    _percent(b["warnAtPercent"]) if limit is not None else "-",
+                    _when(resets) if limit is not None else "-",
+                )
+            )
+    if not rows:
         return "No budgets set and no spend today. Set one with: agent-ledger budget set AGENT USD"
+    headers = ["WORKSPACE", "BUDGET", "AGENT", "LIMIT", "SPENT", "RESERVED", "REMAINING", "WARN AT", "RESETS (UTC)"]
+    return table(headers, rows, right=(3, 4, 5, 6, 7)) + (
+        "\nDaily budgets reset at 00:00 UTC, monthly ones on the 1st; SPENT is today's (the month's for a monthly "
+        "budget), RESERVED what calls in flight hold."
+    )
+
+
+def _percent(value: Optional[Decimal]) -> str:
+    return "-" if value is None else f"{money.text(money.exact(value))}%"
+
+
+def prices_table(prices: Mapping[str, Any]) -> str:
+    if not prices:
+        return (
+            "No prices added to this workspace: models are priced by genai-prices (and the --prices file). "
+            "Add one with: agent-ledger prices set MODEL --input USD --output USD"
+        )
     rows = [
-        (b["workspace"], b["agentName"], usd(b["dailyLimitUsd"]), usd(b["spentTodayUsd"]), usd(b["remainingBudgetUsd"]))
-        for b in budgets
+        (
+            name,
+            usd(rates.input_per_mtok),
+            usd(rates.output_per_mtok),
+            usd(rates.cache_read_per_mtok),
+            usd(rates.cache_write_per_mtok),
+        )
+        for name, rates in prices.items()
     ]
-    resets = budgets[0]["resetsAt"]
-    return table(["WORKSPACE", "AGENT", "DAILY LIMIT", "SPENT TODAY", "REMAINING"], rows, right=(2, 3, 4)) + (
-        f"\nDaily budgets reset at 00:00 UTC (next: {resets})."
+    return table(
+        ["MODEL", "INPUT/MTOK", "OUTPUT/MTOK", "CACHE READ/MTOK", "CACHE WRITE/MTOK"], rows, right=(1, 2, 3, 4)
     )
 
 
