@@ -52,13 +52,14 @@ def _lock(fd: int, blocking: bool) -> bool:
 class _Segment:
     """One file of the journal, held open (and locked) by a raw descriptor while this process uses it."""
 
-    __slots__ = ("fd", "offset", "path", "size")
+    __slots__ = ("fd", "offset", "own", "path", "size")
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
+    def __init__(self, path: Path, fd: int, size: int, own: bool = False) -> None:
         self.path = path
         self.fd = fd
         self.size = size  # bytes written
         self.offset = 0  # bytes consumed
+        self.own = own  # written by this process (not a claimed orphan)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -89,6 +90,10 @@ class Journal:
 
     def after_fork(self) -> None:
         """In a forked child: the parent's segments and locks stay the parent's."""
+        for segment in self._segments:
+            # Our copies of the parent's descriptors: open, they would keep its segments locked
+            # (a flock belongs to every copy) after the parent is gone, so no client could claim them.
+            segment.close()
         self._lock = threading.RLock()
         self._segments = deque()
         self._active = None
@@ -107,25 +112,46 @@ class Journal:
             segment = self._active
             if segment is None or segment.size >= SEGMENT_BYTES:
                 segment = self._open_segment()
-            written = 0
-            while written < len(data):  # the OS has it once this returns: it survives our death
-                written += os.write(segment.fd, data[written:])
-            segment.size += len(data)
-            self._bytes += len(data)
+                self._segments.append(segment)
+                self._active = segment
+            self._write(segment, data)
             return True
 
-    def _open_segment(self) -> _Segment:
+    def prepend(self, lines: list[str]) -> bool:
+        """Write ``lines`` ahead of what this process journaled so far (they are older), after claimed orphans.
+
+        All or none; False when over the bound.
+        """
+        with self._lock:
+            own = next((segment for segment in self._segments if segment.own), None)
+            if own is None:
+                return self.append(lines)
+            data = "".join(line + "\n" for line in lines).encode("utf-8")
+            if self._bytes + len(data) > self.max_bytes:
+                return False
+            # Named to sort just before it too, for the client that claims them if we die.
+            segment = self._open_segment(int(own.path.name.split("-", 1)[0]) - 1)
+            self._segments.insert(self._segments.index(own), segment)
+            self._write(segment, data)
+            return True
+
+    def _write(self, segment: _Segment, data: bytes) -> None:
+        written = 0
+        while written < len(data):  # the OS has it once this returns: it survives our death
+            written += os.write(segment.fd, data[written:])
+        segment.size += len(data)
+        self._bytes += len(data)
+
+    def _open_segment(self, stamp: Optional[int] = None) -> _Segment:
         self.directory.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{os.urandom(3).hex()}{SUFFIX}"
+        stamp = time.time_ns() if stamp is None else stamp
+        name = f"{stamp:020d}-{os.getpid()}-{os.urandom(3).hex()}{SUFFIX}"
         path = self.directory / name
         fd = os.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         _lock(fd, blocking=True)
-        segment = _Segment(path, fd, 0)
-        self._segments.append(segment)
-        self._active = segment
-        return segment
+        return _Segment(path, fd, 0, own=True)
 
     # -- reading ----------------------------------------------------------
 

@@ -38,6 +38,7 @@ EXIT_FLUSH_TIMEOUT = 5.0
 SIGTERM_FLUSH_TIMEOUT = 2.0
 
 live: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
+exit_hook_ran = False  # after it, callers deliver what they record (see Sender.after_exit_hook)
 
 
 def shut_down(reason: str, timeout: float) -> None:
@@ -67,7 +68,15 @@ def shut_down(reason: str, timeout: float) -> None:
 
 
 def _at_exit() -> None:
-    shut_down("Session still open at interpreter exit", EXIT_FLUSH_TIMEOUT)
+    global exit_hook_ran
+    try:
+        shut_down("Session still open at interpreter exit", EXIT_FLUSH_TIMEOUT)
+    finally:
+        exit_hook_ran = True
+        for instrumentation in list(live):
+            sender = instrumentation._sender
+            if sender is not None:
+                sender.after_exit_hook()
 
 
 # -- fork ---------------------------------------------------------------------
@@ -133,11 +142,33 @@ def install_sigterm_handler() -> None:
 
 
 def _on_sigterm(signum: int, frame: Optional[Any]) -> None:
+    released = _release_interrupted_locks()
     try:
         shut_down("Terminated by SIGTERM", SIGTERM_FLUSH_TIMEOUT)
     finally:
+        for lock, state in reversed(released):
+            lock._acquire_restore(state)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _release_interrupted_locks() -> list[tuple[Any, Any]]:
+    """Let go of the queue's locks if the signal interrupted this thread while it held them (queueing an event).
+
+    Else the sender thread would wait for them while the handler waits for the
+    sender: nothing delivered, nothing journaled. The handler takes them back
+    (``_acquire_restore``) before it returns.
+    """
+    released: list[tuple[Any, Any]] = []
+    for instrumentation in list(live):
+        sender = instrumentation._sender
+        if sender is None:
+            continue
+        for lock in sender.locks():
+            is_owned = getattr(lock, "_is_owned", None)
+            if is_owned is not None and is_owned():
+                released.append((lock, lock._release_save()))
+    return released
 
 
 atexit.register(_at_exit)

@@ -423,15 +423,22 @@ class Sender:
                         return
 
     def _drain_on_caller(self, deadline: Optional[float]) -> None:
-        """No thread can be started (interpreter shutdown): deliver on the calling thread, within ``deadline``."""
+        """No thread can be started (interpreter shutdown): deliver on the calling thread, within ``deadline``.
+
+        Once the ledger fails, the caller does not try again (each try may cost it a
+        request's timeout, at every event): what is queued goes to the journal, and
+        what it records next follows it there.
+        """
         with self._drain_lock:
             while self._pending():
                 if (deadline is not None and time.monotonic() >= deadline) or self._handover:
                     return
-                before = self._stall_since
-                self._pass()
-                if self._stall_since is not None and before is not None:
-                    return  # the ledger is failing: give up for now rather than spin
+                if self._stall_since is None:
+                    self._pass()
+                if self._stall_since is not None:
+                    if self.journal is not None and (self._queue or self._units or self._starts):
+                        self._move_to_journal()
+                    return
 
     def _pass(self) -> None:
         """One round: starts, units left from before, the queue, then the journal.

@@ -1,0 +1,636 @@
+"""The process around the SDK, against a real local ledger and real processes.
+
+Fork (``os.fork`` and multiprocessing), interpreter exit with the ledger up,
+down or failing, an outage shorter than the retry window, SIGTERM, ``atexit``
+handlers and ``SessionHandle.id`` with a ledger that hangs. Every test asserts
+what the ledger recorded: exact event counts, statuses, and the order in which
+events arrived (the ledger's ``seq``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_ledger_sdk import AgentLedgerClient
+from agent_ledger_sdk._lifecycle import EXIT_FLUSH_TIMEOUT, SIGTERM_FLUSH_TIMEOUT
+from agent_ledger_sdk._session import ID_WAIT_TIMEOUT
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+needs_sigterm = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ledger_on(db: Path, port: int = 0) -> Iterator[Any]:
+    """A local ledger on ``db``; on ``port`` too, to stop it and start it again at the same address."""
+    pytest.importorskip("starlette", reason="needs the server extra")
+    from agent_ledger_sdk.local import run
+
+    with run(db=db, port=port) as running:
+        yield running
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Any]:
+    with ledger_on(tmp_path / "ledger.db") as running:
+        yield running
+
+
+def python(code: str) -> list[str]:
+    # -W: Python 3.12+ warns about fork() in a process with threads, which is what these tests do.
+    return [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(code)]
+
+
+def run_script(code: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(python(code), capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+
+
+@contextlib.contextmanager
+def started(code: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        python(code), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
+def next_client(env: dict[str, str]) -> None:
+    """A later process with the same key, ledger and home: it delivers what earlier ones left in the journal."""
+    result = run_script(
+        """
+        import agent_ledger_sdk
+
+        with agent_ledger_sdk.session("next-client"):
+            pass
+        """,
+        env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "agent-ledger" not in result.stderr, result.stderr
+
+
+def arrival_steps(db: Path, session_id: str) -> list[int]:
+    """The session's step indexes in the order the ledger received its events."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+        rows = connection.execute(
+            "SELECT step_index FROM events WHERE session_id = ? ORDER BY seq", (session_id,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def tool_steps(calls: int) -> list[int]:
+    """What ``calls`` tool calls record, in order: a tool_call and a tool_result per step."""
+    return [step for step in range(calls) for _ in ("tool_call", "tool_result")]
+
+
+def journal_files() -> list[Path]:
+    return sorted(Path(os.environ["AGENT_LEDGER_HOME"]).glob("journal/*/*.jsonl"))
+
+
+# -- fork ---------------------------------------------------------------------------
+
+FORK_CHILDREN = 120
+
+FORK_SCRIPT = """
+import json, multiprocessing, os, random, sys, threading, time
+import agent_ledger_sdk
+
+CHILDREN = __CHILDREN__
+rng = random.Random(__SEED__)
+
+@agent_ledger_sdk.tool
+def work(i):
+    return i
+
+def calls(k):
+    return 3 + k % 7
+
+def child_session(k):
+    @agent_ledger_sdk.session(f"fork-child-{k}")
+    def job():
+        for i in range(calls(k)):
+            work(i)
+    job()
+
+def forked_child(k):
+    # The parent's multiprocessing children are not ours: else the stdlib's own exit hook
+    # tries to join them (an AssertionError it prints), which has nothing to do with us.
+    multiprocessing.process._children.clear()
+    child_session(k)
+    if k % 4 == 0:
+        sys.exit(0)  # a normal exit: the SDK's exit hook delivers
+    left = agent_ledger_sdk.flush(20)
+    os._exit(0 if left == 0 else 3)
+
+def multiprocessing_child(k):
+    child_session(k)  # and return, without flushing: the SDK's multiprocessing finalizer delivers
+
+stop = threading.Event()
+produced = []
+
+@agent_ledger_sdk.session("fork-parent")
+def producer():  # keeps the parent's sender busy the whole time
+    i = 0
+    while not stop.is_set():
+        work(i)
+        i += 1
+        if i % 10 == 0:
+            time.sleep(0.001)
+    produced.append(i)
+
+def main():
+    thread = threading.Thread(target=producer)
+    thread.start()
+    context = multiprocessing.get_context("fork")
+    forked, processes, failures = {}, {}, {}
+    began = time.monotonic()
+    for k in range(CHILDREN):
+        time.sleep(rng.uniform(0, 0.01))
+        if k % 2 == 0:
+            pid = os.fork()
+            if pid == 0:
+                forked_child(k)
+            forked[pid] = k
+        else:
+            process = context.Process(target=multiprocessing_child, args=(k,))
+            process.start()
+            processes[k] = process
+    deadline = time.monotonic() + 25
+    while forked and time.monotonic() < deadline:
+        for pid, k in list(forked.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                del forked[pid]
+                if os.waitstatus_to_exitcode(status) != 0:
+                    failures[k] = os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    for pid, k in forked.items():
+        failures[k] = "hung"
+        os.kill(pid, 9)
+    for k, process in processes.items():
+        process.join(max(0.1, deadline - time.monotonic()))
+        if process.exitcode != 0:
+            failures[k] = "hung" if process.exitcode is None else process.exitcode
+            process.kill()
+    children_done = time.monotonic() - began
+    stop.set()
+    thread.join(10)
+    left = agent_ledger_sdk.flush(20)
+    print(json.dumps({"produced": produced[0], "failures": failures, "left": left, "seconds": children_done}))
+
+main()
+"""
+
+
+@pytest.mark.integration
+@needs_fork
+def test_children_forked_at_any_moment_record_everything_and_so_does_the_parent(ledger: Any) -> None:
+    seed = random.randrange(1 << 30)
+    code = FORK_SCRIPT.replace("__CHILDREN__", str(FORK_CHILDREN)).replace("__SEED__", str(seed))
+    began = time.monotonic()
+    result = run_script(code, ledger.env(), timeout=50)  # a deadlock fails here, not in the CI's timeout
+    elapsed = time.monotonic() - began
+    assert result.returncode == 0, f"seed {seed}: {result.stderr}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["failures"] == {}, f"seed {seed}: children that failed or hung: {report}"
+    assert report["left"] == 0
+    # Children share the parent's stderr: no warning (events lost, internal error) from any of them.
+    assert "agent-ledger" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+    recorded = {s["agentName"]: s for s in ledger.sessions()}
+    wrong = {}
+    for k in range(FORK_CHILDREN):
+        session = recorded.get(f"fork-child-{k}")
+        expected = 2 * (3 + k % 7)
+        got = None if session is None else (session["eventCount"], session["status"])
+        if got != (expected, "success"):
+            wrong[k] = (got, expected)
+    assert wrong == {}, f"seed {seed}: children whose events were not all recorded: {wrong}"
+    parent = recorded["fork-parent"]
+    assert report["produced"] > 500  # the parent's sender was busy while the children were forked
+    assert (parent["eventCount"], parent["status"]) == (2 * report["produced"], "success")
+    assert arrival_steps(ledger.db_path, parent["id"]) == tool_steps(report["produced"])
+    assert elapsed < 45, f"{FORK_CHILDREN} children took {elapsed:.1f} s"
+
+
+# -- interpreter exit ---------------------------------------------------------------
+
+AN_AGENT_THAT_EXITS = """
+import agent_ledger_sdk
+
+@agent_ledger_sdk.tool
+def work(i):
+    return i
+
+@agent_ledger_sdk.session("offline-at-exit")
+def job():
+    for i in range(50):
+        work(i)
+
+@agent_ledger_sdk.session("left-open")
+def stream():
+    work(-1)
+    yield 1
+    yield 2
+
+job()
+gen = stream()
+next(gen)  # left open: the exit hook ends its session
+"""
+
+
+@pytest.mark.integration
+def test_what_a_process_leaves_when_the_ledger_is_down_at_exit_is_delivered_by_the_next_one(tmp_path: Path) -> None:
+    db, port = tmp_path / "ledger.db", free_port()
+    with ledger_on(db, port) as ledger:
+        env = ledger.env()
+    # The ledger is down now.
+    began = time.monotonic()
+    first = run_script(AN_AGENT_THAT_EXITS, env)
+    elapsed = time.monotonic() - began
+    assert first.returncode == 0, first.stderr
+    assert elapsed < EXIT_FLUSH_TIMEOUT + 5
+    assert "they wait in the journal" in first.stderr
+    assert journal_files()
+
+    with ledger_on(db, port) as ledger:  # the same address and database, up again
+        assert ledger.url == env["AGENT_LEDGER_BASE_URL"]
+        assert ledger.sessions("offline-at-exit") == []
+        next_client(env)
+        (job,) = ledger.sessions("offline-at-exit")
+        assert (job["eventCount"], job["status"]) == (100, "success")  # each event once
+        assert arrival_steps(ledger.db_path, job["id"]) == tool_steps(50)
+        (abandoned,) = ledger.sessions("left-open")
+        assert (abandoned["eventCount"], abandoned["status"]) == (2, "error")
+        assert abandoned["errorMessage"] == "Session still open at interpreter exit"
+        assert journal_files() == []  # delivered, and its files removed
+        assert {s["status"] for s in ledger.sessions()} == {"success", "error"}
+
+
+class _Overloaded(BaseHTTPRequestHandler):
+    """A ledger that answers 503 to everything, and counts what it was asked."""
+
+    protocol_version = "HTTP/1.1"
+    requests: list[str] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        self.requests.append(self.path)
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = b'{"error": "overloaded"}'
+        self.send_response(503)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.integration
+def test_an_exiting_process_retries_a_failing_ledger_with_backoff_then_leaves_its_events_in_the_journal(
+    tmp_path: Path,
+) -> None:
+    db, port = tmp_path / "ledger.db", free_port()
+    with ledger_on(db, port) as ledger:
+        env = ledger.env()
+    _Overloaded.requests = []
+    overloaded = ThreadingHTTPServer(("127.0.0.1", port), _Overloaded)
+    serving = threading.Thread(target=overloaded.serve_forever, daemon=True)
+    serving.start()
+    try:
+        first = run_script(AN_AGENT_THAT_EXITS, env)
+    finally:
+        overloaded.shutdown()
+        overloaded.server_close()
+    assert first.returncode == 0, first.stderr
+    assert "they wait in the journal" in first.stderr
+    # The exit hook waits up to EXIT_FLUSH_TIMEOUT s for a failing ledger: with backoff
+    # (0.25, 0.5, 1, 2 s...), that is a few tries, not one every few milliseconds.
+    assert 1 <= len(_Overloaded.requests) <= 8, _Overloaded.requests
+
+    with ledger_on(db, port) as ledger:
+        next_client(env)
+        (job,) = ledger.sessions("offline-at-exit")
+        assert (job["eventCount"], job["status"]) == (100, "success")
+        (abandoned,) = ledger.sessions("left-open")
+        assert (abandoned["eventCount"], abandoned["status"]) == (2, "error")
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    reason="a client that records nothing never starts its sender, so it never claims the journal it finds "
+    "(Instrumentation.flush returns 0 without a sender); orphans wait for a client that records something",
+)
+def test_a_client_that_only_flushes_delivers_the_journal_it_finds(tmp_path: Path) -> None:
+    db, port = tmp_path / "ledger.db", free_port()
+    with ledger_on(db, port) as ledger:
+        key, url = ledger.api_key, ledger.url
+    offline = AgentLedgerClient(api_key=key, base_url=url, journal=tmp_path / "journal")
+    with offline.session("journaled") as session:
+        session.log("tick")
+    assert offline.close(timeout=0.3) > 0  # left in the journal
+    with ledger_on(db, port) as ledger:
+        later = AgentLedgerClient(api_key=key, base_url=url, journal=tmp_path / "journal")
+        later.flush(10)
+        later.close()
+        assert [s["eventCount"] for s in ledger.sessions("journaled")] == [1]
+
+
+# -- an outage shorter than the retry window ----------------------------------------
+
+
+@pytest.mark.integration
+def test_an_outage_shorter_than_the_retry_window_loses_nothing_and_keeps_the_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent_ledger_sdk")
+    db, port = tmp_path / "ledger.db", free_port()
+    with ledger_on(db, port) as first:
+        client = AgentLedgerClient(api_key=first.api_key, base_url=first.url, journal=tmp_path / "journal")
+
+        @client.tool
+        def work(i: int) -> int:
+            return i
+
+        stop = threading.Event()
+        calls: list[int] = []
+
+        def agent() -> None:
+            with client.session("through-the-outage"):
+                i = 0
+                while not stop.is_set():
+                    work(i)
+                    i += 1
+                    if i % 5 == 0:
+                        time.sleep(0.001)
+            calls.append(i)
+
+        thread = threading.Thread(target=agent)
+        thread.start()
+        time.sleep(1.0)
+    # Down for 2 s; a session starts and ends meanwhile.
+    with client.session("during-the-outage"):
+        work(-1)
+    time.sleep(2.0)
+    with ledger_on(db, port) as ledger:
+        time.sleep(1.0)
+        stop.set()
+        thread.join(10)
+        assert client.flush(30) == 0
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("the ledger failed" in m for m in messages)  # the outage was real
+        assert any("answers again" in m for m in messages)
+        (through,) = ledger.sessions("through-the-outage")
+        assert (through["eventCount"], through["status"]) == (2 * calls[0], "success")
+        assert arrival_steps(db, through["id"]) == tool_steps(calls[0])  # once each, in step order
+        (during,) = ledger.sessions("during-the-outage")
+        assert (during["eventCount"], during["status"]) == (2, "success")
+        assert "running" not in {s["status"] for s in ledger.sessions()}
+        stats = client.stats
+        assert (stats.sent, stats.failed, stats.dropped) == (2 * calls[0] + 2, 0, 0)
+        assert stats.journaled_bytes == 0  # it never needed the journal
+        client.close()
+
+
+# -- SIGTERM ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_sigterm_delivers_what_is_queued_and_the_process_still_dies_of_it(ledger: Any) -> None:
+    code = """
+        import time
+        import agent_ledger_sdk
+
+        @agent_ledger_sdk.tool
+        def work(i):
+            return i
+
+        with agent_ledger_sdk.session("terminated"):
+            for i in range(5000):
+                work(i)
+            print(agent_ledger_sdk.get_client().stats.queued, flush=True)
+            time.sleep(60)
+        """
+    with started(code, ledger.env()) as process:
+        assert process.stdout is not None
+        queued = int(process.stdout.readline())
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+        died_after = time.monotonic() - began
+    assert process.returncode == -signal.SIGTERM
+    assert queued > 0  # the sender had not delivered them all yet
+    assert died_after < SIGTERM_FLUSH_TIMEOUT + 3
+    next_client(ledger.env())  # delivers what was journaled, if anything was
+    (summary,) = ledger.sessions("terminated")
+    assert (summary["eventCount"], summary["status"]) == (10_000, "error")
+    assert summary["errorMessage"] == "Terminated by SIGTERM"
+    assert arrival_steps(ledger.db_path, summary["id"]) == tool_steps(5000)
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_sigterm_in_the_middle_of_a_flood_loses_nothing_that_was_recorded(ledger: Any) -> None:
+    # Faster than the ledger takes them: what the SIGTERM handler cannot deliver in its
+    # SIGTERM_FLUSH_TIMEOUT seconds goes to the journal, and the next client delivers it.
+    code = """
+        import agent_ledger_sdk
+
+        with agent_ledger_sdk.session("flooding") as session:
+            for i in range(60_000):
+                session.log("tick", i=i)
+                if i == 1000:
+                    print("recording", flush=True)
+            print("done", flush=True)
+            import time
+            time.sleep(60)
+        """
+    with started(code, ledger.env()) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "recording"
+        time.sleep(random.uniform(0.05, 0.4))
+        process.send_signal(signal.SIGTERM)
+        process.wait(15)
+    assert process.returncode == -signal.SIGTERM
+    next_client(ledger.env())
+    (summary,) = ledger.sessions("flooding")
+    assert (summary["status"], summary["errorMessage"]) == ("error", "Terminated by SIGTERM")
+    steps = sorted(arrival_steps(ledger.db_path, summary["id"]))
+    assert len(steps) > 1000
+    assert steps == list(range(len(steps)))  # no gap, no duplicate: all that was recorded, once
+    assert summary["eventCount"] == len(steps)
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_sigterm_that_interrupts_the_thread_while_it_queues_an_event_still_delivers(ledger: Any) -> None:
+    # The handler runs on the main thread, between two bytecodes of whatever it was doing:
+    # here, as when a signal lands in the few lines where the SDK holds its queue's lock.
+    code = """
+        import os, signal, time
+        import agent_ledger_sdk
+
+        with agent_ledger_sdk.session("interrupted") as session:
+            for i in range(3000):
+                session.log("tick", i=i)
+            sender = agent_ledger_sdk.get_client()._instrumentation.sender
+            with sender._lock:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+        """
+    result = run_script(code, ledger.env())
+    assert result.returncode == -signal.SIGTERM
+    assert "agent-ledger" not in result.stderr, result.stderr
+    (summary,) = ledger.sessions("interrupted")
+    assert (summary["eventCount"], summary["status"]) == (3000, "error")
+    assert summary["errorMessage"] == "Terminated by SIGTERM"
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_a_process_with_its_own_sigterm_handler_keeps_it(ledger: Any) -> None:
+    code = """
+        import signal, sys, time
+
+        def on_sigterm(signum, frame):
+            print("the user's handler", flush=True)
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        import agent_ledger_sdk
+
+        @agent_ledger_sdk.tool
+        def work(i):
+            return i
+
+        with agent_ledger_sdk.session("own-handler"):
+            for i in range(100):
+                work(i)
+            agent_ledger_sdk.flush()  # the sender runs: the SDK had its chance to install its own
+            print(signal.getsignal(signal.SIGTERM) is on_sigterm, flush=True)
+            time.sleep(60)
+        """
+    with started(code, ledger.env()) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "True"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    assert out.strip() == "the user's handler"
+    (summary,) = ledger.sessions("own-handler")
+    assert (summary["eventCount"], summary["status"]) == (200, "success")  # sys.exit(0): a normal end
+
+
+# -- atexit -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("registered", ["after importing the SDK", "before importing the SDK"])
+def test_a_session_run_by_an_atexit_handler_runs_and_is_recorded(ledger: Any, registered: str) -> None:
+    # atexit runs handlers last registered first: registered after the import, this one runs
+    # before the SDK's exit hook; registered before, it runs after it (when, from Python 3.12,
+    # no thread can start, and before 3.12 none would be waited for: its caller delivers).
+    before = registered.startswith("before")
+    code = f"""
+        import atexit
+        {"" if before else "import agent_ledger_sdk"}
+
+        def last_words():
+            import agent_ledger_sdk
+
+            @agent_ledger_sdk.tool
+            def work(i):
+                return i * 2
+
+            @agent_ledger_sdk.session("at-exit")
+            def report():
+                return sum(work(i) for i in range(20))
+
+            print("result", report(), flush=True)
+
+        atexit.register(last_words)
+        {"import agent_ledger_sdk" if before else ""}
+        print("main done", flush=True)
+        """
+    result = run_script(code, ledger.env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == ["main done", "result 380", ""]
+    assert "agent-ledger" not in result.stderr, result.stderr
+    (summary,) = ledger.sessions("at-exit")
+    assert (summary["eventCount"], summary["status"]) == (40, "success")
+    assert arrival_steps(ledger.db_path, summary["id"]) == tool_steps(20)
+
+
+# -- SessionHandle.id ---------------------------------------------------------------
+
+READ_THE_ID = """
+import json, os, sys, time
+import agent_ledger_sdk
+
+with agent_ledger_sdk.session("identified") as session:
+    session.log("tick")
+    reads = []
+    for _ in range(2):
+        began = time.monotonic()
+        reads.append((session.id, time.monotonic() - began))
+print(json.dumps(reads))
+sys.stdout.flush()
+os._exit(0)  # no exit hook: with a ledger that hangs, it would wait EXIT_FLUSH_TIMEOUT s for nothing
+"""
+
+
+def test_session_id_waits_at_most_its_bound_when_the_ledger_hangs() -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = run_script(READ_THE_ID, {"AGENT_LEDGER_BASE_URL": url, "AGENT_LEDGER_API_KEY": "k"})
+    assert result.returncode == 0, result.stderr
+    reads = json.loads(result.stdout)
+    for session_id, waited in reads:
+        assert session_id is None
+        assert ID_WAIT_TIMEOUT - 0.1 <= waited <= ID_WAIT_TIMEOUT + 0.5
+
+
+@pytest.mark.integration
+def test_session_id_is_the_id_the_ledger_recorded(ledger: Any) -> None:
+    result = run_script(READ_THE_ID.replace("os._exit(0)", "agent_ledger_sdk.flush(10)"), ledger.env())
+    assert result.returncode == 0, result.stderr
+    (first, waited), (second, again) = json.loads(result.stdout)
+    (summary,) = ledger.sessions("identified")
+    assert first == second == summary["id"]
+    assert waited < ID_WAIT_TIMEOUT and again < 0.01  # known after one round trip, then at once
+    assert (summary["eventCount"], summary["status"]) == (1, "success")
