@@ -332,7 +332,30 @@ def test_the_openapi_document_describes_what_was_added(ledger: LocalLedger) -> N
     rejection = components["EventsRejected"]["properties"]["rejected"]["items"]
     assert rejection["required"] == ["index", "field", "error"]
     start = schema["paths"]["/v1/sessions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert {"agentName", "userId", "tags", "metadata", "parentSessionId"} == set(start["properties"])
+    assert {"agentName", "userId", "tags", "metadata", "parentSessionId", "maxCostUsd", "warnAtPercent"} == set(
+        start["properties"]
+    )
+    assert {"reservationId", "usageMissing"} <= set(event)
+    assert {
+        "/v1/reservations",
+        "/v1/reservations/{reservationId}",
+        "/v1/workspace-budget",
+        "/v1/settings",
+        "/v1/prices",
+        "/v1/prices/{model}",
+    } <= set(schema["paths"])
+    guardrail = components["Guardrail"]["properties"]
+    assert {"budget", "resetsAt"} <= set(guardrail)
+    assert set(guardrail["details"]["properties"]) >= {
+        "agentName",
+        "dailyLimitUsd",
+        "spentTodayUsd",
+        "attemptedCostUsd",
+        "projectedCostUsd",
+        "remainingBudgetUsd",
+    }
+    session_event = components["Session"]["allOf"][1]["properties"]["events"]["items"]["allOf"][1]["properties"]
+    assert {"costUsd", "costStatus", "overBudget"} <= set(session_event)
     assert {"user", "tag"} <= {p["name"] for p in schema["paths"]["/v1/sessions"]["get"]["parameters"]}
     responses = schema["paths"]["/v1/events"]["post"]["responses"]
     assert {"$ref": "#/components/schemas/EventsRejected"} in responses["400"]["content"]["application/json"]["schema"][
