@@ -41,7 +41,7 @@ from starlette.routing import Route
 
 from . import money
 from .pricing import PriceBook, Rates, TokenUsage, normalise_name, rates_from
-from .storage import (
+from .records import (
     UNSET,
     BudgetExceeded,
     Idempotency,

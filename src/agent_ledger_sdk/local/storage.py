@@ -1,19 +1,15 @@
-"""The local ledger's storage: one interface, :class:`LedgerStore`, and its SQLite implementation.
+"""The local ledger's storage: :class:`SQLiteStore`, the implementation of :class:`~.records.LedgerStore`.
 
-The API layer (``app.py``) talks only to :class:`LedgerStore`, so another
-backend (PostgreSQL) can be added without touching it. Every write that
-checks something and then changes something (budgets and reservations, ending
-a session, idempotency) runs in one transaction (``BEGIN IMMEDIATE``):
-concurrent requests, from threads or processes sharing the file, never
-over-grant a budget or apply a request twice.
-
-Money is exact: every amount is a :class:`~decimal.Decimal`, stored as text
-(see ``money.py``); the rules of budgets are in ``budgets.py``.
+Every write that checks something and then changes something (budgets and
+reservations, ending a session, idempotency) runs in one transaction
+(``BEGIN IMMEDIATE``): concurrent requests, from threads or processes sharing
+the file, never over-grant a budget or apply a request twice. The rules of
+budgets are in ``budgets.py``, the tables in ``schema.py``; amounts are exact
+Decimals stored as text (``money.py``).
 """
 
 from __future__ import annotations
 
-import abc
 import datetime
 import hashlib
 import hmac
@@ -31,8 +27,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from typing_extensions import Self
-
 from .._local_key import LOCAL_KEY_PREFIX
 from . import money
 from .budgets import (
@@ -47,25 +41,47 @@ from .budgets import (
     next_utc_midnight,
     next_utc_month,
 )
-from .pricing import ESTIMATED, PRICED, UNPRICED, Rates
+from .pricing import ESTIMATED, UNPRICED, Rates
+from .records import (
+    BUDGET_CACHE_SECONDS,
+    DEFAULT_WORKSPACE,
+    RESERVATION_TTL_SECONDS,
+    UNSET,
+    Amount,
+    ApiKey,
+    BudgetExceeded,
+    Conflict,
+    Idempotency,
+    IdempotencyMismatch,
+    LedgerStore,
+    NewApiKey,
+    NotFound,
+    PricedEvent,
+    Reply,
+    ReservationRequest,
+    SessionContext,
+    SessionQuery,
+    StoreError,
+    UnpricedModel,
+    utc_now,
+)
+from .schema import create_or_upgrade
 
 logger = logging.getLogger("agent_ledger_sdk.local")
 
 Clock = Callable[[], datetime.datetime]
 KEY_PREFIX = LOCAL_KEY_PREFIX  # new keys: al_local_<id>_<secret>
 LEGACY_KEY_PREFIX = "al_"  # keys of earlier versions, al_<id>_<secret>, still authenticate
-DEFAULT_WORKSPACE = "default"
-# A reservation not settled or released within this time is released by the ledger.
-RESERVATION_TTL_SECONDS = 600
-# How long a client may remember what the ledger said about an agent's budget (the "ttlSeconds" it answers).
-BUDGET_CACHE_SECONDS = 60
 # Settled, released and expired reservations are remembered this long (DELETE answers 204, not 404).
 RESERVATION_MEMORY = datetime.timedelta(days=1)
 
+# The records and errors are imported from here by the API layer, the CLI and tests.
 __all__ = [
     "BUDGET_CACHE_SECONDS",
     "DEFAULT_WORKSPACE",
     "RESERVATION_TTL_SECONDS",
+    "UNSET",
+    "Amount",
     "ApiKey",
     "BudgetExceeded",
     "Conflict",
@@ -81,7 +97,6 @@ __all__ = [
     "SessionContext",
     "SessionQuery",
     "StoreError",
-    "UNSET",
     "UnpricedModel",
     "iso",
     "next_utc_midnight",
@@ -89,272 +104,9 @@ __all__ = [
 ]
 
 
-def utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
-
-
 def _stamp(moment: datetime.datetime) -> str:
     """A fixed-width UTC time: such stamps compare as text in the order of time."""
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Any = _Unset()  # a setting left as it is
-
-
-# -- what the store raises ---------------------------------------------------
-
-
-class StoreError(Exception):
-    """A request the store refused; ``message`` says what was wrong and how to fix it."""
-
-    status = 400
-
-    def __init__(self, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.extra = extra  # more fields of the error's JSON body
-
-
-class NotFound(StoreError):
-    status = 404
-
-
-class Conflict(StoreError):
-    status = 409
-
-
-class IdempotencyMismatch(StoreError):
-    status = 422
-
-
-class UnpricedModel(StoreError):
-    """A call the ledger cannot price, for an agent with a budget: refused unless the workspace allows it."""
-
-    status = 422
-
-
-class BudgetExceeded(StoreError):
-    """An amount that does not fit a budget; ``body`` is the published guardrail body."""
-
-    status = 429
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        super().__init__(str(body["error"]))
-        self.body = body
-        self.details: dict[str, Any] = body["details"]
-
-
-# -- records -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    workspace: str
-    created_at: str
-    revoked_at: Optional[str]
-
-
-@dataclass(frozen=True)
-class NewApiKey:
-    key: ApiKey
-    secret: str  # shown once, never stored
-
-
-@dataclass
-class PricedEvent:
-    """An event checked and priced by the API layer; the store settles its reservation and checks budgets."""
-
-    payload: dict[str, Any]
-    type: str
-    step_index: Optional[int]
-    cost_usd: Decimal = money.ZERO
-    cost_status: Optional[str] = None  # priced | unpriced | estimated; None for events that cost nothing
-    pricing_note: Optional[str] = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    provider: str = ""
-    model: str = ""
-    reservation_id: Optional[str] = None
-    usage_missing: bool = False
-    over_budget: bool = False
-    encoded: str = ""  # the payload's compact JSON, when the API layer already made it
-
-    def __post_init__(self) -> None:
-        self.cost_usd = money.exact(self.cost_usd)
-        if self.type == "llm_call" and self.cost_status is None:
-            self.cost_status = PRICED
-
-    @property
-    def priced(self) -> bool:
-        return self.cost_status != UNPRICED
-
-    def payload_json(self) -> str:
-        return self.encoded or money.dumps(self.payload)
-
-
-@dataclass(frozen=True)
-class ReservationRequest:
-    """``POST /v1/reservations``, checked and priced: ``amount`` None means the model has no price."""
-
-    session_id: str
-    provider: str
-    model: str
-    amount: Optional[Decimal]
-    max_cost_usd: Optional[Decimal] = None
-    step_index: Optional[int] = None
-    note: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    key: str
-    fingerprint: str  # method, path and body: the same key with another request is refused
-
-
-@dataclass
-class Reply:
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
-    raw: Optional[str] = None  # the JSON first sent, when this is a replay
-
-
-@dataclass(frozen=True)
-class SessionContext:
-    """Who and what a session is for, as ``POST /v1/sessions`` received it (already checked)."""
-
-    user_id: Optional[str] = None
-    tags: tuple[str, ...] = ()
-    metadata: Optional[dict[str, Any]] = None
-    parent_session_id: Optional[str] = None
-    max_cost_usd: Optional[Decimal] = None
-    warn_at_percent: Optional[Decimal] = None
-
-
-@dataclass
-class SessionQuery:
-    agent_name: Optional[str] = None
-    status: Optional[str] = None
-    user_id: Optional[str] = None
-    tags: tuple[str, ...] = ()  # a session must carry every one of them
-    started_after: Optional[str] = None
-    started_before: Optional[str] = None
-    limit: int = 50
-    cursor: Optional[int] = None
-    workspace: Optional[str] = None  # None: every workspace (the CLI)
-
-
-Amount = Union[Decimal, float, int, None]
-
-
-class LedgerStore(abc.ABC):
-    """What the API layer and the CLI need from storage."""
-
-    @abc.abstractmethod
-    def create_key(self, name: str, workspace: str = DEFAULT_WORKSPACE) -> NewApiKey: ...
-
-    @abc.abstractmethod
-    def list_keys(self) -> list[ApiKey]: ...
-
-    @abc.abstractmethod
-    def revoke_key(self, key_id: str) -> ApiKey: ...
-
-    @abc.abstractmethod
-    def authenticate(self, secret: str) -> Optional[str]:
-        """The workspace of a valid, unrevoked key; None otherwise."""
-
-    @abc.abstractmethod
-    def start_session(
-        self,
-        workspace: str,
-        agent_name: str,
-        idempotency: Optional[Idempotency],
-        context: Optional[SessionContext] = None,
-    ) -> Reply: ...
-
-    @abc.abstractmethod
-    def end_session(
-        self,
-        workspace: str,
-        session_id: str,
-        status: str,
-        error_message: Optional[str],
-        idempotency: Optional[Idempotency],
-    ) -> Reply: ...
-
-    @abc.abstractmethod
-    def append_events(
-        self, workspace: str, session_id: str, events: Sequence[PricedEvent], idempotency: Optional[Idempotency]
-    ) -> Reply:
-        """Store a batch whole; a 429 reply (stored too) when an unreserved LLM call went over a budget."""
-
-    @abc.abstractmethod
-    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply: ...
-
-    @abc.abstractmethod
-    def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency]) -> Reply: ...
-
-    @abc.abstractmethod
-    def get_session(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def list_sessions(self, query: SessionQuery) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def set_budget(
-        self,
-        workspace: str,
-        agent_name: str,
-        daily_limit_usd: Amount = UNSET,
-        *,
-        monthly_limit_usd: Amount = UNSET,
-        warn_at_percent: Amount = UNSET,
-    ) -> dict[str, Any]:
-        """Set an agent's limits; None removes one, UNSET leaves it as it is."""
-
-    @abc.abstractmethod
-    def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
-        """Each agent with a limit or spend this month: its limits, spend, reserved amount and what remains."""
-
-    @abc.abstractmethod
-    def set_workspace_budget(
-        self, workspace: str, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
-    ) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def workspace_budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]: ...
-
-    @abc.abstractmethod
-    def settings(self, workspace: str) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def set_settings(self, workspace: str, *, allow_unpriced_models: Optional[bool] = None) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def prices(self, workspace: str) -> dict[str, Rates]:
-        """The workspace's own prices, by key (``provider/model`` or ``model``, normalised)."""
-
-    @abc.abstractmethod
-    def set_price(self, workspace: str, name: str, rates: Rates) -> None: ...
-
-    @abc.abstractmethod
-    def remove_price(self, workspace: str, name: str) -> bool: ...
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def key_id_of(secret: str) -> Optional[str]:
@@ -371,131 +123,8 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    workspace TEXT NOT NULL,
-    key_hash TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    workspace TEXT NOT NULL,
-    agent_name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    error_message TEXT,
-    started_at TEXT NOT NULL,
-    ended_at TEXT,
-    tokens_in INTEGER NOT NULL DEFAULT 0,
-    tokens_out INTEGER NOT NULL DEFAULT 0,
-    event_count INTEGER NOT NULL DEFAULT 0,
-    unpriced_count INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS sessions_by_workspace ON sessions (workspace, seq);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id TEXT NOT NULL REFERENCES sessions (id),
-    step_index INTEGER,
-    type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    pricing_note TEXT,
-    received_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_session ON events (session_id, step_index, seq);
-CREATE TABLE IF NOT EXISTS agent_budgets (
-    workspace TEXT NOT NULL,
-    agent_name TEXT NOT NULL,
-    daily_limit TEXT,
-    monthly_limit TEXT,
-    warn_at_percent TEXT,
-    PRIMARY KEY (workspace, agent_name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS workspace_settings (
-    workspace TEXT PRIMARY KEY,
-    daily_limit TEXT,
-    warn_at_percent TEXT,
-    allow_unpriced INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS spend (
-    workspace TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    period TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    PRIMARY KEY (workspace, scope, subject, period)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY,
-    workspace TEXT NOT NULL,
-    session_id TEXT NOT NULL,
-    agent_name TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS reservations_by_expiry ON reservations (workspace, state, expires_at);
-CREATE TABLE IF NOT EXISTS prices (
-    workspace TEXT NOT NULL,
-    name TEXT NOT NULL,
-    input_per_mtok TEXT NOT NULL,
-    output_per_mtok TEXT NOT NULL,
-    cache_read_per_mtok TEXT,
-    cache_write_per_mtok TEXT,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (workspace, name)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS idempotency (
-    workspace TEXT NOT NULL,
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (workspace, key)
-) WITHOUT ROWID;
-"""
-
-# Columns added after the first schema: a database created before them gets them on open.
-_ADDED_COLUMNS = {
-    "sessions": {
-        "user_id": "TEXT",
-        "tags": "TEXT NOT NULL DEFAULT '[]'",
-        "metadata": "TEXT NOT NULL DEFAULT '{}'",
-        "parent_session_id": "TEXT",
-        # Exact amounts, as text (earlier versions kept a REAL cost_usd: see _migrate_amounts).
-        "cost": "TEXT NOT NULL DEFAULT '0'",
-        "estimated_count": "INTEGER NOT NULL DEFAULT 0",
-        "over_budget_count": "INTEGER NOT NULL DEFAULT 0",
-        "max_cost": "TEXT",
-        "warn_at_percent": "TEXT",
-    },
-    "events": {
-        "cost": "TEXT NOT NULL DEFAULT '0'",
-        "cost_status": "TEXT",
-        "over_budget": "INTEGER NOT NULL DEFAULT 0",
-    },
-}
-
-# Indexes on those columns, created once the columns exist.
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (workspace, user_id, seq);
-CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (workspace, parent_session_id);
-"""
-
-
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _legacy_amount(value: Any) -> Decimal:
-    """An amount an earlier version stored as a REAL: the shortest decimal that reads back as it."""
-    return money.exact(float(value or 0.0))
 
 
 def _optional_amount(value: Amount, name: str) -> Optional[Decimal]:
@@ -560,71 +189,12 @@ class SQLiteStore(LedgerStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            added: set[tuple[str, str]] = set()
-            for table, columns in _ADDED_COLUMNS.items():
-                present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
-                for column, definition in columns.items():
-                    if column not in present:
-                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-                        added.add((table, column))
-            for statement in _INDEXES.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            self._migrate_amounts(db, added)
+            create_or_upgrade(db)
         if created:
             for suffix in ("-wal", "-shm"):
                 companion = Path(f"{self.path}{suffix}")
                 if companion.exists():
                     os.chmod(companion, 0o600)
-
-    @staticmethod
-    def _migrate_amounts(db: sqlite3.Connection, added: set[tuple[str, str]]) -> None:
-        """Move what earlier versions stored as REAL (costs, budgets, daily spend) to exact text."""
-        tables = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if ("events", "cost") in added:
-            events = [r["name"] for r in db.execute("PRAGMA table_info(events)")]
-            if "cost_usd" in events:
-                rows = db.execute("SELECT seq, cost_usd, priced, type FROM events WHERE type = 'llm_call'").fetchall()
-                db.executemany(
-                    "UPDATE events SET cost = ?, cost_status = ? WHERE seq = ?",
-                    [
-                        (money.text(_legacy_amount(r["cost_usd"])), PRICED if r["priced"] else UNPRICED, r["seq"])
-                        for r in rows
-                    ],
-                )
-        if ("sessions", "cost") in added:
-            sessions = [r["name"] for r in db.execute("PRAGMA table_info(sessions)")]
-            if "cost_usd" in sessions:
-                rows = db.execute("SELECT seq, cost_usd FROM sessions WHERE cost_usd != 0").fetchall()
-                db.executemany(
-                    "UPDATE sessions SET cost = ? WHERE seq = ?",
-                    [(money.text(_legacy_amount(r["cost_usd"])), r["seq"]) for r in rows],
-                )
-        if "budgets" in tables:
-            for row in db.execute("SELECT workspace, agent_name, daily_limit_usd FROM budgets").fetchall():
-                db.execute(
-                    "INSERT OR IGNORE INTO agent_budgets (workspace, agent_name, daily_limit) VALUES (?, ?, ?)",
-                    (row["workspace"], row["agent_name"], money.text(_legacy_amount(row["daily_limit_usd"]))),
-                )
-            db.execute("DROP TABLE budgets")
-        if "daily_spend" in tables:
-            totals: dict[tuple[str, str, str, str], Decimal] = {}
-            for row in db.execute("SELECT workspace, agent_name, day, spent_usd FROM daily_spend").fetchall():
-                amount = _legacy_amount(row["spent_usd"])
-                for key in (
-                    (row["workspace"], AGENT_DAILY, row["agent_name"], row["day"]),
-                    (row["workspace"], AGENT_MONTHLY, row["agent_name"], row["day"][:7]),
-                    (row["workspace"], WORKSPACE_DAILY, "", row["day"]),
-                ):
-                    totals[key] = money.add(totals.get(key, money.ZERO), amount)
-            db.executemany(
-                "INSERT OR IGNORE INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?)",
-                [(*key, money.text(amount)) for key, amount in totals.items()],
-            )
-            db.execute("DROP TABLE daily_spend")
 
     def close(self) -> None:
         with self._lock:

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from .._constants import MAX_EVENT_BYTES
 from . import money
 from .pricing import TokenUsage
-from .storage import PricedEvent, SessionContext, StoreError
+from .records import PricedEvent, SessionContext, StoreError
 
 MAX_SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader keeps exact
 MAX_TOKENS = 10**12  # per event: far above any model, far below what a sum of 10,000 events can overflow
