@@ -293,6 +293,15 @@ def test_releasing_is_idempotent_and_private_to_the_workspace(http: httpx.Client
     assert settle(http, session_id, 10, held).status_code == 202  # released: an unreserved call, within budget
 
 
+def test_ending_a_session_releases_what_it_still_holds(http: httpx.Client, ledger: LocalLedger) -> None:
+    ledger.set_budget("ender", 1)
+    session_id = start(http, "ender")
+    assert reserve(http, session_id, maxCostUsd=0.4).status_code == 201
+    assert reserved_of(http, "ender") == Decimal("0.4")
+    assert http.post(f"/v1/sessions/{session_id}/end", json={"status": "error"}).status_code == 200
+    assert reserved_of(http, "ender") == 0
+
+
 def test_a_repeated_reservation_request_is_granted_once(http: httpx.Client, ledger: LocalLedger) -> None:
     ledger.set_budget("retrier", 1)
     session_id = start(http, "retrier")

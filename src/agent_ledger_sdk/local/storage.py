@@ -390,6 +390,11 @@ class SQLiteStore(LedgerStore):
                 "UPDATE sessions SET status = ?, error_message = ?, ended_at = ? WHERE id = ?",
                 (status, error_message, ended, session_id),
             )
+            # An ended session takes no more events: what it still holds can never be settled.
+            db.execute(
+                "UPDATE reservations SET state = 'released' WHERE workspace = ? AND session_id = ? AND state = 'held'",
+                (workspace, session_id),
+            )
             body = {"id": session_id, "status": status, "errorMessage": error_message, "endedAt": ended}
             return self._remember(db, workspace, idempotency, Reply(200, body))
 
