@@ -124,6 +124,8 @@ class Instrumentation:
         self.background = BackgroundDelivery(self)
         self.default_delivery: Delivery = self.background if batching else InlineDelivery(self, io, aio)
         _lifecycle.live.add(self)
+        if self.enabled and self.configured and _has_journal_files(self._journal_dir):
+            self.sender.start()  # what an earlier run left in the journal is delivered now
 
     @property
     def latch(self) -> GuardrailLatch:
@@ -275,6 +277,7 @@ class Instrumentation:
     def flush(self, timeout: Optional[float]) -> int:
         return self._sender.flush(timeout) if self._sender is not None else 0
 
+
     def close(self, timeout: Optional[float] = CLOSE_FLUSH_TIMEOUT) -> int:
         left = self._sender.close(timeout) if self._sender is not None else 0
         if left:
@@ -318,3 +321,12 @@ class Instrumentation:
         self.budgets.warnings = self.warnings
         for connection in self._connections:
             connection.forget_connections()
+
+
+def _has_journal_files(directory: Optional[Path]) -> bool:
+    if directory is None:
+        return False
+    try:
+        return any(name.endswith(".jsonl") for name in os.listdir(directory))
+    except OSError:
+        return False

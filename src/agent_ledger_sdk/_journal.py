@@ -85,7 +85,9 @@ class Journal:
         return self._bytes
 
     def is_empty(self) -> bool:
-        self._scan_once()
+        if not self._scanned:
+            with self._lock:
+                self._scan_once()
         return self._bytes == 0
 
     def after_fork(self) -> None:

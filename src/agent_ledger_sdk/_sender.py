@@ -186,18 +186,21 @@ class Sender:
         """At exit: write what is still in memory to the journal, for the next client to deliver.
 
         The sender thread holds the drain lock for a whole pass (a deep queue is
-        many requests): it is asked to let go after the request it is making.
+        many requests): it is asked to let go after the request it is making. If
+        that request does not end (a ledger that hangs, or is very slow), the rest
+        is journaled around it: the batch in flight stays the sender's.
         """
         if self.journal is None or not (self._queue or self._units):
             return
         self._handover = True
         try:
-            if not self._drain_lock.acquire(timeout=HANDOVER_WAIT):  # a request that hangs: leave it be
-                return
-            try:
-                self._move_to_journal()
-            finally:
-                self._drain_lock.release()
+            if self._drain_lock.acquire(timeout=HANDOVER_WAIT):
+                try:
+                    self._move_to_journal()
+                finally:
+                    self._drain_lock.release()
+            else:
+                self._move_to_journal(in_flight=True)
         finally:
             self._handover = False
 
@@ -296,7 +299,12 @@ class Sender:
     def _pending(self) -> bool:
         if self._queue or self._starts or self._units:
             return True
-        return self._spilling
+        return self._spilling or (self.journal is not None and not self.journal.is_empty())
+
+    def start(self) -> None:
+        """Start the thread now (to deliver a journal an earlier run left), if it is not running."""
+        if not self._thread_alive():
+            self._start()
 
     def _thread_alive(self) -> bool:
         thread = self._thread
@@ -484,12 +492,19 @@ class Sender:
                 self.journal.directory,
             )
 
-    def _move_to_journal(self) -> None:
+    def _move_to_journal(self, in_flight: bool = False) -> None:
+        """Write what memory holds to the journal; with ``in_flight``, all but what the sender is sending.
+
+        (Without the drain lock: the first unit, or the first start, may be in a
+        request that may yet be applied. It is left to the sender rather than
+        journaled, which could record it twice.)
+        """
         journal = self.journal
         assert journal is not None
         with self._lock:
             self._spilling = True
             records: list[str] = []
+            sending = self._units.popleft() if in_flight and self._units else None
             while self._units:
                 unit = self._units.popleft()
                 self._unit_bytes -= unit.size
@@ -509,7 +524,9 @@ class Sender:
                     records.append(
                         self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
                     )
-            while self._starts:
+            if sending is not None:
+                self._units.appendleft(sending)
+            while self._starts and not in_flight:
                 self._starts.popleft()
                 self._bytes -= HANDLE_BYTES
             # Memory is older than anything this process journaled already: it goes ahead of it.
@@ -565,7 +582,10 @@ class Sender:
         for _ in range(len(queue)):
             if self._handover:
                 break  # what is built so far becomes units; the rest stays queued, behind them
-            kind, handle, payload, size = queue.popleft()
+            try:
+                kind, handle, payload, size = queue.popleft()
+            except IndexError:  # journal_everything took the rest (a request of ours hung at exit)
+                break
             released += size
             if kind == EVENT:
                 encoded = encode(payload)
