@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from agent_ledger_sdk import AgentLedgerClient
@@ -85,17 +86,20 @@ def started(code: str, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
 
 
 def next_client(env: dict[str, str]) -> None:
-    """A later process with the same key, ledger and home: it delivers what earlier ones left in the journal."""
+    """A later process with the same key, ledger and home, that only makes a client and flushes it.
+
+    It delivers what earlier processes left in the journal.
+    """
     result = run_script(
         """
         import agent_ledger_sdk
 
-        with agent_ledger_sdk.session("next-client"):
-            pass
+        print(agent_ledger_sdk.get_client().flush(10))
         """,
         env,
     )
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0", result.stderr  # nothing left
     assert "agent-ledger" not in result.stderr, result.stderr
 
 
@@ -164,7 +168,7 @@ def producer():  # keeps the parent's sender busy the whole time
     while not stop.is_set():
         work(i)
         i += 1
-        if i % 10 == 0:
+        if i % 4 == 0:
             time.sleep(0.001)
     produced.append(i)
 
@@ -224,8 +228,14 @@ def test_children_forked_at_any_moment_record_everything_and_so_does_the_parent(
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["failures"] == {}, f"seed {seed}: children that failed or hung: {report}"
     assert report["left"] == 0
-    # Children share the parent's stderr: no warning (events lost, internal error) from any of them.
-    assert "agent-ledger" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # Children share the parent's stderr. On a loaded machine a child may still be waiting
+    # for the ledger when its exit hook's EXIT_FLUSH_TIMEOUT ends: then it says what it left
+    # in the journal, and the next client delivers it. Any other word is a loss or a bug.
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    journaled = [line for line in warnings if "were not delivered before exit; they wait in the journal" in line]
+    assert [line for line in warnings if line not in journaled] == [], result.stderr
+    if journaled:
+        next_client(ledger.env())
 
     recorded = {s["agentName"]: s for s in ledger.sessions()}
     wrong = {}
@@ -235,7 +245,7 @@ def test_children_forked_at_any_moment_record_everything_and_so_does_the_parent(
         got = None if session is None else (session["eventCount"], session["status"])
         if got != (expected, "success"):
             wrong[k] = (got, expected)
-    assert wrong == {}, f"seed {seed}: children whose events were not all recorded: {wrong}"
+    assert wrong == {}, f"seed {seed}: children whose events were not all recorded: {wrong}; {journaled}"
     parent = recorded["fork-parent"]
     assert report["produced"] > 500  # the parent's sender was busy while the children were forked
     assert (parent["eventCount"], parent["status"]) == (2 * report["produced"], "success")
@@ -269,34 +279,6 @@ next(gen)  # left open: the exit hook ends its session
 """
 
 
-@pytest.mark.integration
-def test_what_a_process_leaves_when_the_ledger_is_down_at_exit_is_delivered_by_the_next_one(tmp_path: Path) -> None:
-    db, port = tmp_path / "ledger.db", free_port()
-    with ledger_on(db, port) as ledger:
-        env = ledger.env()
-    # The ledger is down now.
-    began = time.monotonic()
-    first = run_script(AN_AGENT_THAT_EXITS, env)
-    elapsed = time.monotonic() - began
-    assert first.returncode == 0, first.stderr
-    assert elapsed < EXIT_FLUSH_TIMEOUT + 5
-    assert "they wait in the journal" in first.stderr
-    assert journal_files()
-
-    with ledger_on(db, port) as ledger:  # the same address and database, up again
-        assert ledger.url == env["AGENT_LEDGER_BASE_URL"]
-        assert ledger.sessions("offline-at-exit") == []
-        next_client(env)
-        (job,) = ledger.sessions("offline-at-exit")
-        assert (job["eventCount"], job["status"]) == (100, "success")  # each event once
-        assert arrival_steps(ledger.db_path, job["id"]) == tool_steps(50)
-        (abandoned,) = ledger.sessions("left-open")
-        assert (abandoned["eventCount"], abandoned["status"]) == (2, "error")
-        assert abandoned["errorMessage"] == "Session still open at interpreter exit"
-        assert journal_files() == []  # delivered, and its files removed
-        assert {s["status"] for s in ledger.sessions()} == {"success", "error"}
-
-
 class _Overloaded(BaseHTTPRequestHandler):
     """A ledger that answers 503 to everything, and counts what it was asked."""
 
@@ -317,42 +299,64 @@ class _Overloaded(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def ledger_that_is(state: str, port: int) -> Iterator[None]:
+    """Nothing on ``port`` (down), a server that answers 503 (failing), or one that never answers (hanging)."""
+    if state == "down":
+        yield
+    elif state == "failing":
+        _Overloaded.requests = []
+        overloaded = ThreadingHTTPServer(("127.0.0.1", port), _Overloaded)
+        threading.Thread(target=overloaded.serve_forever, daemon=True).start()
+        try:
+            yield
+        finally:
+            overloaded.shutdown()
+            overloaded.server_close()
+    else:
+        with socket.socket() as silent:
+            silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            silent.bind(("127.0.0.1", port))
+            silent.listen(64)
+            yield
+
+
 @pytest.mark.integration
-def test_an_exiting_process_retries_a_failing_ledger_with_backoff_then_leaves_its_events_in_the_journal(
-    tmp_path: Path,
+@pytest.mark.parametrize("state", ["down", "failing", "hanging"])
+def test_what_a_process_leaves_at_exit_when_the_ledger_is_not_there_is_delivered_by_the_next_one(
+    tmp_path: Path, state: str
 ) -> None:
     db, port = tmp_path / "ledger.db", free_port()
     with ledger_on(db, port) as ledger:
         env = ledger.env()
-    _Overloaded.requests = []
-    overloaded = ThreadingHTTPServer(("127.0.0.1", port), _Overloaded)
-    serving = threading.Thread(target=overloaded.serve_forever, daemon=True)
-    serving.start()
-    try:
+    with ledger_that_is(state, port):
+        began = time.monotonic()
         first = run_script(AN_AGENT_THAT_EXITS, env)
-    finally:
-        overloaded.shutdown()
-        overloaded.server_close()
+        elapsed = time.monotonic() - began
     assert first.returncode == 0, first.stderr
+    assert elapsed < EXIT_FLUSH_TIMEOUT + 4  # bounded, whatever the ledger does
     assert "they wait in the journal" in first.stderr
-    # The exit hook waits up to EXIT_FLUSH_TIMEOUT s for a failing ledger: with backoff
-    # (0.25, 0.5, 1, 2 s...), that is a few tries, not one every few milliseconds.
-    assert 1 <= len(_Overloaded.requests) <= 8, _Overloaded.requests
+    assert journal_files()
+    if state == "failing":
+        # For its EXIT_FLUSH_TIMEOUT s the exit hook retries with backoff (0.25, 0.5, 1, 2 s...):
+        # a few tries, not one every few milliseconds.
+        assert 1 <= len(_Overloaded.requests) <= 8, _Overloaded.requests
 
-    with ledger_on(db, port) as ledger:
+    with ledger_on(db, port) as ledger:  # the same address and database, up (again)
+        assert ledger.url == env["AGENT_LEDGER_BASE_URL"]
+        assert ledger.sessions("offline-at-exit") == []
         next_client(env)
         (job,) = ledger.sessions("offline-at-exit")
-        assert (job["eventCount"], job["status"]) == (100, "success")
+        assert (job["eventCount"], job["status"]) == (100, "success")  # each event once
+        assert arrival_steps(ledger.db_path, job["id"]) == tool_steps(50)
         (abandoned,) = ledger.sessions("left-open")
         assert (abandoned["eventCount"], abandoned["status"]) == (2, "error")
+        assert abandoned["errorMessage"] == "Session still open at interpreter exit"
+        assert journal_files() == []  # delivered, and its files removed
+        assert "running" not in {s["status"] for s in ledger.sessions()}
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    strict=True,
-    reason="a client that records nothing never starts its sender, so it never claims the journal it finds "
-    "(Instrumentation.flush returns 0 without a sender); orphans wait for a client that records something",
-)
 def test_a_client_that_only_flushes_delivers_the_journal_it_finds(tmp_path: Path) -> None:
     db, port = tmp_path / "ledger.db", free_port()
     with ledger_on(db, port) as ledger:
@@ -363,9 +367,11 @@ def test_a_client_that_only_flushes_delivers_the_journal_it_finds(tmp_path: Path
     assert offline.close(timeout=0.3) > 0  # left in the journal
     with ledger_on(db, port) as ledger:
         later = AgentLedgerClient(api_key=key, base_url=url, journal=tmp_path / "journal")
-        later.flush(10)
+        assert later.flush(10) == 0
         later.close()
-        assert [s["eventCount"] for s in ledger.sessions("journaled")] == [1]
+        (summary,) = ledger.sessions("journaled")
+        assert (summary["eventCount"], summary["status"]) == (1, "success")
+        assert list((tmp_path / "journal").glob("*.jsonl")) == []
 
 
 # -- an outage shorter than the retry window ----------------------------------------
@@ -422,6 +428,52 @@ def test_an_outage_shorter_than_the_retry_window_loses_nothing_and_keeps_the_ord
         assert (stats.sent, stats.failed, stats.dropped) == (2 * calls[0] + 2, 0, 0)
         assert stats.journaled_bytes == 0  # it never needed the journal
         client.close()
+
+
+@pytest.mark.integration
+def test_a_batch_the_ledger_applied_without_answering_is_recorded_once_after_the_journal(
+    ledger: Any, tmp_path: Path
+) -> None:
+    # A proxy loses the ledger's answer to the first batch; with retry_window=0 that batch goes
+    # straight to the journal, where the events recorded next follow it: journal records of one
+    # session are sent merged, under a new key, but not the one that may have been applied.
+    real = httpx.HTTPTransport()
+    lost: list[str] = []
+
+    class LosesTheFirstAnswer(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = real.handle_request(request)
+            if request.url.path == "/v1/events" and not lost:
+                lost.append(request.headers["idempotency-key"])
+                response.read()
+                return httpx.Response(502, json={"error": "the proxy lost the answer"})
+            return response
+
+    client = AgentLedgerClient(
+        api_key=ledger.api_key,
+        base_url=ledger.url,
+        transport=LosesTheFirstAnswer(),
+        retry_window=0,
+        journal=tmp_path / "journal",
+    )
+
+    @client.tool
+    def work(i: int) -> int:
+        return i
+
+    with client.session("answer-lost"):
+        for i in range(50):
+            work(i)
+        time.sleep(0.05)  # the first batch is sent and its answer lost
+        for i in range(50, 100):
+            work(i)
+    assert client.flush(10) == 0
+    client.close()
+    real.close()
+    assert lost
+    (summary,) = ledger.sessions("answer-lost")
+    assert (summary["eventCount"], summary["status"]) == (200, "success")
+    assert arrival_steps(ledger.db_path, summary["id"]) == tool_steps(100)
 
 
 # -- SIGTERM ------------------------------------------------------------------------
@@ -632,5 +684,5 @@ def test_session_id_is_the_id_the_ledger_recorded(ledger: Any) -> None:
     (first, waited), (second, again) = json.loads(result.stdout)
     (summary,) = ledger.sessions("identified")
     assert first == second == summary["id"]
-    assert waited < ID_WAIT_TIMEOUT and again < 0.01  # known after one round trip, then at once
+    assert waited < ID_WAIT_TIMEOUT and again < 0.1  # known after one round trip, then at once
     assert (summary["eventCount"], summary["status"]) == (1, "success")

@@ -370,8 +370,11 @@ class Sender:
         *,
         encoded: Optional[list[str]] = None,
         body: Optional[dict[str, Any]] = None,
+        attempted: bool = False,
     ) -> str:
         head: dict[str, Any] = {"t": kind, "k": handle.key, "i": key, "a": handle.agent_name}
+        if attempted:
+            head["r"] = 1  # sent before, maybe applied: only its own key may send it again (never merged)
         if handle._id is not None:
             head["id"] = handle._id
         elif handle._state != FAILED:
@@ -493,25 +496,28 @@ class Sender:
             )
 
     def _move_to_journal(self, in_flight: bool = False) -> None:
-        """Write what memory holds to the journal; with ``in_flight``, all but what the sender is sending.
+        """Write what memory holds to the journal.
 
-        (Without the drain lock: the first unit, or the first start, may be in a
-        request that may yet be applied. It is left to the sender rather than
-        journaled, which could record it twice.)
+        The first unit may have been sent already (a failed try, applied but not
+        answered), or, with ``in_flight`` (no drain lock), be in a request right
+        now, which the sender finishes: it is journaled with its own key, marked
+        never to be merged with the records after it under another key.
         """
         journal = self.journal
         assert journal is not None
         with self._lock:
             self._spilling = True
             records: list[str] = []
-            sending = self._units.popleft() if in_flight and self._units else None
+            sending = self._units[0] if in_flight and self._units else None
+            attempted = True
             while self._units:
                 unit = self._units.popleft()
                 self._unit_bytes -= unit.size
                 if unit.kind == EVENT:
-                    records.append(self._record(unit.handle, "e", unit.key, encoded=unit.encoded))
+                    records.append(self._record(unit.handle, "e", unit.key, encoded=unit.encoded, attempted=attempted))
                 else:
                     records.append(self._record(unit.handle, "x", unit.key, body=unit.body))
+                attempted = False
             while self._queue:
                 kind, handle, payload, size = self._queue.popleft()
                 self._bytes -= size
@@ -524,8 +530,9 @@ class Sender:
                     records.append(
                         self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
                     )
-            if sending is not None:
+            if sending is not None:  # the sender pops it once its request ends
                 self._units.appendleft(sending)
+                self._unit_bytes += sending.size
             while self._starts and not in_flight:
                 self._starts.popleft()
                 self._bytes -= HANDLE_BYTES
@@ -748,6 +755,8 @@ def _merged(records: list[tuple[dict[str, Any], int]], limit: int) -> list[tuple
             last, last_size = merged[-1]
             if (
                 last.get("t") == "e"
+                and "r" not in last
+                and "r" not in record
                 and last.get("k") == record.get("k")
                 and len(last["e"]) + len(record.get("e") or ()) <= limit
             ):
