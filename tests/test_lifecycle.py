@@ -476,6 +476,53 @@ def test_a_batch_the_ledger_applied_without_answering_is_recorded_once_after_the
     assert arrival_steps(ledger.db_path, summary["id"]) == tool_steps(100)
 
 
+@pytest.mark.integration
+def test_a_journal_request_the_ledger_applied_without_answering_is_recorded_once(ledger: Any, tmp_path: Path) -> None:
+    # Past a small memory bound events go to the journal one by one, and are sent from there
+    # merged, many records a request. The answer to the first merged request is lost; by its
+    # retry more records are journaled: it must be made again as it was (same records, same key).
+    real = httpx.HTTPTransport()
+    lost: list[str] = []
+    answer_lost = threading.Event()
+
+    class LosesTheFirstMergedAnswer(httpx.BaseTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            response = real.handle_request(request)
+            key = request.headers.get("idempotency-key", "")
+            if request.url.path == "/v1/events" and "-m" in key and not lost:
+                lost.append(key)
+                response.read()
+                answer_lost.set()
+                return httpx.Response(502, json={"error": "the proxy lost the answer"})
+            return response
+
+    client = AgentLedgerClient(
+        api_key=ledger.api_key,
+        base_url=ledger.url,
+        transport=LosesTheFirstMergedAnswer(),
+        max_queue_bytes=16 * 1024,
+        journal=tmp_path / "journal",
+    )
+
+    @client.tool
+    def work(i: int) -> int:
+        return i
+
+    with client.session("merged-answer-lost"):
+        for i in range(100):
+            work(i)
+        assert answer_lost.wait(10)
+        for i in range(100, 300):  # journaled while the lost request waits for its retry (0.25 s)
+            work(i)
+    assert client.flush(20) == 0
+    client.close()
+    real.close()
+    assert lost
+    (summary,) = ledger.sessions("merged-answer-lost")
+    assert (summary["eventCount"], summary["status"]) == (600, "success")
+    assert arrival_steps(ledger.db_path, summary["id"]) == tool_steps(300)
+
+
 # -- SIGTERM ------------------------------------------------------------------------
 
 

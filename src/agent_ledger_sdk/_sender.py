@@ -149,6 +149,9 @@ class Sender:
         self._stall_since: Optional[float] = None
         self._backoff = 0.0
         self._session_ids: dict[str, str] = {}  # session key -> id, for journal records
+        # The journal request that failed last (its first record's key, how many records it merged):
+        # it is tried again as it was, whatever was journaled since (see _merged).
+        self._journal_retry: Optional[tuple[str, int]] = None
 
     def before_fork(self) -> None:
         """Hold the queue's lock across fork(): the child never inherits the queue mid-update.
@@ -706,10 +709,18 @@ class Sender:
                         self._spilling = False
                         logger.info("agent-ledger: the journal is delivered; events go through memory again")
                 return
-            for record, size in _merged(records, MAX_BATCH_SIZE):
+            for record, size in _merged(records, MAX_BATCH_SIZE, self._journal_retry):
                 if self._handover:
                     raise _Handover
-                self._deliver_record(record)  # raises _Stall: the record is read again next time
+                try:
+                    self._deliver_record(record)  # raises _Stall: the record is read again next time
+                except _Stall:
+                    first = str(record.get("i"))
+                    if "m" in record:  # merged: its key is the first record's, with "-m<count>"
+                        first = first.rsplit("-m", 1)[0]
+                    self._journal_retry = (first, int(record.get("m", 1)))
+                    raise
+                self._journal_retry = None
                 journal.consume(size)
 
     def _deliver_record(self, record: dict[str, Any]) -> None:
@@ -743,18 +754,24 @@ class Sender:
         self._send(handle, session_id, [dumps(event) for event in events], str(record.get("i")))  # type: ignore[arg-type]
 
 
-def _merged(records: list[tuple[dict[str, Any], int]], limit: int) -> list[tuple[dict[str, Any], int]]:
+def _merged(
+    records: list[tuple[dict[str, Any], int]], limit: int, retry: Optional[tuple[str, int]] = None
+) -> list[tuple[dict[str, Any], int]]:
     """Consecutive event records of one session as one request (spilled one event at a time, sent in batches).
 
     The merged request's idempotency key is made from its first record's and its
-    length: the same records read again merge the same way, under the same key.
+    length. A request that failed (``retry``: its first key and length) may have
+    been applied: it is made again with the same records, under the same key,
+    even if more were journaled since (read again, they would merge further).
     """
+    cap = retry[1] if retry is not None and records and records[0][0].get("i") == retry[0] else limit
     merged: list[tuple[dict[str, Any], int]] = []
     for record, size in records:
         if merged and record.get("t") == "e":
             last, last_size = merged[-1]
             if (
                 last.get("t") == "e"
+                and (len(merged) > 1 or last.get("m", 1) < cap)
                 and "r" not in last
                 and "r" not in record
                 and last.get("k") == record.get("k")
