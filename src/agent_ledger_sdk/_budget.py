@@ -158,7 +158,8 @@ class Budgets:
         if isinstance(exc, BudgetGuardrailError):
             raise exc
         if isinstance(exc, APIStatusError):
-            if exc.status_code == 422 and "price" in str(exc).lower():
+            body = exc.body if isinstance(exc.body, dict) else {}
+            if exc.status_code == 422 and (body.get("code") == "unpriced_model" or "no price" in str(exc).lower()):
                 raise UnpricedModelError(str(exc), response=exc.response) from None
             if exc.status_code in (404, 405) and "session" not in str(exc).lower():
                 self.supported = False
