@@ -389,6 +389,43 @@ os._exit(0)  # not the exit handler: it would wait for the ledger
 """
 
 
+FIRST_CALL_SCRIPT = """
+import json, os, sys, time
+from agent_ledger_sdk import AgentLedgerClient
+
+key, url, sessions = sys.argv[1], sys.argv[2], int(sys.argv[3])
+client = AgentLedgerClient(api_key=key, base_url=url, max_retries=0, timeout=0.5, journal=False)
+
+def block():
+    with client.llm_call(provider="openai", model="gpt-4o-mini", prompt="q") as call:
+        call.record(response="a", tokens_in=10, tokens_out=2)
+
+with client.session("warm-up"):  # the sender thread, its imports and its connection
+    block()
+samples = []
+for i in range(sessions):
+    with client.session(f"agent-{i}"):  # an agent the client has not seen yet
+        started = time.perf_counter()
+        block()
+        samples.append((time.perf_counter() - started) * 1e6)
+print(json.dumps(samples))
+sys.stdout.flush()
+os._exit(0)  # not the exit handler: with the ledger down it would wait for it
+"""
+
+
+def first_llm_call_us(key: str, url: str, sessions: int) -> float:
+    """Median µs of the first ``llm_call`` block of a session (a new agent each), in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", FIRST_CALL_SCRIPT, key, url, str(sessions)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=STEP_TIMEOUT,
+    )
+    return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def free_port() -> int:
     """A port with nothing listening on it (taken from the OS, then let go)."""
     import socket
@@ -447,6 +484,8 @@ def import_ms(repeats: int) -> float:
 
 
 def _us(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f} µs"
     return f"{0.0 if abs(value) < 0.005 else value:.2f} µs"  # never print "-0.00"
 
 
@@ -525,6 +564,21 @@ def main() -> None:
                         "-",
                     )
                 )
+        first_sessions = 3 if quick else 10
+        rows.append(
+            (
+                "`llm_call` block, first of a session (a new agent), ledger up",
+                _us(first_llm_call_us(ledger.key, ledger.url, first_sessions)),
+                "<= 5 µs",
+            )
+        )
+        rows.append(
+            (
+                "`llm_call` block, first of a session (a new agent), ledger down",
+                _us(first_llm_call_us("k", f"http://127.0.0.1:{free_port()}", first_sessions)),
+                "<= 5 µs",
+            )
+        )
         inline = inline_per_event(ledger, 300 if quick else 1000, 3 if quick else 5)
         published = inline.get("published")
         rows.append(

@@ -27,6 +27,8 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
         "`llm_call` block, 50 KB prompt as one string, background",
         "`llm_call` block, 50 KB prompt as 100 chat messages of 500 chars, background",
         "`@tool` call over the plain call, disabled",
+        "`llm_call` block, first of a session (a new agent), ledger up",
+        "`llm_call` block, first of a session (a new agent), ledger down",
         "inline, µs per event: `log_tool_call`",
         "end to end, helpers to ledger, one process",
         "`import agent_ledger_sdk`",
