@@ -117,9 +117,11 @@ class Budgets:
 
     def reserve(self, io: LedgerIO, handle: SessionHandle, body_of: Any) -> Optional[str]:
         """Reserve before the call runs: the reservation's id, None if none is needed; raises if refused."""
-        session_id = handle.id
+        session_id = handle.id  # waits (once, at most 2 s) for a session the sender is starting
         if session_id is None:
             return self._unchecked(handle, "its session is not started (is the ledger reachable?)")
+        if handle.budgeted is False:
+            return None  # its start said there is no budget: no request
         try:
             answer = io.reserve(body_of(session_id), _key())
         except Exception as exc:
@@ -130,6 +132,8 @@ class Budgets:
         session_id = handle._id
         if session_id is None:
             return self._unchecked(handle, "its session is not started (is the ledger reachable?)")
+        if handle.budgeted is False:
+            return None
         try:
             answer = await aio.areserve(body_of(session_id), _key())
         except Exception as exc:

@@ -158,7 +158,7 @@ class LLMCall:
         if aio is None:  # a sync client in async code: its blocking round trip runs in a thread
             await asyncio.get_running_loop().run_in_executor(None, self._reserve, handle)
             return
-        if handle._state == PENDING:  # started by the sender thread: wait for its id off the loop
+        if handle._state == PENDING and not handle._waited:  # started by the sender: wait for its id off the loop
             await asyncio.get_running_loop().run_in_executor(None, lambda: handle.id)
         self._reservation = await instrumentation.budgets.areserve(aio, handle, self._reservation_body(handle))
 

@@ -57,8 +57,8 @@ MAX_BACKOFF = 5.0
 SHUTDOWN_DRAIN = 2.0  # seconds a caller spends delivering its own events when no thread can start
 FORK_IMPORT_WAIT = 2.0  # seconds fork() waits for the sender thread to finish its first imports
 HANDOVER_WAIT = 1.0  # seconds the exit path waits for the sender to finish the request it is making
-ITEM_BYTES = 160  # what a queued item costs beyond its values: tuple, deque slot, event dict
-HANDLE_BYTES = 512  # a session handle kept alive by the queue
+ITEM_BYTES = 300  # what a queued item costs beyond its values: tuple, deque slot, event dict (measured)
+HANDLE_BYTES = 800  # a session handle kept alive by the queue (measured)
 
 
 class _Unit:
@@ -232,10 +232,12 @@ class Sender:
         ):
             self._spill(kind, handle, payload)
             return
-        with self._lock:
-            self._queue.append((kind, handle, payload, size))
-            self._bytes += size
-            queued = len(self._queue)
+        # No lock on the agent's path: deque.append is atomic, and the byte count is a bound,
+        # not an account (an update lost to a thread switch is corrected when the queue drains).
+        self._bytes += size
+        queue = self._queue
+        queue.append((kind, handle, payload, size))
+        queued = len(queue)
         if self._thread is None or self._closed or self._no_thread:
             self._start()
             if self._no_thread:
@@ -246,9 +248,8 @@ class Sender:
     def submit_start(self, handle: SessionHandle) -> None:
         if self._spilling or self._bytes + self._unit_bytes + HANDLE_BYTES > self.max_queue_bytes:
             return  # the session is started with its first delivered record instead
-        with self._lock:
-            self._starts.append(handle)
-            self._bytes += HANDLE_BYTES
+        self._bytes += HANDLE_BYTES
+        self._starts.append(handle)
         if self._thread is None or self._closed or self._no_thread:
             self._start()
             if self._no_thread:
@@ -257,6 +258,8 @@ class Sender:
             self._wake.set()
 
     def wait_started(self, handle: SessionHandle, timeout: float) -> None:
+        if self._stall_since is not None or self._spilling:
+            return  # the ledger is failing (or far behind): don't make the agent wait for it
         deadline = time.monotonic() + timeout
         self._wake.set()
         with self._started_cond:
@@ -477,6 +480,8 @@ class Sender:
                 logger.info("agent-ledger: the ledger answers again; delivering what waited")
             self._stall_since = None
             self._backoff = 0.0
+            if not self._queue and not self._starts:
+                self._bytes = 0  # drained: forget any update a thread switch lost on the agent's side
 
     def _stalled(self, cause: BaseException) -> None:
         now = time.monotonic()
@@ -523,7 +528,7 @@ class Sender:
                 attempted = False
             while self._queue:
                 kind, handle, payload, size = self._queue.popleft()
-                self._bytes -= size
+                self._bytes = max(0, self._bytes - size)
                 if kind == EVENT:
                     encoded = self._owner.pipeline.encode(payload)
                     if encoded is not None:
@@ -538,7 +543,7 @@ class Sender:
                 self._unit_bytes += sending.size
             while self._starts and not in_flight:
                 self._starts.popleft()
-                self._bytes -= HANDLE_BYTES
+                self._bytes = max(0, self._bytes - HANDLE_BYTES)
             # Memory is older than anything this process journaled already: it goes ahead of it.
             if records and not journal.prepend(records):
                 events = sum(1 for r in records if r.startswith('{"t":"e"'))
@@ -555,7 +560,7 @@ class Sender:
                 self._ensure_started(handle)
             with self._lock:
                 self._starts.popleft()
-                self._bytes -= HANDLE_BYTES
+                self._bytes = max(0, self._bytes - HANDLE_BYTES)
 
     def _ensure_started(self, handle: SessionHandle) -> Optional[str]:
         if handle._state != PENDING:
@@ -620,7 +625,7 @@ class Sender:
         for handle, batch in pending.items():
             built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=pending_size[handle]))
         with self._lock:
-            self._bytes -= released
+            self._bytes = max(0, self._bytes - released)
             for unit in built:
                 self._units.append(unit)
                 self._unit_bytes += unit.size

@@ -42,6 +42,7 @@ class SessionHandle:
         "_instrumentation",
         "_state",
         "_steps",
+        "_waited",
         "agent_name",
         "budgeted",
         "ended",
@@ -80,6 +81,7 @@ class SessionHandle:
         self._delivery = delivery
         self._id: Optional[str] = None
         self._state = PENDING
+        self._waited = False  # SessionHandle.id waits for the start once, not on every read
         self._background = False  # once any event went to the sender, all the rest follow it, in order
         self._steps = itertools.count()  # next() on it is atomic: no lock on the hot path
         self.key = session_key()
@@ -92,10 +94,11 @@ class SessionHandle:
         """The id the ledger gave the session; None if it is not known (yet).
 
         With background sending the session is started by the sender thread, so
-        the first read may wait for it, at most ``ID_WAIT_TIMEOUT`` (2 s); during
-        an outage it returns None rather than block the agent.
+        the first read may wait for it, at most ``ID_WAIT_TIMEOUT`` (2 s), once:
+        during an outage it returns None rather than block the agent again.
         """
-        if self._state == PENDING:
+        if self._state == PENDING and not self._waited:
+            self._waited = True
             self._delivery.wait_started(self, ID_WAIT_TIMEOUT)
         return self._id
 
