@@ -597,7 +597,8 @@ def test_sigterm_in_the_middle_of_a_flood_loses_nothing_that_was_recorded(ledger
 @needs_sigterm
 def test_sigterm_that_interrupts_the_thread_while_it_queues_an_event_still_delivers(ledger: Any) -> None:
     # The handler runs on the main thread, between two bytecodes of whatever it was doing:
-    # here, as when a signal lands in the few lines where the SDK holds its queue's lock.
+    # here, as when a signal lands while the SDK holds its queue's lock on that thread
+    # (spilling an event to the journal, starting the sender).
     code = """
         import os, signal, time
         import agent_ledger_sdk
