@@ -26,12 +26,16 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ._exceptions import APIStatusError, BudgetGuardrailError, UnpricedModelError, describe_error
+from ._session import PENDING
 from ._stats import RateLimitedWarnings, logger
 
 if TYPE_CHECKING:
     from ._http import LedgerIO, LoopBridge
     from ._session import SessionHandle
 
+# How long a budgeted LLM call waits for its session's start (sent by the sender thread) before it
+# runs unchecked; not at all while the ledger is failing.
+START_WAIT = 30.0
 # The output tokens a reservation assumes when the call says nothing (no max_tokens=, no max_cost_usd=).
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Input tokens are estimated from the prompt's JSON: at most one token per byte is an upper bound
@@ -86,6 +90,7 @@ class Budgets:
     def __init__(self, warnings: RateLimitedWarnings) -> None:
         self.latch = GuardrailLatch()
         self.warnings = warnings
+        self.start_wait = START_WAIT
         self.supported: Optional[bool] = None  # does the ledger have /v1/reservations? None: not known yet
         self._unbudgeted: dict[str, float] = {}  # agent -> until when (monotonic) it is known to have no budget
 
@@ -117,7 +122,9 @@ class Budgets:
 
     def reserve(self, io: LedgerIO, handle: SessionHandle, body_of: Any) -> Optional[str]:
         """Reserve before the call runs: the reservation's id, None if none is needed; raises if refused."""
-        session_id = handle.id  # waits (once, at most 2 s) for a session the sender is starting
+        if handle._state == PENDING:  # the sender is starting it: a budget check needs its id
+            handle._delivery.wait_started(handle, self.start_wait)
+        session_id = handle._id
         if session_id is None:
             return self._unchecked(handle, "its session is not started (is the ledger reachable?)")
         if handle.budgeted is False:

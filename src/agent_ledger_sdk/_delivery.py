@@ -44,15 +44,15 @@ class BackgroundDelivery:
     def __init__(self, owner: Instrumentation) -> None:
         self.owner = owner
 
+    def emit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
+        self.owner.sender.submit(EVENT, handle, event, size)
+
     def start(self, handle: SessionHandle) -> None:
         self.owner.sender.submit_start(handle)
 
     async def astart(self, handle: SessionHandle) -> None:
         self.owner.note_loop()
         self.owner.sender.submit_start(handle)
-
-    def emit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
-        self.owner.sender.submit(EVENT, handle, event, size)
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
         self.owner.sender.submit(EVENT, handle, event, size)

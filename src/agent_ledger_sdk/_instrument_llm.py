@@ -85,8 +85,8 @@ class LLMCall:
         self._perf_started = 0.0
         self._started_at = 0.0
         self._prompt_size = 0
-        self._span = ""
-        self._parent_span: Optional[str] = None
+        self._span = 0
+        self._parent_span: Optional[int] = None
         self._token: Any = None
         self._max_cost_usd = max_cost_usd
         self._reservation: Optional[str] = None
@@ -158,8 +158,10 @@ class LLMCall:
         if aio is None:  # a sync client in async code: its blocking round trip runs in a thread
             await asyncio.get_running_loop().run_in_executor(None, self._reserve, handle)
             return
-        if handle._state == PENDING and not handle._waited:  # started by the sender: wait for its id off the loop
-            await asyncio.get_running_loop().run_in_executor(None, lambda: handle.id)
+        if handle._state == PENDING:  # started by the sender: wait for its id off the loop
+            await asyncio.get_running_loop().run_in_executor(
+                None, handle._delivery.wait_started, handle, instrumentation.budgets.start_wait
+            )
         self._reservation = await instrumentation.budgets.areserve(aio, handle, self._reservation_body(handle))
 
     def _begin(self) -> None:

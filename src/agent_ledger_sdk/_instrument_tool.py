@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 
 from ._context import current_session_var
 from ._events import TOOL_CALL, TOOL_RESULT
+from ._exceptions import BudgetGuardrailError
 from ._instrument_wrapping import (
     PASS_THROUGH,
     F,
@@ -24,9 +25,9 @@ from ._instrument_wrapping import (
     rewrap_descriptor,
 )
 from ._session import SessionHandle
-from ._snapshot import snapshot_sized, snapshot_values
+from ._snapshot import Lazy, snapshot_arguments, snapshot_sized, snapshot_values
 from ._spans import current_span_var, new_span_id, wall_clock
-from ._stats import logger
+from ._stats import internal_error, logger
 
 NOT_CAPTURED = "[not captured]"
 # A generator tool's toolOutput: the first items it yielded, and how many in all.
@@ -44,7 +45,7 @@ class _ToolCall:
     def __init__(self, handle: SessionHandle, name: str) -> None:
         self.handle = handle
         self.name = name
-        self.step = handle.next_step()
+        self.step = next(handle._steps)
         self.span = new_span_id()
         self.parent_span = current_span_var.get()
         self.started_at = wall_clock()
@@ -117,22 +118,29 @@ class _ToolRun(Run):
         await aemit_quietly(self.call.handle, self._event(exc), self.size)
 
 
-def _input_binder(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], Any]:
+Binder = Callable[[tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _input_binder(func: Callable[..., Any]) -> tuple[Binder, bool, bool]:
     """Map a call's arguments to parameter names, defaults applied, without ``self``/``cls``.
 
-    Runs on the caller's path, when the call starts (its values are snapshotted
-    then); plain signatures take a fast path, anything else ``inspect.Signature.bind``.
+    Returns the binder, whether the first argument is ``self``/``cls``, and whether
+    binding may wait for the sender: the arguments are snapshotted when the call
+    starts, and binding them to names later gives the same result unless a
+    default value is mutable (then the binding is done at once).
+    Plain signatures take a fast path, anything else ``inspect.Signature.bind``.
     """
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
-        return lambda args, kwargs: {"args": list(args), "kwargs": kwargs}
+        return (lambda args, kwargs: {"args": list(args), "kwargs": kwargs}), False, True
     parameters = list(signature.parameters.values())
     skip = parameters[0].name if parameters and parameters[0].name in ("self", "cls") else None
     simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
     positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
     names = {p.name for p in parameters}
     defaults = [(p.name, p.default) for p in parameters if p.default is not p.empty]
+    later = all(type(default) in (str, int, float, bool, type(None), tuple) for _, default in defaults)
 
     def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if simple and len(args) <= len(positional) and names.issuperset(kwargs):
@@ -151,18 +159,26 @@ def _input_binder(func: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[s
             arguments.pop(skip, None)
         return arguments
 
-    return bind
+    return bind, skip is not None, later
 
 
 def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture_output: bool) -> Callable[..., Any]:
     kind = function_kind(func)
-    bind = _input_binder(func)
+    bind, skip_first, bind_later = _input_binder(func)
+
+    def tool_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int]:
+        """The call's input as it is now: bound where it is encoded, or at once if a default could change."""
+        if bind_later:
+            args, kwargs, size = snapshot_arguments(args, kwargs, skip_first)
+            return Lazy(bind, args, kwargs), size
+        arguments = bind(args, kwargs)  # a fresh dict: its values are snapshotted in place
+        return arguments, snapshot_values(arguments)
 
     def begin_call(handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ToolCall:
         call = _ToolCall(handle, name)
         if capture_input:
-            arguments = bind(args, kwargs)  # a fresh dict: its values are snapshotted in place
-            emit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+            value, size = tool_input(args, kwargs)
+            emit_quietly(handle, call.call_event(value), size)
         else:
             emit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
         return call
@@ -188,8 +204,8 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
                 return await func(*args, **kwargs)
             call = _ToolCall(handle, name)
             if capture_input:
-                arguments = bind(args, kwargs)
-                await aemit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+                value, size = tool_input(args, kwargs)
+                await aemit_quietly(handle, call.call_event(value), size)
             else:
                 await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
             token = current_span_var.set(call.span)
@@ -227,8 +243,8 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
                 return PASS_THROUGH
             call = _ToolCall(handle, name)
             if capture_input:
-                arguments = bind(args, kwargs)
-                await aemit_quietly(handle, call.call_event(arguments), snapshot_values(arguments))
+                value, size = tool_input(args, kwargs)
+                await aemit_quietly(handle, call.call_event(value), size)
             else:
                 await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
             return _ToolRun(call, capture_output)
@@ -237,22 +253,52 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # The hottest path of the SDK, written out: the same events as _ToolCall builds.
         handle = current_session_var.get()
         if handle is None or not handle.sampled:
             if handle is None:
                 outside_session()
             return func(*args, **kwargs)
-        call = begin_call(handle, args, kwargs)
-        token = current_span_var.set(call.span)
+        span = new_span_id()
+        event = {
+            "type": TOOL_CALL,
+            "stepIndex": next(handle._steps),
+            "toolName": name,
+            "toolInput": NOT_CAPTURED,
+            "startedAt": wall_clock(),
+            "spanId": span,
+        }
+        parent = current_span_var.get()
+        if parent is not None:
+            event["parentSpanId"] = parent
+        size = 0
+        if capture_input:
+            event["toolInput"], size = tool_input(args, kwargs)
+        result_event = event.copy()  # before the call event leaves: its twin, built from the same values
+        del result_event["toolInput"]
+        result_event["type"] = TOOL_RESULT
+        try:
+            handle._delivery.emit(handle, event, size)
+        except Exception as exc:  # as emit_quietly: nothing stops the tool
+            if not isinstance(exc, BudgetGuardrailError):
+                internal_error("emit", exc)
+        token = current_span_var.set(span)
+        started = perf_counter()
         try:
             result = func(*args, **kwargs)
         except BaseException as exc:
             current_span_var.reset(token)
-            emit_quietly(handle, call.error_event(exc), 0)
+            result_event["toolOutput"] = {"error": str(exc), "errorType": type(exc).__name__}
+            result_event["latencyMs"] = ms_since(started)
+            emit_quietly(handle, result_event, 0)
             raise
         current_span_var.reset(token)
-        output, size = output_of(result)
-        emit_safely(handle, call.result_event(output), size)
+        result_event["latencyMs"] = ms_since(started)
+        if capture_output:
+            result_event["toolOutput"], size = snapshot_sized(result)
+        else:
+            result_event["toolOutput"], size = NOT_CAPTURED, 0
+        emit_safely(handle, result_event, size)
         return result
 
     return wrapper

@@ -149,6 +149,8 @@ class Instrumentation:
                         max_queue_events=self._max_queue_events,
                         retry_window=self._retry_window,
                     )
+                    # The agent's hot path: straight to the queue, one call less per event.
+                    self.background.emit = sender.submit_event  # type: ignore[method-assign]
         return sender
 
     def _sender_started(self) -> None:
@@ -276,7 +278,6 @@ class Instrumentation:
 
     def flush(self, timeout: Optional[float]) -> int:
         return self._sender.flush(timeout) if self._sender is not None else 0
-
 
     def close(self, timeout: Optional[float] = CLOSE_FLUSH_TIMEOUT) -> int:
         left = self._sender.close(timeout) if self._sender is not None else 0

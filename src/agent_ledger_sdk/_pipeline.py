@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional
 
 from ._constants import REDACTED
 from ._events import check_event, describe_event, encode_event
-from ._spans import rfc3339
+from ._snapshot import Lazy
+from ._spans import rfc3339, span_hex
 from ._stats import Counters, RateLimitedWarnings
 
 Redactor = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
@@ -53,6 +54,15 @@ class Pipeline:
         started = event.get("startedAt")
         if type(started) is float:
             event["startedAt"] = rfc3339(started)
+        span = event.get("spanId")
+        if type(span) is int:
+            event["spanId"] = span_hex(span)
+        parent = event.get("parentSpanId")
+        if type(parent) is int:
+            event["parentSpanId"] = span_hex(parent)
+        tool_input = event.get("toolInput")
+        if type(tool_input) is Lazy:
+            event["toolInput"] = tool_input.resolve()
         if not self.capture_content:
             for key in CONTENT_KEYS:
                 if key in event:

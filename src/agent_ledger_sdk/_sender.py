@@ -223,27 +223,46 @@ class Sender:
             waiting += 1
         return waiting
 
-    def submit(self, kind: int, handle: SessionHandle, payload: Any, size: int) -> None:
+    def submit_event(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
+        """Queue an event: the agent's hot path (the same as ``submit(EVENT, ...)``, one call less)."""
         size += ITEM_BYTES
+        queue = self._queue
+        queued = len(queue)
         if (
             self._spilling
             or self._bytes + self._unit_bytes + size > self.max_queue_bytes
-            or len(self._queue) >= self.max_queue_events
+            or queued >= self.max_queue_events
         ):
-            self._spill(kind, handle, payload)
+            self._spill(EVENT, handle, event)
             return
         # No lock on the agent's path: deque.append is atomic, and the byte count is a bound,
         # not an account (an update lost to a thread switch is corrected when the queue drains).
         self._bytes += size
-        queue = self._queue
-        queue.append((kind, handle, payload, size))
-        queued = len(queue)
+        queue.append((EVENT, handle, event, size))
         if self._thread is None or self._closed or self._no_thread:
-            self._start()
-            if self._no_thread:
-                self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
-        elif not queued % self.batch_size:
+            self._after_first_item()
+        elif not (queued + 1) % self.batch_size:
             self._wake.set()  # a full batch is waiting: don't wait for the interval
+
+    def submit(self, kind: int, handle: SessionHandle, payload: Any, size: int) -> None:
+        if kind == EVENT:
+            self.submit_event(handle, payload, size)
+            return
+        size += ITEM_BYTES
+        if self._spilling or self._bytes + self._unit_bytes + size > self.max_queue_bytes:
+            self._spill(kind, handle, payload)
+            return
+        self._bytes += size
+        self._queue.append((kind, handle, payload, size))
+        if self._thread is None or self._closed or self._no_thread:
+            self._after_first_item()
+        else:
+            self._wake.set()
+
+    def _after_first_item(self) -> None:
+        self._start()  # first use, or use after close(): the sender comes back
+        if self._no_thread:
+            self._drain_on_caller(time.monotonic() + SHUTDOWN_DRAIN)
 
     def submit_start(self, handle: SessionHandle) -> None:
         if self._spilling or self._bytes + self._unit_bytes + HANDLE_BYTES > self.max_queue_bytes:
@@ -265,8 +284,8 @@ class Sender:
         with self._started_cond:
             while handle._state == PENDING:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return
+                if left <= 0 or self._stall_since is not None:
+                    return  # waited long enough, or the ledger started failing meanwhile
                 self._started_cond.wait(min(left, 0.05))
 
     def flush(self, timeout: Optional[float]) -> int:

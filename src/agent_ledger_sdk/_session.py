@@ -98,8 +98,8 @@ class SessionHandle:
         during an outage it returns None rather than block the agent again.
         """
         if self._state == PENDING and not self._waited:
-            self._waited = True
             self._delivery.wait_started(self, ID_WAIT_TIMEOUT)
+            self._waited = self._state == PENDING  # timed out: later reads don't wait again
         return self._id
 
     @property

@@ -13,16 +13,22 @@ import random
 import time
 from typing import Optional
 
-current_span_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+# The span is kept as a 64-bit int on the agent's path; it is written as 16 hex digits where the event is encoded.
+current_span_var: contextvars.ContextVar[Optional[int]] = contextvars.ContextVar(
     "agent_ledger_current_span", default=None
 )
 
 _getrandbits = random.getrandbits  # CPython reseeds the module's generator in a forked child
 
 
-def new_span_id() -> str:
+def new_span_id() -> int:
+    """A 64-bit span id (never 0, as in OpenTelemetry); :func:`span_hex` writes it."""
+    return _getrandbits(64) or 1
+
+
+def span_hex(span: int) -> str:
     """16 hex digits, as OpenTelemetry span ids."""
-    return f"{_getrandbits(64):016x}"
+    return f"{span:016x}"
 
 
 wall_clock = time.time
