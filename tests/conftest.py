@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import respx
 
@@ -56,6 +57,13 @@ def retry_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def api() -> Iterator[respx.MockRouter]:
     with respx.mock(base_url=BASE_URL, assert_all_called=False) as router:
         yield router
+
+
+@pytest.fixture
+def http(ledger: Any) -> Iterator[httpx.Client]:
+    """An HTTP client on the module's ``ledger`` fixture (a local ledger), with its key."""
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
+        yield client
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,9 +23,10 @@ from agent_ledger_sdk import (
     ConflictError,
     NotFoundError,
 )
-from agent_ledger_sdk.local import LocalLedger, run
+from agent_ledger_sdk.local import LocalLedger
 
 from .conftest import Api
+from .ledger_fixtures import priced_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -34,18 +34,7 @@ pytestmark = pytest.mark.integration
 PRICES = {"test/flat": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}
 
 
-@pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
-    prices = tmp_path_factory.mktemp("prices") / "prices.json"
-    prices.write_text(json.dumps(PRICES))
-    with run(prices=prices) as running:
-        yield running
-
-
-@pytest.fixture
-def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
-        yield client
+ledger = priced_ledger(PRICES)
 
 
 def llm_event(

@@ -16,23 +16,14 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 from agent_ledger_sdk import AgentLedgerClient, BadRequestError
 from agent_ledger_sdk.local import LocalLedger, run
 
+from .ledger_fixtures import priced_ledger
+
 pytestmark = pytest.mark.integration
 
 PRICES = {"test/flat": {"input_per_mtok": 1.0, "output_per_mtok": 1.0}}  # N tokens cost N micro-dollars
 
 
-@pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
-    prices = tmp_path_factory.mktemp("prices") / "prices.json"
-    prices.write_text(json.dumps(PRICES))
-    with run(prices=prices) as running:
-        yield running
-
-
-@pytest.fixture
-def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
-        yield client
+ledger = priced_ledger(PRICES)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +14,9 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 
 from genai_prices import Usage, calc_price
 
-from agent_ledger_sdk.local import LocalLedger, run
+from agent_ledger_sdk.local import LocalLedger
+
+from .ledger_fixtures import priced_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +27,7 @@ PRICES = {
 }
 
 
-@pytest.fixture(scope="module")
-def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
-    prices = tmp_path_factory.mktemp("prices") / "prices.json"
-    prices.write_text(json.dumps(PRICES))
-    with run(prices=prices) as running:
-        yield running
-
-
-@pytest.fixture
-def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
-        yield client
+ledger = priced_ledger(PRICES)
 
 
 def exact_json(response: httpx.Response) -> Any:

@@ -41,12 +41,6 @@ def ledger(prices_file: Path) -> Iterator[LocalLedger]:
         yield running
 
 
-@pytest.fixture
-def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as client:
-        yield client
-
-
 def exact(response: httpx.Response) -> Any:
     return json.loads(response.text, parse_float=Decimal)
 

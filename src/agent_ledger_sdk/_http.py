@@ -18,7 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 import httpx
 
@@ -50,6 +50,22 @@ SESSION_KEY_PREFIX = "agent-ledger-session-"
 
 # What starting a session tells: its id, and whether a budget applies to it (None: the ledger did not say).
 Started = tuple[str, Optional[bool]]
+
+
+def _request(
+    config: BaseClient,
+    user_client: Union[httpx.Client, httpx.AsyncClient, None],
+    method: str,
+    path: str,
+    body: Any,
+    content: Optional[bytes],
+    idempotency_key: Optional[str],
+) -> httpx.Request:
+    """One logical request; built by the user's client, when there is one, so its headers, auth and settings apply."""
+    request = config._build_request(method, path, body, content, idempotency_key)
+    if user_client is not None:
+        request = user_client.build_request(method, request.url, headers=request.headers, content=request.content)
+    return request
 
 
 class LedgerIO(Protocol):
@@ -127,11 +143,7 @@ class SyncHTTP:
     ) -> httpx.Response:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
-        request = config._build_request(method, path, body, content, idempotency_key)
-        if self._user_client is not None:  # its own headers, auth and settings apply too
-            request = self._user_client.build_request(
-                method, request.url, headers=request.headers, content=request.content
-            )
+        request = _request(config, self._user_client, method, path, body, content, idempotency_key)
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -195,11 +207,7 @@ class AsyncHTTP:
     ) -> httpx.Response:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
-        request = config._build_request(method, path, body, content, idempotency_key)
-        if self._user_client is not None:  # its own headers, auth and settings apply too
-            request = self._user_client.build_request(
-                method, request.url, headers=request.headers, content=request.content
-            )
+        request = _request(config, self._user_client, method, path, body, content, idempotency_key)
         attempt = 0
         while True:
             error: AgentLedgerError
