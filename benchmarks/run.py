@@ -426,6 +426,41 @@ def first_llm_call_us(key: str, url: str, sessions: int) -> float:
     return statistics.median(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
+def budgeted_calls(ledger: Ledger, calls: int) -> dict[str, float]:
+    """µs of a budgeted ``llm_call`` block (reserve before, settle after) against the served ledger: p50 and p99.
+
+    The agent has a daily budget large enough never to stop it; each block makes one
+    reservation round trip before its body runs. The same blocks for an agent
+    without a budget make none.
+    """
+    import httpx
+
+    from agent_ledger_sdk import AgentLedgerClient
+
+    httpx.put(
+        f"{ledger.url}/v1/budgets/bench-budgeted",
+        json={"dailyLimitUsd": 1_000_000},
+        headers={"x-api-key": ledger.key},
+        timeout=10,
+    ).raise_for_status()
+    client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url)
+    result: dict[str, float] = {}
+    for agent in ("bench-budgeted", "bench-unbudgeted"):
+        samples: list[float] = []
+        with client.session(agent):
+            for _ in range(calls):
+                started = time.perf_counter()
+                with client.llm_call(provider="openai", model="gpt-4o-mini", prompt="hi", max_cost_usd=0.001) as call:
+                    call.record(response="ok", tokens_in=1, tokens_out=1)
+                samples.append((time.perf_counter() - started) * 1e6)
+        samples.sort()
+        result[f"{agent}-p50"] = samples[len(samples) // 2]
+        result[f"{agent}-p99"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    client.flush(30)
+    client.close()
+    return result
+
+
 def free_port() -> int:
     """A port with nothing listening on it (taken from the OS, then let go)."""
     import socket
@@ -577,6 +612,21 @@ def main() -> None:
                 "`llm_call` block, first of a session (a new agent), ledger down",
                 _us(first_llm_call_us("k", f"http://127.0.0.1:{free_port()}", first_sessions)),
                 "<= 5 µs",
+            )
+        )
+        budgeted = budgeted_calls(ledger, 200 if quick else 2000)
+        rows.append(
+            (
+                "`llm_call` block, agent with a budget (one reservation round trip), p50 / p99",
+                f"{budgeted['bench-budgeted-p50']:.0f} / {budgeted['bench-budgeted-p99']:.0f} µs",
+                "one loopback round trip",
+            )
+        )
+        rows.append(
+            (
+                "`llm_call` block, agent without a budget, p50 / p99",
+                f"{budgeted['bench-unbudgeted-p50']:.1f} / {budgeted['bench-unbudgeted-p99']:.1f} µs",
+                "no request",
             )
         )
         inline = inline_per_event(ledger, 300 if quick else 1000, 3 if quick else 5)

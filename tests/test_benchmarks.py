@@ -29,6 +29,8 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
         "`@tool` call over the plain call, disabled",
         "`llm_call` block, first of a session (a new agent), ledger up",
         "`llm_call` block, first of a session (a new agent), ledger down",
+        "`llm_call` block, agent with a budget (one reservation round trip), p50 / p99",
+        "`llm_call` block, agent without a budget, p50 / p99",
         "inline, µs per event: `log_tool_call`",
         "end to end, helpers to ledger, one process",
         "`import agent_ledger_sdk`",

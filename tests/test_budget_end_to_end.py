@@ -181,3 +181,16 @@ def test_the_published_client_path_is_refused_and_still_counted(ledger: LocalLed
     assert [e["overBudget"] for e in events] == [False] * 5 + [True] * 5
     assert spent(ledger, "published") == Decimal("0.10")  # what was really spent
     client.close()
+
+
+def test_a_budget_set_between_two_runs_applies_to_the_next_session(ledger: LocalLedger) -> None:
+    client = ledger.client()
+    ran: list[int] = []
+    with client.session("late-budget"):
+        assert one_call(client, ran)  # no budget yet: no reservation, the call runs
+    ledger.set_budget("late-budget", 0.005)  # less than one call
+    with client.session("late-budget"):
+        assert not one_call(client, ran)  # the new session's start says there is a budget now
+    assert len(ran) == 1
+    assert client.flush(10) == 0
+    client.close()

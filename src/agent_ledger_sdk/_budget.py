@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # How long a budgeted LLM call waits for its session's start (sent by the sender thread) before it
 # runs unchecked; not at all while the ledger is failing.
 START_WAIT = 30.0
+# How long "this agent has no budget" is believed without asking again (seconds).
+NO_BUDGET_TTL = 60.0
 # The output tokens a reservation assumes when the call says nothing (no max_tokens=, no max_cost_usd=).
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 # Input tokens are estimated from the prompt's JSON: at most one token per byte is an upper bound
@@ -94,12 +96,16 @@ class Budgets:
         self.supported: Optional[bool] = None  # does the ledger have /v1/reservations? None: not known yet
         self._unbudgeted: dict[str, float] = {}  # agent -> until when (monotonic) it is known to have no budget
 
+    def no_budget(self, agent_name: str, ttl: float = NO_BUDGET_TTL) -> None:
+        """Remember that ``agent_name`` has no budget, for ``ttl`` seconds."""
+        self._unbudgeted[agent_name] = time.monotonic() + max(0.0, min(ttl, 3600.0))
+
     def needs_reservation(self, handle: SessionHandle) -> bool:
         if self.supported is False:
             return False
-        if handle.budgeted is False:
-            return False
-        until = self._unbudgeted.get(handle.agent_name)
+        if handle.budgeted is not None:  # what this session's start said wins
+            return handle.budgeted
+        until = self._unbudgeted.get(handle.agent_name)  # else what the last answers for this agent said
         return until is None or until <= time.monotonic()
 
     def body(
@@ -159,8 +165,10 @@ class Budgets:
             return None
         if answer.get("budgeted") is False:
             ttl = answer.get("ttlSeconds")
-            ttl = float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) else 60.0
-            self._unbudgeted[handle.agent_name] = time.monotonic() + max(0.0, min(ttl, 3600.0))
+            self.no_budget(
+                handle.agent_name,
+                float(ttl) if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) else NO_BUDGET_TTL,
+            )
             return None
         reservation = answer.get("id")
         return reservation if isinstance(reservation, str) else None

@@ -265,7 +265,17 @@ class _NullLLMCall(LLMCall):
 
     __slots__ = ()
 
-    def record(self, **usage: Any) -> None:
+    def record(
+        self,
+        *,
+        response: Any = None,
+        tokens_in: Optional[int] = None,
+        tokens_out: Optional[int] = None,
+        model: Optional[str] = None,
+        cache_read_tokens: Optional[int] = None,
+        cache_write_tokens: Optional[int] = None,
+        reasoning_tokens: Optional[int] = None,
+    ) -> None:
         pass
 
     def set(self, **attributes: Any) -> None:
