@@ -159,8 +159,6 @@ class SessionHandle:
         self._id = session_id
         if budgeted is not None or self.max_cost_usd is not None:
             self.budgeted = True if self.max_cost_usd is not None else budgeted
-            if self.budgeted is False:  # the next sessions of this agent need not wait to learn it
-                self._instrumentation.budgets.no_budget(self.agent_name)
         self._state = STARTED
 
     def _fail(self) -> None:
