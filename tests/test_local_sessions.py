@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def test_sessions_are_filtered_by_user_and_by_every_given_tag(ledger: LocalLedge
 
 
 def test_the_user_filter_has_an_index(ledger: LocalLedger) -> None:
-    with sqlite3.connect(ledger.db_path) as db:
+    with closing(sqlite3.connect(ledger.db_path)) as db:  # (a connection's with-block does not close it)
         plan = db.execute(
             "EXPLAIN QUERY PLAN SELECT * FROM sessions WHERE workspace = ? AND user_id = ? ORDER BY seq DESC",
             ("w", "u"),
@@ -218,7 +219,7 @@ OLD_KEY = "al_0123456789ab_oldSecretWith_underscores-and-dashes"
 
 
 def make_old_database(path: Path) -> None:
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.executescript(OLD_SCHEMA)
         db.execute(
             "INSERT INTO api_keys VALUES ('0123456789ab', 'old', 'default', ?, '2026-01-01T00:00:00Z', NULL)",
@@ -232,7 +233,6 @@ def make_old_database(path: Path) -> None:
             "INSERT INTO events (session_id, step_index, type, payload, received_at) "
             """VALUES ('old-session', 0, 'tool_call', '{"type":"tool_call","stepIndex":0}', '2026-01-01T00:00:00Z')"""
         )
-    db.close()
 
 
 def test_a_database_of_the_previous_schema_opens_and_its_keys_still_work(tmp_path: Path) -> None:

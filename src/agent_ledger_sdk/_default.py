@@ -8,6 +8,7 @@ anywhere, the helpers pass through and warn once.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from typing import Any, Optional, overload
@@ -23,6 +24,19 @@ from ._session import SessionHandle
 
 _default: Optional[AgentLedgerClient] = None
 _lock = threading.Lock()
+
+
+def _reinit_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()  # fork() waited for it (below): no thread of the child can hold it
+
+
+if hasattr(os, "register_at_fork"):
+    # Building the default client takes milliseconds under this lock: a fork in that moment
+    # would leave the child a lock nobody releases, and its first session waiting forever.
+    os.register_at_fork(
+        before=lambda: _lock.acquire(), after_in_parent=lambda: _lock.release(), after_in_child=_reinit_after_fork
+    )
 
 
 def configure(**options: Any) -> AgentLedgerClient:

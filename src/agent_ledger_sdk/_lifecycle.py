@@ -93,6 +93,9 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
+    from . import _stats
+
+    _stats._internal_warnings = _stats.RateLimitedWarnings()  # its lock may have been held at the fork
     for instrumentation in list(live):
         try:
             instrumentation.after_fork_in_child()
