@@ -19,7 +19,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -34,17 +33,13 @@ from agent_ledger_sdk import AgentLedgerClient
 from agent_ledger_sdk._lifecycle import EXIT_FLUSH_TIMEOUT, SIGTERM_FLUSH_TIMEOUT
 from agent_ledger_sdk._session import ID_WAIT_TIMEOUT
 
+from .subprocesses import free_port, python, run_script
+
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 needs_sigterm = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -61,15 +56,6 @@ def ledger_on(db: Path, port: int = 0) -> Iterator[Any]:
 def ledger(tmp_path: Path) -> Iterator[Any]:
     with ledger_on(tmp_path / "ledger.db") as running:
         yield running
-
-
-def python(code: str) -> list[str]:
-    # -W: Python 3.12+ warns about fork() in a process with threads, which is what these tests do.
-    return [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(code)]
-
-
-def run_script(code: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(python(code), capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
 
 
 @contextlib.contextmanager

@@ -7,9 +7,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
 from agent_ledger_sdk._sender import MAX_BATCH_SIZE
 
 from .conftest import BASE_URL
+from .subprocesses import free_port, run_script
 
 
 def routes(api: respx.MockRouter) -> dict[str, respx.Route]:
@@ -109,9 +107,7 @@ def test_the_caller_never_waits_for_the_network(api: respx.MockRouter) -> None:
 
 
 def _dead_url() -> str:
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"  # a port with nothing listening
 
 
 def test_a_dead_ledger_keeps_memory_bounded_and_spills_to_the_journal(tmp_path: Path) -> None:
@@ -263,16 +259,6 @@ def test_a_retried_batch_is_recorded_once(ledger_url_and_key: Any) -> None:
     (summary,) = ledger.sessions("retried-batch")
     assert summary["eventCount"] == 100
     assert client.stats.sent == 100
-
-
-def run_script(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **env},
-    )
 
 
 @pytest.mark.integration

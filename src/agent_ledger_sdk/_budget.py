@@ -153,12 +153,6 @@ class Budgets:
             return self._failed(handle, exc)
         return self._granted(handle, answer)
 
-    def release(self, io: LedgerIO, reservation_id: str) -> None:
-        try:
-            io.release(reservation_id, _key())
-        except Exception as exc:  # it expires on its own
-            logger.debug("agent-ledger: releasing reservation %s failed: %r", reservation_id, exc)
-
     def _granted(self, handle: SessionHandle, answer: Any) -> Optional[str]:
         self.supported = True
         if not isinstance(answer, dict):

@@ -75,7 +75,6 @@ class LedgerIO(Protocol):
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None: ...
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any: ...
-    def release(self, reservation_id: str, idempotency_key: str) -> None: ...
 
 
 def started(config: BaseClient, response: httpx.Response) -> Started:
@@ -244,10 +243,6 @@ class SyncLedgerIO:
         )
         return self.http.config._parse_success(response)
 
-    def release(self, reservation_id: str, idempotency_key: str) -> None:
-        path = f"/v1/reservations/{reservation_id}"
-        self.http.post(path, method="DELETE", idempotency_key=idempotency_key, max_retries=self.max_retries)
-
     def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
         content = events_body(session_id, encoded_events)
         self.http.post("/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries)
@@ -381,10 +376,6 @@ class LoopBridge:
         response = await self._post(http, "/v1/reservations", body, key=idempotency_key)
         return http.config._parse_success(response)
 
-    def _release_on(self, http: AsyncHTTP, reservation_id: str, idempotency_key: str) -> Any:
-        path = f"/v1/reservations/{reservation_id}"
-        return http.post(path, method="DELETE", idempotency_key=idempotency_key, max_retries=self.max_retries)
-
     # -- LedgerIO, for the sender thread and synchronous callers ---------------
 
     def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
@@ -402,9 +393,6 @@ class LoopBridge:
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
         return self._run(lambda http: self._reserve_on(http, body, idempotency_key))
 
-    def release(self, reservation_id: str, idempotency_key: str) -> None:
-        self._run(lambda http: self._release_on(http, reservation_id, idempotency_key))
-
     # -- the same calls for async callers already on the loop ---------------
 
     async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
@@ -419,6 +407,3 @@ class LoopBridge:
 
     async def areserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
         return await self._reserve_on(self.http, body, idempotency_key)
-
-    async def arelease(self, reservation_id: str, idempotency_key: str) -> None:
-        await self._release_on(self.http, reservation_id, idempotency_key)

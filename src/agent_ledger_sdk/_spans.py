@@ -44,7 +44,3 @@ def rfc3339(moment: float) -> str:
     if cached[0] != seconds:
         cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     return f"{cached[1]}.{int((moment - seconds) * 1000):03d}Z"
-
-
-def now_rfc3339() -> str:
-    return rfc3339(wall_clock())
