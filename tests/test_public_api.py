@@ -41,11 +41,15 @@ def test_all_is_pinned() -> None:
         "current_session",
         "flush",
         "get_client",
+        "instrument_anthropic",
+        "instrument_openai",
         "instrument_tool",
         "llm_call",
         "run_session",
         "session",
         "tool",
+        "uninstrument_anthropic",
+        "uninstrument_openai",
     ]
     for name in agent_ledger_sdk.__all__:
         assert hasattr(agent_ledger_sdk, name)
@@ -86,7 +90,7 @@ def test_the_error_tree() -> None:
 def test_importing_the_package_stays_light() -> None:
     code = (
         "import sys, agent_ledger_sdk;"
-        "heavy = [m for m in ('asyncio', 'starlette', 'uvicorn', 'genai_prices', 'pydantic', 'sqlite3')"
+        "heavy = [m for m in ('asyncio', 'starlette', 'uvicorn', 'genai_prices', 'pydantic', 'sqlite3', 'openai', 'anthropic', 'agents', 'langchain_core')"
         " if m in sys.modules];"
         "print(','.join(heavy))"
     )

@@ -15,7 +15,19 @@ def handle(ticket: str) -> str: ...
 
 from ._client import AgentLedgerClient, AsyncAgentLedgerClient
 from ._context import ContextThreadPoolExecutor, bind_context
-from ._default import configure, current_session, flush, get_client, llm_call, session, tool
+from ._default import (
+    configure,
+    current_session,
+    flush,
+    get_client,
+    instrument_anthropic,
+    instrument_openai,
+    llm_call,
+    session,
+    tool,
+    uninstrument_anthropic,
+    uninstrument_openai,
+)
 from ._exceptions import (
     AgentLedgerError,
     APIConnectionError,
@@ -74,9 +86,13 @@ __all__ = [
     "current_session",
     "flush",
     "get_client",
+    "instrument_anthropic",
+    "instrument_openai",
     "instrument_tool",
     "llm_call",
     "run_session",
     "session",
     "tool",
+    "uninstrument_anthropic",
+    "uninstrument_openai",
 ]

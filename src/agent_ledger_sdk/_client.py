@@ -191,6 +191,36 @@ class _Helpers:
         """Lift the pre-flight stop of one agent (or all) after raising its budget."""
         self._instrumentation.latch.clear(agent_name)
 
+    # -- auto-instrumentation (docs/integrations.md) --------------------------
+
+    def instrument_openai(self, client: Any = None) -> None:
+        """Record every call of the ``openai`` package's clients, sync and async, made before or after; or
+        only ``client``'s. Idempotent; undone by :meth:`uninstrument_openai`. Needs ``agent-ledger-sdk[openai]``.
+
+        Calls outside any session are recorded in this client's implicit session.
+        """
+        from .integrations import openai as integration
+
+        integration.instrument(self._resolve_instrumentation, client)
+
+    def uninstrument_openai(self, client: Any = None) -> None:
+        """Stop recording the ``openai`` clients (every one, or only ``client``)."""
+        from .integrations import openai as integration
+
+        integration.uninstrument(client)
+
+    def instrument_anthropic(self, client: Any = None) -> None:
+        """:meth:`instrument_openai` for the ``anthropic`` package. Needs ``agent-ledger-sdk[anthropic]``."""
+        from .integrations import anthropic as integration
+
+        integration.instrument(self._resolve_instrumentation, client)
+
+    def uninstrument_anthropic(self, client: Any = None) -> None:
+        """Stop recording the ``anthropic`` clients (every one, or only ``client``)."""
+        from .integrations import anthropic as integration
+
+        integration.uninstrument(client)
+
 
 _CLIENT_ARGS_DOC = """
     Args:
@@ -220,6 +250,8 @@ _CLIENT_ARGS_DOC = """
         sample_rate: the share of sessions whose tool events are recorded (LLM calls, which
             carry cost, always are).
         handle_sigterm: deliver queued events when the process gets SIGTERM (if it has no handler of its own).
+        agent_name: the agent of LLM calls made outside any session (auto-instrumented ones);
+            defaults to ``AGENT_LEDGER_AGENT_NAME``, else the script's name.
 """
 
 
@@ -258,6 +290,7 @@ class AgentLedgerClient(_Helpers, BaseClient):
         redact: Optional[Redact] = None,
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
+        agent_name: Optional[str] = None,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -288,6 +321,7 @@ class AgentLedgerClient(_Helpers, BaseClient):
             retry_window=retry_window,
             sample_rate=sample_rate,
             handle_sigterm=handle_sigterm,
+            agent_name=agent_name,
         )
 
     # -- the published API ------------------------------------------------
@@ -382,6 +416,7 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         redact: Optional[Redact] = None,
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
+        agent_name: Optional[str] = None,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -414,6 +449,7 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
             retry_window=retry_window,
             sample_rate=sample_rate,
             handle_sigterm=handle_sigterm,
+            agent_name=agent_name,
         )
 
     async def start_session(self, agent_name: str) -> str:

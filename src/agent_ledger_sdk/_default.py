@@ -152,3 +152,41 @@ def flush(timeout: Optional[float] = 5.0) -> int:
     """Flush the default client; return how many events are left unsent."""
     client = _default
     return client.flush(timeout) if client is not None else 0
+
+
+# -- auto-instrumentation of the default client (docs/integrations.md) --------------
+
+
+def instrument_openai(client: Any = None) -> None:
+    """Record the ``openai`` clients' calls with the default client; see :meth:`AgentLedgerClient.instrument_openai`.
+
+    ```python
+    import agent_ledger_sdk
+
+    agent_ledger_sdk.instrument_openai()   # every OpenAI / AsyncOpenAI client, before or after this line
+    ```
+    """
+    from .integrations import openai as integration
+
+    integration.instrument(_resolve, client)
+
+
+def uninstrument_openai(client: Any = None) -> None:
+    """Undo :func:`instrument_openai` (for every client, or only ``client``)."""
+    from .integrations import openai as integration
+
+    integration.uninstrument(client)
+
+
+def instrument_anthropic(client: Any = None) -> None:
+    """:func:`instrument_openai` for the ``anthropic`` package."""
+    from .integrations import anthropic as integration
+
+    integration.instrument(_resolve, client)
+
+
+def uninstrument_anthropic(client: Any = None) -> None:
+    """Undo :func:`instrument_anthropic` (for every client, or only ``client``)."""
+    from .integrations import anthropic as integration
+
+    integration.uninstrument(client)

@@ -164,21 +164,23 @@ class LLMCall:
             )
         self._reservation = await instrumentation.budgets.areserve(aio, handle, self._reservation_body(handle))
 
-    def _begin(self) -> None:
-        handle = current_session_var.get()
+    def _begin(self, handle: Optional[SessionHandle], current: bool = True) -> None:
+        """Take the step, the span and the prompt's snapshot; ``current``: the span encloses what runs next."""
         if handle is not None:
             self.step_index = handle.next_step()
             self.prompt, self._prompt_size = snapshot_sized(self.prompt)  # as sent
             self._span = new_span_id()
             self._parent_span = current_span_var.get()
-            self._token = current_span_var.set(self._span)
+            if current:
+                self._token = current_span_var.set(self._span)
             self._started_at = wall_clock()
         self._handle = handle
         self._perf_started = perf_counter()
 
     def _end(self, exc: Optional[BaseException]) -> tuple[dict[str, Any], int]:
-        current_span_var.reset(self._token)
-        self._token = None
+        if self._token is not None:
+            current_span_var.reset(self._token)
+            self._token = None
         response, size = snapshot_sized(self.response if self.response is not None else "")
         event: dict[str, Any] = {
             "type": LLM_CALL,
@@ -216,7 +218,7 @@ class LLMCall:
         if self._needs_reservation(handle):
             assert handle is not None
             self._reserve(handle)  # raises BudgetGuardrailError before the body runs
-        self._begin()
+        self._begin(handle)
         return self
 
     def __exit__(
@@ -240,7 +242,7 @@ class LLMCall:
         if self._needs_reservation(handle):
             assert handle is not None
             await self._areserve(handle)
-        self._begin()
+        self._begin(handle)
         return self
 
     async def __aexit__(

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _lifecycle
 from ._budget import Budgets, GuardrailLatch
-from ._constants import CAPTURE_CONTENT_ENV, ENABLED_ENV
+from ._constants import AGENT_NAME_ENV, CAPTURE_CONTENT_ENV, ENABLED_ENV
 from ._delivery import NULL_DELIVERY, BackgroundDelivery, Delivery, InlineDelivery
 from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
 from ._journal import DEFAULT_MAX_JOURNAL_BYTES, Journal
 from ._pipeline import Pipeline, Redactor
 from ._sender import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_RETRY_WINDOW, Sender
 from ._session import SessionHandle
-from ._stats import Counters, LedgerStats, RateLimitedWarnings
+from ._stats import Counters, LedgerStats, RateLimitedWarnings, internal_error
 
 if TYPE_CHECKING:
     from ._http import LedgerIO, LoopBridge
@@ -84,6 +84,7 @@ class Instrumentation:
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
         configured: bool = True,
+        agent_name: Optional[str] = None,
     ) -> None:
         if max_queue_bytes < 1024:
             raise ValueError(f"max_queue_bytes must be at least 1024, got {max_queue_bytes}")
@@ -91,6 +92,13 @@ class Instrumentation:
             raise ValueError(f"sample_rate must be between 0 and 1, got {sample_rate}")
         if retry_window < 0:
             raise ValueError(f"retry_window must be >= 0 seconds, got {retry_window}")
+        if agent_name is not None and (not isinstance(agent_name, str) or not agent_name.strip()):
+            raise ValueError(
+                f'agent_name must be a non-empty string, e.g. agent_name="support-bot", got {agent_name!r}'
+            )
+        self.agent_name = agent_name  # of the implicit session; see implicit_agent_name()
+        self._implicit: Optional[SessionHandle] = None
+        self._implicit_lock = threading.Lock()
         self.enabled = env_flag(ENABLED_ENV, True) if enabled is None else enabled  # the kill switch
         # No key: wrappers stay in place (a test capture or a local_ledger fixture can still
         # record through them), but nothing is sent.
@@ -202,7 +210,51 @@ class Instrumentation:
             owner.open_sessions.add(handle)
         return handle
 
+    def implicit_agent_name(self) -> str:
+        """The agent of calls made outside any session: ``agent_name=``, ``AGENT_LEDGER_AGENT_NAME``, the script."""
+        return self.agent_name or os.environ.get(AGENT_NAME_ENV, "").strip() or script_name()
+
+    def implicit_session(self) -> Optional[SessionHandle]:
+        """The session that records calls made outside any session (auto-instrumented ones), or None if off.
+
+        One per client and process, started on first use and ended (as a success)
+        when the client closes or the process exits.
+        """
+        delivery = self.delivery()
+        if delivery is None:
+            return None
+        handle = self._implicit
+        if handle is not None and handle._delivery is delivery and not handle.ended:
+            return handle
+        with self._implicit_lock:
+            handle = self._implicit
+            if handle is not None and handle._delivery is delivery and not handle.ended:
+                return handle
+            if handle is not None:
+                self._end_implicit()  # a test capture began or ended: the old one is over
+            handle = self.new_session(delivery, self.implicit_agent_name(), None, None, None, {"implicitSession": True})
+            try:
+                delivery.start(handle)
+            except Exception as exc:
+                internal_error("session start", exc)
+            self._implicit = handle
+        return handle
+
+    def _end_implicit(self) -> None:
+        handle, self._implicit = self._implicit, None
+        if handle is None or handle.ended:
+            return
+        handle.ended = True
+        try:
+            delivery = handle._delivery
+            if isinstance(delivery, InlineDelivery):
+                delivery = self.background  # never block exit on a request
+            delivery.end(handle, "success", None)
+        except Exception as exc:
+            internal_error("session end", exc)
+
     def end_open_sessions(self, reason: str) -> None:
+        self._end_implicit()  # calls outside any session: their session ends as it should, not as a failure
         for handle in list(self.open_sessions):
             if not handle.ended:
                 handle.ended = True
@@ -280,6 +332,7 @@ class Instrumentation:
         return self._sender.flush(timeout) if self._sender is not None else 0
 
     def close(self, timeout: Optional[float] = CLOSE_FLUSH_TIMEOUT) -> int:
+        self._end_implicit()
         left = self._sender.close(timeout) if self._sender is not None else 0
         if left:
             kept = self.journal_remaining()
@@ -314,6 +367,8 @@ class Instrumentation:
         if sender is not None:
             sender.after_fork()
         self._sender_lock = threading.Lock()
+        self._implicit = None  # the child's calls outside sessions get a session of their own
+        self._implicit_lock = threading.Lock()
         self.open_sessions = weakref.WeakSet()
         self.counters = Counters()  # the child's stats describe the child
         self.pipeline.counters = self.counters
@@ -322,6 +377,19 @@ class Instrumentation:
         self.budgets.warnings = self.warnings
         for connection in self._connections:
             connection.forget_connections()
+
+
+def script_name() -> str:
+    """The running script's name (``agent.py`` -> ``agent``), or ``python`` for ``-c`` and the REPL."""
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or argv0 in ("-c", "-m"):
+        return "python"
+    name = Path(argv0).stem
+    if name == "__main__":  # python -m package: the package's name
+        name = Path(argv0).parent.name or "python"
+    return name or "python"
 
 
 def _has_journal_files(directory: Optional[Path]) -> bool:
