@@ -1,0 +1,451 @@
+"""Instrumenting a Stainless-generated client (``openai``, ``anthropic``) at its one request method.
+
+Every API method of these clients (``create``, ``parse``, the ``.stream()``
+helpers, raw responses) goes through ``SyncAPIClient.request`` /
+``AsyncAPIClient.request`` with the endpoint's path and JSON body. Wrapping
+that one method, on the class, covers every client of the package, made before
+or after, sync and async, with nothing per call site; a client instrumented on
+its own is told apart by its HTTP client, which its ``with_options()`` copies
+share. The client's retries are counted where it computes its back-off
+(``_calculate_retry_timeout``, once per retry, in every 1.x-3.x version).
+
+What an endpoint's request and response mean is the business of an
+:class:`Endpoint` (``integrations/openai.py``, ``integrations/anthropic.py``).
+A stream is handed back inside a proxy that passes the user exactly the items
+they would have had (an :class:`Endpoint` may hide one it asked for, like
+OpenAI's usage-only chunk) and records the call once, when the stream ends,
+fails, is closed or is dropped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import threading
+import weakref
+from typing import Any, Callable, Optional
+
+import wrapt
+
+from .._exceptions import BudgetGuardrailError
+from .._stats import internal_error
+from ._calls import ProviderCall, Resolver, globally_instrumented
+
+# The provider call whose request is in flight in this context: retries are counted on it,
+# and a request the integration makes inside another (none today) is not recorded twice.
+_active: contextvars.ContextVar[Optional[ProviderCall]] = contextvars.ContextVar(
+    "agent_ledger_active_call", default=None
+)
+
+
+class Plan:
+    """What an endpoint makes of a request: the call to begin, and the request's options to send instead."""
+
+    __slots__ = ("attributes", "model", "options", "prompt")
+
+    def __init__(self, model: str, prompt: Any, attributes: dict[str, Any], options: Any = None) -> None:
+        self.model = model
+        self.prompt = prompt
+        self.attributes = attributes
+        self.options = options  # replacement request options (e.g. asking for stream usage), or None
+
+
+class StreamReader:
+    """Reads one stream's items as they pass; records the outcome on its call at the end."""
+
+    def __init__(self, call: ProviderCall) -> None:
+        self.call = call
+
+    def item(self, item: Any) -> bool:
+        """Observe one item; False hides it from the user (an item the integration asked for)."""
+        return True
+
+    def end(self) -> None:
+        """Record what arrived on the call (its usage, text, finish reason)."""
+
+
+class Endpoint:
+    """One API shape: how its request begins a call, and how its response or stream is read."""
+
+    def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
+        raise NotImplementedError
+
+    def read(self, call: ProviderCall, result: Any) -> None:
+        raise NotImplementedError
+
+    def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
+        return StreamReader(call)
+
+
+Router = Callable[[str, str], Optional[Endpoint]]  # (method, path) -> endpoint or None
+
+
+def copy_options(options: Any, body: dict[str, Any]) -> Any:
+    """The request's options with another JSON body; the caller's own options are left as they were."""
+    import copy
+
+    replaced = copy.copy(options)
+    replaced.json_data = body
+    return replaced
+
+
+class StainlessIntegration:
+    """The instrumentation of one package's clients: what is instrumented, and the patches that do it."""
+
+    def __init__(
+        self, package: str, provider: str, router: Router, helper_streams: tuple[tuple[str, str, bool], ...] = ()
+    ) -> None:
+        self.package = package
+        self.helper_streams = helper_streams  # (module, class, is_async) of the .stream() helpers' streams
+        self.provider = provider
+        self.router = router
+        self._global: Optional[Resolver] = None
+        # Clients instrumented (a resolver) or excluded (False) one by one, by their HTTP client.
+        self._clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._patches: list[tuple[Any, str, Any]] = []
+        self._lock = threading.Lock()
+
+    # -- instrument / uninstrument -------------------------------------------
+
+    def _module(self) -> Any:
+        try:
+            return importlib.import_module(f"{self.package}._base_client")
+        except ImportError:
+            extra = self.package.replace("_", "-")
+            raise ImportError(
+                f"instrument_{self.package}() needs the {self.package!r} package: "
+                f'pip install "agent-ledger-sdk[{extra}]"'
+            ) from None
+
+    def instrument(self, resolve: Resolver, client: Any = None) -> None:
+        base = self._module()
+        with self._lock:
+            if client is None:
+                self._global = resolve
+                globally_instrumented.add(self.package)
+            else:
+                self._clients[self._http_client_of(base, client)] = resolve
+            if not self._patches:
+                self._patch(base)
+
+    def uninstrument(self, client: Any = None) -> None:
+        base = self._module()
+        with self._lock:
+            if client is None:
+                self._global = None
+                self._clients.clear()
+                globally_instrumented.discard(self.package)
+            else:
+                key = self._http_client_of(base, client)
+                if self._global is not None:
+                    self._clients[key] = False  # every client but this one
+                else:
+                    self._clients.pop(key, None)
+            if self._global is None and not any(self._clients.values()):
+                self._unpatch()
+
+    def _http_client_of(self, base: Any, client: Any) -> Any:
+        if not isinstance(client, (base.SyncAPIClient, base.AsyncAPIClient)):
+            raise TypeError(
+                f"instrument_{self.package}(client) takes a {self.package} client "
+                f"(e.g. {self.package}.{'OpenAI' if self.package == 'openai' else 'Anthropic'}()), "
+                f"got {type(client).__name__}; call it with no argument to instrument every client"
+            )
+        return client._client
+
+    def resolver_for(self, client: Any) -> Optional[Resolver]:
+        try:
+            own = self._clients.get(client._client)
+        except TypeError:  # an HTTP client that cannot be weakly referenced: not instrumented alone
+            own = None
+        if own is not None:
+            return own or None
+        return self._global
+
+    def _patch(self, base: Any) -> None:
+        integration = self
+
+        def sync_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return integration._sync_request(wrapped, instance, args, kwargs)
+
+        async def async_request(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return await integration._async_request(wrapped, instance, args, kwargs)
+
+        def count_retry(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = _active.get()
+            if call is not None:
+                call.retries += 1
+            return wrapped(*args, **kwargs)
+
+        targets: list[tuple[Any, str, Any]] = [
+            (base.SyncAPIClient, "request", sync_request),
+            (base.AsyncAPIClient, "request", async_request),
+            (base.BaseClient, "_calculate_retry_timeout", count_retry),
+        ]
+        for module_name, class_name, is_async in self.helper_streams:
+            try:
+                helper = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError):
+                continue  # a version without this helper
+            targets.append((helper, "close", _aclose_helper_stream if is_async else _close_helper_stream))
+        for owner, name, wrapper in targets:
+            original = owner.__dict__.get(name)
+            if original is None:
+                continue  # a version without it: its retries are not counted
+            setattr(owner, name, wrapt.FunctionWrapper(original, wrapper))
+            self._patches.append((owner, name, original))
+
+    def _unpatch(self) -> None:
+        for owner, name, original in reversed(self._patches):
+            setattr(owner, name, original)
+        self._patches.clear()
+
+    # -- one request ------------------------------------------------------------
+
+    def _prepare(
+        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Optional[tuple[Resolver, Endpoint, Plan, tuple[Any, ...], dict[str, Any]]]:
+        """The call to record, or None to pass the request through untouched."""
+        if _active.get() is not None:
+            return None
+        resolve = self.resolver_for(instance)
+        if resolve is None:
+            return None
+        try:
+            options = args[1] if len(args) > 1 else kwargs["options"]
+            endpoint = self.router(str(options.method).lower(), str(options.url))
+            if endpoint is None:
+                return None
+            body = options.json_data if isinstance(options.json_data, dict) else {}
+            plan = endpoint.plan(options, body, bool(kwargs.get("stream")))
+            if plan is None:
+                return None
+            if plan.options is not None:
+                if len(args) > 1:
+                    args = (args[0], plan.options, *args[2:])
+                else:
+                    kwargs = {**kwargs, "options": plan.options}
+        except Exception as exc:  # an unexpected request shape: record nothing, send it as it was
+            internal_error(f"{self.package} request", exc)
+            return None
+        return resolve, endpoint, plan, args, kwargs
+
+    def _sync_request(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        prepared = self._prepare(instance, args, kwargs)
+        if prepared is None:
+            return wrapped(*args, **kwargs)
+        resolve, endpoint, plan, args, kwargs = prepared
+        call = _begin(resolve, self.provider, plan)  # a budget refusal raises here: nothing was sent
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = _active.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish_quietly(exc)
+            raise
+        finally:
+            _active.reset(token)
+        return self._outcome(call, endpoint, plan, result, kwargs, SyncStream)
+
+    async def _async_request(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        prepared = self._prepare(instance, args, kwargs)
+        if prepared is None:
+            return await wrapped(*args, **kwargs)
+        resolve, endpoint, plan, args, kwargs = prepared
+        call = await _abegin(resolve, self.provider, plan)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        token = _active.set(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.finish_quietly(exc)
+            raise
+        finally:
+            _active.reset(token)
+        return self._outcome(call, endpoint, plan, result, kwargs, AsyncStream)
+
+    def _outcome(
+        self, call: ProviderCall, endpoint: Endpoint, plan: Plan, result: Any, kwargs: dict[str, Any], proxy: Any
+    ) -> Any:
+        try:
+            if kwargs.get("stream") and hasattr(result, "response") and not hasattr(result, "parse"):
+                return proxy(result, call, endpoint.reader(call, plan))
+            parsed = _parsed(result)
+            if parsed is not None:
+                endpoint.read(call, parsed)
+        except Exception as exc:
+            internal_error(f"{self.package} response", exc)
+        call.finish_quietly()  # a refusal of the ledger latches and stops the next call, not this paid one
+        return result
+
+
+def _begin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCall]:
+    try:
+        return ProviderCall.begin(resolve, provider, plan.model, plan.prompt, **plan.attributes)
+    except BudgetGuardrailError:
+        raise
+    except Exception as exc:
+        internal_error("llm call begin", exc)
+        return None
+
+
+async def _abegin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCall]:
+    try:
+        return await ProviderCall.abegin(resolve, provider, plan.model, plan.prompt, **plan.attributes)
+    except BudgetGuardrailError:
+        raise
+    except Exception as exc:
+        internal_error("llm call begin", exc)
+        return None
+
+
+def _parsed(result: Any) -> Any:
+    """The response object of a call; a raw response (``with_raw_response``) is parsed, which it caches."""
+    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
+        if type(result).__name__ != "LegacyAPIResponse":
+            return None  # with_streaming_response: the body is the user's to read; usage stays missing
+        parsed = result.parse()
+        return None if hasattr(parsed, "response") and hasattr(parsed, "__iter__") else parsed
+    return result
+
+
+# -- streams ------------------------------------------------------------------
+
+
+def _relay(stream: Any, call: ProviderCall, reader: StreamReader) -> Any:
+    """The stream's items as the user gets them. It holds no reference to its proxy: dropping the proxy
+    finalizes it at once (no reference cycle waiting for the garbage collector)."""
+    try:
+        for item in stream:
+            if reader.item(item):
+                yield item
+    except GeneratorExit:
+        _abandoned(call, reader)
+        raise
+    except BaseException as exc:
+        _ended(call, reader, exc)
+        raise
+    else:
+        _ended(call, reader, None)
+
+
+async def _arelay(stream: Any, call: ProviderCall, reader: StreamReader) -> Any:
+    try:
+        async for item in stream:
+            if reader.item(item):
+                yield item
+    except GeneratorExit:
+        _abandoned(call, reader)
+        raise
+    except BaseException as exc:
+        _ended(call, reader, exc)
+        raise
+    else:
+        _ended(call, reader, None)
+
+
+class SyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
+    """A ``Stream`` as the user would have had it, that records its call once it is over:
+    read to the end, failed, closed (by the user or a ``.stream()`` helper) or dropped."""
+
+    def __init__(self, stream: Any, call: ProviderCall, reader: StreamReader) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_reader = reader
+        self._self_relay = _relay(stream, call, reader)
+
+    def __iter__(self) -> Any:
+        return self._self_relay
+
+    def __next__(self) -> Any:
+        return self._self_relay.__next__()
+
+    def __enter__(self) -> SyncStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_abandon()
+
+    def _self_abandon(self) -> None:
+        _abandoned(self._self_call, self._self_reader)
+
+    def __del__(self) -> None:  # dropped before it was read to the end, or at all
+        _abandoned(self._self_call, self._self_reader)
+
+
+class AsyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
+    """An ``AsyncStream`` as the user would have had it, that records its call once it is over."""
+
+    def __init__(self, stream: Any, call: ProviderCall, reader: StreamReader) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_reader = reader
+        self._self_relay = _arelay(stream, call, reader)
+
+    def __aiter__(self) -> Any:
+        return self._self_relay
+
+    async def __anext__(self) -> Any:
+        return await self._self_relay.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_abandon()
+
+    def _self_abandon(self) -> None:
+        _abandoned(self._self_call, self._self_reader)
+
+    def __del__(self) -> None:
+        _abandoned(self._self_call, self._self_reader)
+
+
+def _close_helper_stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A ``.stream()`` helper's close() closes the HTTP response, not the stream it reads: finish that too."""
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        raw = getattr(instance, "_raw_stream", None)
+        if isinstance(raw, (SyncStream, AsyncStream)):
+            raw._self_abandon()
+
+
+async def _aclose_helper_stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        raw = getattr(instance, "_raw_stream", None)
+        if isinstance(raw, (SyncStream, AsyncStream)):
+            raw._self_abandon()
+
+
+def _ended(call: ProviderCall, reader: StreamReader, error: Optional[BaseException]) -> None:
+    if call.finished:
+        return
+    try:
+        reader.end()
+    except Exception as exc:
+        internal_error("stream end", exc)
+    call.finish_quietly(error, billed=True)  # output may have begun: usage, if it did not arrive, is owed
+
+
+def _abandoned(call: ProviderCall, reader: StreamReader) -> None:
+    if call.finished:
+        return
+    call.set(incomplete=True)  # closed or dropped before its end: recorded with what arrived
+    _ended(call, reader, None)

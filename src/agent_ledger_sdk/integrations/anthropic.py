@@ -1,0 +1,190 @@
+"""``instrument_anthropic()``: every call of the ``anthropic`` package's clients recorded as an ``llm_call``.
+
+Covered, sync and async: ``messages.create`` (plain and ``stream=True``),
+``messages.stream()``, and the beta ``messages`` of ``client.beta``.
+
+Anthropic counts the prompt-cache reads and writes *apart* from
+``input_tokens``; the ledger counts every input token in ``tokensIn``, so an
+event's ``tokensIn`` is ``input_tokens + cache_read_input_tokens +
+cache_creation_input_tokens``, with the two cache counts beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._calls import ProviderCall, Resolver
+from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader
+
+PROVIDER = "anthropic"
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _is_given(value: Any) -> bool:
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+class _Usage:
+    """Usage as it arrives: whole in a message, in pieces (later ones cumulative) in a stream."""
+
+    __slots__ = ("cache_read", "cache_write", "input", "output")
+
+    def __init__(self) -> None:
+        self.input: Optional[int] = None
+        self.output: Optional[int] = None
+        self.cache_read: Optional[int] = None
+        self.cache_write: Optional[int] = None
+
+    def update(self, usage: Any) -> None:
+        if usage is None:
+            return
+        for slot, name in (
+            ("input", "input_tokens"),
+            ("output", "output_tokens"),
+            ("cache_read", "cache_read_input_tokens"),
+            ("cache_write", "cache_creation_input_tokens"),
+        ):
+            value = _get(usage, name)
+            if isinstance(value, int):
+                setattr(self, slot, value)
+
+    def record(self, call: ProviderCall) -> None:
+        if self.input is None and self.output is None:
+            return
+        cache_read = self.cache_read or 0
+        cache_write = self.cache_write or 0
+        call.record(
+            tokens_in=(self.input or 0) + cache_read + cache_write,
+            tokens_out=self.output or 0,
+            cache_read_tokens=self.cache_read,
+            cache_write_tokens=self.cache_write,
+        )
+
+
+class Messages(Endpoint):
+    def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
+        attributes: dict[str, Any] = {}
+        for name in ("max_tokens", "temperature", "top_p", "top_k"):
+            if _is_given(body.get(name)):
+                attributes[name] = body[name]
+        if stream:
+            attributes["stream"] = True
+        prompt: Any = body.get("messages")
+        if _is_given(body.get("system")):
+            prompt = {"system": body["system"], "messages": prompt}
+        return Plan(str(body.get("model") or "unknown"), prompt, attributes)
+
+    def read(self, call: ProviderCall, result: Any) -> None:
+        call.record(model=_get(result, "model"))
+        usage = _Usage()
+        usage.update(_get(result, "usage"))
+        usage.record(call)
+        texts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for block in _get(result, "content") or []:
+            kind = _get(block, "type")
+            if kind == "text":
+                texts.append(_get(block, "text") or "")
+            elif kind in ("tool_use", "server_tool_use"):
+                tool_calls.append({"id": _get(block, "id"), "name": _get(block, "name"), "input": _get(block, "input")})
+        call.record(response="".join(texts))
+        if tool_calls:
+            call.set(tool_calls=tool_calls)
+        if _get(result, "stop_reason") is not None:
+            call.set(finish_reason=_get(result, "stop_reason"))
+
+    def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
+        return _MessageStream(call)
+
+
+class _MessageStream(StreamReader):
+    """Server-sent events of a streamed message: its start, content deltas, the closing delta with usage."""
+
+    def __init__(self, call: ProviderCall) -> None:
+        super().__init__(call)
+        self.usage = _Usage()
+        self.model: Optional[str] = None
+        self.text: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.stop_reason: Optional[str] = None
+
+    def item(self, item: Any) -> bool:
+        kind = _get(item, "type")
+        if kind == "content_block_delta":
+            delta = _get(item, "delta")
+            delta_kind = _get(delta, "type")
+            self.call.first_token()
+            if delta_kind == "text_delta":
+                self.text.append(_get(delta, "text") or "")
+            elif delta_kind == "input_json_delta":
+                slot = self.tool_calls.get(_get(item, "index"))
+                if slot is not None:
+                    slot["input"] += _get(delta, "partial_json") or ""
+        elif kind == "content_block_start":
+            block = _get(item, "content_block")
+            if _get(block, "type") in ("tool_use", "server_tool_use"):
+                self.tool_calls[_get(item, "index")] = {
+                    "id": _get(block, "id"),
+                    "name": _get(block, "name"),
+                    "input": "",
+                }
+        elif kind == "message_start":
+            message = _get(item, "message")
+            self.model = _get(message, "model")
+            self.usage.update(_get(message, "usage"))
+        elif kind == "message_delta":
+            self.usage.update(_get(item, "usage"))
+            reason = _get(_get(item, "delta"), "stop_reason")
+            if reason is not None:
+                self.stop_reason = reason
+        return True
+
+    def end(self) -> None:
+        call = self.call
+        if self.model:
+            call.record(model=self.model)
+        self.usage.record(call)
+        call.record(response="".join(self.text))
+        if self.tool_calls:
+            call.set(tool_calls=[self.tool_calls[index] for index in sorted(self.tool_calls)])
+        if self.stop_reason is not None:
+            call.set(finish_reason=self.stop_reason)
+
+
+_MESSAGES = Messages()
+
+
+def route(method: str, path: str) -> Optional[Endpoint]:
+    if method != "post":
+        return None
+    return _MESSAGES if path.split("?", 1)[0].rstrip("/") in ("/v1/messages", "v1/messages") else None
+
+
+INTEGRATION = StainlessIntegration(
+    "anthropic",
+    PROVIDER,
+    route,
+    helper_streams=(
+        ("anthropic.lib.streaming._messages", "MessageStream", False),
+        ("anthropic.lib.streaming._messages", "AsyncMessageStream", True),
+        ("anthropic.lib.streaming._beta_messages", "BetaMessageStream", False),
+        ("anthropic.lib.streaming._beta_messages", "BetaAsyncMessageStream", True),
+    ),
+)
+
+
+def instrument(resolve: Resolver, client: Any = None) -> None:
+    """Record the calls of every ``anthropic`` client, or of ``client`` only."""
+    INTEGRATION.instrument(resolve, client)
+
+
+def uninstrument(client: Any = None) -> None:
+    """Stop recording every ``anthropic`` client, or ``client`` only."""
+    INTEGRATION.uninstrument(client)

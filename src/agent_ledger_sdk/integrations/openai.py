@@ -1,0 +1,302 @@
+"""``instrument_openai()``: every call of the ``openai`` package's clients recorded as an ``llm_call``.
+
+Covered, sync and async: ``chat.completions.create`` (plain and ``stream=True``),
+``chat.completions.parse``, the ``.stream()`` helpers, ``responses.create``
+(plain and streamed), ``responses.parse`` and ``embeddings.create``; for
+Azure OpenAI as for OpenAI.
+
+A streamed chat completion sends its usage only when asked
+(``stream_options={"include_usage": True}``): the integration asks for it
+when you did not, and hides the extra usage-only chunk, so your loop sees
+exactly the chunks it would have seen uninstrumented.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ._calls import ProviderCall, Resolver
+from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, copy_options
+
+PROVIDER = "openai"
+
+
+def _get(obj: Any, name: str) -> Any:
+    """An attribute of a response object, or a key of a dict (raw bodies, other SDK versions)."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _record_usage(call: ProviderCall, usage: Any, input_name: str, output_name: str) -> None:
+    """OpenAI counts cached input in the input tokens and reasoning in the output, as the ledger does."""
+    if usage is None:
+        return
+    input_details = _get(usage, f"{input_name}_details")
+    output_details = _get(usage, f"{output_name}_details")
+    call.record(
+        tokens_in=_get(usage, input_name) or 0,
+        tokens_out=_get(usage, output_name) or 0,
+        cache_read_tokens=_get(input_details, "cached_tokens"),
+        reasoning_tokens=_get(output_details, "reasoning_tokens"),
+    )
+
+
+def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for name in names:
+        value = body.get(name)
+        if value is not None and not _is_not_given(value):
+            attributes[name] = value
+    return attributes
+
+
+def _is_not_given(value: Any) -> bool:
+    return type(value).__name__ in ("NotGiven", "Omit")
+
+
+# -- chat completions ------------------------------------------------------------
+
+
+class ChatCompletions(Endpoint):
+    def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
+        attributes = _request_attributes(body, "temperature", "top_p", "seed")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is not None and not _is_not_given(max_tokens):
+            attributes["max_tokens"] = max_tokens
+        plan = Plan(str(body.get("model") or "unknown"), body.get("messages"), attributes)
+        if stream:
+            attributes["stream"] = True
+            stream_options = body.get("stream_options")
+            stream_options = stream_options if isinstance(stream_options, dict) else {}
+            if not stream_options.get("include_usage"):
+                # Ask for the usage chunk, and hide it: the user's loop sees what it would have seen.
+                asked = {**body, "stream_options": {**stream_options, "include_usage": True}}
+                plan.options = copy_options(options, asked)
+        return plan
+
+    def read(self, call: ProviderCall, result: Any) -> None:
+        call.record(model=_get(result, "model"))
+        _record_usage(call, _get(result, "usage"), "prompt_tokens", "completion_tokens")
+        choices = _get(result, "choices") or []
+        texts: list[Any] = []
+        tool_calls: list[dict[str, Any]] = []
+        finish_reasons: list[Any] = []
+        for choice in choices:
+            message = _get(choice, "message")
+            texts.append(_get(message, "content") or _get(message, "refusal") or "")
+            for tool_call in _get(message, "tool_calls") or []:
+                function = _get(tool_call, "function")
+                tool_calls.append(
+                    {
+                        "id": _get(tool_call, "id"),
+                        "name": _get(function, "name"),
+                        "arguments": _get(function, "arguments"),
+                    }
+                )
+            finish_reasons.append(_get(choice, "finish_reason"))
+        _record_outcome(call, texts, tool_calls, finish_reasons)
+
+    def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
+        return _ChatStream(call, hide_usage=plan.options is not None)
+
+
+def _record_outcome(
+    call: ProviderCall, texts: list[Any], tool_calls: list[dict[str, Any]], finish_reasons: list[Any]
+) -> None:
+    if texts:
+        call.record(response=texts[0] if len(texts) == 1 else texts)
+    if tool_calls:
+        call.set(tool_calls=tool_calls)
+    reasons = [reason for reason in finish_reasons if reason is not None]
+    if reasons:
+        call.set(finish_reason=reasons[0] if len(reasons) == 1 else reasons)
+
+
+class _ChatStream(StreamReader):
+    """Chunks of a streamed chat completion: text and tool-call deltas, the finish, the usage chunk."""
+
+    def __init__(self, call: ProviderCall, hide_usage: bool) -> None:
+        super().__init__(call)
+        self.hide_usage = hide_usage
+        self.texts: dict[int, list[str]] = {}
+        self.tool_calls: dict[tuple[int, int], dict[str, Any]] = {}
+        self.finish_reasons: dict[int, Any] = {}
+        self.model: Optional[str] = None
+        self.usage: Any = None
+
+    def item(self, item: Any) -> bool:
+        choices = _get(item, "choices")
+        model = _get(item, "model")
+        if model:
+            self.model = model
+        usage = _get(item, "usage")
+        if usage is not None:
+            self.usage = usage
+            if not choices and self.hide_usage:
+                return False  # the chunk we asked for: not the user's
+        for choice in choices or ():
+            index = _get(choice, "index") or 0
+            delta = _get(choice, "delta")
+            content = _get(delta, "content") or _get(delta, "refusal")
+            if content:
+                self.call.first_token()
+                self.texts.setdefault(index, []).append(content)
+            for tool_call in _get(delta, "tool_calls") or ():
+                self.call.first_token()
+                slot = self.tool_calls.setdefault(
+                    (index, _get(tool_call, "index") or 0), {"id": None, "name": None, "arguments": ""}
+                )
+                function = _get(tool_call, "function")
+                slot["id"] = _get(tool_call, "id") or slot["id"]
+                slot["name"] = _get(function, "name") or slot["name"]
+                slot["arguments"] += _get(function, "arguments") or ""
+            if _get(choice, "finish_reason") is not None:
+                self.finish_reasons[index] = _get(choice, "finish_reason")
+        return True
+
+    def end(self) -> None:
+        if self.model:
+            self.call.record(model=self.model)
+        _record_usage(self.call, self.usage, "prompt_tokens", "completion_tokens")
+        indexes = sorted(set(self.texts) | set(self.finish_reasons)) or [0]
+        texts = ["".join(self.texts.get(index, ())) for index in indexes]
+        tool_calls = [self.tool_calls[key] for key in sorted(self.tool_calls)]
+        _record_outcome(self.call, texts, tool_calls, [self.finish_reasons.get(index) for index in indexes])
+
+
+# -- responses -----------------------------------------------------------------
+
+
+class Responses(Endpoint):
+    def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
+        attributes = _request_attributes(body, "temperature", "top_p")
+        max_tokens = body.get("max_output_tokens")
+        if max_tokens is not None and not _is_not_given(max_tokens):
+            attributes["max_tokens"] = max_tokens
+        if stream:
+            attributes["stream"] = True
+        instructions = body.get("instructions")
+        prompt: Any = body.get("input")
+        if instructions is not None and not _is_not_given(instructions):
+            prompt = {"instructions": instructions, "input": prompt}
+        return Plan(str(body.get("model") or "unknown"), prompt, attributes)
+
+    def read(self, call: ProviderCall, result: Any) -> None:
+        call.record(model=_get(result, "model"))
+        _record_usage(call, _get(result, "usage"), "input_tokens", "output_tokens")
+        texts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for item in _get(result, "output") or []:
+            kind = _get(item, "type")
+            if kind == "message":
+                for part in _get(item, "content") or []:
+                    if _get(part, "type") == "output_text":
+                        texts.append(_get(part, "text") or "")
+                    elif _get(part, "type") == "refusal":
+                        texts.append(_get(part, "refusal") or "")
+            elif kind == "function_call":
+                tool_calls.append(
+                    {"id": _get(item, "call_id"), "name": _get(item, "name"), "arguments": _get(item, "arguments")}
+                )
+        call.record(response="".join(texts))
+        if tool_calls:
+            call.set(tool_calls=tool_calls)
+        status = _get(result, "status")
+        reason = _get(_get(result, "incomplete_details"), "reason")
+        if reason or status:
+            call.set(finish_reason=reason or status)
+
+    def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
+        return _ResponsesStream(call, self)
+
+
+class _ResponsesStream(StreamReader):
+    """Events of a streamed response: the text deltas, then the final response with its usage."""
+
+    _FINAL = ("response.completed", "response.incomplete", "response.failed")
+
+    def __init__(self, call: ProviderCall, endpoint: Responses) -> None:
+        super().__init__(call)
+        self.endpoint = endpoint
+        self.text: list[str] = []
+        self.final: Any = None
+        self.model: Optional[str] = None
+
+    def item(self, item: Any) -> bool:
+        kind = _get(item, "type")
+        if kind == "response.output_text.delta":
+            self.call.first_token()
+            self.text.append(_get(item, "delta") or "")
+        elif kind == "response.function_call_arguments.delta":
+            self.call.first_token()
+        elif kind in self._FINAL:
+            self.final = _get(item, "response")
+        elif kind == "response.created":
+            self.model = _get(_get(item, "response"), "model")
+        return True
+
+    def end(self) -> None:
+        if self.final is not None:
+            self.endpoint.read(self.call, self.final)
+            return
+        if self.model:
+            self.call.record(model=self.model)
+        self.call.record(response="".join(self.text))
+
+
+# -- embeddings ------------------------------------------------------------------
+
+
+class Embeddings(Endpoint):
+    def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
+        attributes = _request_attributes(body, "dimensions")
+        return Plan(str(body.get("model") or "unknown"), body.get("input"), attributes)
+
+    def read(self, call: ProviderCall, result: Any) -> None:
+        call.record(model=_get(result, "model"))
+        usage = _get(result, "usage")
+        if usage is not None:
+            call.record(tokens_in=_get(usage, "prompt_tokens") or 0, tokens_out=0)
+        data = _get(result, "data") or []
+        # The vectors are not the interesting part of the record: their count and size are.
+        first = _get(data[0], "embedding") if data else None
+        call.record(response={"embeddings": len(data), "dimensions": len(first) if isinstance(first, list) else None})
+
+
+_ENDPOINTS: dict[str, Endpoint] = {
+    "/chat/completions": ChatCompletions(),
+    "/responses": Responses(),
+    "/embeddings": Embeddings(),
+}
+
+
+def route(method: str, path: str) -> Optional[Endpoint]:
+    if method != "post":
+        return None
+    return _ENDPOINTS.get(path if path.startswith("/") else "/" + path)
+
+
+INTEGRATION = StainlessIntegration(
+    "openai",
+    PROVIDER,
+    route,
+    helper_streams=(
+        ("openai.lib.streaming.chat._completions", "ChatCompletionStream", False),
+        ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream", True),
+        ("openai.lib.streaming.responses._responses", "ResponseStream", False),
+        ("openai.lib.streaming.responses._responses", "AsyncResponseStream", True),
+    ),
+)
+
+
+def instrument(resolve: Resolver, client: Any = None) -> None:
+    """Record the calls of every ``openai`` client, or of ``client`` only."""
+    INTEGRATION.instrument(resolve, client)
+
+
+def uninstrument(client: Any = None) -> None:
+    """Stop recording every ``openai`` client, or ``client`` only."""
+    INTEGRATION.uninstrument(client)
