@@ -354,12 +354,15 @@ class SyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore
         super().__init__(stream)
         self._self_call = call
         self._self_reader = reader
+        self._self_read = False  # once iterated, the relay records the end, even if this proxy is dropped
         self._self_relay = _relay(stream, call, reader)
 
     def __iter__(self) -> Any:
+        self._self_read = True
         return self._self_relay
 
     def __next__(self) -> Any:
+        self._self_read = True
         return self._self_relay.__next__()
 
     def __enter__(self) -> SyncStream:
@@ -377,8 +380,11 @@ class SyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore
     def _self_abandon(self) -> None:
         _abandoned(self._self_call, self._self_reader)
 
-    def __del__(self) -> None:  # dropped before it was read to the end, or at all
-        _abandoned(self._self_call, self._self_reader)
+    def __del__(self) -> None:
+        # Dropped unread. (Once iterated, the relay records the end: `for chunk in create(...)`
+        # drops this proxy at once and goes on reading through the relay.)
+        if not self._self_read:
+            _abandoned(self._self_call, self._self_reader)
 
 
 class AsyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignore]
@@ -388,12 +394,15 @@ class AsyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignor
         super().__init__(stream)
         self._self_call = call
         self._self_reader = reader
+        self._self_read = False
         self._self_relay = _arelay(stream, call, reader)
 
     def __aiter__(self) -> Any:
+        self._self_read = True
         return self._self_relay
 
     async def __anext__(self) -> Any:
+        self._self_read = True
         return await self._self_relay.__anext__()
 
     async def __aenter__(self) -> AsyncStream:
@@ -412,7 +421,8 @@ class AsyncStream(wrapt.ObjectProxy):  # type: ignore[type-arg,misc,unused-ignor
         _abandoned(self._self_call, self._self_reader)
 
     def __del__(self) -> None:
-        _abandoned(self._self_call, self._self_reader)
+        if not self._self_read:  # dropped unread; once iterated, the relay records the end
+            _abandoned(self._self_call, self._self_reader)
 
 
 def _close_helper_stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
