@@ -12,8 +12,13 @@ import pytest
 
 pytest.importorskip("starlette", reason="the snippets run against a local ledger")
 
+import importlib.util
+
+import agent_ledger_sdk
 from agent_ledger_sdk import AgentLedgerClient, _default
 from agent_ledger_sdk.local import LocalLedger, run
+
+from . import fake_providers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -30,11 +35,33 @@ def ledger() -> Iterator[LocalLedger]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def providers() -> Iterator[str]:
+    """OpenAI and Anthropic stand-ins on 127.0.0.1: the snippets use the real clients as users write them."""
+    with fake_providers.serve() as url:
+        yield url
+
+
+def _uninstrument() -> None:
+    for package in ("openai", "anthropic"):
+        if importlib.util.find_spec(package) is not None:
+            getattr(agent_ledger_sdk, f"uninstrument_{package}")()
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if snippets(d, "python")], ids=lambda d: d.name)
-def test_python_snippets_run(document: Path, ledger: LocalLedger, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in ledger.env().items():
+def test_python_snippets_run(
+    document: Path, ledger: LocalLedger, providers: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {**ledger.env(), **fake_providers.environment(providers)}.items():
         monkeypatch.setenv(name, value)
+    try:
+        _run_snippets(document, monkeypatch)
+    finally:
+        _uninstrument()
+
+
+def _run_snippets(document: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_default, "_default", None)
     namespace: dict[str, object] = {"__name__": f"docs_{document.stem}"}
     for number, code in enumerate(snippets(document, "python"), 1):
