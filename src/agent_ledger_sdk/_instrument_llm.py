@@ -177,7 +177,7 @@ class LLMCall:
         self._handle = handle
         self._perf_started = perf_counter()
 
-    def _end(self, exc: Optional[BaseException]) -> tuple[dict[str, Any], int]:
+    def _end(self, exc: Optional[BaseException], latency_ms: Optional[int] = None) -> tuple[dict[str, Any], int]:
         if self._token is not None:
             current_span_var.reset(self._token)
             self._token = None
@@ -191,7 +191,7 @@ class LLMCall:
             "response": response,
             "tokensIn": self.tokens_in if self.tokens_in is not None else 0,
             "tokensOut": self.tokens_out if self.tokens_out is not None else 0,
-            "latencyMs": ms_since(self._perf_started),
+            "latencyMs": ms_since(self._perf_started) if latency_ms is None else latency_ms,
             "startedAt": self._started_at,
             "spanId": self._span,
         }

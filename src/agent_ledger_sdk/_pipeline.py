@@ -31,6 +31,9 @@ from ._stats import Counters, RateLimitedWarnings
 Redactor = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
 
 CONTENT_KEYS = ("prompt", "response", "toolInput", "toolOutput")
+# An event queued before it was complete: this key holds a Lazy that fills the event in, here
+# (off the agent's thread), from what the caller handed over. See integrations/_calls.py.
+COMPLETE_KEY = "\x00complete"
 
 
 class Pipeline:
@@ -51,6 +54,8 @@ class Pipeline:
 
     def encode(self, event: dict[str, Any]) -> Optional[str]:
         """The wire form of ``event``, or None if a processor dropped it or it is invalid (counted and logged)."""
+        if COMPLETE_KEY in event:
+            event.pop(COMPLETE_KEY).resolve()
         started = event.get("startedAt")
         if type(started) is float:
             event["startedAt"] = rfc3339(started)

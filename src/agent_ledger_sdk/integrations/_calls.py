@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from .._context import current_session_var
 from .._instrument_llm import LLMCall
 from .._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, ms_since
+from .._pipeline import COMPLETE_KEY
+from .._snapshot import Lazy
 from .._stats import internal_error
 
 if TYPE_CHECKING:
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
     from .._session import SessionHandle
 
 Resolver = Callable[[], "Instrumentation"]
+
+# What the queue counts for an event completed later, besides its prompt: a response's text,
+# tool calls and usage, typically.
+DEFERRED_EVENT_BYTES = 2048
 
 # Packages instrumented for every client (instrument_openai() with no client): a framework
 # integration leaves their LLM calls to them rather than record each call twice.
@@ -58,12 +64,13 @@ def session_for(resolve: Resolver) -> Optional[SessionHandle]:
 class ProviderCall:
     """An ``llm_call`` begun before a provider request and finished once, however the request ends."""
 
-    __slots__ = ("_finished", "_first_token_ms", "call", "handle", "retries")
+    __slots__ = ("_finished", "_first_token_ms", "call", "handle", "raw", "retries")
 
     def __init__(self, call: LLMCall, handle: SessionHandle) -> None:
         self.call = call
         self.handle = handle
         self.retries = 0  # the provider client's own retries, counted by the integration
+        self.raw: Any = None  # the provider's HTTP response, when the integration keeps it
         self._first_token_ms: Optional[int] = None
         self._finished = False
 
@@ -107,24 +114,87 @@ class ProviderCall:
         """Event attributes: ``finish_reason=`` becomes ``finishReason``."""
         self.call.set(**attributes)
 
+    def outcome(
+        self,
+        model: Any,
+        response: Any,
+        tokens_in: Optional[int],
+        tokens_out: Optional[int],
+        cache_read_tokens: Optional[int] = None,
+        cache_write_tokens: Optional[int] = None,
+        reasoning_tokens: Optional[int] = None,
+        tool_calls: Optional[list[Any]] = None,
+        finish_reason: Any = None,
+    ) -> None:
+        """Everything a provider's answer says, recorded at once (the hot path of every integration)."""
+        call = self.call
+        if model:
+            call.model = model
+        call.response = response
+        if tokens_in is not None or tokens_out is not None:
+            call.tokens_in = tokens_in or 0
+            call.tokens_out = tokens_out or 0
+        if cache_read_tokens is not None:
+            call.cache_read_tokens = cache_read_tokens
+        if cache_write_tokens is not None:
+            call.cache_write_tokens = cache_write_tokens
+        if reasoning_tokens is not None:
+            call.reasoning_tokens = reasoning_tokens
+        if tool_calls or finish_reason is not None:
+            attributes = call._attributes
+            if attributes is None:
+                attributes = call._attributes = {}
+            if tool_calls:
+                attributes["toolCalls"] = tool_calls
+            if finish_reason is not None:
+                attributes["finishReason"] = finish_reason
+
     def first_token(self) -> None:
         """Note the time to the first token (streams); only the first call counts."""
         if self._first_token_ms is None:
             self._first_token_ms = ms_since(self.call._perf_started)
 
-    def _event(self, error: Optional[BaseException], billed: bool) -> Optional[tuple[dict[str, Any], int]]:
+    def _event(
+        self, error: Optional[BaseException], billed: bool, complete: Optional[Callable[[], Any]] = None
+    ) -> Optional[tuple[dict[str, Any], int]]:
         if self._finished:
             return None
         self._finished = True
+        latency_ms = ms_since(self.call._perf_started)  # now, on the caller's thread: when the call ended
+        if complete is None:
+            return self._build(error, billed, latency_ms)
+        # What the answer says is read where the event is encoded (the sender thread, off the agent's
+        # path), from what the caller handed over: the provider's bytes or the stream's own accumulation.
+        event: dict[str, Any] = {}
+        event[COMPLETE_KEY] = Lazy(self._complete, event, complete, error, billed, latency_ms)
+        return event, self.call._prompt_size + DEFERRED_EVENT_BYTES
+
+    def _complete(
+        self,
+        event: dict[str, Any],
+        complete: Callable[[], Any],
+        error: Optional[BaseException],
+        billed: bool,
+        latency_ms: int,
+    ) -> None:
+        try:
+            complete()
+        except Exception as exc:  # a response we could not read: the call is still recorded, usage missing
+            internal_error("llm call outcome", exc)
+        event.update(self._build(error, billed, latency_ms)[0])
+
+    def _build(self, error: Optional[BaseException], billed: bool, latency_ms: int) -> tuple[dict[str, Any], int]:
         call = self.call
         if error is not None and not billed and call.tokens_in is None and call.tokens_out is None:
             # The provider refused or never answered: nothing was generated, nothing is owed.
             call.tokens_in = call.tokens_out = 0
-        extra: dict[str, Any] = {"retries": self.retries}
+        attributes = call._attributes
+        if attributes is None:
+            attributes = call._attributes = {}
+        attributes["retries"] = self.retries
         if self._first_token_ms is not None:
-            extra["time_to_first_token_ms"] = self._first_token_ms
-        call.set(**extra)
-        return call._end(error)
+            attributes["timeToFirstTokenMs"] = self._first_token_ms
+        return call._end(error, latency_ms)
 
     def finish(self, error: Optional[BaseException] = None, *, billed: bool = False) -> None:
         """Record the call once. ``error``: it failed; ``billed``: output had begun, so usage may be owed.
@@ -141,9 +211,19 @@ class ProviderCall:
         else:
             emit_quietly(self.handle, *built)
 
-    def finish_quietly(self, error: Optional[BaseException] = None, *, billed: bool = False) -> None:
-        """:meth:`finish` where nothing may be raised: a stream closed or collected."""
-        built = self._event(error, billed)
+    def finish_quietly(
+        self,
+        error: Optional[BaseException] = None,
+        *,
+        billed: bool = False,
+        complete: Optional[Callable[[], Any]] = None,
+    ) -> None:
+        """:meth:`finish` where nothing may be raised: a stream closed or collected, a response.
+
+        ``complete``, when given, records the answer (with :meth:`outcome`) where the event
+        is encoded, off the caller's thread; it must read only what cannot change any more.
+        """
+        built = self._event(error, billed, complete)
         if built is not None:
             emit_quietly(self.handle, *built)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import json
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -80,13 +81,12 @@ class Endpoint:
 Router = Callable[[str, str], Optional[Endpoint]]  # (method, path) -> endpoint or None
 
 
-def copy_options(options: Any, body: dict[str, Any]) -> Any:
-    """The request's options with another JSON body; the caller's own options are left as they were."""
-    import copy
-
-    replaced = copy.copy(options)
-    replaced.json_data = body
-    return replaced
+def with_body(options: Any, body: dict[str, Any]) -> Any:
+    """The request's options with another JSON body. The options object is the client's own, made for
+    this one call (the user's arguments were already copied into its body), so it is changed in place:
+    a copy of a pydantic model would cost more than the rest of the instrumentation."""
+    options.json_data = body
+    return options
 
 
 class StainlessIntegration:
@@ -177,10 +177,19 @@ class StainlessIntegration:
                 call.retries += 1
             return wrapped(*args, **kwargs)
 
+        def keep_response(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = _active.get()
+            if call is not None:
+                call.raw = kwargs.get("response")
+            return wrapped(*args, **kwargs)
+
         targets: list[tuple[Any, str, Any]] = [
             (base.SyncAPIClient, "request", sync_request),
             (base.AsyncAPIClient, "request", async_request),
             (base.BaseClient, "_calculate_retry_timeout", count_retry),
+            # Where the client turns the HTTP response into its result: the response is kept on the call.
+            (base.SyncAPIClient, "_process_response", keep_response),
+            (base.AsyncAPIClient, "_process_response", keep_response),
         ]
         for module_name, class_name, is_async in self.helper_streams:
             try:
@@ -204,15 +213,19 @@ class StainlessIntegration:
 
     def _prepare(
         self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Optional[tuple[Resolver, Endpoint, Plan, tuple[Any, ...], dict[str, Any]]]:
-        """The call to record, or None to pass the request through untouched."""
+    ) -> Optional[tuple[Resolver, Endpoint, Plan, tuple[Any, ...], dict[str, Any], tuple[Any, Any]]]:
+        """The call to record, the request to send for it and the options' body as the user made it
+        (see :func:`_as_made`); or None to pass the request through untouched."""
         if _active.get() is not None:
             return None
         resolve = self.resolver_for(instance)
         if resolve is None:
             return None
         try:
+            if not resolve().enabled:
+                return None  # enabled=False: a pass-through, also under a test capture
             options = args[1] if len(args) > 1 else kwargs["options"]
+            made = (options, options.json_data)
             endpoint = self.router(str(options.method).lower(), str(options.url))
             if endpoint is None:
                 return None
@@ -228,19 +241,20 @@ class StainlessIntegration:
         except Exception as exc:  # an unexpected request shape: record nothing, send it as it was
             internal_error(f"{self.package} request", exc)
             return None
-        return resolve, endpoint, plan, args, kwargs
+        return resolve, endpoint, plan, args, kwargs, made
 
     def _sync_request(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         prepared = self._prepare(instance, args, kwargs)
         if prepared is None:
             return wrapped(*args, **kwargs)
-        resolve, endpoint, plan, args, kwargs = prepared
+        resolve, endpoint, plan, sent_args, sent_kwargs, made = prepared
         call = _begin(resolve, self.provider, plan)  # a budget refusal raises here: nothing was sent
         if call is None:
-            return wrapped(*args, **kwargs)
+            _as_made(made)
+            return wrapped(*args, **kwargs)  # nothing records: the request as the user made it
         token = _active.set(call)
         try:
-            result = wrapped(*args, **kwargs)
+            result = wrapped(*sent_args, **sent_kwargs)
         except BaseException as exc:
             call.finish_quietly(exc)
             raise
@@ -252,13 +266,14 @@ class StainlessIntegration:
         prepared = self._prepare(instance, args, kwargs)
         if prepared is None:
             return await wrapped(*args, **kwargs)
-        resolve, endpoint, plan, args, kwargs = prepared
+        resolve, endpoint, plan, sent_args, sent_kwargs, made = prepared
         call = await _abegin(resolve, self.provider, plan)
         if call is None:
-            return await wrapped(*args, **kwargs)
+            _as_made(made)
+            return await wrapped(*args, **kwargs)  # nothing records: the request as the user made it
         token = _active.set(call)
         try:
-            result = await wrapped(*args, **kwargs)
+            result = await wrapped(*sent_args, **sent_kwargs)
         except BaseException as exc:
             call.finish_quietly(exc)
             raise
@@ -270,15 +285,31 @@ class StainlessIntegration:
         self, call: ProviderCall, endpoint: Endpoint, plan: Plan, result: Any, kwargs: dict[str, Any], proxy: Any
     ) -> Any:
         try:
-            if kwargs.get("stream") and hasattr(result, "response") and not hasattr(result, "parse"):
+            if kwargs.get("stream") and type(result).__name__ in ("Stream", "AsyncStream"):
                 return proxy(result, call, endpoint.reader(call, plan))
-            parsed = _parsed(result)
-            if parsed is not None:
-                endpoint.read(call, parsed)
+            body = _body_of(call.raw)
+            if body is not None:
+                # The bytes the provider sent are read off the agent's thread: exact, and the
+                # user's response object is theirs to change.
+                complete: Optional[Callable[[], Any]] = _reader_of_body(endpoint, call, body, result)
+            else:
+                parsed = _parsed(result)
+                if parsed is not None:
+                    endpoint.read(call, parsed)
+                complete = None
         except Exception as exc:
             internal_error(f"{self.package} response", exc)
-        call.finish_quietly()  # a refusal of the ledger latches and stops the next call, not this paid one
+            complete = None
+        call.finish_quietly(complete=complete)  # a ledger's refusal latches and stops the next call, not this one
         return result
+
+
+def _as_made(made: tuple[Any, Any]) -> None:
+    """Undo what a plan changed in the request options (in place, see :func:`with_body`): nothing records,
+    so nothing is asked for that the user did not ask (an unhidden usage chunk would reach their loop)."""
+    options, json_data = made
+    if options.json_data is not json_data:
+        options.json_data = json_data
 
 
 def _begin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCall]:
@@ -301,13 +332,37 @@ async def _abegin(resolve: Resolver, provider: str, plan: Plan) -> Optional[Prov
         return None
 
 
+def _body_of(response: Any) -> Optional[bytes]:
+    """The body of the provider's HTTP response, when it was read whole (not a streamed one)."""
+    if response is None:
+        return None
+    try:
+        content = response.content
+    except Exception:  # streamed, not read: nothing to hand over
+        return None
+    return content if isinstance(content, bytes) and content else None
+
+
+def _reader_of_body(endpoint: Endpoint, call: ProviderCall, body: bytes, result: Any) -> Callable[[], Any]:
+    def read() -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:  # not JSON (a proxy's page?): the response object says what it can
+            answer = _parsed(result)
+        if answer is not None:
+            endpoint.read(call, answer)
+
+    return read
+
+
 def _parsed(result: Any) -> Any:
     """The response object of a call; a raw response (``with_raw_response``) is parsed, which it caches."""
-    if hasattr(result, "http_response") and callable(getattr(result, "parse", None)):
-        if type(result).__name__ != "LegacyAPIResponse":
-            return None  # with_streaming_response: the body is the user's to read; usage stays missing
+    kind = type(result).__name__  # by name: hasattr() on a pydantic model that lacks it costs microseconds
+    if kind == "LegacyAPIResponse":
         parsed = result.parse()
-        return None if hasattr(parsed, "response") and hasattr(parsed, "__iter__") else parsed
+        return None if type(parsed).__name__ in ("Stream", "AsyncStream") else parsed
+    if kind in ("APIResponse", "AsyncAPIResponse"):
+        return None  # with_streaming_response: the body is the user's to read; usage stays missing
     return result
 
 
@@ -447,11 +502,9 @@ async def _aclose_helper_stream(wrapped: Any, instance: Any, args: tuple[Any, ..
 def _ended(call: ProviderCall, reader: StreamReader, error: Optional[BaseException]) -> None:
     if call.finished:
         return
-    try:
-        reader.end()
-    except Exception as exc:
-        internal_error("stream end", exc)
-    call.finish_quietly(error, billed=True)  # output may have begun: usage, if it did not arrive, is owed
+    # What the stream's items said is put together off the agent's thread (the reader keeps its own
+    # record of them). Output may have begun: usage, if it did not arrive, is owed.
+    call.finish_quietly(error, billed=True, complete=reader.end)
 
 
 def _abandoned(call: ProviderCall, reader: StreamReader) -> None:

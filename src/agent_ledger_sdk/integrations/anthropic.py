@@ -11,10 +11,13 @@ cache_creation_input_tokens``, with the two cache counts beside it.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional
 
+import wrapt
+
 from ._calls import ProviderCall, Resolver
-from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader
+from ._stainless import AsyncStream, Endpoint, Plan, StainlessIntegration, StreamReader, SyncStream
 
 PROVIDER = "anthropic"
 
@@ -167,7 +170,28 @@ def route(method: str, path: str) -> Optional[Endpoint]:
     return _MESSAGES if path.split("?", 1)[0].rstrip("/") in ("/v1/messages", "v1/messages") else None
 
 
-INTEGRATION = StainlessIntegration(
+def _instancecheck(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``isinstance(stream, anthropic.Stream)`` true for a recorded stream as for the stream it stands for."""
+    if len(args) == 1 and isinstance(args[0], (SyncStream, AsyncStream)):
+        return isinstance(args[0].__wrapped__, instance)
+    return wrapped(*args, **kwargs)
+
+
+class _Integration(StainlessIntegration):
+    def _patch(self, base: Any) -> None:
+        super()._patch(base)
+        # anthropic 0.x gives Stream and AsyncStream a metaclass whose isinstance() knows only the exact class
+        # (and the old MessageStream): the stream handed back, a proxy, would not be an anthropic.Stream.
+        streaming = importlib.import_module("anthropic._streaming")
+        for name in ("_SyncStreamMeta", "_AsyncStreamMeta"):
+            meta: Any = getattr(streaming, name, None)
+            original = getattr(meta, "__dict__", {}).get("__instancecheck__")
+            if original is not None:
+                meta.__instancecheck__ = wrapt.FunctionWrapper(original, _instancecheck)
+                self._patches.append((meta, "__instancecheck__", original))
+
+
+INTEGRATION = _Integration(
     "anthropic",
     PROVIDER,
     route,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from ._calls import ProviderCall, Resolver
-from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, copy_options
+from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, with_body
 
 PROVIDER = "openai"
 
@@ -30,17 +30,34 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _record_usage(call: ProviderCall, usage: Any, input_name: str, output_name: str) -> None:
-    """OpenAI counts cached input in the input tokens and reasoning in the output, as the ledger does."""
-    if usage is None:
-        return
-    input_details = _get(usage, f"{input_name}_details")
-    output_details = _get(usage, f"{output_name}_details")
-    call.record(
-        tokens_in=_get(usage, input_name) or 0,
-        tokens_out=_get(usage, output_name) or 0,
-        cache_read_tokens=_get(input_details, "cached_tokens"),
-        reasoning_tokens=_get(output_details, "reasoning_tokens"),
+def _record(
+    call: ProviderCall,
+    model: Any,
+    usage: Any,
+    input_name: str,
+    output_name: str,
+    texts: list[Any],
+    tool_calls: Optional[list[dict[str, Any]]] = None,
+    finish_reasons: Optional[list[Any]] = None,
+) -> None:
+    """Record an answer. OpenAI counts cached input in the input tokens and reasoning in the output, as the
+    ledger does; with several choices the response and finish reason are lists."""
+    tokens_in = tokens_out = cache_read = reasoning = None
+    if usage is not None:
+        tokens_in = _get(usage, input_name) or 0
+        tokens_out = _get(usage, output_name) or 0
+        cache_read = _get(_get(usage, f"{input_name}_details"), "cached_tokens")
+        reasoning = _get(_get(usage, f"{output_name}_details"), "reasoning_tokens")
+    reasons = [reason for reason in finish_reasons or () if reason is not None]
+    call.outcome(
+        model,
+        (texts[0] if len(texts) == 1 else texts) if texts else "",
+        tokens_in,
+        tokens_out,
+        cache_read_tokens=cache_read,
+        reasoning_tokens=reasoning,
+        tool_calls=tool_calls,
+        finish_reason=(reasons[0] if len(reasons) == 1 else reasons) if reasons else None,
     )
 
 
@@ -55,6 +72,15 @@ def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
 
 def _is_not_given(value: Any) -> bool:
     return type(value).__name__ in ("NotGiven", "Omit")
+
+
+def _forget_field(item: Any, name: str) -> None:
+    """Unmark a field the API sent only because we asked: ``to_dict()`` / ``to_json()`` show it unsent again."""
+    fields_set = getattr(item, "__pydantic_fields_set__", None)  # pydantic 2
+    if fields_set is None:
+        fields_set = getattr(item, "__fields_set__", None)  # pydantic 1
+    if isinstance(fields_set, set):
+        fields_set.discard(name)
 
 
 # -- chat completions ------------------------------------------------------------
@@ -74,20 +100,17 @@ class ChatCompletions(Endpoint):
             if not stream_options.get("include_usage"):
                 # Ask for the usage chunk, and hide it: the user's loop sees what it would have seen.
                 asked = {**body, "stream_options": {**stream_options, "include_usage": True}}
-                plan.options = copy_options(options, asked)
+                plan.options = with_body(options, asked)
         return plan
 
     def read(self, call: ProviderCall, result: Any) -> None:
-        call.record(model=_get(result, "model"))
-        _record_usage(call, _get(result, "usage"), "prompt_tokens", "completion_tokens")
-        choices = _get(result, "choices") or []
         texts: list[Any] = []
         tool_calls: list[dict[str, Any]] = []
         finish_reasons: list[Any] = []
-        for choice in choices:
+        for choice in _get(result, "choices") or ():
             message = _get(choice, "message")
             texts.append(_get(message, "content") or _get(message, "refusal") or "")
-            for tool_call in _get(message, "tool_calls") or []:
+            for tool_call in _get(message, "tool_calls") or ():
                 function = _get(tool_call, "function")
                 tool_calls.append(
                     {
@@ -97,22 +120,19 @@ class ChatCompletions(Endpoint):
                     }
                 )
             finish_reasons.append(_get(choice, "finish_reason"))
-        _record_outcome(call, texts, tool_calls, finish_reasons)
+        _record(
+            call,
+            _get(result, "model"),
+            _get(result, "usage"),
+            "prompt_tokens",
+            "completion_tokens",
+            texts,
+            tool_calls,
+            finish_reasons,
+        )
 
     def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
         return _ChatStream(call, hide_usage=plan.options is not None)
-
-
-def _record_outcome(
-    call: ProviderCall, texts: list[Any], tool_calls: list[dict[str, Any]], finish_reasons: list[Any]
-) -> None:
-    if texts:
-        call.record(response=texts[0] if len(texts) == 1 else texts)
-    if tool_calls:
-        call.set(tool_calls=tool_calls)
-    reasons = [reason for reason in finish_reasons if reason is not None]
-    if reasons:
-        call.set(finish_reason=reasons[0] if len(reasons) == 1 else reasons)
 
 
 class _ChatStream(StreamReader):
@@ -126,45 +146,84 @@ class _ChatStream(StreamReader):
         self.finish_reasons: dict[int, Any] = {}
         self.model: Optional[str] = None
         self.usage: Any = None
+        self.first = True  # no content yet: the next one is the first token
 
     def item(self, item: Any) -> bool:
+        # Every chunk of every stream passes here: the SDK's chunk objects are read attribute by
+        # attribute, the usual chunk (one choice, some text) in a few steps; anything else (a dict,
+        # another version's shape) takes the general path.
+        try:
+            choices = item.choices
+            usage = item.usage
+            if usage is not None or not choices or len(choices) != 1:
+                return self._any_item(item)
+            choice = choices[0]
+            delta = choice.delta
+            content = delta.content
+            if content and not delta.tool_calls and choice.index == 0:
+                if self.first:
+                    self._first(item)
+                self.texts[0].append(content)
+                if choice.finish_reason is not None:
+                    self.finish_reasons[0] = choice.finish_reason
+                if self.hide_usage:
+                    item.__pydantic_fields_set__.discard("usage")  # see _forget_field
+                return True
+        except AttributeError:
+            pass
+        return self._any_item(item)
+
+    def _first(self, item: Any) -> None:
+        self.first = False
+        self.call.first_token()
+        if self.model is None:
+            self.model = _get(item, "model")
+        self.texts.setdefault(0, [])
+
+    def _any_item(self, item: Any) -> bool:
         choices = _get(item, "choices")
-        model = _get(item, "model")
-        if model:
-            self.model = model
         usage = _get(item, "usage")
+        if self.model is None:
+            self.model = _get(item, "model")
         if usage is not None:
             self.usage = usage
             if not choices and self.hide_usage:
                 return False  # the chunk we asked for: not the user's
-        for choice in choices or ():
+        elif self.hide_usage:
+            _forget_field(item, "usage")  # the API adds "usage": null to every chunk once asked
+        if not choices:
+            return True
+        for choice in choices:
             index = _get(choice, "index") or 0
             delta = _get(choice, "delta")
             content = _get(delta, "content") or _get(delta, "refusal")
             if content:
-                self.call.first_token()
+                if self.first:
+                    self._first(item)
                 self.texts.setdefault(index, []).append(content)
-            for tool_call in _get(delta, "tool_calls") or ():
-                self.call.first_token()
-                slot = self.tool_calls.setdefault(
-                    (index, _get(tool_call, "index") or 0), {"id": None, "name": None, "arguments": ""}
-                )
-                function = _get(tool_call, "function")
-                slot["id"] = _get(tool_call, "id") or slot["id"]
-                slot["name"] = _get(function, "name") or slot["name"]
-                slot["arguments"] += _get(function, "arguments") or ""
-            if _get(choice, "finish_reason") is not None:
-                self.finish_reasons[index] = _get(choice, "finish_reason")
+            tool_calls = _get(delta, "tool_calls")
+            if tool_calls:
+                if self.first:
+                    self._first(item)
+                for tool_call in tool_calls:
+                    slot = self.tool_calls.setdefault(
+                        (index, _get(tool_call, "index") or 0), {"id": None, "name": None, "arguments": ""}
+                    )
+                    function = _get(tool_call, "function")
+                    slot["id"] = _get(tool_call, "id") or slot["id"]
+                    slot["name"] = _get(function, "name") or slot["name"]
+                    slot["arguments"] += _get(function, "arguments") or ""
+            reason = _get(choice, "finish_reason")
+            if reason is not None:
+                self.finish_reasons[index] = reason
         return True
 
     def end(self) -> None:
-        if self.model:
-            self.call.record(model=self.model)
-        _record_usage(self.call, self.usage, "prompt_tokens", "completion_tokens")
         indexes = sorted(set(self.texts) | set(self.finish_reasons)) or [0]
         texts = ["".join(self.texts.get(index, ())) for index in indexes]
         tool_calls = [self.tool_calls[key] for key in sorted(self.tool_calls)]
-        _record_outcome(self.call, texts, tool_calls, [self.finish_reasons.get(index) for index in indexes])
+        reasons = [self.finish_reasons.get(index) for index in indexes]
+        _record(self.call, self.model, self.usage, "prompt_tokens", "completion_tokens", texts, tool_calls, reasons)
 
 
 # -- responses -----------------------------------------------------------------
@@ -185,14 +244,12 @@ class Responses(Endpoint):
         return Plan(str(body.get("model") or "unknown"), prompt, attributes)
 
     def read(self, call: ProviderCall, result: Any) -> None:
-        call.record(model=_get(result, "model"))
-        _record_usage(call, _get(result, "usage"), "input_tokens", "output_tokens")
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
-        for item in _get(result, "output") or []:
+        for item in _get(result, "output") or ():
             kind = _get(item, "type")
             if kind == "message":
-                for part in _get(item, "content") or []:
+                for part in _get(item, "content") or ():
                     if _get(part, "type") == "output_text":
                         texts.append(_get(part, "text") or "")
                     elif _get(part, "type") == "refusal":
@@ -201,13 +258,17 @@ class Responses(Endpoint):
                 tool_calls.append(
                     {"id": _get(item, "call_id"), "name": _get(item, "name"), "arguments": _get(item, "arguments")}
                 )
-        call.record(response="".join(texts))
-        if tool_calls:
-            call.set(tool_calls=tool_calls)
-        status = _get(result, "status")
-        reason = _get(_get(result, "incomplete_details"), "reason")
-        if reason or status:
-            call.set(finish_reason=reason or status)
+        reason = _get(_get(result, "incomplete_details"), "reason") or _get(result, "status")
+        _record(
+            call,
+            _get(result, "model"),
+            _get(result, "usage"),
+            "input_tokens",
+            "output_tokens",
+            ["".join(texts)],
+            tool_calls,
+            [reason],
+        )
 
     def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
         return _ResponsesStream(call, self)
@@ -242,9 +303,7 @@ class _ResponsesStream(StreamReader):
         if self.final is not None:
             self.endpoint.read(self.call, self.final)
             return
-        if self.model:
-            self.call.record(model=self.model)
-        self.call.record(response="".join(self.text))
+        _record(self.call, self.model, None, "input_tokens", "output_tokens", ["".join(self.text)])
 
 
 # -- embeddings ------------------------------------------------------------------
@@ -256,14 +315,16 @@ class Embeddings(Endpoint):
         return Plan(str(body.get("model") or "unknown"), body.get("input"), attributes)
 
     def read(self, call: ProviderCall, result: Any) -> None:
-        call.record(model=_get(result, "model"))
         usage = _get(result, "usage")
-        if usage is not None:
-            call.record(tokens_in=_get(usage, "prompt_tokens") or 0, tokens_out=0)
         data = _get(result, "data") or []
         # The vectors are not the interesting part of the record: their count and size are.
         first = _get(data[0], "embedding") if data else None
-        call.record(response={"embeddings": len(data), "dimensions": len(first) if isinstance(first, list) else None})
+        call.outcome(
+            _get(result, "model"),
+            {"embeddings": len(data), "dimensions": len(first) if isinstance(first, list) else None},
+            None if usage is None else _get(usage, "prompt_tokens") or 0,
+            None if usage is None else 0,
+        )
 
 
 _ENDPOINTS: dict[str, Endpoint] = {
