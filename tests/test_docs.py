@@ -43,15 +43,33 @@ def providers() -> Iterator[str]:
 
 
 def _uninstrument() -> None:
-    for package in ("openai", "anthropic"):
+    for package, integration in (("openai", "openai"), ("anthropic", "anthropic"), ("agents", "openai_agents")):
         if importlib.util.find_spec(package) is not None:
-            getattr(agent_ledger_sdk, f"uninstrument_{package}")()
+            getattr(agent_ledger_sdk, f"uninstrument_{integration}")()
+
+
+@pytest.fixture
+def no_trace_export() -> Iterator[None]:
+    """The Agents SDK exports traces to OpenAI by default: not from a test with no network."""
+    if importlib.util.find_spec("agents") is None:
+        yield
+        return
+    import agents
+    from agents.tracing import get_trace_provider
+
+    provider = get_trace_provider()
+    kept = list(getattr(getattr(provider, "_multi_processor", None), "_processors", ()))
+    agents.set_trace_processors([])
+    try:
+        yield
+    finally:
+        agents.set_trace_processors(kept)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if snippets(d, "python")], ids=lambda d: d.name)
 def test_python_snippets_run(
-    document: Path, ledger: LocalLedger, providers: str, monkeypatch: pytest.MonkeyPatch
+    document: Path, ledger: LocalLedger, providers: str, no_trace_export: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name, value in {**ledger.env(), **fake_providers.environment(providers)}.items():
         monkeypatch.setenv(name, value)

@@ -43,6 +43,7 @@ def test_all_is_pinned() -> None:
         "get_client",
         "instrument_anthropic",
         "instrument_openai",
+        "instrument_openai_agents",
         "instrument_tool",
         "llm_call",
         "run_session",
@@ -50,6 +51,7 @@ def test_all_is_pinned() -> None:
         "tool",
         "uninstrument_anthropic",
         "uninstrument_openai",
+        "uninstrument_openai_agents",
     ]
     for name in agent_ledger_sdk.__all__:
         assert hasattr(agent_ledger_sdk, name)

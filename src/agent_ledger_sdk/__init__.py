@@ -22,11 +22,13 @@ from ._default import (
     get_client,
     instrument_anthropic,
     instrument_openai,
+    instrument_openai_agents,
     llm_call,
     session,
     tool,
     uninstrument_anthropic,
     uninstrument_openai,
+    uninstrument_openai_agents,
 )
 from ._exceptions import (
     AgentLedgerError,
@@ -88,6 +90,7 @@ __all__ = [
     "get_client",
     "instrument_anthropic",
     "instrument_openai",
+    "instrument_openai_agents",
     "instrument_tool",
     "llm_call",
     "run_session",
@@ -95,4 +98,5 @@ __all__ = [
     "tool",
     "uninstrument_anthropic",
     "uninstrument_openai",
+    "uninstrument_openai_agents",
 ]

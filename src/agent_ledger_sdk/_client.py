@@ -221,6 +221,20 @@ class _Helpers:
 
         integration.uninstrument(client)
 
+    def instrument_openai_agents(self) -> Any:
+        """Record the OpenAI Agents SDK's runs: a run is a session, its function tools are tool events,
+        its handoffs events, its model calls LLM calls (unless ``instrument_openai()`` records them,
+        budget first). Returns the tracing processor. Needs ``agent-ledger-sdk[openai-agents]``."""
+        from .integrations import openai_agents as integration
+
+        return integration.instrument(self._resolve_instrumentation)
+
+    def uninstrument_openai_agents(self) -> None:
+        """Remove the tracing processor :meth:`instrument_openai_agents` added."""
+        from .integrations import openai_agents as integration
+
+        integration.uninstrument()
+
 
 _CLIENT_ARGS_DOC = """
     Args:

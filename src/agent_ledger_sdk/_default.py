@@ -190,3 +190,18 @@ def uninstrument_anthropic(client: Any = None) -> None:
     from .integrations import anthropic as integration
 
     integration.uninstrument(client)
+
+
+def instrument_openai_agents() -> Any:
+    """Record the OpenAI Agents SDK's runs with the default client; see
+    :meth:`AgentLedgerClient.instrument_openai_agents`. Returns the tracing processor."""
+    from .integrations import openai_agents as integration
+
+    return integration.instrument(_resolve)
+
+
+def uninstrument_openai_agents() -> None:
+    """Undo :func:`instrument_openai_agents`."""
+    from .integrations import openai_agents as integration
+
+    integration.uninstrument()

@@ -84,7 +84,7 @@ def _replacement(value: Any) -> Any:
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     dump = getattr(value, "model_dump", None)  # pydantic v2
     if callable(dump) and not isinstance(value, type):
-        return dump(mode="json")
+        return dump(mode="json", by_alias=True)  # the names the JSON uses (OpenAI's "async", not "async_")
     legacy = getattr(value, "dict", None)  # pydantic v1
     if callable(legacy) and hasattr(value, "__fields__") and not isinstance(value, type):
         return legacy()
