@@ -52,7 +52,7 @@ globally_instrumented: set[str] = set()
 def session_for(resolve: Resolver) -> Optional[SessionHandle]:
     """The session a provider call records in: the current one, else the resolver's implicit one."""
     handle = current_session_var.get()
-    if handle is not None:
+    if handle is not None and not handle.ended:
         return handle
     try:
         return resolve().implicit_session()
