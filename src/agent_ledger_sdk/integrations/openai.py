@@ -13,6 +13,7 @@ exactly the chunks it would have seen uninstrumented.
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Optional
 
 from ._calls import ProviderCall, Resolver
@@ -321,10 +322,19 @@ class Embeddings(Endpoint):
         first = _get(data[0], "embedding") if data else None
         call.outcome(
             _get(result, "model"),
-            {"embeddings": len(data), "dimensions": len(first) if isinstance(first, list) else None},
+            {"embeddings": len(data), "dimensions": _dimensions(first)},
             None if usage is None else _get(usage, "prompt_tokens") or 0,
             None if usage is None else 0,
         )
+
+
+def _dimensions(embedding: Any) -> Optional[int]:
+    """A vector's size: a list of floats, or (what the SDK asks for by default) base64 of float32s."""
+    if isinstance(embedding, list):
+        return len(embedding)
+    if isinstance(embedding, str):
+        return len(base64.b64decode(embedding)) // 4
+    return None
 
 
 _ENDPOINTS: dict[str, Endpoint] = {
