@@ -46,6 +46,34 @@ ORIGINAL_ASYNC_REQUEST = base_client.AsyncAPIClient.__dict__["request"]
 ORIGINAL_RETRY_TIMEOUT = base_client.BaseClient.__dict__["_calculate_retry_timeout"]
 
 
+def patchable_classes() -> list[type]:
+    """The classes the integration may patch: the clients' bases and the ``.stream()`` helpers' streams."""
+    classes: list[type] = [base_client.BaseClient, base_client.SyncAPIClient, base_client.AsyncAPIClient]
+    for module_name, class_name, _ in integration.INTEGRATION.helper_streams:
+        try:
+            classes.append(getattr(importlib.import_module(module_name), class_name))
+        except (ImportError, AttributeError):
+            pass  # a version without this helper
+    return classes
+
+
+def class_attributes() -> dict[tuple[type, str], Any]:
+    return {(owner, name): value for owner in patchable_classes() for name, value in vars(owner).items()}
+
+
+ORIGINAL_ATTRIBUTES = class_attributes()
+
+
+def patched() -> list[str]:
+    """What is not its original object now (by identity: a wrapt wrapper compares equal to what it wraps)."""
+    now = class_attributes()
+    return [
+        f"{owner.__name__}.{name}"
+        for (owner, name), value in ORIGINAL_ATTRIBUTES.items()
+        if now.get((owner, name)) is not value
+    ]
+
+
 def openai_http() -> Any:
     """The HTTP package the installed openai is built on: ``httpx2`` for openai 3.x, ``httpx`` before."""
     module = getattr(base_client, "httpx2", None)
@@ -53,7 +81,6 @@ def openai_http() -> Any:
 
 
 HX = openai_http()
-OPENAI_VERSION = tuple(int(part) for part in openai.__version__.split(".")[:2])
 
 MODEL = "gpt-4o-mini"
 REASONING_MODEL = "o4-mini"
@@ -496,9 +523,7 @@ def _uninstrument_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     assert base_client.SyncAPIClient.__dict__["request"] is ORIGINAL_SYNC_REQUEST
     yield
     integration.uninstrument()
-    assert base_client.SyncAPIClient.__dict__["request"] is ORIGINAL_SYNC_REQUEST
-    assert base_client.AsyncAPIClient.__dict__["request"] is ORIGINAL_ASYNC_REQUEST
-    assert base_client.BaseClient.__dict__["_calculate_retry_timeout"] is ORIGINAL_RETRY_TIMEOUT
+    assert patched() == []
     assert "openai" not in _calls.globally_instrumented
 
 
@@ -1369,15 +1394,16 @@ def test_uninstrument_stops_recording_and_restores_the_request_method(
 ) -> None:
     client = api.client()
     ledger.instrument_openai()
-    assert base_client.SyncAPIClient.__dict__["request"] is not ORIGINAL_SYNC_REQUEST
+    assert {"SyncAPIClient.request", "AsyncAPIClient.request", "BaseClient._calculate_retry_timeout"} <= set(patched())
     ledger.uninstrument_openai()
     assert base_client.SyncAPIClient.__dict__["request"] is ORIGINAL_SYNC_REQUEST
     assert base_client.AsyncAPIClient.__dict__["request"] is ORIGINAL_ASYNC_REQUEST
     assert base_client.BaseClient.__dict__["_calculate_retry_timeout"] is ORIGINAL_RETRY_TIMEOUT
+    assert patched() == []  # nor anything else it patched
 
     ledger.instrument_openai(client)  # one client alone: undone the same way
     ledger.uninstrument_openai(client)
-    assert base_client.SyncAPIClient.__dict__["request"] is ORIGINAL_SYNC_REQUEST
+    assert patched() == []
     with capture() as captured:
         ask(api, client)
         stream = api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
