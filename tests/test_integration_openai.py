@@ -1495,13 +1495,16 @@ def test_capture_content_false_records_the_usage_and_not_the_words(api: FakeOpen
             api.items(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)))
             api(client.responses.create(model=MODEL, instructions=INSTRUCTIONS, input=QUESTION))
             api(client.embeddings.create(model=EMBEDDING_MODEL, input=QUESTION))
+            api(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS))
+            api.items(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True)))
     finally:
         ledger.close()
     events = captured.events_of("llm_call")
-    assert [(e["prompt"], e["response"]) for e in events] == [("[redacted]", "[redacted]")] * 4
-    assert [e["tokensIn"] for e in events] == [USAGES[MODEL][0]] * 3 + [8]  # usage and cost stay
+    assert [(e["prompt"], e["response"]) for e in events] == [("[redacted]", "[redacted]")] * 6
+    assert [e["tokensIn"] for e in events] == [USAGES[MODEL][0]] * 3 + [8] + [USAGES[MODEL][0]] * 2  # usage stays
+    assert [e.get("toolCalls") for e in events[-2:]] == ["[redacted]"] * 2  # the model's arguments are content
     recorded = json.dumps(captured.events)
-    for words in ("refunds", "business days", "Refunds"):
+    for words in ("refunds", "business days", "Refunds", "A-1042", "order_id"):
         assert words not in recorded
 
 

@@ -259,7 +259,7 @@ _CLIENT_ARGS_DOC = """
         retry_window: seconds the sender retries a failing ledger before it moves the queue to the journal.
         enabled: ``False`` (or ``AGENT_LEDGER_ENABLED=false``) turns the helpers off.
         capture_content: ``False`` (or ``AGENT_LEDGER_CAPTURE_CONTENT=false``)
-            replaces prompts, responses and tool inputs and outputs with a marker.
+            replaces prompts, responses, the model's tool calls and tool inputs and outputs with a marker.
         redact: called with each helper event; returns the event to send, or None to drop it.
         sample_rate: the share of sessions whose tool events are recorded (LLM calls, which
             carry cost, always are).

@@ -30,7 +30,7 @@ from ._stats import Counters, RateLimitedWarnings
 
 Redactor = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
 
-CONTENT_KEYS = ("prompt", "response", "toolInput", "toolOutput")
+CONTENT_KEYS = ("prompt", "response", "toolInput", "toolOutput", "toolCalls")  # toolCalls: the model's arguments
 # An event queued before it was complete: this key holds a Lazy that fills the event in, here
 # (off the agent's thread), from what the caller handed over. See integrations/_calls.py.
 COMPLETE_KEY = "\x00complete"
