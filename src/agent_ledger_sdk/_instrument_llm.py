@@ -31,6 +31,13 @@ _USAGE = (
 )
 
 
+def needs_reservation(handle: SessionHandle) -> bool:
+    """The pre-flight checks of an LLM call that need no I/O: the latch (raises), and whether to reserve."""
+    budgets = handle._instrumentation.budgets
+    budgets.latch.check(handle.agent_name)  # a ledger without reservations: raises before the call
+    return getattr(handle._delivery, "owner", None) is not None and budgets.needs_reservation(handle)
+
+
 class LLMCall:
     """One LLM call, timed over a ``with`` block and recorded when the block ends.
 
@@ -131,12 +138,7 @@ class LLMCall:
         self._attributes.update(camel_keys(attributes))
 
     def _needs_reservation(self, handle: Optional[SessionHandle]) -> bool:
-        """The pre-flight checks that need no I/O: the latch (raises), and whether to reserve."""
-        if handle is None:
-            return False
-        budgets = handle._instrumentation.budgets
-        budgets.latch.check(handle.agent_name)  # a ledger without reservations: raises before the call
-        return getattr(handle._delivery, "owner", None) is not None and budgets.needs_reservation(handle)
+        return handle is not None and needs_reservation(handle)
 
     def _reservation_body(self, handle: SessionHandle) -> Any:
         limits = {"maxCostUsd": self._max_cost_usd}

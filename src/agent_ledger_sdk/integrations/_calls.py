@@ -28,10 +28,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .._context import current_session_var
-from .._instrument_llm import LLMCall
-from .._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, ms_since
+from .._instrument_llm import LLMCall, needs_reservation
+from .._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, ms_since, perf_counter
 from .._pipeline import COMPLETE_KEY
-from .._snapshot import Lazy
+from .._snapshot import Lazy, snapshot_sized
+from .._spans import current_span_var, new_span_id, wall_clock
 from .._stats import internal_error
 
 if TYPE_CHECKING:
@@ -62,45 +63,112 @@ def session_for(resolve: Resolver) -> Optional[SessionHandle]:
 
 
 class ProviderCall:
-    """An ``llm_call`` begun before a provider request and finished once, however the request ends."""
+    """An ``llm_call`` begun before a provider request and finished once, however the request ends.
 
-    __slots__ = ("_finished", "_first_token_ms", "call", "handle", "raw", "retries")
+    On the caller's thread it takes only what must be taken there: the step, the span, the
+    clocks, the prompt's copy (unless the integration's prompt is already a private copy, as a
+    Stainless client's request body is) and, for an agent with a budget, the reservation. The
+    :class:`LLMCall` that builds the event is made where it is first needed: where the event
+    is encoded, for a call finished with ``complete=``.
+    """
 
-    def __init__(self, call: LLMCall, handle: SessionHandle) -> None:
-        self.call = call
+    __slots__ = (
+        "_attributes",
+        "_finished",
+        "_first_token_ms",
+        "_llm",
+        "_model",
+        "_parent_span",
+        "_perf_started",
+        "_prompt",
+        "_prompt_size",
+        "_provider",
+        "_span",
+        "_started_at",
+        "_step",
+        "handle",
+        "raw",
+        "retries",
+    )
+
+    def __init__(
+        self,
+        handle: SessionHandle,
+        provider: str,
+        model: str,
+        prompt: Any,
+        attributes: dict[str, Any],
+        llm: Optional[LLMCall] = None,
+        copy_prompt: bool = True,
+    ) -> None:
         self.handle = handle
         self.retries = 0  # the provider client's own retries, counted by the integration
         self.raw: Any = None  # the provider's HTTP response, when the integration keeps it
+        self._provider = provider
+        self._model = model
+        self._attributes = attributes
+        self._llm = llm
         self._first_token_ms: Optional[int] = None
         self._finished = False
+        self._step = handle.next_step()
+        if copy_prompt:
+            self._prompt, self._prompt_size = snapshot_sized(prompt)  # as sent
+        else:
+            self._prompt, self._prompt_size = prompt, 0  # already the integration's own copy
+        self._span = new_span_id()
+        self._parent_span = current_span_var.get()
+        self._started_at = wall_clock()
+        self._perf_started = perf_counter()
 
     @classmethod
     def begin(
-        cls, resolve: Resolver, provider: str, model: str, prompt: Any, **attributes: Any
+        cls, resolve: Resolver, provider: str, model: str, prompt: Any, *, copy_prompt: bool = True, **attributes: Any
     ) -> Optional[ProviderCall]:
-        """Begin a call, or return None when nothing records. May raise BudgetGuardrailError (nothing was sent)."""
+        """Begin a call, or return None when nothing records. May raise BudgetGuardrailError (nothing was sent).
+
+        ``copy_prompt=False``: ``prompt`` is a private copy nothing will change (a request body).
+        """
         handle = session_for(resolve)
         if handle is None:
             return None
-        call = LLMCall(provider, model, prompt, {k: v for k, v in attributes.items() if v is not None})
-        if call._needs_reservation(handle):
-            call._reserve(handle)
-        call._begin(handle, current=False)
-        return cls(call, handle)
+        attributes = {k: v for k, v in attributes.items() if v is not None}
+        llm = None
+        if needs_reservation(handle):
+            llm = LLMCall(provider, model, prompt, attributes)
+            llm._reserve(handle)
+        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt)
 
     @classmethod
     async def abegin(
-        cls, resolve: Resolver, provider: str, model: str, prompt: Any, **attributes: Any
+        cls, resolve: Resolver, provider: str, model: str, prompt: Any, *, copy_prompt: bool = True, **attributes: Any
     ) -> Optional[ProviderCall]:
         """:meth:`begin` for async code: the reservation round trip never blocks the event loop."""
         handle = session_for(resolve)
         if handle is None:
             return None
-        call = LLMCall(provider, model, prompt, {k: v for k, v in attributes.items() if v is not None})
-        if call._needs_reservation(handle):
-            await call._areserve(handle)
-        call._begin(handle, current=False)
-        return cls(call, handle)
+        attributes = {k: v for k, v in attributes.items() if v is not None}
+        llm = None
+        if needs_reservation(handle):
+            llm = LLMCall(provider, model, prompt, attributes)
+            await llm._areserve(handle)
+        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt)
+
+    @property
+    def call(self) -> LLMCall:
+        """The :class:`LLMCall` that records this call, made on first use."""
+        llm = self._llm
+        if llm is None:
+            llm = self._llm = LLMCall(self._provider, self._model, None, self._attributes)
+        if llm.step_index is None:  # take over what begin() took on the caller's thread
+            llm.prompt = self._prompt
+            llm.step_index = self._step
+            llm._prompt_size = self._prompt_size
+            llm._span = self._span
+            llm._parent_span = self._parent_span
+            llm._started_at = self._started_at
+            llm._perf_started = self._perf_started
+            llm._handle = self.handle
+        return llm
 
     @property
     def finished(self) -> bool:
@@ -152,7 +220,7 @@ class ProviderCall:
     def first_token(self) -> None:
         """Note the time to the first token (streams); only the first call counts."""
         if self._first_token_ms is None:
-            self._first_token_ms = ms_since(self.call._perf_started)
+            self._first_token_ms = ms_since(self._perf_started)
 
     def _event(
         self, error: Optional[BaseException], billed: bool, complete: Optional[Callable[[], Any]] = None
@@ -160,14 +228,23 @@ class ProviderCall:
         if self._finished:
             return None
         self._finished = True
-        latency_ms = ms_since(self.call._perf_started)  # now, on the caller's thread: when the call ended
+        latency_ms = ms_since(self._perf_started)  # now, on the caller's thread: when the call ended
         if complete is None:
             return self._build(error, billed, latency_ms)
         # What the answer says is read where the event is encoded (the sender thread, off the agent's
         # path), from what the caller handed over: the provider's bytes or the stream's own accumulation.
         event: dict[str, Any] = {}
         event[COMPLETE_KEY] = Lazy(self._complete, event, complete, error, billed, latency_ms)
-        return event, self.call._prompt_size + DEFERRED_EVENT_BYTES
+        return event, self._prompt_size + self._size_hint() + DEFERRED_EVENT_BYTES
+
+    def _size_hint(self) -> int:
+        """The bytes of a prompt not copied (so not sized) on the caller's thread: its request's body."""
+        if self._prompt_size:
+            return 0
+        try:
+            return len(self.raw.request.content)
+        except Exception:  # no request kept, or a streamed body
+            return 0
 
     def _complete(
         self,

@@ -154,6 +154,8 @@ class StainlessIntegration:
         return client._client
 
     def resolver_for(self, client: Any) -> Optional[Resolver]:
+        if not self._clients:  # the usual case: every client or none
+            return self._global
         try:
             own = self._clients.get(client._client)
         except TypeError:  # an HTTP client that cannot be weakly referenced: not instrumented alone
@@ -314,7 +316,8 @@ def _as_made(made: tuple[Any, Any]) -> None:
 
 def _begin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCall]:
     try:
-        return ProviderCall.begin(resolve, provider, plan.model, plan.prompt, **plan.attributes)
+        # The prompt is the client's request body, built for this call: a copy already, and never changed.
+        return ProviderCall.begin(resolve, provider, plan.model, plan.prompt, copy_prompt=False, **plan.attributes)
     except BudgetGuardrailError:
         raise
     except Exception as exc:
@@ -324,7 +327,9 @@ def _begin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCal
 
 async def _abegin(resolve: Resolver, provider: str, plan: Plan) -> Optional[ProviderCall]:
     try:
-        return await ProviderCall.abegin(resolve, provider, plan.model, plan.prompt, **plan.attributes)
+        return await ProviderCall.abegin(
+            resolve, provider, plan.model, plan.prompt, copy_prompt=False, **plan.attributes
+        )
     except BudgetGuardrailError:
         raise
     except Exception as exc:
