@@ -1264,6 +1264,25 @@ def test_an_abandoned_stream_without_usage_is_estimated_never_free(
     assert Decimal(event["costUsd"]) == genai_price(SNAPSHOTS[MODEL], 4096, 4096) > 0
 
 
+@needs_server
+@pytest.mark.integration
+def test_under_a_budget_a_stream_without_usage_is_charged_what_it_reserved(
+    api: FakeOpenAI, local_ledger: Any, local_clients: Callable[..., AgentLedgerClient]
+) -> None:
+    local_ledger.set_budget("budgeted-abandoner", 1.0)
+    local_clients(agent_name="budgeted-abandoner").instrument_openai()
+    client = api.client()
+    stream = api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True, max_tokens=50))
+    api.first(stream, has_text)
+    api.close(stream)
+    (event,) = ledger_events(local_ledger, "budgeted-abandoner")
+    assert (event["usageMissing"], event["incomplete"], event["costStatus"]) == (True, True, "estimated")
+    assert event["reservationId"]
+    # The reservation priced the prompt and max_tokens=50: that is the charge, not the 4096/4096 default.
+    assert event["pricingNote"] == f"usage missing: charged the ${event['costUsd']} it reserved"
+    assert 0 < Decimal(event["costUsd"]) < genai_price(SNAPSHOTS[MODEL], 4096, 4096)
+
+
 # -- which session: the implicit one, the current one, nested in a tool ---------------------------------
 
 
