@@ -36,6 +36,11 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
         "`import agent_ledger_sdk`",
     ):
         assert expected in measures
+    for prefix in (
+        "OpenAI `chat.completions.create`, instrumented over uninstrumented",
+        "OpenAI streamed chat completion read to the end, instrumented over uninstrumented",
+    ):
+        assert any(m.startswith(prefix) for m in measures), prefix
     burst = {m.split(": ")[-1]: row for m, row in zip(measures, rows) if m.startswith("burst of 10,000 tool events")}
     assert set(burst) == {"recorded (caller side)", "delivered (`flush()` returned)", "events the ledger recorded"}
     assert "| 10,000 events | 10,000 events |" in burst["events the ledger recorded"]
