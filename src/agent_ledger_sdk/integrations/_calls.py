@@ -258,7 +258,10 @@ class ProviderCall:
             complete()
         except Exception as exc:  # a response we could not read: the call is still recorded, usage missing
             internal_error("llm call outcome", exc)
-        event.update(self._build(error, billed, latency_ms)[0])
+        try:
+            event.update(self._build(error, billed, latency_ms)[0])
+        except Exception as exc:  # said, not swallowed: the empty event is then refused and counted
+            internal_error("llm call event", exc)
 
     def _build(self, error: Optional[BaseException], billed: bool, latency_ms: int) -> tuple[dict[str, Any], int]:
         call = self.call
