@@ -2,7 +2,7 @@
 
 An integration calls :meth:`ProviderCall.begin` (or ``abegin``) right before
 the provider's request goes out, and :meth:`ProviderCall.finish` (or
-``afinish``) once, when the response (or the stream) is complete, failed or
+``finish_quietly``) once, when the response (or the stream) is complete, failed or
 abandoned::
 
     call = ProviderCall.begin(resolve, "openai", "gpt-4o-mini", messages, max_tokens=200)
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .._context import current_session_var
 from .._instrument_llm import LLMCall, needs_reservation
-from .._instrument_wrapping import aemit_quietly, aemit_safely, emit_quietly, emit_safely, ms_since, perf_counter
+from .._instrument_wrapping import emit_quietly, emit_safely, ms_since, perf_counter
 from .._pipeline import COMPLETE_KEY
 from .._snapshot import Lazy, snapshot_sized
 from .._spans import current_span_var, new_span_id, wall_clock
@@ -306,13 +306,3 @@ class ProviderCall:
         built = self._event(error, billed, complete)
         if built is not None:
             emit_quietly(self.handle, *built)
-
-    async def afinish(self, error: Optional[BaseException] = None, *, billed: bool = False) -> None:
-        """:meth:`finish` for async code."""
-        built = self._event(error, billed)
-        if built is None:
-            return
-        if error is None:
-            await aemit_safely(self.handle, *built)
-        else:
-            await aemit_quietly(self.handle, *built)
