@@ -25,6 +25,7 @@ client's implicit session (see :meth:`Instrumentation.implicit_session`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .._context import current_session_var
@@ -48,6 +49,16 @@ DEFERRED_EVENT_BYTES = 2048
 # Packages instrumented for every client (instrument_openai() with no client): a framework
 # integration leaves their LLM calls to them rather than record each call twice.
 globally_instrumented: set[str] = set()
+
+
+def field(value: Any, name: str) -> Any:
+    """``value[name]`` or ``value.name``, None when absent: what integrations read holds its data as dicts
+    (raw bodies, some span data) or as objects (the SDKs' models), by source and version."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
 
 
 def session_for(resolve: Resolver) -> Optional[SessionHandle]:

@@ -81,6 +81,11 @@ class Endpoint:
 Router = Callable[[str, str], Optional[Endpoint]]  # (method, path) -> endpoint or None
 
 
+def given(value: Any) -> bool:
+    """A request argument the user gave: not None, nor the SDK's ``NOT_GIVEN`` / ``omit`` markers."""
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
 def with_body(options: Any, body: dict[str, Any]) -> Any:
     """The request's options with another JSON body. The options object is the client's own, made for
     this one call (the user's arguments were already copied into its body), so it is changed in place:

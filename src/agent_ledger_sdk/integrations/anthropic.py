@@ -16,22 +16,10 @@ from typing import Any, Optional
 
 import wrapt
 
-from ._calls import ProviderCall, Resolver
-from ._stainless import AsyncStream, Endpoint, Plan, StainlessIntegration, StreamReader, SyncStream
+from ._calls import ProviderCall, Resolver, field
+from ._stainless import AsyncStream, Endpoint, Plan, StainlessIntegration, StreamReader, SyncStream, given
 
 PROVIDER = "anthropic"
-
-
-def _get(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _is_given(value: Any) -> bool:
-    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
 
 
 class _Usage:
@@ -54,7 +42,7 @@ class _Usage:
             ("cache_read", "cache_read_input_tokens"),
             ("cache_write", "cache_creation_input_tokens"),
         ):
-            value = _get(usage, name)
+            value = field(usage, name)
             if isinstance(value, int):
                 setattr(self, slot, value)
 
@@ -75,33 +63,35 @@ class Messages(Endpoint):
     def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
         attributes: dict[str, Any] = {}
         for name in ("max_tokens", "temperature", "top_p", "top_k"):
-            if _is_given(body.get(name)):
+            if given(body.get(name)):
                 attributes[name] = body[name]
         if stream:
             attributes["stream"] = True
         prompt: Any = body.get("messages")
-        if _is_given(body.get("system")):
+        if given(body.get("system")):
             prompt = {"system": body["system"], "messages": prompt}
         return Plan(str(body.get("model") or "unknown"), prompt, attributes)
 
     def read(self, call: ProviderCall, result: Any) -> None:
-        call.record(model=_get(result, "model"))
+        call.record(model=field(result, "model"))
         usage = _Usage()
-        usage.update(_get(result, "usage"))
+        usage.update(field(result, "usage"))
         usage.record(call)
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
-        for block in _get(result, "content") or []:
-            kind = _get(block, "type")
+        for block in field(result, "content") or []:
+            kind = field(block, "type")
             if kind == "text":
-                texts.append(_get(block, "text") or "")
+                texts.append(field(block, "text") or "")
             elif kind in ("tool_use", "server_tool_use"):
-                tool_calls.append({"id": _get(block, "id"), "name": _get(block, "name"), "input": _get(block, "input")})
+                tool_calls.append(
+                    {"id": field(block, "id"), "name": field(block, "name"), "input": field(block, "input")}
+                )
         call.record(response="".join(texts))
         if tool_calls:
             call.set(tool_calls=tool_calls)
-        if _get(result, "stop_reason") is not None:
-            call.set(finish_reason=_get(result, "stop_reason"))
+        if field(result, "stop_reason") is not None:
+            call.set(finish_reason=field(result, "stop_reason"))
 
     def reader(self, call: ProviderCall, plan: Plan) -> StreamReader:
         return _MessageStream(call)
@@ -119,32 +109,32 @@ class _MessageStream(StreamReader):
         self.stop_reason: Optional[str] = None
 
     def item(self, item: Any) -> bool:
-        kind = _get(item, "type")
+        kind = field(item, "type")
         if kind == "content_block_delta":
-            delta = _get(item, "delta")
-            delta_kind = _get(delta, "type")
+            delta = field(item, "delta")
+            delta_kind = field(delta, "type")
             self.call.first_token()
             if delta_kind == "text_delta":
-                self.text.append(_get(delta, "text") or "")
+                self.text.append(field(delta, "text") or "")
             elif delta_kind == "input_json_delta":
-                slot = self.tool_calls.get(_get(item, "index"))
+                slot = self.tool_calls.get(field(item, "index"))
                 if slot is not None:
-                    slot["input"] += _get(delta, "partial_json") or ""
+                    slot["input"] += field(delta, "partial_json") or ""
         elif kind == "content_block_start":
-            block = _get(item, "content_block")
-            if _get(block, "type") in ("tool_use", "server_tool_use"):
-                self.tool_calls[_get(item, "index")] = {
-                    "id": _get(block, "id"),
-                    "name": _get(block, "name"),
+            block = field(item, "content_block")
+            if field(block, "type") in ("tool_use", "server_tool_use"):
+                self.tool_calls[field(item, "index")] = {
+                    "id": field(block, "id"),
+                    "name": field(block, "name"),
                     "input": "",
                 }
         elif kind == "message_start":
-            message = _get(item, "message")
-            self.model = _get(message, "model")
-            self.usage.update(_get(message, "usage"))
+            message = field(item, "message")
+            self.model = field(message, "model")
+            self.usage.update(field(message, "usage"))
         elif kind == "message_delta":
-            self.usage.update(_get(item, "usage"))
-            reason = _get(_get(item, "delta"), "stop_reason")
+            self.usage.update(field(item, "usage"))
+            reason = field(field(item, "delta"), "stop_reason")
             if reason is not None:
                 self.stop_reason = reason
         return True

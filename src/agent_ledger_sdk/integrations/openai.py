@@ -16,19 +16,10 @@ from __future__ import annotations
 import base64
 from typing import Any, Optional
 
-from ._calls import ProviderCall, Resolver
-from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, with_body
+from ._calls import ProviderCall, Resolver, field
+from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, given, with_body
 
 PROVIDER = "openai"
-
-
-def _get(obj: Any, name: str) -> Any:
-    """An attribute of a response object, or a key of a dict (raw bodies, other SDK versions)."""
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _record(
@@ -45,10 +36,10 @@ def _record(
     ledger does; with several choices the response and finish reason are lists."""
     tokens_in = tokens_out = cache_read = reasoning = None
     if usage is not None:
-        tokens_in = _get(usage, input_name) or 0
-        tokens_out = _get(usage, output_name) or 0
-        cache_read = _get(_get(usage, f"{input_name}_details"), "cached_tokens")
-        reasoning = _get(_get(usage, f"{output_name}_details"), "reasoning_tokens")
+        tokens_in = field(usage, input_name) or 0
+        tokens_out = field(usage, output_name) or 0
+        cache_read = field(field(usage, f"{input_name}_details"), "cached_tokens")
+        reasoning = field(field(usage, f"{output_name}_details"), "reasoning_tokens")
     reasons = [reason for reason in finish_reasons or () if reason is not None]
     call.outcome(
         model,
@@ -66,13 +57,9 @@ def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {}
     for name in names:
         value = body.get(name)
-        if value is not None and not _is_not_given(value):
+        if given(value):
             attributes[name] = value
     return attributes
-
-
-def _is_not_given(value: Any) -> bool:
-    return type(value).__name__ in ("NotGiven", "Omit")
 
 
 def _forget_field(item: Any, name: str) -> None:
@@ -91,7 +78,7 @@ class ChatCompletions(Endpoint):
     def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
         attributes = _request_attributes(body, "temperature", "top_p", "seed")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if max_tokens is not None and not _is_not_given(max_tokens):
+        if given(max_tokens):
             attributes["max_tokens"] = max_tokens
         plan = Plan(str(body.get("model") or "unknown"), body.get("messages"), attributes)
         if stream:
@@ -108,23 +95,23 @@ class ChatCompletions(Endpoint):
         texts: list[Any] = []
         tool_calls: list[dict[str, Any]] = []
         finish_reasons: list[Any] = []
-        for choice in _get(result, "choices") or ():
-            message = _get(choice, "message")
-            texts.append(_get(message, "content") or _get(message, "refusal") or "")
-            for tool_call in _get(message, "tool_calls") or ():
-                function = _get(tool_call, "function")
+        for choice in field(result, "choices") or ():
+            message = field(choice, "message")
+            texts.append(field(message, "content") or field(message, "refusal") or "")
+            for tool_call in field(message, "tool_calls") or ():
+                function = field(tool_call, "function")
                 tool_calls.append(
                     {
-                        "id": _get(tool_call, "id"),
-                        "name": _get(function, "name"),
-                        "arguments": _get(function, "arguments"),
+                        "id": field(tool_call, "id"),
+                        "name": field(function, "name"),
+                        "arguments": field(function, "arguments"),
                     }
                 )
-            finish_reasons.append(_get(choice, "finish_reason"))
+            finish_reasons.append(field(choice, "finish_reason"))
         _record(
             call,
-            _get(result, "model"),
-            _get(result, "usage"),
+            field(result, "model"),
+            field(result, "usage"),
             "prompt_tokens",
             "completion_tokens",
             texts,
@@ -178,14 +165,14 @@ class _ChatStream(StreamReader):
         self.first = False
         self.call.first_token()
         if self.model is None:
-            self.model = _get(item, "model")
+            self.model = field(item, "model")
         self.texts.setdefault(0, [])
 
     def _any_item(self, item: Any) -> bool:
-        choices = _get(item, "choices")
-        usage = _get(item, "usage")
+        choices = field(item, "choices")
+        usage = field(item, "usage")
         if self.model is None:
-            self.model = _get(item, "model")
+            self.model = field(item, "model")
         if usage is not None:
             self.usage = usage
             if not choices and self.hide_usage:
@@ -195,26 +182,26 @@ class _ChatStream(StreamReader):
         if not choices:
             return True
         for choice in choices:
-            index = _get(choice, "index") or 0
-            delta = _get(choice, "delta")
-            content = _get(delta, "content") or _get(delta, "refusal")
+            index = field(choice, "index") or 0
+            delta = field(choice, "delta")
+            content = field(delta, "content") or field(delta, "refusal")
             if content:
                 if self.first:
                     self._first(item)
                 self.texts.setdefault(index, []).append(content)
-            tool_calls = _get(delta, "tool_calls")
+            tool_calls = field(delta, "tool_calls")
             if tool_calls:
                 if self.first:
                     self._first(item)
                 for tool_call in tool_calls:
                     slot = self.tool_calls.setdefault(
-                        (index, _get(tool_call, "index") or 0), {"id": None, "name": None, "arguments": ""}
+                        (index, field(tool_call, "index") or 0), {"id": None, "name": None, "arguments": ""}
                     )
-                    function = _get(tool_call, "function")
-                    slot["id"] = _get(tool_call, "id") or slot["id"]
-                    slot["name"] = _get(function, "name") or slot["name"]
-                    slot["arguments"] += _get(function, "arguments") or ""
-            reason = _get(choice, "finish_reason")
+                    function = field(tool_call, "function")
+                    slot["id"] = field(tool_call, "id") or slot["id"]
+                    slot["name"] = field(function, "name") or slot["name"]
+                    slot["arguments"] += field(function, "arguments") or ""
+            reason = field(choice, "finish_reason")
             if reason is not None:
                 self.finish_reasons[index] = reason
         return True
@@ -234,36 +221,36 @@ class Responses(Endpoint):
     def plan(self, options: Any, body: dict[str, Any], stream: bool) -> Optional[Plan]:
         attributes = _request_attributes(body, "temperature", "top_p")
         max_tokens = body.get("max_output_tokens")
-        if max_tokens is not None and not _is_not_given(max_tokens):
+        if given(max_tokens):
             attributes["max_tokens"] = max_tokens
         if stream:
             attributes["stream"] = True
         instructions = body.get("instructions")
         prompt: Any = body.get("input")
-        if instructions is not None and not _is_not_given(instructions):
+        if given(instructions):
             prompt = {"instructions": instructions, "input": prompt}
         return Plan(str(body.get("model") or "unknown"), prompt, attributes)
 
     def read(self, call: ProviderCall, result: Any) -> None:
         texts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
-        for item in _get(result, "output") or ():
-            kind = _get(item, "type")
+        for item in field(result, "output") or ():
+            kind = field(item, "type")
             if kind == "message":
-                for part in _get(item, "content") or ():
-                    if _get(part, "type") == "output_text":
-                        texts.append(_get(part, "text") or "")
-                    elif _get(part, "type") == "refusal":
-                        texts.append(_get(part, "refusal") or "")
+                for part in field(item, "content") or ():
+                    if field(part, "type") == "output_text":
+                        texts.append(field(part, "text") or "")
+                    elif field(part, "type") == "refusal":
+                        texts.append(field(part, "refusal") or "")
             elif kind == "function_call":
                 tool_calls.append(
-                    {"id": _get(item, "call_id"), "name": _get(item, "name"), "arguments": _get(item, "arguments")}
+                    {"id": field(item, "call_id"), "name": field(item, "name"), "arguments": field(item, "arguments")}
                 )
-        reason = _get(_get(result, "incomplete_details"), "reason") or _get(result, "status")
+        reason = field(field(result, "incomplete_details"), "reason") or field(result, "status")
         _record(
             call,
-            _get(result, "model"),
-            _get(result, "usage"),
+            field(result, "model"),
+            field(result, "usage"),
             "input_tokens",
             "output_tokens",
             ["".join(texts)],
@@ -288,16 +275,16 @@ class _ResponsesStream(StreamReader):
         self.model: Optional[str] = None
 
     def item(self, item: Any) -> bool:
-        kind = _get(item, "type")
+        kind = field(item, "type")
         if kind == "response.output_text.delta":
             self.call.first_token()
-            self.text.append(_get(item, "delta") or "")
+            self.text.append(field(item, "delta") or "")
         elif kind == "response.function_call_arguments.delta":
             self.call.first_token()
         elif kind in self._FINAL:
-            self.final = _get(item, "response")
+            self.final = field(item, "response")
         elif kind == "response.created":
-            self.model = _get(_get(item, "response"), "model")
+            self.model = field(field(item, "response"), "model")
         return True
 
     def end(self) -> None:
@@ -316,14 +303,14 @@ class Embeddings(Endpoint):
         return Plan(str(body.get("model") or "unknown"), body.get("input"), attributes)
 
     def read(self, call: ProviderCall, result: Any) -> None:
-        usage = _get(result, "usage")
-        data = _get(result, "data") or []
+        usage = field(result, "usage")
+        data = field(result, "data") or []
         # The vectors are not the interesting part of the record: their count and size are.
-        first = _get(data[0], "embedding") if data else None
+        first = field(data[0], "embedding") if data else None
         call.outcome(
-            _get(result, "model"),
+            field(result, "model"),
             {"embeddings": len(data), "dimensions": _dimensions(first)},
-            None if usage is None else _get(usage, "prompt_tokens") or 0,
+            None if usage is None else field(usage, "prompt_tokens") or 0,
             None if usage is None else 0,
         )
 

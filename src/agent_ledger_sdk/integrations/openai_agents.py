@@ -119,15 +119,6 @@ def _epoch(stamp: Any) -> Optional[float]:
         return None
 
 
-def _field(value: Any, name: str) -> Any:
-    """``value[name]`` or ``value.name``: span data holds usage as dicts or as pydantic objects, by version."""
-    if value is None:
-        return None
-    if isinstance(value, Mapping):
-        return value.get(name)
-    return getattr(value, name, None)
-
-
 def _count(value: Any) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -144,14 +135,14 @@ def _usage(usage: Any) -> dict[str, Any]:
     """``LLMCall.record`` arguments from a Responses ``usage`` or a Chat Completions one."""
     if usage is None:
         return {}
-    inputs = _field(usage, "input_tokens_details") or _field(usage, "prompt_tokens_details")
-    outputs = _field(usage, "output_tokens_details") or _field(usage, "completion_tokens_details")
+    inputs = _calls.field(usage, "input_tokens_details") or _calls.field(usage, "prompt_tokens_details")
+    outputs = _calls.field(usage, "output_tokens_details") or _calls.field(usage, "completion_tokens_details")
     counts = {
-        "tokens_in": _first(_field(usage, "input_tokens"), _field(usage, "prompt_tokens")),
-        "tokens_out": _first(_field(usage, "output_tokens"), _field(usage, "completion_tokens")),
-        "cache_read_tokens": _count(_field(inputs, "cached_tokens")),
-        "cache_write_tokens": _count(_field(inputs, "cache_write_tokens")),
-        "reasoning_tokens": _count(_field(outputs, "reasoning_tokens")),
+        "tokens_in": _first(_calls.field(usage, "input_tokens"), _calls.field(usage, "prompt_tokens")),
+        "tokens_out": _first(_calls.field(usage, "output_tokens"), _calls.field(usage, "completion_tokens")),
+        "cache_read_tokens": _count(_calls.field(inputs, "cached_tokens")),
+        "cache_write_tokens": _count(_calls.field(inputs, "cache_write_tokens")),
+        "reasoning_tokens": _count(_calls.field(outputs, "reasoning_tokens")),
     }
     return {name: count for name, count in counts.items() if count is not None}
 
@@ -437,13 +428,13 @@ class AgentLedgerProcessor(TracingProcessor):
     def _llm_event(self, call: LLMCall, handle: SessionHandle, data: Any, error: Optional[str], latency: int) -> None:
         response = getattr(data, "response", None)  # a Responses API span: the whole Response object
         if response is not None:
-            call.record(response=_field(response, "output"), model=_field(response, "model"))
-            call.record(**_usage(_field(response, "usage") or getattr(data, "usage", None)))
-            response_id = _field(response, "id")
+            call.record(response=_calls.field(response, "output"), model=_calls.field(response, "model"))
+            call.record(**_usage(_calls.field(response, "usage") or getattr(data, "usage", None)))
+            response_id = _calls.field(response, "id")
             if response_id:
                 call.set(response_id=response_id)
-            details = _field(response, "incomplete_details")
-            reason = _field(details, "reason")
+            details = _calls.field(response, "incomplete_details")
+            reason = _calls.field(details, "reason")
             if reason:
                 call.set(finish_reason=reason)
         else:  # a generation span, or a response span without its content
