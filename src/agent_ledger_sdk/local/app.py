@@ -30,7 +30,6 @@ with exactly the digits of the ledger's decimal amounts.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -40,6 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import money
+from .body import read_json_object
 from .pricing import PriceBook, Rates, TokenUsage, normalise_name, rates_from
 from .records import (
     UNSET,
@@ -67,7 +67,6 @@ from .validation import (
     warn_percent,
 )
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_AGENT_NAME = 200
 MAX_ERROR_MESSAGE = 10_000
@@ -119,24 +118,7 @@ class LedgerAPI:
         return workspace
 
     async def _json_object(self, request: Request) -> tuple[dict[str, Any], bytes]:
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise TooLarge(
-                f"Request body is {len(raw)} bytes; the limit is {MAX_BODY_BYTES}. Send fewer events per request."
-            )
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError as exc:
-            raise BadInput(
-                f"Request body is not valid JSON ({exc}). Send a JSON object with Content-Type: application/json."
-            ) from None
-        except RecursionError:
-            raise BadInput("Request body is nested too deeply to read; flatten it.") from None
-        if not isinstance(body, dict):
-            raise BadInput(
-                f"Request body must be a JSON object, got {type(body).__name__ if body is not None else 'nothing'}."
-            )
-        return body, raw
+        return await read_json_object(request)
 
     @staticmethod
     def _idempotency(request: Request, raw: bytes) -> Optional[Idempotency]:
