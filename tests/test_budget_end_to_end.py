@@ -52,7 +52,7 @@ def one_call(client: AgentLedgerClient, ran: list[int]) -> bool:
 
 
 def spent(ledger: LocalLedger, agent: str) -> Decimal:
-    (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == agent]
+    (budget,) = [b for b in ledger.service.budgets(ledger.workspace) if b["agentName"] == agent]
     return Decimal(str(budget["spentTodayUsd"]))
 
 

@@ -191,7 +191,7 @@ def test_the_sdk_retries_are_applied_once_end_to_end(ledger: LocalLedger) -> Non
 
 def test_one_workspace_cannot_read_append_to_or_end_anothers_sessions(ledger: LocalLedger, http: httpx.Client) -> None:
     mine = http.post("/v1/sessions", json={"agentName": "private"}).json()["id"]
-    other_key = ledger.store.create_key("intruder", "other-team").secret
+    other_key = ledger.service.create_key("intruder", "other-team").secret
     intruder = AgentLedgerClient(api_key=other_key, base_url=ledger.url, batching=False)
     missing = "00000000-0000-0000-0000-000000000000"
     errors = []
@@ -221,18 +221,25 @@ def test_keys_are_required_valid_and_unrevoked(ledger: LocalLedger) -> None:
         response = httpx.post(f"{ledger.url}/v1/sessions", json={"agentName": "a"}, headers=headers)
         assert response.status_code == 401
         assert "agent-ledger keys create" in response.json()["error"]
-    new = ledger.store.create_key("temporary")
+    new = ledger.service.create_key("temporary")
     client = AgentLedgerClient(api_key=new.secret, base_url=ledger.url, batching=False)
     client.start_session("ok")
-    ledger.store.revoke_key(new.key.id)
+    ledger.service.revoke_key(new.key.id)
     with pytest.raises(AuthenticationError, match="revoked"):
         client.start_session("too late")
     client.close()
 
 
 def test_keys_are_stored_hashed(ledger: LocalLedger) -> None:
-    new = ledger.store.create_key("hashed")
-    raw = ledger.db_path.read_bytes() + Path(str(ledger.db_path) + "-wal").read_bytes()
+    new = ledger.service.create_key("hashed")
+    if isinstance(ledger.db_path, Path):
+        raw = ledger.db_path.read_bytes() + Path(str(ledger.db_path) + "-wal").read_bytes()
+    else:  # PostgreSQL: every column of the keys table, as text
+        import psycopg
+
+        with psycopg.connect(ledger.db_path) as db:
+            raw = repr(db.execute("SELECT * FROM api_keys").fetchall()).encode()
+        assert new.key.id.encode() in raw
     assert new.secret.encode() not in raw
 
 
@@ -344,7 +351,7 @@ def test_an_api_status_error_carries_the_server_message(api: Api) -> None:
 
 
 def test_sessions_are_listed_filtered_and_paginated(ledger: LocalLedger) -> None:
-    key = ledger.store.create_key("reader", "reader-team").secret
+    key = ledger.service.create_key("reader", "reader-team").secret
     client = AgentLedgerClient(api_key=key, base_url=ledger.url, batching=False)
     ids = [client.start_session("pager") for _ in range(5)]
     client.end_session(ids[0], "error", error_message="x")

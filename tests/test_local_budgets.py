@@ -18,9 +18,10 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 
 from agent_ledger_sdk import AgentLedgerClient, BudgetGuardrailError
 from agent_ledger_sdk.local import LocalLedger
-from agent_ledger_sdk.local.storage import PricedEvent, SQLiteStore, next_utc_midnight
+from agent_ledger_sdk.local.budgets import next_utc_midnight
+from agent_ledger_sdk.local.records import PricedEvent
 
-from .ledger_fixtures import priced_ledger
+from .ledger_fixtures import priced_ledger, sqlite_service
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ def test_a_call_over_the_budget_gets_the_published_429_and_is_recorded_and_count
     recorded = ledger.session(session_id)
     assert [(e["stepIndex"], e["overBudget"]) for e in recorded["events"]] == [(0, False), (1, False), (2, True)]
     assert (recorded["costUsd"], recorded["overBudgetEvents"]) == (Decimal("0.003"), 1)  # what really ran
-    (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == "capped"]
+    (budget,) = [b for b in ledger.service.budgets(ledger.workspace) if b["agentName"] == "capped"]
     assert (budget["spentTodayUsd"], budget["remainingBudgetUsd"]) == (Decimal("0.003"), 0)
     # The stop holds for the rest of the UTC day, even for a call that would have fitted before...
     again = send(http, session_id, llm(3, 1))
@@ -201,7 +202,7 @@ def test_an_unpriced_call_of_an_agent_with_a_budget_is_refused_with_how_to_price
     assert [(r["index"], r["field"]) for r in body["rejected"]] == [(1, "model")]
     assert ledger.session(session_id)["events"] == []  # the batch is refused whole
 
-    other = ledger.store.create_key("lenient", "lenient-team").secret
+    other = ledger.service.create_key("lenient", "lenient-team").secret
     lenient = httpx.Client(base_url=ledger.url, headers={"x-api-key": other})
     assert lenient.put("/v1/budgets/careful", json={"dailyLimitUsd": 5}).status_code == 200
     allowed = lenient.put("/v1/settings", json={"allowUnpricedModels": True})
@@ -248,7 +249,7 @@ def test_a_monthly_budget_refuses_with_its_own_numbers(http: httpx.Client, ledge
 
 
 def test_a_workspace_budget_counts_every_agent(ledger: LocalLedger) -> None:
-    key = ledger.store.create_key("shared", "shared-purse").secret
+    key = ledger.service.create_key("shared", "shared-purse").secret
     with httpx.Client(base_url=ledger.url, headers={"x-api-key": key}) as http:
         reply = http.put("/v1/workspace-budget", json={"dailyLimitUsd": 0.0025})
         assert exact(reply)["dailyLimitUsd"] == Decimal("0.0025")
@@ -369,7 +370,7 @@ def test_budgets_through_the_api(http: httpx.Client) -> None:
 
 
 def test_the_workspace_budget_and_settings_through_the_api(ledger: LocalLedger) -> None:
-    key = ledger.store.create_key("settings", "settings-team").secret
+    key = ledger.service.create_key("settings", "settings-team").secret
     with httpx.Client(base_url=ledger.url, headers={"x-api-key": key}) as http:
         overview = http.get("/v1/budgets").json()
         assert overview["workspaceBudget"]["dailyLimitUsd"] is None
@@ -388,7 +389,7 @@ def test_the_workspace_budget_and_settings_through_the_api(ledger: LocalLedger) 
 
 def test_spend_counts_per_utc_day_and_per_utc_month(tmp_path: Path) -> None:
     now = [datetime.datetime(2026, 3, 31, 23, 59, tzinfo=datetime.timezone.utc)]
-    store = SQLiteStore(tmp_path / "days.db", clock=lambda: now[0])
+    store = sqlite_service(tmp_path / "days.db", clock=lambda: now[0])
     store.set_budget("ws", "agent", 1, monthly_limit_usd=2)
     session = store.start_session("ws", "agent", None).body["id"]
 
@@ -451,7 +452,7 @@ def test_a_database_of_the_previous_version_keeps_its_amounts(tmp_path: Path) ->
         db.execute("INSERT INTO budgets VALUES ('default', 'old-bot', 2.5)")
         db.execute("INSERT INTO daily_spend VALUES ('default', 'old-bot', ?, 0.75)", (today,))
     db.close()
-    with SQLiteStore(path) as store:
+    with sqlite_service(path) as store:
         session = store.get_session("s")
         assert session["costUsd"] == Decimal("0.30000000000000004")  # what the float was, kept as it was
         assert [(e["costUsd"], e["costStatus"]) for e in session["events"]] == [
@@ -463,7 +464,7 @@ def test_a_database_of_the_previous_version_keeps_its_amounts(tmp_path: Path) ->
         assert (budget["dailyLimitUsd"], budget["spentTodayUsd"]) == (Decimal("2.5"), Decimal("0.75"))
         assert budget["spentThisMonthUsd"] == Decimal("0.75")
         assert store.workspace_budgets("default")[0]["spentTodayUsd"] == Decimal("0.75")
-    with SQLiteStore(path) as store:  # a second open changes nothing
+    with sqlite_service(path) as store:  # a second open changes nothing
         assert store.budgets("default")[0]["spentTodayUsd"] == Decimal("0.75")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 from agent_ledger_sdk import AgentLedgerClient, BadRequestError
 from agent_ledger_sdk.local import LocalLedger, run
 
-from .ledger_fixtures import priced_ledger
+from .ledger_fixtures import priced_ledger, raw_rows
 
 pytestmark = pytest.mark.integration
 
@@ -155,9 +154,7 @@ def test_integral_floats_are_stored_as_integers(http: httpx.Client, ledger: Loca
     assert type(call["reasoningTokens"]) is int
     assert tool["stepIndex"] == 1 and type(tool["stepIndex"]) is int
     assert (session["tokensIn"], session["tokensOut"]) == (12, 3)
-    with sqlite3.connect(ledger.db_path) as db:
-        stored = db.execute("SELECT payload FROM events WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
-    db.close()
+    stored = raw_rows(ledger.db_path, "SELECT payload FROM events WHERE session_id = ? ORDER BY seq", (session_id,))
     assert '"tokensIn":12,' in stored[0][0]  # stored as the integer it meant
 
 

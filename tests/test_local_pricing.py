@@ -235,7 +235,7 @@ def test_a_price_added_through_the_api_prices_the_workspaces_calls(http: httpx.C
     assert priced["costStatus"] == "priced"
     assert Decimal(priced["costUsd"]) == Decimal("0.001") + Decimal("0.006") + Decimal("0.0001")
     assert "acme/private-7b" in [p["model"] for p in http.get("/v1/prices").json()["prices"]]
-    other = ledger.store.create_key("other", "pricing-elsewhere").secret
+    other = ledger.service.create_key("other", "pricing-elsewhere").secret
     elsewhere = httpx.get(f"{ledger.url}/v1/prices", headers={"x-api-key": other}).json()
     assert elsewhere == {"prices": []}  # prices belong to a workspace
     assert http.delete("/v1/prices/acme/private-7b").status_code == 204

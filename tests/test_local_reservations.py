@@ -17,11 +17,13 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 
 from genai_prices import Usage, calc_price
 
-from agent_ledger_sdk.local import LocalLedger, run
+from agent_ledger_sdk.local import LocalLedger
 from agent_ledger_sdk.local.app import create_app
 from agent_ledger_sdk.local.pricing import PriceBook
+from agent_ledger_sdk.local.records import BudgetExceeded, ReservationRequest
 from agent_ledger_sdk.local.server import BackgroundServer
-from agent_ledger_sdk.local.storage import BudgetExceeded, ReservationRequest, SQLiteStore
+
+from .ledger_fixtures import backend_ledger, sqlite_service
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +37,7 @@ def prices_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ledger(prices_file: Path) -> Iterator[LocalLedger]:
-    with run(prices=prices_file) as running:
-        yield running
+ledger = backend_ledger(PRICES)
 
 
 def exact(response: httpx.Response) -> Any:
@@ -161,7 +160,7 @@ def test_an_unpriced_model_under_a_budget_is_refused_before_it_runs(http: httpx.
 
 
 def test_with_unpriced_models_allowed_a_reservation_holds_the_callers_bound(ledger: LocalLedger) -> None:
-    key = ledger.store.create_key("allowing", "allowing-team").secret
+    key = ledger.service.create_key("allowing", "allowing-team").secret
     with httpx.Client(base_url=ledger.url, headers={"x-api-key": key}) as http:
         http.put("/v1/settings", json={"allowUnpricedModels": True})
         http.put("/v1/budgets/bound", json={"dailyLimitUsd": 1})
@@ -240,7 +239,7 @@ def test_the_llm_call_settles_its_reservation_with_the_actual_cost(http: httpx.C
     assert sent.status_code == 202
     events = exact(http.get(f"/v1/sessions/{session_id}"))["events"]
     assert (events[1]["costUsd"], events[1]["overBudget"]) == (Decimal("0.0025"), True)
-    (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == "settler"]
+    (budget,) = [b for b in ledger.service.budgets(ledger.workspace) if b["agentName"] == "settler"]
     assert (budget["spentTodayUsd"], budget["reservedUsd"]) == (Decimal("0.0032"), 0)
     # Settled: the same id settles nothing more, and is an unreserved call (refused with the published 429).
     assert settle(http, session_id, 1, second).status_code == 429
@@ -272,7 +271,7 @@ def test_releasing_is_idempotent_and_private_to_the_workspace(http: httpx.Client
     session_id = start(http, "releaser")
     held = reserve(http, session_id, maxCostUsd=0.3).json()["id"]
     assert reserved_of(http, "releaser") == Decimal("0.3")
-    other = ledger.store.create_key("nosy", "nosy-team").secret
+    other = ledger.service.create_key("nosy", "nosy-team").secret
     assert httpx.delete(f"{ledger.url}/v1/reservations/{held}", headers={"x-api-key": other}).status_code == 404
     first = http.delete(f"/v1/reservations/{held}")
     assert (first.status_code, first.content) == (204, b"")
@@ -309,7 +308,7 @@ def test_a_repeated_reservation_request_is_granted_once(http: httpx.Client, ledg
 
 
 def test_a_reservation_counts_against_every_budget_that_applies(ledger: LocalLedger) -> None:
-    key = ledger.store.create_key("every", "every-budget").secret
+    key = ledger.service.create_key("every", "every-budget").secret
     with httpx.Client(base_url=ledger.url, headers={"x-api-key": key}) as http:
         http.put("/v1/workspace-budget", json={"dailyLimitUsd": 1})
         first = start(http, "first-agent")
@@ -369,7 +368,7 @@ def test_32_threads_reserving_against_one_budget_are_granted_exactly_what_fits(l
 def test_two_connections_on_one_file_never_over_grant(tmp_path: Path) -> None:
     """The check and the hold are one transaction, also across processes sharing the file."""
     path = tmp_path / "shared.db"
-    stores = [SQLiteStore(path), SQLiteStore(path)]
+    stores = [sqlite_service(path), sqlite_service(path)]
     stores[0].set_budget("ws", "agent", Decimal("0.0105"))
     session = stores[0].start_session("ws", "agent", None).body["id"]
     granted: list[int] = []
@@ -407,9 +406,9 @@ def clocked(prices_file: Path, tmp_path: Path) -> Iterator[tuple[httpx.Client, C
     def advance(seconds: float) -> None:
         now[0] += datetime.timedelta(seconds=seconds)
 
-    with SQLiteStore(tmp_path / "clocked.db", clock=lambda: now[0]) as store:
-        key = store.create_key("clocked").secret
-        with BackgroundServer(create_app(store, PriceBook(prices_file))) as server:
+    with sqlite_service(tmp_path / "clocked.db", clock=lambda: now[0], prices=PriceBook(prices_file)) as service:
+        key = service.create_key("clocked").secret
+        with BackgroundServer(create_app(service)) as server:
             with httpx.Client(base_url=server.url, headers={"x-api-key": key}) as http:
                 yield http, advance
 

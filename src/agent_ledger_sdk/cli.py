@@ -14,15 +14,17 @@ import sys
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from ._version import __version__
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from .local.storage import SQLiteStore
+    """The ledger's service over ``--db``. Only ``serve`` and ``migrate`` upgrade a shared (PostgreSQL) schema."""
+    from .local.service import LedgerService
+    from .local.store import open_store
 
-    return SQLiteStore(args.db)
+    return LedgerService(open_store(args.db, migrate=args.command in ("serve", "migrate")))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -94,8 +96,8 @@ def _percent(text: str) -> Decimal:
 
 
 def _cmd_budget(args: argparse.Namespace) -> int:
+    from .local.records import UNSET
     from .local.report import budgets_table, usd
-    from .local.storage import UNSET
 
     with _store(args) as store:
         command = args.budget_command
@@ -186,8 +188,8 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 
 
 def _cmd_sessions(args: argparse.Namespace) -> int:
+    from .local.records import SessionQuery
     from .local.report import sessions_table
-    from .local.storage import SessionQuery
 
     with _store(args) as store:
         page = store.list_sessions(
@@ -208,7 +210,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .local.report import timeline
 
     with _store(args) as store:
-        print(timeline(store.get_session(args.session_id)))
+        print(timeline(store.session_with_all_events(args.session_id)))
     return 0
 
 
@@ -218,14 +220,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(db=args.db_explicit)
 
 
-def _db_path(value: str) -> Path:
-    return Path(value).expanduser()
+def _db_path(value: str) -> Union[Path, str]:
+    from .local.store import is_url
+
+    return value if is_url(value) else Path(value).expanduser()
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .local.server import DEFAULT_PORT, default_db_path
 
-    db_help = "SQLite database (default: $AGENT_LEDGER_DB, else ledger.db in $AGENT_LEDGER_HOME or your data directory)"
+    db_help = (
+        "a SQLite file or a postgresql:// URL (default: $AGENT_LEDGER_DB, else ledger.db in $AGENT_LEDGER_HOME "
+        "or your data directory)"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", type=_db_path, default=None, help=db_help)
 
@@ -356,9 +363,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"agent-ledger: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        from .local.storage import StoreError
+        from .local.records import LedgerError
+        from .local.store import MigrationError
 
-        if isinstance(exc, StoreError):
+        if isinstance(exc, MigrationError):
+            print(f"agent-ledger: error: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, LedgerError):
             print(f"agent-ledger: error: {exc.message}", file=sys.stderr)
             return 1
         raise

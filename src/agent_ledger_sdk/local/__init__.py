@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .._client import AgentLedgerClient, AsyncAgentLedgerClient
-from .storage import DEFAULT_WORKSPACE, UNSET, Amount, SQLiteStore
+from .records import DEFAULT_WORKSPACE, UNSET, Amount
+from .service import LedgerService
 
 __all__ = ["LocalLedger", "run"]
 
@@ -34,9 +35,9 @@ class LocalLedger:
 
     url: str
     api_key: str
-    db_path: Path
+    db_path: Union[Path, str]  # a SQLite file, or the postgresql:// URL it was given
     workspace: str
-    store: SQLiteStore
+    service: LedgerService
     _redirecting: list[AgentLedgerClient] = field(default_factory=list, repr=False)
 
     def client(self, **options: Any) -> AgentLedgerClient:
@@ -89,7 +90,7 @@ class LocalLedger:
         ``warn_at_percent`` records a ``budget_warning`` event when the spend crosses
         that share of a limit. A limit not given is left as it is.
         """
-        return self.store.set_budget(
+        return self.service.set_budget(
             self.workspace,
             agent_name,
             daily_limit_usd,
@@ -101,11 +102,11 @@ class LocalLedger:
         self, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
     ) -> dict[str, Any]:
         """Set the workspace's daily limit in USD, all agents together (None removes it)."""
-        return self.store.set_workspace_budget(self.workspace, daily_limit_usd, warn_at_percent=warn_at_percent)
+        return self.service.set_workspace_budget(self.workspace, daily_limit_usd, warn_at_percent=warn_at_percent)
 
     def allow_unpriced_models(self, allow: bool = True) -> dict[str, Any]:
         """Let agents with a budget make calls the ledger cannot price (refused by default)."""
-        return self.store.set_settings(self.workspace, allow_unpriced_models=allow)
+        return self.service.set_settings(self.workspace, allow_unpriced_models=allow)
 
     def set_price(
         self,
@@ -128,20 +129,20 @@ class LocalLedger:
         rates = rates_from(
             entry, ("input", "output", "cache_read", "cache_write"), f"the price of {model!r}", text_ok=True
         )
-        self.store.set_price(self.workspace, normalise_name(model), rates)
+        self.service.set_price(self.workspace, normalise_name(model), rates)
 
     def session(self, session_id: str) -> dict[str, Any]:
         """A recorded session with its events, as ``GET /v1/sessions/{id}`` returns it."""
-        return self.store.get_session(session_id, self.workspace)
+        return self.service.session_with_all_events(session_id, self.workspace)
 
     def sessions(
         self, agent_name: Optional[str] = None, *, user: Optional[str] = None, tags: Sequence[str] = ()
     ) -> list[dict[str, Any]]:
         """Recorded sessions, newest first; only those of ``user`` and carrying every one of ``tags`` if given."""
-        from .storage import SessionQuery
+        from .records import SessionQuery
 
         query = SessionQuery(agent_name=agent_name, user_id=user, tags=tuple(tags), workspace=self.workspace, limit=500)
-        page = self.store.list_sessions(query)
+        page = self.service.list_sessions(query)
         sessions: list[dict[str, Any]] = page["sessions"]
         return sessions
 
@@ -158,7 +159,8 @@ def run(
     """Start a local ledger in a background thread for the duration of the block.
 
     Args:
-        db: the SQLite file; a temporary one (deleted afterwards) by default.
+        db: the SQLite file, or a ``postgresql://`` URL; a temporary SQLite file (deleted afterwards)
+            by default.
         host: the interface to listen on; loopback by default.
         port: the port; 0 picks a free one.
         workspace: the workspace of the key created for this run.
@@ -167,13 +169,14 @@ def run(
     from .app import create_app
     from .pricing import PriceBook
     from .server import BackgroundServer
+    from .store import is_url, open_store
 
     with tempfile.TemporaryDirectory(prefix="agent-ledger-") as scratch:
-        path = Path(db) if db is not None else Path(scratch) / "ledger.db"
-        with SQLiteStore(path) as store:
-            key = store.create_key("local.run", workspace)
-            server = BackgroundServer(create_app(store, PriceBook(prices)), host, port).start()
+        where: Union[Path, str] = Path(scratch) / "ledger.db" if db is None else db if is_url(db) else Path(db)
+        with LedgerService(open_store(where), PriceBook(prices)) as service:
+            key = service.create_key("local.run", workspace)
+            server = BackgroundServer(create_app(service), host, port).start()
             try:
-                yield LocalLedger(server.url, key.secret, path, workspace, store)
+                yield LocalLedger(server.url, key.secret, where, workspace, service)
             finally:
                 server.stop()

@@ -20,57 +20,54 @@ Reserve, then settle::
     DELETE /v1/reservations/{id}    -> 204
 
 Read, budget, price and settings endpoints: ``GET /v1/sessions``,
-``GET /v1/sessions/{id}``, ``GET /v1/budgets``, ``PUT /v1/budgets/{agentName}``,
+``GET /v1/sessions/{id}`` (with a page of its events: ``?eventsLimit=&eventsCursor=``),
+``DELETE /v1/sessions/{id}``, ``GET /v1/budgets``, ``PUT /v1/budgets/{agentName}``,
 ``PUT /v1/workspace-budget``, ``GET|PUT /v1/settings``, ``GET /v1/prices``,
 ``PUT|DELETE /v1/prices/{model}``; ``GET /openapi.json`` describes them all.
-Every ``/v1`` request needs ``x-api-key``. Amounts are exact: JSON numbers
+Every ``/v1`` request needs ``x-api-key``; ``/health`` (alive), ``/ready`` (the
+database answers) and ``/metrics`` (Prometheus) do not. Amounts are exact: JSON numbers
 with exactly the digits of the ledger's decimal amounts.
+
+The handlers parse HTTP and call :class:`~.service.LedgerService` off the event
+loop (a thread of the pool), so that a slow query never holds up other
+requests; this module alone maps the service's errors to HTTP statuses.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import money
 from .body import read_json_object
-from .pricing import PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .pricing import PriceBook
 from .records import (
-    UNSET,
-    BudgetExceeded,
-    Idempotency,
-    LedgerStore,
-    PricedEvent,
-    Reply,
-    ReservationRequest,
-    SessionQuery,
-    StoreError,
-)
-from .validation import (
-    MAX_SAFE_INTEGER,
-    MAX_TOKENS,
     BadInput,
-    EventsRejected,
-    Rejection,
+    BudgetExceeded,
+    Conflict,
+    Idempotency,
+    IdempotencyMismatch,
+    LedgerError,
+    NotFound,
+    Reply,
+    SessionQuery,
     TooLarge,
-    check_event,
-    check_session_context,
-    shown,
-    usage_of,
-    usd_amount,
-    warn_percent,
+    Unauthorized,
+    UnpricedModel,
 )
+from .service import LedgerService
+from .store.base import Store
 
-MAX_EVENTS_PER_REQUEST = 10_000
-MAX_AGENT_NAME = 200
-MAX_ERROR_MESSAGE = 10_000
 KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
+MAX_LIST_LIMIT = 500
+_T = TypeVar("_T")
 
 __all__ = ["BadInput", "LedgerAPI", "TooLarge", "create_app"]
 
@@ -92,33 +89,45 @@ def _error(status: int, message: str, **extra: Any) -> Response:
 
 def _reply(reply: Reply) -> Response:
     headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
-    if reply.status == 204:
+    status = int(reply.status)
+    if status == 204:
         return Response(status_code=204, headers=headers)
     if reply.raw is not None:  # a replay: the very bytes first sent
-        return Response(reply.raw.encode("utf-8"), reply.status, headers, media_type="application/json")
-    return ExactJSONResponse(reply.body, status_code=reply.status, headers=headers)
+        return Response(reply.raw.encode("utf-8"), status, headers, media_type="application/json")
+    return ExactJSONResponse(reply.body, status_code=status, headers=headers)
+
+
+def _query_int(request: Request, name: str, default: Optional[int], low: int, high: int) -> Optional[int]:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text) if len(text) <= 20 else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise BadInput(f"{name} must be an integer from {low} to {high}; got {text[:40]!r}.")
+    return value
 
 
 class LedgerAPI:
-    """The request handlers, bound to one store and one price book."""
+    """The request handlers, over one :class:`~.service.LedgerService`."""
 
-    def __init__(self, store: LedgerStore, prices: PriceBook) -> None:
-        self.store = store
-        self.prices = prices
+    def __init__(self, service: LedgerService) -> None:
+        self.service = service
 
-    # -- plumbing ------------------------------------------------------------
+    @staticmethod
+    async def _off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return await run_in_threadpool(functools.partial(function, *args, **kwargs))
 
-    def _workspace(self, request: Request) -> str:
+    async def _workspace(self, request: Request) -> str:
         key = request.headers.get("x-api-key")
         if not key:
-            raise _Unauthorized(f"Missing x-api-key header. {KEY_HINT}")
-        workspace = self.store.authenticate(key)
+            raise Unauthorized(f"Missing x-api-key header. {KEY_HINT}")
+        workspace = await self._off_loop(self.service.authenticate, key)
         if workspace is None:
-            raise _Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+            raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
         return workspace
-
-    async def _json_object(self, request: Request) -> tuple[dict[str, Any], bytes]:
-        return await read_json_object(request)
 
     @staticmethod
     def _idempotency(request: Request, raw: bytes) -> Optional[Idempotency]:
@@ -133,129 +142,46 @@ class LedgerAPI:
     # -- the published protocol ---------------------------------------------------
 
     async def start_session(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, raw = await self._json_object(request)
-        agent_name = body.get("agentName")
-        if not isinstance(agent_name, str) or not agent_name.strip():
-            raise BadInput(
-                '"agentName" is required: a non-empty string naming the agent, e.g. {"agentName": "support-bot"}.'
-            )
-        if len(agent_name) > MAX_AGENT_NAME:
-            raise BadInput(f'"agentName" is {len(agent_name)} characters; the limit is {MAX_AGENT_NAME}.')
-        context = check_session_context(body)
-        return _reply(self.store.start_session(workspace, agent_name, self._idempotency(request, raw), context))
+        workspace = await self._workspace(request)
+        body, raw = await read_json_object(request)
+        idempotency = self._idempotency(request, raw)
+        return _reply(await self._off_loop(self.service.start_session_request, workspace, body, idempotency))
 
     async def end_session(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, raw = await self._json_object(request)
-        status = body.get("status")
-        if status not in ("success", "error"):
-            raise BadInput(f'"status" must be "success" or "error", got {status!r}.')
-        message = body.get("errorMessage")
-        if message is not None and not isinstance(message, str):
-            raise BadInput(f'"errorMessage" must be a string or null, got {type(message).__name__}.')
-        if message is not None and len(message) > MAX_ERROR_MESSAGE:
-            message = message[:MAX_ERROR_MESSAGE] + f"...[truncated {len(message) - MAX_ERROR_MESSAGE} chars]"
+        workspace = await self._workspace(request)
+        body, raw = await read_json_object(request)
         session_id = request.path_params["session_id"]
-        return _reply(self.store.end_session(workspace, session_id, status, message, self._idempotency(request, raw)))
+        idempotency = self._idempotency(request, raw)
+        return _reply(await self._off_loop(self.service.end_session_request, workspace, session_id, body, idempotency))
 
     async def log_events(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, raw = await self._json_object(request)
-        session_id = body.get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
-        events = body.get("events")
-        if not isinstance(events, list) or not events:
-            raise BadInput('"events" must be a non-empty list of event objects.')
-        if len(events) > MAX_EVENTS_PER_REQUEST:
-            raise TooLarge(f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}.")
-        checked: list[PricedEvent] = []
-        rejections: list[tuple[int, Rejection]] = []
-        for position, event in enumerate(events):
-            try:
-                checked.append(check_event(position, event))
-            except Rejection as rejection:
-                rejections.append((position, rejection))
-        if rejections:
-            raise EventsRejected(rejections)
-        if any(event.type == "llm_call" for event in checked):
-            custom = self.store.prices(workspace)
-            for event in checked:
-                if event.type == "llm_call":
-                    self._price(event, custom)
-        return _reply(self.store.append_events(workspace, session_id, checked, self._idempotency(request, raw)))
-
-    def _price(self, checked: PricedEvent, custom: Mapping[str, Rates]) -> None:
-        """Price an llm_call from its provider, model and full usage (an estimate when its usage is missing)."""
-        if checked.usage_missing:
-            price = self.prices.estimate(checked.provider, checked.model, checked.tokens_in, checked.tokens_out, custom)
-        else:
-            price = self.prices.price(checked.provider, checked.model, usage_of(checked), custom)
-        checked.cost_usd, checked.cost_status, checked.pricing_note = price.cost_usd, price.status, price.note
+        workspace = await self._workspace(request)
+        body, raw = await read_json_object(request)
+        idempotency = self._idempotency(request, raw)
+        return _reply(await self._off_loop(self.service.log_events_request, workspace, body, idempotency))
 
     # -- reserve, then settle ----------------------------------------------------------
 
     async def reserve(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, raw = await self._json_object(request)
-        session_id = body.get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
-        names = {}
-        for name in ("provider", "model"):
-            value = body.get(name)
-            if not isinstance(value, str) or not value.strip():
-                raise BadInput(f'"{name}" is required: a non-empty string, as the llm_call event will carry it.')
-            names[name] = value
-        step = body.get("stepIndex")
-        if step is not None and (
-            isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_SAFE_INTEGER
-        ):
-            raise BadInput(f'"stepIndex" must be a non-negative integer; got {shown(step)}.')
-        max_cost = usd_amount(body, "maxCostUsd", "the most this call may cost", nullable=False)
-        estimate = body.get("estimate")
-        if (estimate is None) == (max_cost is None):
-            raise BadInput(
-                'Send either "estimate": {"tokensIn": int, "tokensOut": int} (the most the call may use) or '
-                '"maxCostUsd": number (the most it may cost), not both and not neither.'
-            )
-        custom = self.store.prices(workspace)
-        provider, model = names["provider"], names["model"]
-        if estimate is not None:
-            usage = _estimate(estimate)
-            price = self.prices.price(provider, model, usage, custom)
-        else:
-            price = self.prices.price(provider, model, TokenUsage(0, 0), custom)
-        reservation = ReservationRequest(
-            session_id=session_id,
-            provider=provider,
-            model=model,
-            amount=(max_cost if max_cost is not None else price.cost_usd) if price.priced else None,
-            max_cost_usd=max_cost,
-            step_index=step,
-            note=price.note,
-        )
-        return _reply(self.store.reserve(workspace, reservation, self._idempotency(request, raw)))
+        workspace = await self._workspace(request)
+        body, raw = await read_json_object(request)
+        idempotency = self._idempotency(request, raw)
+        return _reply(await self._off_loop(self.service.reserve_request, workspace, body, idempotency))
 
     async def release(self, request: Request) -> Response:
-        workspace = self._workspace(request)
+        workspace = await self._workspace(request)
         raw = await request.body()
         reservation_id = request.path_params["reservation_id"]
-        return _reply(self.store.release(workspace, reservation_id, self._idempotency(request, raw)))
+        idempotency = self._idempotency(request, raw)
+        return _reply(await self._off_loop(self.service.release, workspace, reservation_id, idempotency))
 
     # -- reads and budgets -----------------------------------------------------------
 
     async def list_sessions(self, request: Request) -> Response:
-        workspace = self._workspace(request)
+        workspace = await self._workspace(request)
         params = request.query_params
-        try:
-            limit = int(params.get("limit", "50"))
-            cursor = int(params["cursor"]) if params.get("cursor") else None
-        except ValueError:
-            raise BadInput("limit and cursor must be integers.") from None
-        if not 1 <= limit <= 500:
-            raise BadInput("limit must be between 1 and 500.")
+        limit = _query_int(request, "limit", 50, 1, MAX_LIST_LIMIT)
+        cursor = _query_int(request, "cursor", None, 0, 2**63 - 1)
         status = params.get("status")
         if status is not None and status not in ("running", "success", "error"):
             raise BadInput('status must be "running", "success" or "error".')
@@ -270,92 +196,71 @@ class LedgerAPI:
             tags=tags,
             started_after=params.get("since"),
             started_before=params.get("until"),
-            limit=limit,
+            limit=limit or 50,
             cursor=cursor,
             workspace=workspace,
         )
-        return _json(self.store.list_sessions(query))
+        return _json(await self._off_loop(self.service.list_sessions, query))
 
     async def get_session(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        return _json(self.store.get_session(request.path_params["session_id"], workspace))
-
-    async def budgets(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        (workspace_budget,) = self.store.workspace_budgets(workspace)
+        workspace = await self._workspace(request)
+        limit = _query_int(request, "eventsLimit", None, 1, 2000)
+        cursor = request.query_params.get("eventsCursor")
+        session_id = request.path_params["session_id"]
         return _json(
-            {
-                "budgets": self.store.budgets(workspace),
-                "workspaceBudget": workspace_budget,
-                "settings": self.store.settings(workspace),
-            }
-        )
-
-    async def set_budget(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, _ = await self._json_object(request)
-        _only(body, ("dailyLimitUsd", "monthlyLimitUsd", "warnAtPercent"))
-        changes = {
-            "daily_limit_usd": _limit(body, "dailyLimitUsd", "the agent's limit per UTC day"),
-            "monthly_limit_usd": _limit(body, "monthlyLimitUsd", "the agent's limit per UTC month"),
-            "warn_at_percent": warn_percent(body, nullable=True) if "warnAtPercent" in body else UNSET,
-        }
-        agent = request.path_params["agent_name"]
-        return _json(self.store.set_budget(workspace, agent, **changes))
-
-    async def set_workspace_budget(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, _ = await self._json_object(request)
-        _only(body, ("dailyLimitUsd", "warnAtPercent"))
-        return _json(
-            self.store.set_workspace_budget(
-                workspace,
-                _limit(body, "dailyLimitUsd", "the workspace's limit per UTC day, all agents together"),
-                warn_at_percent=warn_percent(body, nullable=True) if "warnAtPercent" in body else UNSET,
+            await self._off_loop(
+                self.service.get_session, session_id, workspace, events_limit=limit, events_cursor=cursor
             )
         )
 
+    async def delete_session(self, request: Request) -> Response:
+        workspace = await self._workspace(request)
+        await self._off_loop(self.service.delete_session, workspace, request.path_params["session_id"])
+        return Response(status_code=204)
+
+    async def budgets(self, request: Request) -> Response:
+        workspace = await self._workspace(request)
+        return _json(await self._off_loop(self.service.budgets_overview, workspace))
+
+    async def set_budget(self, request: Request) -> Response:
+        workspace = await self._workspace(request)
+        body, _ = await read_json_object(request)
+        agent = request.path_params["agent_name"]
+        return _json(await self._off_loop(self.service.set_budget_request, workspace, agent, body))
+
+    async def set_workspace_budget(self, request: Request) -> Response:
+        workspace = await self._workspace(request)
+        body, _ = await read_json_object(request)
+        return _json(await self._off_loop(self.service.set_workspace_budget_request, workspace, body))
+
     async def settings(self, request: Request) -> Response:
-        return _json(self.store.settings(self._workspace(request)))
+        workspace = await self._workspace(request)
+        return _json(await self._off_loop(self.service.settings, workspace))
 
     async def set_settings(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, _ = await self._json_object(request)
-        _only(body, ("allowUnpricedModels",))
-        allow = body.get("allowUnpricedModels")
-        if "allowUnpricedModels" in body and not isinstance(allow, bool):
-            raise BadInput(f'"allowUnpricedModels" must be true or false; got {shown(allow)}.')
-        return _json(self.store.set_settings(workspace, allow_unpriced_models=allow))
+        workspace = await self._workspace(request)
+        body, _ = await read_json_object(request)
+        return _json(await self._off_loop(self.service.set_settings_request, workspace, body))
 
     # -- prices -------------------------------------------------------------------------------
 
     async def list_prices(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        return _json(
-            {"prices": [{"model": name, **rates.as_json()} for name, rates in self.store.prices(workspace).items()]}
-        )
+        workspace = await self._workspace(request)
+        prices = await self._off_loop(self.service.prices, workspace)
+        return _json({"prices": [{"model": name, **rates.as_json()} for name, rates in prices.items()]})
 
     async def set_price(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        body, _ = await self._json_object(request)
-        _only(body, _PRICE_FIELDS)
-        name = normalise_name(request.path_params["model"])
-        try:
-            rates = rates_from(body, _PRICE_FIELDS, f"the price of {name!r}")
-        except ValueError as exc:
-            raise BadInput(
-                f'{exc}: send {{"inputPerMtok": 3, "outputPerMtok": 12}} and optionally cacheReadPerMtok and '
-                "cacheWritePerMtok (USD per million tokens)."
-            ) from None
-        self.store.set_price(workspace, name, rates)
-        return _json({"model": name, **rates.as_json()})
+        workspace = await self._workspace(request)
+        body, _ = await read_json_object(request)
+        model = request.path_params["model"]
+        return _json(await self._off_loop(self.service.set_price_request, workspace, model, body))
 
     async def remove_price(self, request: Request) -> Response:
-        workspace = self._workspace(request)
-        name = normalise_name(request.path_params["model"])
-        if not self.store.remove_price(workspace, name):
-            raise _NotFound(f"No price for {name!r} in this workspace; GET /v1/prices lists them.")
+        workspace = await self._workspace(request)
+        await self._off_loop(self.service.remove_price_request, workspace, request.path_params["model"])
         return Response(status_code=204)
+
+    # -- operations -----------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
         return _json({"status": "ok"})
@@ -366,53 +271,39 @@ class LedgerAPI:
         return _json(OPENAPI)
 
 
-_PRICE_FIELDS = ("inputPerMtok", "outputPerMtok", "cacheReadPerMtok", "cacheWritePerMtok")
+# Which status each domain error becomes (the most specific class wins).
+_STATUSES: dict[type[LedgerError], int] = {
+    TooLarge: 413,
+    BadInput: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    Conflict: 409,
+    IdempotencyMismatch: 422,
+    UnpricedModel: 422,
+    BudgetExceeded: 429,
+}
 
 
-def _only(body: Mapping[str, Any], names: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(names))
-    if unknown:
-        raise BadInput(f"Unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(names)}.")
+def status_of(error: LedgerError) -> int:
+    for kind in type(error).__mro__:
+        found = _STATUSES.get(kind)
+        if found is not None:
+            return found
+        legacy = kind.__dict__.get("status")  # errors that still carry their own status
+        if isinstance(legacy, int):
+            return legacy
+    return 400
 
 
-def _limit(body: Mapping[str, Any], name: str, what: str) -> Any:
-    """A limit to set (a Decimal), to remove (None, sent as null) or to leave as it is (UNSET, not sent)."""
-    if name not in body:
-        return UNSET
-    return usd_amount(dict(body), name, what, nullable=True)
-
-
-def _estimate(estimate: Any) -> TokenUsage:
-    if not isinstance(estimate, dict):
-        raise BadInput('"estimate" must be an object: {"tokensIn": int, "tokensOut": int}.')
-    counts = []
-    for name in ("tokensIn", "tokensOut"):
-        value = estimate.get(name)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
-            raise BadInput(
-                f'"estimate.{name}" must be a non-negative integer of at most {MAX_TOKENS}; got {shown(value)}.'
-            )
-        counts.append(value)
-    return TokenUsage(counts[0], counts[1])
-
-
-class _Unauthorized(StoreError):
-    status = 401
-
-
-class _NotFound(StoreError):
-    status = 404
-
-
-async def _store_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StoreError)
+async def _ledger_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LedgerError)
     if isinstance(exc, BudgetExceeded):
         return _json(exc.body, 429)
-    if isinstance(exc, EventsRejected):
-        return _error(exc.status, exc.message, rejected=exc.rejected)
-    return _error(exc.status, exc.message, **exc.extra)
+    rejected = getattr(exc, "rejected", None)
+    if rejected is not None:
+        status = 413 if getattr(exc, "too_large", False) or getattr(exc, "status", None) == 413 else 400
+        return _error(status, exc.message, rejected=rejected)
+    return _error(status_of(exc), exc.message, **exc.extra)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -423,15 +314,19 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return _error(405, f"{request.method} is not allowed on {request.url.path}. See GET /openapi.json.")
 
 
-def create_app(store: LedgerStore, prices: Optional[PriceBook] = None) -> Starlette:
-    """The ASGI application of a local ledger over ``store``."""
-    api = LedgerAPI(store, prices or PriceBook())
+def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
+    """The ASGI application of a ledger over a :class:`~.service.LedgerService` (or a store, with ``prices``)."""
+    if isinstance(ledger, Store):
+        ledger = LedgerService(ledger, prices)
+    service: LedgerService = ledger
+    api = LedgerAPI(service)
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/v1/sessions", api.start_session, methods=["POST"]),
         Route("/v1/sessions", api.list_sessions, methods=["GET"]),
         Route("/v1/sessions/{session_id}", api.get_session, methods=["GET"]),
+        Route("/v1/sessions/{session_id}", api.delete_session, methods=["DELETE"]),
         Route("/v1/sessions/{session_id}/end", api.end_session, methods=["POST"]),
         Route("/v1/events", api.log_events, methods=["POST"]),
         Route("/v1/reservations", api.reserve, methods=["POST"]),
@@ -447,8 +342,8 @@ def create_app(store: LedgerStore, prices: Optional[PriceBook] = None) -> Starle
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={StoreError: _store_error, 404: _not_found, 405: _method_not_allowed},
+        exception_handlers={LedgerError: _ledger_error, 404: _not_found, 405: _method_not_allowed},
     )
-    app.state.store = store
+    app.state.service = service
     app.state.api = api
     return app

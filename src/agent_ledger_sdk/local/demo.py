@@ -52,7 +52,7 @@ def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
         runaway = ledger.session(ledger.sessions("runaway-agent")[0]["id"])
         recorded = [e for e in runaway["events"] if e["type"] == "llm_call"]
         over = [e for e in recorded if e["overBudget"]]
-        (budget,) = [b for b in ledger.store.budgets(ledger.workspace) if b["agentName"] == "runaway-agent"]
+        (budget,) = [b for b in ledger.service.budgets(ledger.workspace) if b["agentName"] == "runaway-agent"]
         if stopped is None:
             out("   The guardrail never stopped the agent. That is a bug.")
             return 1
@@ -68,7 +68,7 @@ def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
         out(f"     BudgetGuardrailError: {stopped}")
         out(f"   Spend in the ledger today: {usd(budget['spentTodayUsd'])}, exactly what the calls that ran cost.")
         out(f"   The session ended with status {runaway['status']!r}.\n")
-        out(budgets_table(ledger.store.budgets(ledger.workspace)))
+        out(budgets_table(ledger.service.budgets(ledger.workspace)))
         client.close()
         if left:
             out(f"\nWarning: {left} events were not delivered.")

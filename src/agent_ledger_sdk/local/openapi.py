@@ -8,7 +8,7 @@ from .._constants import MAX_EVENT_BYTES
 from .._version import __version__
 from .budgets import KINDS
 from .pricing import COST_STATUSES, ESTIMATE_TOKENS_IN, ESTIMATE_TOKENS_OUT
-from .storage import BUDGET_CACHE_SECONDS, RESERVATION_TTL_SECONDS
+from .records import BUDGET_CACHE_SECONDS, RESERVATION_TTL_SECONDS
 from .validation import (
     MAX_METADATA_BYTES,
     MAX_PARENT_SESSION_ID,

@@ -1,24 +1,21 @@
-"""What the local ledger stores and the interface of its storage, apart from any database.
+"""The records and errors of the ledger's service layer, apart from HTTP and any database.
 
-The API layer (``app.py``) and the CLI talk only to :class:`LedgerStore`; its
-one implementation today is ``storage.SQLiteStore``, and another database
-(PostgreSQL) would be a second one. Amounts are exact
-:class:`~decimal.Decimal` US dollars (see ``money.py``).
+The API layer (``app.py``) and the CLI talk to ``service.LedgerService``, which
+raises the errors below and returns these records; storage is behind
+``store.Store``. Amounts are exact :class:`~decimal.Decimal` US dollars (see
+``money.py``).
 """
 
 from __future__ import annotations
 
-import abc
 import datetime
-from collections.abc import Sequence
+import enum
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Optional, Union
 
-from typing_extensions import Self
-
 from . import money
-from .pricing import PRICED, UNPRICED, Rates
+from .pricing import PRICED, UNPRICED
 
 DEFAULT_WORKSPACE = "default"
 # A reservation not settled or released within this time is released by the ledger.
@@ -39,13 +36,13 @@ class _Unset:
 UNSET: Any = _Unset()  # a setting left as it is
 
 
-# -- what the store raises ---------------------------------------------------
+# -- what the service raises ------------------------------------------------
+# Domain errors: what went wrong, in words a user can act on. Which HTTP status each
+# becomes is the API layer's business (app.py), not theirs.
 
 
-class StoreError(Exception):
-    """A request the store refused; ``message`` says what was wrong and how to fix it."""
-
-    status = 400
+class LedgerError(Exception):
+    """A request the ledger refused; ``message`` says what was wrong and how to fix it."""
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -53,33 +50,55 @@ class StoreError(Exception):
         self.extra = extra  # more fields of the error's JSON body
 
 
-class NotFound(StoreError):
-    status = 404
+StoreError = LedgerError  # the name earlier versions used
 
 
-class Conflict(StoreError):
-    status = 409
+class BadInput(LedgerError):
+    """A request that is malformed or breaks a rule of the protocol."""
 
 
-class IdempotencyMismatch(StoreError):
-    status = 422
+class TooLarge(BadInput):
+    """A request, or a part of it, over a size limit."""
 
 
-class UnpricedModel(StoreError):
+class NotFound(LedgerError):
+    pass
+
+
+class Conflict(LedgerError):
+    pass
+
+
+class Unauthorized(LedgerError):
+    """A missing, unknown or revoked API key."""
+
+
+class IdempotencyMismatch(LedgerError):
+    pass
+
+
+class UnpricedModel(LedgerError):
     """A call the ledger cannot price, for an agent with a budget: refused unless the workspace allows it."""
 
-    status = 422
 
-
-class BudgetExceeded(StoreError):
+class BudgetExceeded(LedgerError):
     """An amount that does not fit a budget; ``body`` is the published guardrail body."""
-
-    status = 429
 
     def __init__(self, body: dict[str, Any]) -> None:
         super().__init__(str(body["error"]))
         self.body = body
         self.details: dict[str, Any] = body["details"]
+
+
+class Outcome(enum.IntEnum):
+    """How a write went. The values are the protocol's HTTP statuses, stored with idempotency records so
+    that a replay answers exactly as the first time."""
+
+    OK = 200
+    CREATED = 201
+    ACCEPTED = 202
+    DONE = 204  # nothing to say
+    OVER_BUDGET = 429  # recorded, and the client is told to stop
 
 
 # -- records -----------------------------------------------------------------
@@ -153,7 +172,7 @@ class Idempotency:
 
 @dataclass
 class Reply:
-    status: int
+    status: int  # an Outcome
     body: dict[str, Any]
     replayed: bool = False
     raw: Optional[str] = None  # the JSON first sent, when this is a replay
@@ -185,106 +204,3 @@ class SessionQuery:
 
 
 Amount = Union[Decimal, float, int, None]
-
-
-class LedgerStore(abc.ABC):
-    """What the API layer and the CLI need from storage."""
-
-    @abc.abstractmethod
-    def create_key(self, name: str, workspace: str = DEFAULT_WORKSPACE) -> NewApiKey: ...
-
-    @abc.abstractmethod
-    def list_keys(self) -> list[ApiKey]: ...
-
-    @abc.abstractmethod
-    def revoke_key(self, key_id: str) -> ApiKey: ...
-
-    @abc.abstractmethod
-    def authenticate(self, secret: str) -> Optional[str]:
-        """The workspace of a valid, unrevoked key; None otherwise."""
-
-    @abc.abstractmethod
-    def start_session(
-        self,
-        workspace: str,
-        agent_name: str,
-        idempotency: Optional[Idempotency],
-        context: Optional[SessionContext] = None,
-    ) -> Reply: ...
-
-    @abc.abstractmethod
-    def end_session(
-        self,
-        workspace: str,
-        session_id: str,
-        status: str,
-        error_message: Optional[str],
-        idempotency: Optional[Idempotency],
-    ) -> Reply: ...
-
-    @abc.abstractmethod
-    def append_events(
-        self, workspace: str, session_id: str, events: Sequence[PricedEvent], idempotency: Optional[Idempotency]
-    ) -> Reply:
-        """Store a batch whole; a 429 reply (stored too) when an unreserved LLM call went over a budget."""
-
-    @abc.abstractmethod
-    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply: ...
-
-    @abc.abstractmethod
-    def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency]) -> Reply: ...
-
-    @abc.abstractmethod
-    def get_session(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def list_sessions(self, query: SessionQuery) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def set_budget(
-        self,
-        workspace: str,
-        agent_name: str,
-        daily_limit_usd: Amount = UNSET,
-        *,
-        monthly_limit_usd: Amount = UNSET,
-        warn_at_percent: Amount = UNSET,
-    ) -> dict[str, Any]:
-        """Set an agent's limits; None removes one, UNSET leaves it as it is."""
-
-    @abc.abstractmethod
-    def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
-        """Each agent with a limit or spend this month: its limits, spend, reserved amount and what remains."""
-
-    @abc.abstractmethod
-    def set_workspace_budget(
-        self, workspace: str, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
-    ) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def workspace_budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]: ...
-
-    @abc.abstractmethod
-    def settings(self, workspace: str) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def set_settings(self, workspace: str, *, allow_unpriced_models: Optional[bool] = None) -> dict[str, Any]: ...
-
-    @abc.abstractmethod
-    def prices(self, workspace: str) -> dict[str, Rates]:
-        """The workspace's own prices, by key (``provider/model`` or ``model``, normalised)."""
-
-    @abc.abstractmethod
-    def set_price(self, workspace: str, name: str, rates: Rates) -> None: ...
-
-    @abc.abstractmethod
-    def remove_price(self, workspace: str, name: str) -> bool: ...
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .._local_key import (
     DB_ENV,
@@ -18,7 +18,8 @@ from .._local_key import (
     write_local_key,
     write_local_url,
 )
-from .storage import DEFAULT_WORKSPACE, LedgerStore
+from .records import DEFAULT_WORKSPACE
+from .service import LedgerService
 
 DEFAULT_PORT = 8787
 LOCAL_KEY_NAME = "local-default"
@@ -36,16 +37,18 @@ __all__ = [
 ]
 
 
-def default_db_path() -> Path:
-    """``AGENT_LEDGER_DB``, else ``ledger.db`` in the ledger's state directory (``AGENT_LEDGER_HOME``, else
-    ``agent-ledger`` in the user's data directory)."""
+def default_db_path() -> Union[Path, str]:
+    """``AGENT_LEDGER_DB`` (a SQLite path or a ``postgresql://`` URL), else ``ledger.db`` in the ledger's state
+    directory (``AGENT_LEDGER_HOME``, else ``agent-ledger`` in the user's data directory)."""
+    from .store import is_url
+
     configured = os.environ.get(DB_ENV)
     if configured:
-        return Path(configured).expanduser()
+        return configured if is_url(configured) else Path(configured).expanduser()
     return state_dir() / "ledger.db"
 
 
-def ensure_local_key(store: LedgerStore) -> tuple[Path, bool]:
+def ensure_local_key(store: LedgerService) -> tuple[Path, bool]:
     """Make sure the local key file holds a key that works on ``store``; return its path and whether it is new.
 
     A key already in the file is kept when it authenticates against this database

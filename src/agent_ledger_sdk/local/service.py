@@ -1,0 +1,1183 @@
+"""The ledger's rules, between the HTTP API (or the CLI) and storage.
+
+:class:`LedgerService` checks what clients send (``validation.py``), prices LLM
+calls (``pricing.py``), applies budgets and reservations (``budgets.py``) and
+idempotency, and keeps the records in a :class:`~.store.Store`. It raises the
+domain errors of ``records.py`` and knows nothing of HTTP: statuses are the API
+layer's business. Every method is synchronous and thread-safe; the API layer
+runs them off its event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Optional
+
+from .._local_key import LOCAL_KEY_PREFIX
+from . import money
+from .budgets import (
+    AGENT_DAILY,
+    AGENT_MONTHLY,
+    SESSION,
+    WORKSPACE_DAILY,
+    Budget,
+    day_of,
+    iso,
+    month_of,
+    next_utc_midnight,
+    next_utc_month,
+)
+from .pricing import ESTIMATED, UNPRICED, PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .records import (
+    BUDGET_CACHE_SECONDS,
+    DEFAULT_WORKSPACE,
+    RESERVATION_TTL_SECONDS,
+    UNSET,
+    Amount,
+    ApiKey,
+    BadInput,
+    BudgetExceeded,
+    Conflict,
+    Idempotency,
+    IdempotencyMismatch,
+    NewApiKey,
+    NotFound,
+    Outcome,
+    PricedEvent,
+    Reply,
+    ReservationRequest,
+    SessionContext,
+    SessionQuery,
+    TooLarge,
+    UnpricedModel,
+    utc_now,
+)
+from .store.base import Store
+from .store.sql import EventRow, SessionFilter, Tx, amount, optional_amount
+from .validation import (
+    MAX_SAFE_INTEGER,
+    MAX_TOKENS,
+    EventsRejected,
+    Rejection,
+    check_event,
+    check_session_context,
+    shown,
+    usage_of,
+    usd_amount,
+    warn_percent,
+)
+
+logger = logging.getLogger("agent_ledger_sdk.local")
+
+Clock = Callable[[], datetime.datetime]
+KEY_PREFIX = LOCAL_KEY_PREFIX  # new keys: al_local_<id>_<secret>
+LEGACY_KEY_PREFIX = "al_"  # keys of earlier versions, al_<id>_<secret>, still authenticate
+# Settled, released and expired reservations are remembered this long (DELETE answers 204, not 404).
+RESERVATION_MEMORY = datetime.timedelta(days=1)
+# An Idempotency-Key is honoured this long; after it, the key may be used for a new request.
+IDEMPOTENCY_LIFETIME = datetime.timedelta(hours=24)
+_FORGET_EVERY = 1000  # writes between two sweeps of expired idempotency records
+
+MAX_EVENTS_PER_REQUEST = 10_000
+MAX_AGENT_NAME = 200
+MAX_ERROR_MESSAGE = 10_000
+DEFAULT_EVENTS_PAGE = 500
+MAX_EVENTS_PAGE = 2000
+PRICE_FIELDS = ("inputPerMtok", "outputPerMtok", "cacheReadPerMtok", "cacheWritePerMtok")
+
+__all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "key_id_of"]
+
+
+def stamp(moment: datetime.datetime) -> str:
+    """A fixed-width UTC time: such stamps compare as text in the order of time."""
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def key_id_of(secret: str) -> Optional[str]:
+    """The id inside a key of either form (``al_local_<id>_<secret>`` or ``al_<id>_<secret>``), or None."""
+    for prefix in (KEY_PREFIX, LEGACY_KEY_PREFIX):
+        if secret.startswith(prefix):
+            key_id, separator, rest = secret[len(prefix) :].partition("_")
+            return key_id if key_id and separator and rest else None
+    return None
+
+
+def _hash_secret(secret: str) -> str:
+    # Keys are 256-bit random tokens: a fast hash is the right tool (as for GitHub tokens).
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _optional_amount(value: Amount, name: str) -> Optional[Decimal]:
+    if value is None:
+        return None
+    exact = money.exact(value)
+    if not exact.is_finite() or exact < 0:
+        raise BadInput(f"{name} must be a non-negative number")
+    return exact
+
+
+@dataclass
+class _Limits:
+    """The budgets that apply to one session's calls right now, and the workspace's setting for unpriced models."""
+
+    budgets: list[Budget] = field(default_factory=list)
+    allow_unpriced: bool = False
+
+
+def _events_cursor(text: Optional[str]) -> Optional[tuple[int, int]]:
+    if not text:
+        return None
+    position, _, seq = text.partition(".")
+    try:
+        found = int(position), int(seq)
+    except ValueError:
+        found = (-1, -1)
+    if not all(0 <= part < 2**63 for part in found):
+        raise BadInput(f"eventsCursor {shown(text)} is not one this ledger gave; use the nextEventsCursor it returned.")
+    return found
+
+
+class LedgerService:
+    """The ledger's rules over one :class:`~.store.Store` and one price book."""
+
+    def __init__(
+        self,
+        store: Store,
+        prices: Optional[PriceBook] = None,
+        *,
+        clock: Clock = utc_now,
+        reservation_ttl_seconds: float = RESERVATION_TTL_SECONDS,
+        metrics: Any = None,
+    ) -> None:
+        self.store = store
+        self.price_book = prices if prices is not None else PriceBook()
+        self._clock = clock
+        self.reservation_ttl = datetime.timedelta(seconds=reservation_ttl_seconds)
+        self.metrics = metrics
+        self._writes = 0
+        self._writes_lock = threading.Lock()
+
+    def _now(self) -> datetime.datetime:
+        return self._clock()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> LedgerService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- keys --------------------------------------------------------------------------
+
+    def create_key(self, name: str, workspace: str = DEFAULT_WORKSPACE) -> NewApiKey:
+        key_id = secrets.token_hex(6)
+        secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        created = iso(self._now())
+        assert created is not None
+        with self.store.write(None) as tx:
+            tx.insert_key(key_id, name, workspace, _hash_secret(secret), created)
+        return NewApiKey(ApiKey(key_id, name, workspace, created, None), secret)
+
+    def list_keys(self) -> list[ApiKey]:
+        with self.store.read() as tx:
+            rows = tx.keys()
+        return [ApiKey(r["id"], r["name"], r["workspace"], r["created_at"], r["revoked_at"]) for r in rows]
+
+    def revoke_key(self, key_id: str) -> ApiKey:
+        with self.store.write(None) as tx:
+            row = tx.key(key_id)
+            if row is None:
+                raise NotFound(f"No API key with id {key_id!r}.")
+            revoked: str = row["revoked_at"] or iso(self._now()) or ""
+            tx.revoke_key(key_id, revoked)
+        return ApiKey(row["id"], row["name"], row["workspace"], row["created_at"], revoked)
+
+    def authenticate(self, secret: str) -> Optional[str]:
+        """The workspace of a valid, unrevoked key; None otherwise (in constant time for a known id)."""
+        key_id = key_id_of(secret)
+        if key_id is None:
+            return None
+        with self.store.read() as tx:
+            row = tx.key(key_id)
+        expected = row["key_hash"] if row is not None else _hash_secret("no such key")
+        matches = hmac.compare_digest(expected, _hash_secret(secret))
+        if row is None or not matches or row["revoked_at"] is not None:
+            return None
+        return str(row["workspace"])
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def _replay(
+        self, tx: Tx, workspace: str, idempotency: Optional[Idempotency], now: datetime.datetime
+    ) -> Optional[Reply]:
+        if idempotency is None:
+            return None
+        row = tx.idempotency(workspace, idempotency.key)
+        if row is None or row["created_at"] < stamp(now - IDEMPOTENCY_LIFETIME):
+            return None
+        if row["fingerprint"] != idempotency.fingerprint:
+            raise IdempotencyMismatch(
+                f"Idempotency-Key {idempotency.key!r} was already used for a different request; "
+                "use a new key for each new request (and the same key only to retry it)."
+            )
+        return Reply(row["status"], json.loads(row["body"]), replayed=True, raw=row["body"])
+
+    def _remember(
+        self, tx: Tx, workspace: str, idempotency: Optional[Idempotency], reply: Reply, now: datetime.datetime
+    ) -> Reply:
+        if idempotency is not None:
+            tx.remember(
+                workspace,
+                idempotency.key,
+                idempotency.fingerprint,
+                int(reply.status),
+                money.dumps(reply.body),
+                stamp(now),
+            )
+            with self._writes_lock:
+                self._writes += 1
+                sweep = self._writes % _FORGET_EVERY == 0
+            if sweep:
+                tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+        return reply
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def start_session_request(
+        self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]
+    ) -> Reply:
+        """``POST /v1/sessions``: check the body, then start the session."""
+        agent_name = body.get("agentName")
+        if not isinstance(agent_name, str) or not agent_name.strip():
+            raise BadInput(
+                '"agentName" is required: a non-empty string naming the agent, e.g. {"agentName": "support-bot"}.'
+            )
+        if len(agent_name) > MAX_AGENT_NAME:
+            raise BadInput(f'"agentName" is {len(agent_name)} characters; the limit is {MAX_AGENT_NAME}.')
+        context = check_session_context(dict(body))
+        return self.start_session(workspace, agent_name, idempotency, context)
+
+    def start_session(
+        self,
+        workspace: str,
+        agent_name: str,
+        idempotency: Optional[Idempotency] = None,
+        context: Optional[SessionContext] = None,
+    ) -> Reply:
+        context = context or SessionContext()
+        metadata = context.metadata or {}
+        now = self._now()
+        with self.store.write(workspace) as tx:
+            replay = self._replay(tx, workspace, idempotency, now)
+            if replay is not None:
+                return replay
+            session_id = str(uuid.uuid4())
+            started = iso(now)
+            values = {
+                "id": session_id,
+                "workspace": workspace,
+                "agent_name": agent_name,
+                "status": "running",
+                "started_at": started,
+                "user_id": context.user_id,
+                "tags": _compact(list(context.tags)),
+                "metadata": _compact(metadata),
+                "parent_session_id": context.parent_session_id,
+                "max_cost": None if context.max_cost_usd is None else money.text(context.max_cost_usd),
+                "warn_at_percent": None if context.warn_at_percent is None else money.text(context.warn_at_percent),
+            }
+            tx.insert_session(values)
+            row = self._session_row(tx, workspace, session_id)
+            body = {
+                "id": session_id,
+                "agentName": agent_name,
+                "status": "running",
+                "startedAt": started,
+                "userId": context.user_id,
+                "tags": list(context.tags),
+                "metadata": metadata,
+                "parentSessionId": context.parent_session_id,
+                "maxCostUsd": context.max_cost_usd,
+                "budgeted": bool(self._limits(tx, workspace, row, now, spending=False).budgets),
+            }
+            reply = self._remember(tx, workspace, idempotency, Reply(Outcome.CREATED, body), now)
+        if self.metrics is not None:
+            self.metrics.session_started()
+        return reply
+
+    @staticmethod
+    def _session_row(tx: Tx, workspace: Optional[str], session_id: str, *, for_update: bool = False) -> dict[str, Any]:
+        row = tx.session(workspace, session_id, for_update=for_update)
+        if row is None:
+            raise NotFound(
+                f"Session {session_id!r} not found. Use the id that POST /v1/sessions returned, "
+                "with an API key of the same workspace."
+            )
+        return row
+
+    @staticmethod
+    def _running(row: Mapping[str, Any], what: str) -> None:
+        if row["status"] != "running":
+            raise Conflict(
+                f"Session {row['id']!r} already ended with status {row['status']!r}; {what} only "
+                "a running session. Start a new session for new work."
+            )
+
+    def end_session_request(
+        self, workspace: str, session_id: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]
+    ) -> Reply:
+        """``POST /v1/sessions/{id}/end``."""
+        status = body.get("status")
+        if status not in ("success", "error"):
+            raise BadInput(f'"status" must be "success" or "error", got {shown(status)}.')
+        message = body.get("errorMessage")
+        if message is not None and not isinstance(message, str):
+            raise BadInput(f'"errorMessage" must be a string or null, got {type(message).__name__}.')
+        if message is not None and len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + f"...[truncated {len(message) - MAX_ERROR_MESSAGE} chars]"
+        return self.end_session(workspace, session_id, str(status), message, idempotency)
+
+    def end_session(
+        self,
+        workspace: str,
+        session_id: str,
+        status: str,
+        error_message: Optional[str],
+        idempotency: Optional[Idempotency] = None,
+    ) -> Reply:
+        now = self._now()
+        with self.store.write(workspace) as tx:
+            replay = self._replay(tx, workspace, idempotency, now)
+            if replay is not None:
+                return replay
+            row = self._session_row(tx, workspace, session_id, for_update=True)
+            if row["status"] != "running":
+                raise Conflict(
+                    f"Session {session_id!r} already ended with status {row['status']!r}; "
+                    "a session ends once. Start a new session for new work."
+                )
+            ended = iso(now)
+            assert ended is not None
+            tx.end_session(session_id, status, error_message, ended)
+            # An ended session takes no more events: what it still holds can never be settled.
+            tx.release_session_reservations(workspace, session_id)
+            body = {"id": session_id, "status": status, "errorMessage": error_message, "endedAt": ended}
+            return self._remember(tx, workspace, idempotency, Reply(Outcome.OK, body), now)
+
+    def delete_session(self, workspace: Optional[str], session_id: str) -> None:
+        """Forget a session and its events (retention). What it spent stays spent: budgets are not refunded."""
+        with self.store.write(workspace) as tx:
+            row = self._session_row(tx, workspace, session_id, for_update=True)
+            tx.delete_session(row["id"])
+
+    def prune(self, older_than: datetime.timedelta, *, batch: int = 500) -> dict[str, int]:
+        """Forget sessions that ended more than ``older_than`` ago, and expired idempotency records."""
+        now = self._now()
+        cutoff = iso(now - older_than)
+        assert cutoff is not None
+        removed = 0
+        while True:
+            with self.store.write(None) as tx:
+                ids = tx.sessions_ended_before(cutoff, batch)
+                for session_id in ids:
+                    tx.delete_session(session_id)
+            removed += len(ids)
+            if len(ids) < batch:
+                break
+        with self.store.write(None) as tx:
+            forgotten = tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+        return {"sessions": removed, "idempotencyRecords": forgotten}
+
+    # -- budgets: what applies, what is spent and held ---------------------------------------
+
+    @staticmethod
+    def _add_spend(tx: Tx, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
+        tx.set_spent(workspace, scope, subject, period, money.add(tx.spent(workspace, scope, subject, period), cost))
+
+    def _live_reservations(self, tx: Tx, workspace: str, now: datetime.datetime) -> list[dict[str, Any]]:
+        """The workspace's reservations still held; those long gone are forgotten on the way (lazily)."""
+        tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
+        return tx.held_reservations(workspace, stamp(now))
+
+    def _limits(
+        self, tx: Tx, workspace: str, session: Mapping[str, Any], now: datetime.datetime, *, spending: bool
+    ) -> _Limits:
+        """The budgets of ``session``'s calls, with their spend and reservations (only if ``spending``)."""
+        agent = session["agent_name"]
+        agent_row = tx.agent_budget(workspace, agent)
+        found_settings = tx.workspace_settings(workspace)
+        settings = found_settings[0] if found_settings else None
+        found = _Limits(allow_unpriced=bool(settings["allow_unpriced"]) if settings is not None else False)
+        wanted: list[tuple[str, Any, Any]] = []
+        if agent_row is not None:
+            wanted.append((AGENT_DAILY, agent_row["daily_limit"], agent_row["warn_at_percent"]))
+            wanted.append((AGENT_MONTHLY, agent_row["monthly_limit"], agent_row["warn_at_percent"]))
+        if settings is not None:
+            wanted.append((WORKSPACE_DAILY, settings["daily_limit"], settings["warn_at_percent"]))
+        wanted.append((SESSION, session["max_cost"], session["warn_at_percent"]))
+        wanted = [entry for entry in wanted if entry[1] is not None]
+        if not wanted or not spending:
+            found.budgets = [
+                Budget(kind, amount(limit), money.ZERO, money.ZERO, None, None, agent, "") for kind, limit, _ in wanted
+            ]
+            return found
+        held = self._live_reservations(tx, workspace, now)
+        day, month = day_of(now), month_of(now)
+        for kind, limit, warn in wanted:
+            resets: Optional[datetime.datetime]
+            if kind == AGENT_DAILY:
+                spent = tx.spent(workspace, AGENT_DAILY, agent, day)
+                reserved = [r for r in held if r["agent_name"] == agent]
+                resets, subject = next_utc_midnight(now), agent
+            elif kind == AGENT_MONTHLY:
+                spent = tx.spent(workspace, AGENT_MONTHLY, agent, month)
+                reserved = [r for r in held if r["agent_name"] == agent]
+                resets, subject = next_utc_month(now), agent
+            elif kind == WORKSPACE_DAILY:
+                spent = tx.spent(workspace, WORKSPACE_DAILY, "", day)
+                reserved = held
+                resets, subject = next_utc_midnight(now), workspace
+            else:
+                spent = amount(session["cost"])
+                reserved = [r for r in held if r["session_id"] == session["id"]]
+                resets, subject = None, session["id"]
+            found.budgets.append(
+                Budget(
+                    kind=kind,
+                    limit=amount(limit),
+                    spent=spent,
+                    reserved=money.add(*(amount(r["amount"]) for r in reserved)),
+                    warn_at_percent=optional_amount(warn),
+                    resets_at=resets,
+                    agent_name=agent,
+                    subject=subject,
+                )
+            )
+        return found
+
+    # -- events ------------------------------------------------------------------------------
+
+    def log_events_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
+        """``POST /v1/events``: check every event (reporting every bad one), price the LLM calls, record."""
+        session_id = body.get("sessionId")
+        if not isinstance(session_id, str) or not session_id:
+            raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
+        events = body.get("events")
+        if not isinstance(events, list) or not events:
+            raise BadInput('"events" must be a non-empty list of event objects.')
+        if len(events) > MAX_EVENTS_PER_REQUEST:
+            raise TooLarge(f"{len(events)} events in one request; the limit is {MAX_EVENTS_PER_REQUEST}.")
+        checked: list[PricedEvent] = []
+        rejections: list[tuple[int, Rejection]] = []
+        for position, event in enumerate(events):
+            try:
+                checked.append(check_event(position, event))
+            except Rejection as rejection:
+                rejections.append((position, rejection))
+        if rejections:
+            raise EventsRejected(rejections)
+        if any(event.type == "llm_call" for event in checked):
+            custom = self.prices(workspace)
+            for event in checked:
+                if event.type == "llm_call":
+                    self._price(event, custom)
+        return self.append_events(workspace, session_id, checked, idempotency)
+
+    def _price(self, checked: PricedEvent, custom: Mapping[str, Rates]) -> None:
+        """Price an llm_call from its provider, model and full usage (an estimate when its usage is missing)."""
+        if checked.usage_missing:
+            price = self.price_book.estimate(
+                checked.provider, checked.model, checked.tokens_in, checked.tokens_out, custom
+            )
+        else:
+            price = self.price_book.price(checked.provider, checked.model, usage_of(checked), custom)
+        checked.cost_usd, checked.cost_status, checked.pricing_note = price.cost_usd, price.status, price.note
+
+    def append_events(
+        self,
+        workspace: str,
+        session_id: str,
+        events: Sequence[PricedEvent],
+        idempotency: Optional[Idempotency] = None,
+    ) -> Reply:
+        """Store a batch whole; an OVER_BUDGET reply (stored too) when an unreserved LLM call went over a budget."""
+        now = self._now()
+        received = iso(now)
+        assert received is not None
+        with self.store.write(workspace) as tx:
+            replay = self._replay(tx, workspace, idempotency, now)
+            if replay is not None:
+                return replay
+            row = self._session_row(tx, workspace, session_id, for_update=True)
+            self._running(row, "events can only be added to")
+            refusal: Optional[dict[str, Any]] = None
+            warnings: dict[int, list[PricedEvent]] = {}
+            if any(e.type == "llm_call" for e in events):
+                refusal, warnings = self._charge(tx, workspace, row, events, now)
+            stored: list[PricedEvent] = []
+            for position, event in enumerate(events):
+                stored.append(event)
+                stored.extend(warnings.get(position, ()))
+            tx.insert_events(
+                session_id,
+                received,
+                (
+                    EventRow(
+                        e.step_index,
+                        e.type,
+                        e.payload_json(),
+                        e.cost_usd,
+                        e.cost_status,
+                        e.over_budget,
+                        e.pricing_note,
+                    )
+                    for e in stored
+                ),
+            )
+            cost = money.add(*(e.cost_usd for e in events))
+            tx.add_to_session(
+                session_id,
+                cost=money.add(amount(row["cost"]), cost),
+                tokens_in=sum(e.tokens_in for e in events),
+                tokens_out=sum(e.tokens_out for e in events),
+                events=len(stored),
+                unpriced=sum(1 for e in events if e.cost_status == UNPRICED),
+                estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
+                over_budget=sum(1 for e in events if e.over_budget),
+            )
+            body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
+            if refusal is None:
+                reply = self._remember(tx, workspace, idempotency, Reply(Outcome.ACCEPTED, body), now)
+            else:
+                # The calls ran (no reservation stopped them): they are recorded and counted, and the
+                # published client is told to stop with its 429.
+                over = [position for position, e in enumerate(events) if e.over_budget]
+                reply = self._remember(
+                    tx,
+                    workspace,
+                    idempotency,
+                    Reply(Outcome.OVER_BUDGET, {**refusal, **body, "overBudgetEvents": over}),
+                    now,
+                )
+        if self.metrics is not None:
+            by_type: dict[str, int] = {}
+            for e in stored:
+                by_type[e.type] = by_type.get(e.type, 0) + 1
+            self.metrics.events_ingested(len(stored), by_type)
+            if refusal is not None:
+                self.metrics.guardrail_refusal("budget_exceeded")
+        return reply
+
+    def _charge(
+        self,
+        tx: Tx,
+        workspace: str,
+        session: Mapping[str, Any],
+        events: Sequence[PricedEvent],
+        now: datetime.datetime,
+    ) -> tuple[Optional[dict[str, Any]], dict[int, list[PricedEvent]]]:
+        """Settle reservations, check budgets and count the spend of a batch's LLM calls, in order.
+
+        Returns the guardrail body of the first unreserved call that went over a budget (None if
+        none did), and the ``budget_warning`` events to store after each call that crossed a
+        soft threshold.
+        """
+        limits = self._limits(tx, workspace, session, now, spending=True)
+        calls = [(position, e) for position, e in enumerate(events) if e.type == "llm_call"]
+        wanted = sorted({e.reservation_id for _, e in calls if e.reservation_id})
+        held = tx.held_for(workspace, session["id"], wanted, stamp(now))
+        if limits.budgets and not limits.allow_unpriced:
+            unpriced = [(p, e) for p, e in calls if e.cost_status == UNPRICED and e.reservation_id not in held]
+            if unpriced:
+                if self.metrics is not None:
+                    self.metrics.guardrail_refusal("unpriced_model")
+                raise self._unpriced(session["agent_name"], unpriced)
+        refusal: Optional[dict[str, Any]] = None
+        warnings: dict[int, list[PricedEvent]] = {}
+        for position, event in calls:
+            reservation = held.pop(event.reservation_id, None) if event.reservation_id else None
+            if reservation is not None:
+                reserved = amount(reservation["amount"])
+                for budget in limits.budgets:  # it was counted in every budget of this session
+                    budget.reserved = money.subtract(budget.reserved, reserved)
+                if (event.usage_missing or event.cost_status == UNPRICED) and reserved > 0:
+                    why = "usage missing" if event.usage_missing else "no price for the model"
+                    event.cost_usd, event.cost_status = reserved, ESTIMATED
+                    event.pricing_note = f"{why}: charged the ${money.text(reserved)} it reserved"
+                tx.set_reservation_state(reservation["id"], "settled")
+            over = [budget for budget in limits.budgets if not budget.fits(event.cost_usd)]
+            if over:
+                event.over_budget = True
+                if reservation is None and refusal is None:
+                    refusal = over[0].refusal(event.cost_usd)
+            for budget in limits.budgets:
+                before, budget.spent = budget.spent, money.add(budget.spent, event.cost_usd)
+                if budget.crossed_warning(before, budget.spent):
+                    warning = budget.warning_event(event.step_index)
+                    logger.warning("%s", warning["message"])
+                    warnings.setdefault(position, []).append(
+                        PricedEvent(warning, "budget_warning", event.step_index, encoded=money.dumps(warning))
+                    )
+        cost = money.add(*(e.cost_usd for _, e in calls))
+        if cost:
+            agent, day = session["agent_name"], day_of(now)
+            self._add_spend(tx, workspace, AGENT_DAILY, agent, day, cost)
+            self._add_spend(tx, workspace, AGENT_MONTHLY, agent, month_of(now), cost)
+            self._add_spend(tx, workspace, WORKSPACE_DAILY, "", day, cost)
+        return refusal, warnings
+
+    @staticmethod
+    def _unpriced(agent: str, calls: Sequence[tuple[int, PricedEvent]]) -> UnpricedModel:
+        first = calls[0][1]
+        message = (
+            f"{first.pricing_note or 'No price for the model.'} Agent {agent!r} has a budget, so a call the "
+            "ledger cannot price is refused: it could not be counted against the budget."
+        )
+        return UnpricedModel(
+            message,
+            code="unpriced_model",
+            provider=first.provider,
+            model=first.model,
+            rejected=[
+                {
+                    "index": p,
+                    "field": "model",
+                    "error": f"events[{p}]: no price for model {e.model!r} (provider {e.provider!r})",
+                }
+                for p, e in calls
+            ],
+        )
+
+    # -- reservations ------------------------------------------------------------------------
+
+    def reserve_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
+        """``POST /v1/reservations``: check and price the request, then reserve."""
+        session_id = body.get("sessionId")
+        if not isinstance(session_id, str) or not session_id:
+            raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
+        names = {}
+        for name in ("provider", "model"):
+            value = body.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise BadInput(f'"{name}" is required: a non-empty string, as the llm_call event will carry it.')
+            names[name] = value
+        step = body.get("stepIndex")
+        if step is not None and (
+            isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_SAFE_INTEGER
+        ):
+            raise BadInput(
+                f'"stepIndex" must be a non-negative integer of at most {MAX_SAFE_INTEGER}; got {shown(step)}.'
+            )
+        max_cost = usd_amount(dict(body), "maxCostUsd", "the most this call may cost", nullable=False)
+        estimate = body.get("estimate")
+        if (estimate is None) == (max_cost is None):
+            raise BadInput(
+                'Send either "estimate": {"tokensIn": int, "tokensOut": int} (the most the call may use) or '
+                '"maxCostUsd": number (the most it may cost), not both and not neither.'
+            )
+        custom = self.prices(workspace)
+        provider, model = names["provider"], names["model"]
+        usage = _estimate(estimate) if estimate is not None else TokenUsage(0, 0)
+        price = self.price_book.price(provider, model, usage, custom)
+        reservation = ReservationRequest(
+            session_id=session_id,
+            provider=provider,
+            model=model,
+            amount=(max_cost if max_cost is not None else price.cost_usd) if price.priced else None,
+            max_cost_usd=max_cost,
+            step_index=step,
+            note=price.note,
+        )
+        return self.reserve(workspace, reservation, idempotency)
+
+    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency] = None) -> Reply:
+        try:
+            return self._reserve(workspace, request, idempotency)
+        except (BudgetExceeded, UnpricedModel) as refused:
+            if self.metrics is not None:
+                self.metrics.guardrail_refusal(
+                    "budget_exceeded" if isinstance(refused, BudgetExceeded) else "unpriced_model"
+                )
+            raise
+
+    def _reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply:
+        now = self._now()
+        with self.store.write(workspace) as tx:
+            replay = self._replay(tx, workspace, idempotency, now)
+            if replay is not None:
+                return replay
+            session = self._session_row(tx, workspace, request.session_id, for_update=True)
+            self._running(session, "reservations are made for")
+            limits = self._limits(tx, workspace, session, now, spending=True)
+            if not limits.budgets:
+                body: dict[str, Any] = {"budgeted": False, "ttlSeconds": BUDGET_CACHE_SECONDS}
+                return self._remember(tx, workspace, idempotency, Reply(Outcome.OK, body), now)
+            cost = request.amount
+            if cost is None:
+                if not limits.allow_unpriced:
+                    raise UnpricedModel(
+                        f"{request.note or 'No price for the model.'} Agent {session['agent_name']!r} has a budget, "
+                        "so a call the ledger cannot price is refused before it runs.",
+                        code="unpriced_model",
+                        provider=request.provider,
+                        model=request.model,
+                    )
+                cost = request.max_cost_usd if request.max_cost_usd is not None else money.ZERO
+            for budget in limits.budgets:
+                if not budget.fits(cost):
+                    raise BudgetExceeded(budget.refusal(cost))
+            reservation_id = f"res_{secrets.token_hex(12)}"
+            expires = stamp(now + self.reservation_ttl)
+            tx.insert_reservation(
+                {
+                    "id": reservation_id,
+                    "workspace": workspace,
+                    "session_id": session["id"],
+                    "agent_name": session["agent_name"],
+                    "provider": request.provider,
+                    "model": request.model,
+                    "amount": money.text(cost),
+                    "state": "held",
+                    "created_at": stamp(now),
+                    "expires_at": expires,
+                }
+            )
+            body = {
+                "budgeted": True,
+                "id": reservation_id,
+                "reservedUsd": cost,
+                "expiresAt": expires,
+                "ttlSeconds": BUDGET_CACHE_SECONDS,
+            }
+            return self._remember(tx, workspace, idempotency, Reply(Outcome.CREATED, body), now)
+
+    def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency] = None) -> Reply:
+        now = self._now()
+        with self.store.write(workspace) as tx:
+            replay = self._replay(tx, workspace, idempotency, now)
+            if replay is not None:
+                return replay
+            row = tx.reservation(reservation_id)
+            if row is None or row["workspace"] != workspace:
+                raise NotFound(
+                    f"Reservation {reservation_id!r} not found. Use the id that POST /v1/reservations returned, "
+                    "with an API key of the same workspace (ids are remembered for a day after they expire)."
+                )
+            if row["state"] == "held":
+                tx.set_reservation_state(reservation_id, "released")
+            return self._remember(tx, workspace, idempotency, Reply(Outcome.DONE, {}), now)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _session_summary(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "workspace": row["workspace"],
+            "agentName": row["agent_name"],
+            "status": row["status"],
+            "errorMessage": row["error_message"],
+            "startedAt": row["started_at"],
+            "endedAt": row["ended_at"],
+            "costUsd": amount(row["cost"]),
+            "tokensIn": row["tokens_in"],
+            "tokensOut": row["tokens_out"],
+            "eventCount": row["event_count"],
+            "unpricedEvents": row["unpriced_count"],
+            "estimatedEvents": row["estimated_count"],
+            "overBudgetEvents": row["over_budget_count"],
+            "maxCostUsd": optional_amount(row["max_cost"]),
+            "userId": row["user_id"],
+            "tags": json.loads(row["tags"]),
+            "metadata": json.loads(row["metadata"]),
+            "parentSessionId": row["parent_session_id"],
+        }
+
+    @staticmethod
+    def _event(row: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            **json.loads(row["payload"]),
+            "costUsd": amount(row["cost"]),
+            "costStatus": row["cost_status"],
+            "overBudget": bool(row["over_budget"]),
+            "priced": row["cost_status"] != UNPRICED,
+            "pricingNote": row["pricing_note"],
+            "receivedAt": row["received_at"],
+        }
+
+    def _events_page(
+        self, tx: Tx, session_id: str, cursor: Optional[tuple[int, int]], limit: int
+    ) -> tuple[list[dict[str, Any]], Optional[str]]:
+        rows = tx.events(session_id, cursor, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        following = f"{rows[-1]['position']}.{rows[-1]['seq']}" if more and rows else None
+        return [self._event(row) for row in rows], following
+
+    @staticmethod
+    def _page_size(limit: Optional[int]) -> int:
+        if limit is None:
+            return DEFAULT_EVENTS_PAGE
+        if not 1 <= limit <= MAX_EVENTS_PAGE:
+            raise BadInput(f"The events page size must be between 1 and {MAX_EVENTS_PAGE}; got {shown(limit)}.")
+        return limit
+
+    def get_session(
+        self,
+        session_id: str,
+        workspace: Optional[str] = None,
+        *,
+        events_limit: Optional[int] = None,
+        events_cursor: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """A session with one page of its events (``nextEventsCursor`` continues; None: that was the last)."""
+        limit = self._page_size(events_limit)
+        cursor = _events_cursor(events_cursor)
+        with self.store.read() as tx:
+            row = self._session_row(tx, workspace, session_id)
+            children = tx.child_session_ids(row["workspace"], session_id)
+            events, following = self._events_page(tx, session_id, cursor, limit)
+        summary = self._session_summary(row)
+        summary["childSessionIds"] = children
+        summary["events"] = events
+        summary["nextEventsCursor"] = following
+        return summary
+
+    def session_with_all_events(self, session_id: str, workspace: Optional[str] = None) -> dict[str, Any]:
+        """A session with every event, read a page at a time (for the CLI and tests, not the server)."""
+        session = self.get_session(session_id, workspace, events_limit=MAX_EVENTS_PAGE)
+        following = session.pop("nextEventsCursor")
+        while following is not None:
+            page = self.get_session(session_id, workspace, events_limit=MAX_EVENTS_PAGE, events_cursor=following)
+            session["events"].extend(page["events"])
+            following = page["nextEventsCursor"]
+        return session
+
+    def iter_events(self, session_id: str, workspace: Optional[str] = None) -> Iterator[dict[str, Any]]:
+        """Every event of a session, a page at a time, in step order."""
+        following: Optional[str] = None
+        while True:
+            page = self.get_session(session_id, workspace, events_limit=MAX_EVENTS_PAGE, events_cursor=following)
+            yield from page["events"]
+            following = page["nextEventsCursor"]
+            if following is None:
+                return
+
+    def list_sessions(self, query: SessionQuery) -> dict[str, Any]:
+        where = SessionFilter(
+            workspace=query.workspace,
+            agent_name=query.agent_name,
+            status=query.status,
+            user_id=query.user_id,
+            tags=query.tags,
+            started_after=query.started_after,
+            started_before=query.started_before,
+            before_seq=query.cursor,
+        )
+        with self.store.read() as tx:
+            rows = tx.sessions(where, query.limit + 1)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        return {
+            "sessions": [self._session_summary(r) for r in rows],
+            "nextCursor": str(rows[-1]["seq"]) if more and rows else None,
+        }
+
+    def iter_sessions(self, query: SessionQuery) -> Iterator[dict[str, Any]]:
+        """Every session ``query`` matches (ignoring its cursor), newest first, a page at a time."""
+        cursor: Optional[int] = None
+        while True:
+            page = self.list_sessions(
+                dataclasses.replace(query, cursor=cursor, limit=500)
+            )
+            yield from page["sessions"]
+            if page["nextCursor"] is None:
+                return
+            cursor = int(page["nextCursor"])
+
+    # -- budgets and settings --------------------------------------------------------------------
+
+    def set_budget_request(self, workspace: str, agent_name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /v1/budgets/{agentName}``: every field checked before anything is written."""
+        _only(body, ("dailyLimitUsd", "monthlyLimitUsd", "warnAtPercent"))
+        changes = {
+            "daily_limit_usd": _limit(body, "dailyLimitUsd", "the agent's limit per UTC day"),
+            "monthly_limit_usd": _limit(body, "monthlyLimitUsd", "the agent's limit per UTC month"),
+            "warn_at_percent": warn_percent(dict(body), nullable=True) if "warnAtPercent" in body else UNSET,
+        }
+        return self.set_budget(workspace, agent_name, **changes)
+
+    def set_budget(
+        self,
+        workspace: str,
+        agent_name: str,
+        daily_limit_usd: Amount = UNSET,
+        *,
+        monthly_limit_usd: Amount = UNSET,
+        warn_at_percent: Amount = UNSET,
+    ) -> dict[str, Any]:
+        """Set an agent's limits; None removes one, UNSET leaves it as it is."""
+        changes = {
+            column: _optional_amount(value, name)
+            for column, name, value in (
+                ("daily_limit", "the daily limit", daily_limit_usd),
+                ("monthly_limit", "the monthly limit", monthly_limit_usd),
+                ("warn_at_percent", "the warning threshold", warn_at_percent),
+            )
+            if value is not UNSET
+        }
+        with self.store.write(workspace) as tx:
+            row = tx.agent_budget(workspace, agent_name)
+            current = {
+                k: (optional_amount(row[k]) if row is not None else None)
+                for k in ("daily_limit", "monthly_limit", "warn_at_percent")
+            }
+            current.update(changes)
+            tx.put_agent_budget(
+                workspace, agent_name, current["daily_limit"], current["monthly_limit"], current["warn_at_percent"]
+            )
+        for budget in self.budgets(workspace):
+            if budget["agentName"] == agent_name:
+                return budget
+        return self._agent_budget(workspace, agent_name, None, {}, {}, {}, self._now())
+
+    @staticmethod
+    def _agent_budget(
+        workspace: str,
+        agent: str,
+        row: Optional[Mapping[str, Any]],
+        today: Mapping[tuple[str, str], Decimal],
+        month: Mapping[tuple[str, str], Decimal],
+        reserved: Mapping[tuple[str, str], Decimal],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        daily = optional_amount(row["daily_limit"]) if row is not None else None
+        monthly = optional_amount(row["monthly_limit"]) if row is not None else None
+        spent_today = today.get((workspace, agent), money.ZERO)
+        spent_month = month.get((workspace, agent), money.ZERO)
+        held = reserved.get((workspace, agent), money.ZERO)
+
+        def remaining(limit: Optional[Decimal], spent: Decimal) -> Optional[Decimal]:
+            if limit is None:
+                return None
+            return max(money.subtract(limit, money.add(spent, held)), money.ZERO)
+
+        return {
+            "workspace": workspace,
+            "agentName": agent,
+            "dailyLimitUsd": daily,
+            "spentTodayUsd": spent_today,
+            "remainingBudgetUsd": remaining(daily, spent_today),
+            "resetsAt": iso(next_utc_midnight(now)),
+            "monthlyLimitUsd": monthly,
+            "spentThisMonthUsd": spent_month,
+            "remainingMonthlyUsd": remaining(monthly, spent_month),
+            "monthResetsAt": iso(next_utc_month(now)),
+            "reservedUsd": held,
+            "warnAtPercent": optional_amount(row["warn_at_percent"]) if row is not None else None,
+        }
+
+    @staticmethod
+    def _held_by(
+        tx: Tx, workspace: Optional[str], now: datetime.datetime, by_agent: bool
+    ) -> dict[tuple[str, str], Decimal]:
+        held: dict[tuple[str, str], Decimal] = {}
+        for row in tx.held_reservations(workspace, stamp(now)):
+            key = (row["workspace"], row["agent_name"] if by_agent else "")
+            held[key] = money.add(held.get(key, money.ZERO), amount(row["amount"]))
+        return held
+
+    def budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
+        """Each agent with a limit or spend this month: its limits, spend, reserved amount and what remains."""
+        now = self._now()
+        with self.store.read() as tx:
+            limits = {(r["workspace"], r["agent_name"]): r for r in tx.agent_budgets(workspace)}
+            today = tx.spend_by_subject(workspace, AGENT_DAILY, day_of(now))
+            month = tx.spend_by_subject(workspace, AGENT_MONTHLY, month_of(now))
+            reserved = self._held_by(tx, workspace, now, by_agent=True)
+        agents = sorted(set(limits) | set(today) | set(month) | set(reserved))
+        return [
+            self._agent_budget(ws, agent, limits.get((ws, agent)), today, month, reserved, now) for ws, agent in agents
+        ]
+
+    def set_workspace_budget_request(self, workspace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /v1/workspace-budget``."""
+        _only(body, ("dailyLimitUsd", "warnAtPercent"))
+        return self.set_workspace_budget(
+            workspace,
+            _limit(body, "dailyLimitUsd", "the workspace's limit per UTC day, all agents together"),
+            warn_at_percent=warn_percent(dict(body), nullable=True) if "warnAtPercent" in body else UNSET,
+        )
+
+    def set_workspace_budget(
+        self, workspace: str, daily_limit_usd: Amount = UNSET, *, warn_at_percent: Amount = UNSET
+    ) -> dict[str, Any]:
+        changes = {
+            column: _optional_amount(value, name)
+            for column, name, value in (
+                ("daily_limit", "the daily limit", daily_limit_usd),
+                ("warn_at_percent", "the warning threshold", warn_at_percent),
+            )
+            if value is not UNSET
+        }
+        with self.store.write(workspace) as tx:
+            tx.put_workspace_settings(workspace, changes)
+        return self.workspace_budgets(workspace)[0]
+
+    @staticmethod
+    def _workspace_budget(
+        workspace: str,
+        row: Optional[Mapping[str, Any]],
+        today: Mapping[tuple[str, str], Decimal],
+        reserved: Mapping[tuple[str, str], Decimal],
+        now: datetime.datetime,
+    ) -> dict[str, Any]:
+        limit = optional_amount(row["daily_limit"]) if row is not None else None
+        spent = today.get((workspace, ""), money.ZERO)
+        held = reserved.get((workspace, ""), money.ZERO)
+        return {
+            "workspace": workspace,
+            "dailyLimitUsd": limit,
+            "spentTodayUsd": spent,
+            "reservedUsd": held,
+            "remainingBudgetUsd": None
+            if limit is None
+            else max(money.subtract(limit, money.add(spent, held)), money.ZERO),
+            "warnAtPercent": optional_amount(row["warn_at_percent"]) if row is not None else None,
+            "resetsAt": iso(next_utc_midnight(now)),
+        }
+
+    def workspace_budgets(self, workspace: Optional[str] = None) -> list[dict[str, Any]]:
+        now = self._now()
+        with self.store.read() as tx:
+            rows = {r["workspace"]: r for r in tx.workspace_settings(workspace)}
+            today = tx.spend_by_subject(workspace, WORKSPACE_DAILY, day_of(now))
+            reserved = self._held_by(tx, workspace, now, by_agent=False)
+        names = sorted(set(rows) | {ws for ws, _ in today} | {ws for ws, _ in reserved})
+        if workspace is not None and workspace not in names:
+            names = [workspace]
+        return [self._workspace_budget(ws, rows.get(ws), today, reserved, now) for ws in names]
+
+    def budgets_overview(self, workspace: str) -> dict[str, Any]:
+        """``GET /v1/budgets``: the agents' budgets, the workspace's and its settings."""
+        (workspace_budget,) = self.workspace_budgets(workspace)
+        return {
+            "budgets": self.budgets(workspace),
+            "workspaceBudget": workspace_budget,
+            "settings": self.settings(workspace),
+        }
+
+    def settings(self, workspace: str) -> dict[str, Any]:
+        with self.store.read() as tx:
+            rows = tx.workspace_settings(workspace)
+        return {"workspace": workspace, "allowUnpricedModels": bool(rows[0]["allow_unpriced"]) if rows else False}
+
+    def set_settings_request(self, workspace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        _only(body, ("allowUnpricedModels",))
+        allow = body.get("allowUnpricedModels")
+        if "allowUnpricedModels" in body and not isinstance(allow, bool):
+            raise BadInput(f'"allowUnpricedModels" must be true or false; got {shown(allow)}.')
+        return self.set_settings(workspace, allow_unpriced_models=allow)
+
+    def set_settings(self, workspace: str, *, allow_unpriced_models: Optional[bool] = None) -> dict[str, Any]:
+        changes = {} if allow_unpriced_models is None else {"allow_unpriced": int(allow_unpriced_models)}
+        with self.store.write(workspace) as tx:
+            tx.put_workspace_settings(workspace, changes)
+        return self.settings(workspace)
+
+    # -- prices ------------------------------------------------------------------------------------
+
+    def prices(self, workspace: str) -> dict[str, Rates]:
+        """The workspace's own prices, by key (``provider/model`` or ``model``, normalised)."""
+        with self.store.read() as tx:
+            rows = tx.prices(workspace)
+        return {
+            row["name"]: Rates(
+                amount(row["input_per_mtok"]),
+                amount(row["output_per_mtok"]),
+                optional_amount(row["cache_read_per_mtok"]),
+                optional_amount(row["cache_write_per_mtok"]),
+            )
+            for row in rows
+        }
+
+    def set_price_request(self, workspace: str, model: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /v1/prices/{model}``."""
+        _only(body, PRICE_FIELDS)
+        name = normalise_name(model)
+        try:
+            rates = rates_from(dict(body), PRICE_FIELDS, f"the price of {name!r}")
+        except ValueError as exc:
+            raise BadInput(
+                f'{exc}: send {{"inputPerMtok": 3, "outputPerMtok": 12}} and optionally cacheReadPerMtok and '
+                "cacheWritePerMtok (USD per million tokens)."
+            ) from None
+        self.set_price(workspace, name, rates)
+        return {"model": name, **rates.as_json()}
+
+    def set_price(self, workspace: str, name: str, rates: Rates) -> None:
+        updated = iso(self._now())
+        assert updated is not None
+        rate_values = (
+            rates.input_per_mtok,
+            rates.output_per_mtok,
+            rates.cache_read_per_mtok,
+            rates.cache_write_per_mtok,
+        )
+        with self.store.write(workspace) as tx:
+            tx.put_price(workspace, name, rate_values, updated)
+
+    def remove_price(self, workspace: str, name: str) -> bool:
+        with self.store.write(workspace) as tx:
+            return tx.remove_price(workspace, name)
+
+    def remove_price_request(self, workspace: str, model: str) -> None:
+        name = normalise_name(model)
+        if not self.remove_price(workspace, name):
+            raise NotFound(f"No price for {name!r} in this workspace; GET /v1/prices lists them.")
+
+
+def _only(body: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    unknown = sorted(set(body) - set(names))
+    if unknown:
+        raise BadInput(f"Unknown field(s) {', '.join(map(repr, unknown))}; this endpoint takes {', '.join(names)}.")
+
+
+def _limit(body: Mapping[str, Any], name: str, what: str) -> Any:
+    """A limit to set (a Decimal), to remove (None, sent as null) or to leave as it is (UNSET, not sent)."""
+    if name not in body:
+        return UNSET
+    return usd_amount(dict(body), name, what, nullable=True)
+
+
+def _estimate(estimate: Any) -> TokenUsage:
+    if not isinstance(estimate, dict):
+        raise BadInput('"estimate" must be an object: {"tokensIn": int, "tokensOut": int}.')
+    counts = []
+    for name in ("tokensIn", "tokensOut"):
+        value = estimate.get(name)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+            raise BadInput(
+                f'"estimate.{name}" must be a non-negative integer of at most {MAX_TOKENS}; got {shown(value)}.'
+            )
+        counts.append(value)
+    return TokenUsage(counts[0], counts[1])

@@ -1,0 +1,412 @@
+"""The ledger's SQL, once for both databases: :class:`Tx`, a transaction's operations.
+
+The statements are written in the SQL that SQLite and PostgreSQL share
+(``ON CONFLICT``, ``?`` placeholders that :class:`Dialect` turns into ``%s`` for
+psycopg); the few differences are in the dialect. Every value crosses as
+text, integer or Decimal, so both return the same rows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Optional
+
+from .. import money
+
+# Events without a step index sort after those with one: their position is this.
+UNNUMBERED = 2**62
+
+__all__ = ["UNNUMBERED", "Dialect", "EventRow", "SessionFilter", "Tx"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the databases, in the statements of :class:`Tx`."""
+
+    name: str
+    placeholder: str  # "?" or "%s"
+    # SQL true when the session's tags (JSON text) hold the bound value.
+    has_tag: str
+    _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def sql(self, statement: str) -> str:
+        if self.placeholder == "?":
+            return statement
+        found = self._cache.get(statement)
+        if found is None:
+            found = self._cache[statement] = statement.replace("%", "%%").replace("?", self.placeholder)
+        return found
+
+
+SQLITE = Dialect("sqlite", "?", "EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE json_each.value = ?)")
+POSTGRES = Dialect("postgresql", "%s", "(sessions.tags::jsonb @> jsonb_build_array(?::text))")
+
+
+@dataclass
+class EventRow:
+    """An event as stored: its JSON payload text and what the ledger worked out about it."""
+
+    step_index: Optional[int]
+    type: str
+    payload: str
+    cost: Decimal
+    cost_status: Optional[str]
+    over_budget: bool
+    pricing_note: Optional[str]
+
+
+@dataclass
+class SessionFilter:
+    workspace: Optional[str] = None
+    agent_name: Optional[str] = None
+    status: Optional[str] = None
+    user_id: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    started_after: Optional[str] = None
+    started_before: Optional[str] = None
+    before_seq: Optional[int] = None
+
+
+def amount(value: Any) -> Decimal:
+    """An amount as either database returns it (text or NUMERIC); NULL reads as 0."""
+    if value is None:
+        return money.ZERO
+    return value if isinstance(value, Decimal) else Decimal(value)
+
+
+def optional_amount(value: Any) -> Optional[Decimal]:
+    return None if value is None else amount(value)
+
+
+def stored(value: Optional[Decimal]) -> Optional[str]:
+    return None if value is None else money.text(value)
+
+
+_IDENT = re.compile(r"[a-z_]+\Z")
+
+
+class Tx:
+    """The operations of one transaction. Made by a :class:`~.base.Store`; rows are plain dicts."""
+
+    def __init__(self, connection: Any, dialect: Dialect) -> None:
+        self._db = connection
+        self._dialect = dialect
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _run(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._db.execute(self._dialect.sql(statement), tuple(params))
+
+    def _one(self, statement: str, params: Sequence[Any] = ()) -> Optional[dict[str, Any]]:
+        row = self._run(statement, params).fetchone()
+        return None if row is None else dict(row)
+
+    def _all(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(row) for row in self._run(statement, params).fetchall()]
+
+    def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        batch = [tuple(row) for row in rows]
+        if batch:
+            self._db.cursor().executemany(self._dialect.sql(statement), batch)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def insert_key(self, key_id: str, name: str, workspace: str, key_hash: str, created_at: str) -> None:
+        self._run(
+            "INSERT INTO api_keys (id, name, workspace, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            (key_id, name, workspace, key_hash, created_at),
+        )
+
+    def keys(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM api_keys ORDER BY created_at, id")
+
+    def key(self, key_id: str) -> Optional[dict[str, Any]]:
+        return self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+
+    def revoke_key(self, key_id: str, revoked_at: str) -> None:
+        self._run("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (revoked_at, key_id))
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def idempotency(self, workspace: str, key: str) -> Optional[dict[str, Any]]:
+        return self._one(
+            "SELECT fingerprint, status, body, created_at FROM idempotency WHERE workspace = ? AND key = ?",
+            (workspace, key),
+        )
+
+    def remember(self, workspace: str, key: str, fingerprint: str, status: int, body: str, created_at: str) -> None:
+        # A record past its lifetime may still be there (they are forgotten in batches): this one replaces it.
+        self._run(
+            "INSERT INTO idempotency (workspace, key, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (workspace, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            " status = excluded.status, body = excluded.body, created_at = excluded.created_at",
+            (workspace, key, fingerprint, status, body, created_at),
+        )
+
+    def forget_idempotency(self, before: str) -> int:
+        return int(self._run("DELETE FROM idempotency WHERE created_at < ?", (before,)).rowcount)
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def insert_session(self, values: dict[str, Any]) -> None:
+        columns = list(values)
+        assert all(_IDENT.match(c) for c in columns)
+        self._run(
+            f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [values[c] for c in columns],
+        )
+
+    def session(
+        self, workspace: Optional[str], session_id: str, *, for_update: bool = False
+    ) -> Optional[dict[str, Any]]:
+        lock = " FOR UPDATE" if for_update and self._dialect.name == "postgresql" else ""
+        if workspace is None:
+            return self._one(f"SELECT * FROM sessions WHERE id = ?{lock}", (session_id,))
+        return self._one(f"SELECT * FROM sessions WHERE id = ? AND workspace = ?{lock}", (session_id, workspace))
+
+    def end_session(self, session_id: str, status: str, error_message: Optional[str], ended_at: str) -> None:
+        self._run(
+            "UPDATE sessions SET status = ?, error_message = ?, ended_at = ? WHERE id = ?",
+            (status, error_message, ended_at, session_id),
+        )
+
+    def add_to_session(
+        self,
+        session_id: str,
+        *,
+        cost: Decimal,
+        tokens_in: int,
+        tokens_out: int,
+        events: int,
+        unpriced: int,
+        estimated: int,
+        over_budget: int,
+    ) -> None:
+        """Add a batch's totals; ``cost`` is the session's new total (exact, worked out by the caller)."""
+        self._run(
+            "UPDATE sessions SET cost = ?, tokens_in = tokens_in + ?, tokens_out = tokens_out + ?,"
+            " event_count = event_count + ?, unpriced_count = unpriced_count + ?,"
+            " estimated_count = estimated_count + ?, over_budget_count = over_budget_count + ? WHERE id = ?",
+            (money.text(cost), tokens_in, tokens_out, events, unpriced, estimated, over_budget, session_id),
+        )
+
+    def child_session_ids(self, workspace: str, session_id: str) -> list[str]:
+        rows = self._all(
+            "SELECT id FROM sessions WHERE workspace = ? AND parent_session_id = ? ORDER BY seq",
+            (workspace, session_id),
+        )
+        return [row["id"] for row in rows]
+
+    def sessions(self, where: SessionFilter, limit: int) -> list[dict[str, Any]]:
+        """Sessions matching ``where``, newest first."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for clause, value in (
+            ("workspace = ?", where.workspace),
+            ("agent_name = ?", where.agent_name),
+            ("status = ?", where.status),
+            ("started_at >= ?", where.started_after),
+            ("started_at < ?", where.started_before),
+            ("seq < ?", where.before_seq),
+            ("user_id = ?", where.user_id),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        for tag in dict.fromkeys(where.tags):
+            clauses.append(self._dialect.has_tag)
+            params.append(tag)
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        return self._all(f"SELECT * FROM sessions {condition} ORDER BY seq DESC LIMIT ?", (*params, limit))
+
+    def delete_session(self, session_id: str) -> None:
+        self._run("DELETE FROM events WHERE session_id = ?", (session_id,))
+        self._run("DELETE FROM reservations WHERE session_id = ?", (session_id,))
+        self._run("DELETE FROM sessions WHERE id = ?", (session_id,))
+
+    def sessions_ended_before(self, cutoff: str, limit: int) -> list[str]:
+        """Ids of ended sessions that ended before ``cutoff`` (oldest first, at most ``limit``)."""
+        rows = self._all(
+            "SELECT id FROM sessions WHERE status <> 'running' AND ended_at < ? ORDER BY ended_at LIMIT ?",
+            (cutoff, limit),
+        )
+        return [row["id"] for row in rows]
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def insert_events(self, session_id: str, received_at: str, events: Iterable[EventRow]) -> None:
+        self._many(
+            "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
+            " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    session_id,
+                    e.step_index,
+                    UNNUMBERED if e.step_index is None else e.step_index,
+                    e.type,
+                    e.payload,
+                    money.text(e.cost),
+                    e.cost_status,
+                    int(e.over_budget),
+                    e.pricing_note,
+                    received_at,
+                )
+                for e in events
+            ),
+        )
+
+    def events(self, session_id: str, after: Optional[tuple[int, int]], limit: int) -> list[dict[str, Any]]:
+        """A session's events in step order (unnumbered last, then as received), after ``(position, seq)``."""
+        columns = "seq, position, payload, cost, cost_status, over_budget, pricing_note, received_at"
+        if after is None:
+            return self._all(
+                f"SELECT {columns} FROM events WHERE session_id = ? ORDER BY position, seq LIMIT ?", (session_id, limit)
+            )
+        position, seq = after
+        return self._all(
+            f"SELECT {columns} FROM events WHERE session_id = ? AND (position > ? OR (position = ? AND seq > ?))"
+            " ORDER BY position, seq LIMIT ?",
+            (session_id, position, position, seq, limit),
+        )
+
+    # -- reservations ------------------------------------------------------------------------
+
+    def insert_reservation(self, values: dict[str, Any]) -> None:
+        columns = list(values)
+        assert all(_IDENT.match(c) for c in columns)
+        self._run(
+            f"INSERT INTO reservations ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [values[c] for c in columns],
+        )
+
+    def reservation(self, reservation_id: str) -> Optional[dict[str, Any]]:
+        return self._one("SELECT * FROM reservations WHERE id = ?", (reservation_id,))
+
+    def set_reservation_state(self, reservation_id: str, state: str) -> None:
+        self._run("UPDATE reservations SET state = ? WHERE id = ?", (state, reservation_id))
+
+    def release_session_reservations(self, workspace: str, session_id: str) -> None:
+        self._run(
+            "UPDATE reservations SET state = 'released' WHERE workspace = ? AND session_id = ? AND state = 'held'",
+            (workspace, session_id),
+        )
+
+    def forget_reservations(self, workspace: str, expired_before: str) -> None:
+        self._run("DELETE FROM reservations WHERE workspace = ? AND expires_at <= ?", (workspace, expired_before))
+
+    def held_reservations(self, workspace: Optional[str], now: str) -> list[dict[str, Any]]:
+        """Reservations still held (granted, not settled or released, not expired)."""
+        if workspace is None:
+            return self._all(
+                "SELECT id, workspace, session_id, agent_name, amount FROM reservations"
+                " WHERE state = 'held' AND expires_at > ?",
+                (now,),
+            )
+        return self._all(
+            "SELECT id, workspace, session_id, agent_name, amount FROM reservations"
+            " WHERE workspace = ? AND state = 'held' AND expires_at > ?",
+            (workspace, now),
+        )
+
+    def held_for(self, workspace: str, session_id: str, ids: Sequence[str], now: str) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        rows = self._all(
+            f"SELECT id, amount FROM reservations WHERE id IN ({','.join('?' * len(ids))})"
+            " AND workspace = ? AND session_id = ? AND state = 'held' AND expires_at > ?",
+            (*ids, workspace, session_id, now),
+        )
+        return {row["id"]: row for row in rows}
+
+    # -- spend --------------------------------------------------------------------------------
+
+    def spent(self, workspace: str, scope: str, subject: str, period: str) -> Decimal:
+        row = self._one(
+            "SELECT amount FROM spend WHERE workspace = ? AND scope = ? AND subject = ? AND period = ?",
+            (workspace, scope, subject, period),
+        )
+        return amount(row["amount"] if row is not None else None)
+
+    def set_spent(self, workspace: str, scope: str, subject: str, period: str, total: Decimal) -> None:
+        self._run(
+            "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
+            (workspace, scope, subject, period, money.text(total)),
+        )
+
+    def spend_by_subject(self, workspace: Optional[str], scope: str, period: str) -> dict[tuple[str, str], Decimal]:
+        if workspace is None:
+            rows = self._all(
+                "SELECT workspace, subject, amount FROM spend WHERE scope = ? AND period = ?", (scope, period)
+            )
+        else:
+            rows = self._all(
+                "SELECT workspace, subject, amount FROM spend WHERE workspace = ? AND scope = ? AND period = ?",
+                (workspace, scope, period),
+            )
+        return {(r["workspace"], r["subject"]): amount(r["amount"]) for r in rows}
+
+    # -- budgets and settings --------------------------------------------------------------------
+
+    def agent_budget(self, workspace: str, agent_name: str) -> Optional[dict[str, Any]]:
+        return self._one("SELECT * FROM agent_budgets WHERE workspace = ? AND agent_name = ?", (workspace, agent_name))
+
+    def agent_budgets(self, workspace: Optional[str]) -> list[dict[str, Any]]:
+        if workspace is None:
+            return self._all("SELECT * FROM agent_budgets")
+        return self._all("SELECT * FROM agent_budgets WHERE workspace = ?", (workspace,))
+
+    def put_agent_budget(
+        self,
+        workspace: str,
+        agent_name: str,
+        daily_limit: Optional[Decimal],
+        monthly_limit: Optional[Decimal],
+        warn_at_percent: Optional[Decimal],
+    ) -> None:
+        if daily_limit is None and monthly_limit is None:
+            self._run("DELETE FROM agent_budgets WHERE workspace = ? AND agent_name = ?", (workspace, agent_name))
+            return
+        self._run(
+            "INSERT INTO agent_budgets (workspace, agent_name, daily_limit, monthly_limit, warn_at_percent)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (workspace, agent_name) DO UPDATE SET"
+            " daily_limit = excluded.daily_limit, monthly_limit = excluded.monthly_limit,"
+            " warn_at_percent = excluded.warn_at_percent",
+            (workspace, agent_name, stored(daily_limit), stored(monthly_limit), stored(warn_at_percent)),
+        )
+
+    def workspace_settings(self, workspace: Optional[str]) -> list[dict[str, Any]]:
+        if workspace is None:
+            return self._all("SELECT * FROM workspace_settings")
+        return self._all("SELECT * FROM workspace_settings WHERE workspace = ?", (workspace,))
+
+    def put_workspace_settings(self, workspace: str, changes: dict[str, Any]) -> None:
+        """Set some of a workspace's settings (``daily_limit``, ``warn_at_percent``, ``allow_unpriced``)."""
+        self._run(
+            "INSERT INTO workspace_settings (workspace) VALUES (?) ON CONFLICT (workspace) DO NOTHING", (workspace,)
+        )
+        for column, value in changes.items():
+            assert column in ("daily_limit", "warn_at_percent", "allow_unpriced")
+            value = stored(value) if isinstance(value, Decimal) else value
+            self._run(f"UPDATE workspace_settings SET {column} = ? WHERE workspace = ?", (value, workspace))
+
+    # -- prices ---------------------------------------------------------------------------------
+
+    def prices(self, workspace: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM prices WHERE workspace = ? ORDER BY name", (workspace,))
+
+    def put_price(self, workspace: str, name: str, rates: Sequence[Optional[Decimal]], updated_at: str) -> None:
+        self._run(
+            "INSERT INTO prices (workspace, name, input_per_mtok, output_per_mtok, cache_read_per_mtok,"
+            " cache_write_per_mtok, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (workspace, name) DO UPDATE SET input_per_mtok = excluded.input_per_mtok,"
+            " output_per_mtok = excluded.output_per_mtok, cache_read_per_mtok = excluded.cache_read_per_mtok,"
+            " cache_write_per_mtok = excluded.cache_write_per_mtok, updated_at = excluded.updated_at",
+            (workspace, name, *(stored(rate) for rate in rates), updated_at),
+        )
+
+    def remove_price(self, workspace: str, name: str) -> bool:
+        return bool(self._run("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount)

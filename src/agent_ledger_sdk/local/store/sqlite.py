@@ -1,0 +1,183 @@
+"""The embedded default store: one SQLite file in WAL mode, shared safely by a server and the CLI.
+
+Writes run one at a time (``BEGIN IMMEDIATE``, exclusive across the threads of
+this process and the processes sharing the file), so a budget is never
+over-granted. Reads run on a connection per thread and see a snapshot: a large
+read does not hold up writes, nor writes reads. The file is created 0600 (it
+holds prompts, outputs and key hashes).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+from .base import MigrationError, Store
+from .sql import SQLITE, UNNUMBERED, Tx
+
+__all__ = ["SQLiteStore"]
+
+
+def _create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; True when this call created it."""
+    try:
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return True
+
+
+def _baseline(db: sqlite3.Connection) -> None:
+    """Version 1: the tables as the ledger made them before versioned migrations (or bring an older file there)."""
+    from ..schema import create_or_upgrade
+
+    create_or_upgrade(db)
+
+
+def _event_positions(db: sqlite3.Connection) -> None:
+    """Version 2: events get a sort position (paginated reads of one session), and reads and retention indexes."""
+    db.execute(f"ALTER TABLE events ADD COLUMN position INTEGER NOT NULL DEFAULT {UNNUMBERED}")
+    db.execute("UPDATE events SET position = step_index WHERE step_index IS NOT NULL")
+    db.execute("CREATE INDEX events_by_position ON events (session_id, position, seq)")
+    db.execute("DROP INDEX IF EXISTS events_by_session")
+    db.execute("CREATE INDEX sessions_by_agent ON sessions (workspace, agent_name, seq)")
+    db.execute("CREATE INDEX sessions_by_end ON sessions (ended_at)")
+    db.execute("CREATE INDEX idempotency_by_age ON idempotency (created_at)")
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
+    (1, "baseline", _baseline),
+    (2, "event positions, read and retention indexes", _event_positions),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+class SQLiteStore(Store):
+    """The ledger in one SQLite file (or ``:memory:``)."""
+
+    def __init__(self, path: Union[str, Path], *, migrate: bool = True) -> None:
+        self.path = Path(path)
+        self.description = str(path)
+        self._memory = str(path) in (":memory:", "")
+        self._created = False
+        if not self._memory:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # SQLite gives its -wal and -shm files the mode of the database file.
+            self._created = _create_private_file(self.path)
+        self._lock = threading.RLock()
+        self._writer = self._connect()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
+        if migrate:
+            self.migrate()
+        elif self.schema_version() != LATEST:
+            raise MigrationError(
+                f"{self.description} has schema version {self.schema_version()}; this code needs {LATEST}. "
+                "Run `agent-ledger migrate --db PATH`."
+            )
+        if self._created:
+            for suffix in ("-wal", "-shm"):
+                companion = Path(f"{self.path}{suffix}")
+                if companion.exists():
+                    os.chmod(companion, 0o600)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    # -- transactions ------------------------------------------------------------------
+
+    @contextmanager
+    def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
+        with self._lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(self._writer, SQLITE)
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._memory:
+            return self._writer  # another connection to :memory: would be another database
+        db: Optional[sqlite3.Connection] = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._readers.append(db)
+        return db
+
+    @contextmanager
+    def read(self) -> Iterator[Tx]:
+        if self._memory:
+            with self._lock:
+                yield Tx(self._writer, SQLITE)
+            return
+        db = self._reader()
+        db.execute("BEGIN")  # one snapshot for every statement of the read
+        try:
+            yield Tx(db, SQLITE)
+        finally:
+            db.execute("COMMIT")
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._lock:
+            tables = {r[0] for r in self._writer.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_migrations" not in tables:
+                # A file of the ledger from before versioned migrations is at version 0 too: the baseline
+                # migration brings it (and any earlier layout) up to version 1 without losing a row.
+                return 0
+            row = self._writer.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            return int(row[0] or 0)
+
+    def migrate(self) -> tuple[int, int]:
+        with self.write() as tx:
+            db = tx._db
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                " applied_at TEXT NOT NULL)"
+            )
+            row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+            before = int(row[0] or 0)
+            if before > LATEST:
+                raise MigrationError(
+                    f"{self.description} has schema version {before}, newer than this code knows ({LATEST}). "
+                    "Upgrade agent-ledger-sdk to use it."
+                )
+            for version, name, step in MIGRATIONS:
+                if version > before:
+                    step(db)
+                    db.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        (version, name, datetime.datetime.now(datetime.timezone.utc).isoformat()),
+                    )
+        return before, LATEST
+
+    def ping(self) -> None:
+        with self.read() as tx:
+            tx._run("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for db in self._readers:
+                db.close()
+            self._writer.close()
