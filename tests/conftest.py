@@ -19,6 +19,8 @@ from agent_ledger_sdk import _default as default_module
 from agent_ledger_sdk import _http as client_module
 from agent_ledger_sdk import _instrumentation as recorder_module
 
+from .postgres_server import postgres_server, postgres_url  # noqa: F401  (fixtures: a real PostgreSQL)
+
 BASE_URL = "https://ledger.test"
 API_KEY = "sk-test-123"
 

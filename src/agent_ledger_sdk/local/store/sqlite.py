@@ -72,7 +72,8 @@ class SQLiteStore(Store):
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # SQLite gives its -wal and -shm files the mode of the database file.
             self._created = _create_private_file(self.path)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one write at a time in this process (BEGIN IMMEDIATE: across processes)
+        self._readers_lock = threading.Lock()  # never the write lock: a waiting write must not hold up reads
         self._writer = self._connect()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -117,7 +118,7 @@ class SQLiteStore(Store):
         db: Optional[sqlite3.Connection] = getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = self._connect()
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(db)
         return db
 
@@ -174,7 +175,7 @@ class SQLiteStore(Store):
             tx._run("SELECT 1").fetchone()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
             if self._closed:
                 return
             self._closed = True

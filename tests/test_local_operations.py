@@ -1,0 +1,95 @@
+"""The ledger server as a team operates it: database work off the event loop, retention over HTTP,
+paginated session reads, and the health, readiness and metrics endpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+
+from agent_ledger_sdk.local import LocalLedger, run
+
+from .ledger_fixtures import backend_ledger
+
+pytestmark = pytest.mark.integration
+
+ledger = backend_ledger()
+
+
+@pytest.fixture
+def http(ledger: LocalLedger) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}, timeout=30) as client:
+        yield client
+
+
+def start(http: httpx.Client, agent: str = "ops-agent") -> str:
+    response = http.post("/v1/sessions", json={"agentName": agent})
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_a_held_write_lock_holds_up_writes_only_never_health_or_reads(tmp_path: Path) -> None:
+    """The CLI (or any process) holding SQLite's write lock: /health and reads answer at once, and the
+    waiting write completes when the lock is let go."""
+    path = tmp_path / "locked.db"
+    with run(db=path) as running, httpx.Client(
+        base_url=running.url, headers={"x-api-key": running.api_key}, timeout=30
+    ) as http:
+        session = start(http)
+        with closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")  # what a long CLI write does
+            written: list[httpx.Response] = []
+            writer = threading.Thread(target=lambda: written.append(http.post("/v1/sessions", json={"agentName": "w"})))
+            writer.start()
+            time.sleep(0.2)  # the write is now waiting for the lock, in a worker thread
+            with httpx.Client(base_url=running.url, headers={"x-api-key": running.api_key}, timeout=5) as second:
+                began = time.perf_counter()
+                assert second.get("/health").status_code == 200
+                assert second.get(f"/v1/sessions/{session}").status_code == 200
+                assert second.get("/v1/sessions").status_code == 200
+                waited = time.perf_counter() - began
+            assert waited < 2.0, f"health and reads waited {waited:.2f} s behind a write lock"
+            assert writer.is_alive() and not written
+            other.execute("COMMIT")
+        writer.join(10)
+        assert written and written[0].status_code == 201, written
+
+
+def test_a_large_session_reads_a_page_of_events_at_a_time(http: httpx.Client) -> None:
+    session = start(http)
+    events = [{"type": "log", "stepIndex": i, "message": "x" * 100} for i in range(1200)]
+    assert http.post("/v1/events", json={"sessionId": session, "events": events}).status_code == 202
+    first = http.get(f"/v1/sessions/{session}").json()
+    assert len(first["events"]) == 500 and first["eventCount"] == 1200  # the default page
+    seen, cursor = [], None
+    while True:
+        params = {"eventsLimit": 700, **({"eventsCursor": cursor} if cursor else {})}
+        page = http.get(f"/v1/sessions/{session}", params=params).json()
+        seen.extend(e["stepIndex"] for e in page["events"])
+        cursor = page["nextEventsCursor"]
+        if cursor is None:
+            break
+    assert seen == list(range(1200))
+    for bad in ({"eventsLimit": 0}, {"eventsLimit": 10**30}, {"eventsCursor": "9" * 40}, {"eventsCursor": "x.y"}):
+        answer = http.get(f"/v1/sessions/{session}", params=bad)
+        assert answer.status_code == 400 and "error" in answer.json(), (bad, answer.text)
+
+
+def test_delete_forgets_a_session_in_its_own_workspace_only(ledger: LocalLedger, http: httpx.Client) -> None:
+    session = start(http)
+    other_key = ledger.service.create_key("neighbour", "neighbours").secret
+    assert http.delete(f"/v1/sessions/{session}", headers={"x-api-key": other_key}).status_code == 404
+    assert http.delete(f"/v1/sessions/{session}").status_code == 204
+    gone = http.get(f"/v1/sessions/{session}")
+    assert gone.status_code == 404 and "not found" in gone.json()["error"]
+    assert http.delete(f"/v1/sessions/{session}").status_code == 404
+    late = http.post("/v1/events", json={"sessionId": session, "events": [{"type": "log"}]})
+    assert late.status_code == 404

@@ -1,0 +1,283 @@
+"""One conformance suite for the ledger's storage: every test runs on SQLite and on a real PostgreSQL.
+
+The HTTP tests of the ledger (``test_local_*.py``) run on both backends too; these test
+what only the service over a store can show: schema versions and migrations, exact
+budgets under concurrency, paginated reads, retention and idempotency lifetimes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import pytest
+
+pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+
+from agent_ledger_sdk.local.records import (
+    BudgetExceeded,
+    Conflict,
+    Idempotency,
+    IdempotencyMismatch,
+    NotFound,
+    PricedEvent,
+    ReservationRequest,
+    SessionQuery,
+)
+from agent_ledger_sdk.local.schema import create_or_upgrade
+from agent_ledger_sdk.local.service import MAX_EVENTS_PAGE, LedgerService
+from agent_ledger_sdk.local.store import MigrationError, SQLiteStore, Store, open_store
+from agent_ledger_sdk.local.store.sql import UNNUMBERED
+
+from .ledger_fixtures import BACKENDS, database, raw_rows
+
+pytestmark = pytest.mark.integration
+
+Clock = Callable[[], datetime.datetime]
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest) -> Iterator[Union[Path, str]]:
+    """A new, empty database of each backend."""
+    with database(request, request.param) as found:
+        yield found
+
+
+@pytest.fixture
+def now() -> list[datetime.datetime]:
+    return [datetime.datetime(2026, 6, 1, 12, tzinfo=datetime.timezone.utc)]
+
+
+@pytest.fixture
+def service(db: Union[Path, str], now: list[datetime.datetime]) -> Iterator[LedgerService]:
+    with LedgerService(open_store(db), clock=lambda: now[0]) as opened:
+        yield opened
+
+
+def call(cost: str, step: int = 0, reservation: str | None = None) -> PricedEvent:
+    event = PricedEvent({"type": "llm_call", "stepIndex": step}, "llm_call", step, cost_usd=Decimal(cost))
+    event.reservation_id = reservation
+    return event
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def test_a_new_database_is_at_the_latest_version_and_migrating_again_changes_nothing(db: Union[Path, str]) -> None:
+    with open_store(db) as store:
+        before, after = store.migrate()
+        assert before == after == store.schema_version() >= 2
+    with open_store(db, migrate=False) as store:  # opening an up-to-date database needs no migration
+        assert store.schema_version() == after
+
+
+def test_a_database_newer_than_the_code_is_refused_with_what_to_do(db: Union[Path, str]) -> None:
+    with open_store(db) as store:
+        version = store.schema_version()
+        with store.write(None) as tx:
+            tx._run("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'future', 'x')", (99,))
+    with pytest.raises(MigrationError, match="newer than this code knows.*Upgrade agent-ledger-sdk"):
+        open_store(db)
+    assert version < 99
+
+
+def test_without_migrating_a_postgresql_schema_behind_the_code_is_refused(postgres_url: str) -> None:
+    with pytest.raises(MigrationError, match="schema version 0; this code needs .*agent-ledger migrate"):
+        open_store(postgres_url, migrate=False)
+    with open_store(postgres_url) as store:  # serve and migrate do migrate
+        assert store.schema_version() >= 2
+
+
+def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:
+    errors: list[BaseException] = []
+    versions: list[tuple[int, int]] = []
+
+    def start() -> None:
+        try:
+            with open_store(postgres_url) as store:
+                versions.append(store.migrate())
+        except BaseException as exc:  # pragma: no cover - the assertion below shows it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({after for _, after in versions}) == 1
+    rows = raw_rows(postgres_url, "SELECT version FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in rows] == list(range(1, versions[0][1] + 1))  # each migration applied once
+
+
+def test_a_sqlite_ledger_made_before_versioned_migrations_upgrades_in_place_losing_no_row(tmp_path: Path) -> None:
+    """A file as the previous release left it (its tables, no schema_migrations) keeps every row."""
+    path = tmp_path / "previous.db"
+    with closing(sqlite3.connect(path)) as db:
+        db.row_factory = sqlite3.Row
+        db.execute("BEGIN")
+        create_or_upgrade(db)
+        db.execute(
+            "INSERT INTO sessions (id, workspace, agent_name, status, started_at, cost) VALUES"
+            " ('s', 'default', 'bot', 'running', '2026-01-01T00:00:00Z', '0.3')"
+        )
+        rows = [(step, json.dumps({"type": "tool_call", "stepIndex": step})) for step in (2, None, 0, 1)] * 300
+        db.executemany(
+            "INSERT INTO events (session_id, step_index, type, payload, received_at) VALUES ('s', ?, 'tool_call', ?, 'x')",
+            rows,
+        )
+        db.execute("COMMIT")
+    with LedgerService(SQLiteStore(path)) as service:
+        assert service.store.schema_version() >= 2
+        session = service.session_with_all_events("s")
+    assert session["costUsd"] == Decimal("0.3")
+    steps = [e.get("stepIndex") for e in session["events"]]
+    assert len(steps) == 1200
+    assert steps == [0] * 300 + [1] * 300 + [2] * 300 + [None] * 300  # step order, unnumbered last
+    positions = raw_rows(path, "SELECT DISTINCT position FROM events ORDER BY position")
+    assert [p[0] for p in positions] == [0, 1, 2, UNNUMBERED]
+
+
+# -- budgets are exact under concurrency ------------------------------------------------------------
+
+
+def test_32_threads_on_one_budget_never_over_grant(service: LedgerService) -> None:
+    service.set_budget("ws", "agent", Decimal("0.0105"))
+    session = service.start_session("ws", "agent").body["id"]
+    granted: list[str] = []
+    refused: list[BudgetExceeded] = []
+    barrier = threading.Barrier(32)
+    request = ReservationRequest(session, "test", "flat", Decimal("0.001"))
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(3):
+            try:
+                granted.append(service.reserve("ws", request).body["id"])
+            except BudgetExceeded as exc:
+                refused.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(granted), len(refused)) == (10, 86)
+    assert service.budgets("ws")[0]["reservedUsd"] == Decimal("0.010")
+    # Settle every grant at its reserved cost: the spend is the limit's worth, never more.
+    for step, reservation in enumerate(granted):
+        service.append_events("ws", session, [call("0.001", step, reservation)])
+    (budget,) = service.budgets("ws")
+    assert (budget["spentTodayUsd"], budget["reservedUsd"]) == (Decimal("0.010"), Decimal("0"))
+
+
+def test_one_idempotency_key_from_many_threads_is_applied_once(service: LedgerService) -> None:
+    session = service.start_session("ws", "agent").body["id"]
+    key = Idempotency("retry-1", "fingerprint")
+    barrier = threading.Barrier(16)
+    replies: list[Any] = []
+
+    def send() -> None:
+        barrier.wait()
+        replies.append(service.append_events("ws", session, [call("0.5")], key))
+
+    threads = [threading.Thread(target=send) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(not reply.replayed for reply in replies) == 1
+    stored = service.get_session(session, "ws")
+    assert (stored["eventCount"], stored["costUsd"]) == (1, Decimal("0.5"))
+    with pytest.raises(IdempotencyMismatch):
+        service.append_events("ws", session, [call("0.5")], Idempotency("retry-1", "another request"))
+
+
+def test_an_idempotency_key_is_honoured_for_24_hours_then_forgotten(
+    service: LedgerService, now: list[datetime.datetime]
+) -> None:
+    first = service.start_session("ws", "agent", Idempotency("k", "f"))
+    now[0] += datetime.timedelta(hours=23, minutes=59)
+    assert service.start_session("ws", "agent", Idempotency("k", "f")).body["id"] == first.body["id"]
+    now[0] += datetime.timedelta(minutes=2)
+    again = service.start_session("ws", "agent", Idempotency("k", "f"))
+    assert not again.replayed and again.body["id"] != first.body["id"]  # a new request, not a replay
+    now[0] += datetime.timedelta(hours=25)
+    assert service.prune(datetime.timedelta(days=30))["idempotencyRecords"] == 1
+
+
+# -- reads ----------------------------------------------------------------------------------------
+
+
+def test_a_session_reads_a_page_at_a_time_in_step_order(service: LedgerService) -> None:
+    session = service.start_session("ws", "agent").body["id"]
+    steps: list[int | None] = [*range(2 * MAX_EVENTS_PAGE + 5, -1, -1), None, None]
+    for start in range(0, len(steps), 1000):
+        batch = [
+            PricedEvent({"type": "log", **({} if step is None else {"stepIndex": step})}, "log", step)
+            for step in steps[start : start + 1000]
+        ]
+        service.append_events("ws", session, batch)
+    first = service.get_session(session, "ws", events_limit=100)
+    assert len(first["events"]) == 100 and first["nextEventsCursor"] is not None
+    assert first["eventCount"] == len(steps)
+    seen = list(service.iter_events(session, "ws"))
+    assert [e.get("stepIndex") for e in seen] == [*sorted(s for s in steps if s is not None), None, None]
+    with pytest.raises(Exception, match="eventsCursor"):
+        service.get_session(session, "ws", events_cursor="not-a-cursor")
+
+
+def test_sessions_list_newest_first_and_filter(service: LedgerService) -> None:
+    ids = [service.start_session("ws", f"agent-{i % 2}").body["id"] for i in range(7)]
+    page = service.list_sessions(SessionQuery(workspace="ws", limit=3))
+    assert [s["id"] for s in page["sessions"]] == ids[::-1][:3]
+    rest = list(service.iter_sessions(SessionQuery(workspace="ws", agent_name="agent-0")))
+    assert [s["id"] for s in rest] == ids[::-2]
+
+
+# -- retention --------------------------------------------------------------------------------------
+
+
+def test_deleting_a_session_forgets_its_events_but_not_what_it_spent(service: LedgerService) -> None:
+    service.set_budget("ws", "agent", Decimal("1"))
+    session = service.start_session("ws", "agent").body["id"]
+    service.append_events("ws", session, [call("0.25")])
+    service.delete_session("ws", session)
+    with pytest.raises(NotFound):
+        service.get_session(session, "ws")
+    with pytest.raises(NotFound):
+        service.append_events("ws", session, [call("0.25")])
+    assert service.budgets("ws")[0]["spentTodayUsd"] == Decimal("0.25")  # spent is spent
+    with pytest.raises(NotFound):
+        service.delete_session("other-workspace", service.start_session("ws", "agent").body["id"])
+
+
+def test_prune_forgets_sessions_that_ended_long_ago_and_keeps_running_ones(
+    service: LedgerService, now: list[datetime.datetime]
+) -> None:
+    old = [service.start_session("ws", "agent").body["id"] for _ in range(3)]
+    for session in old[:2]:
+        service.append_events("ws", session, [PricedEvent({"type": "log"}, "log", 0)])
+        service.end_session("ws", session, "success", None)
+    now[0] += datetime.timedelta(days=31)
+    recent = service.start_session("ws", "agent").body["id"]
+    service.end_session("ws", recent, "success", None)
+    assert service.prune(datetime.timedelta(days=30), batch=1)["sessions"] == 2
+    kept = {s["id"] for s in service.iter_sessions(SessionQuery(workspace="ws"))}
+    assert kept == {old[2], recent}  # the running one and the recent one
+    with pytest.raises(Conflict):
+        service.end_session("ws", recent, "success", None)
+
+
+def test_the_store_answers_readiness_and_closes(db: Union[Path, str]) -> None:
+    store: Store = open_store(db)
+    store.ping()
+    store.close()
+    store.close()  # twice is harmless
