@@ -40,9 +40,10 @@ def test_a_held_write_lock_holds_up_writes_only_never_health_or_reads(tmp_path: 
     """The CLI (or any process) holding SQLite's write lock: /health and reads answer at once, and the
     waiting write completes when the lock is let go."""
     path = tmp_path / "locked.db"
-    with run(db=path) as running, httpx.Client(
-        base_url=running.url, headers={"x-api-key": running.api_key}, timeout=30
-    ) as http:
+    with (
+        run(db=path) as running,
+        httpx.Client(base_url=running.url, headers={"x-api-key": running.api_key}, timeout=30) as http,
+    ):
         session = start(http)
         with closing(sqlite3.connect(path, isolation_level=None)) as other:
             other.execute("BEGIN IMMEDIATE")  # what a long CLI write does
@@ -93,3 +94,46 @@ def test_delete_forgets_a_session_in_its_own_workspace_only(ledger: LocalLedger,
     assert http.delete(f"/v1/sessions/{session}").status_code == 404
     late = http.post("/v1/events", json={"sessionId": session, "events": [{"type": "log"}]})
     assert late.status_code == 404
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value in Prometheus text (0 when the series is not there yet)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    line = f"{name}{{{wanted}}} " if labels else f"{name} "
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    assert len(found) <= 1, found
+    return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+
+def test_health_readiness_and_metrics_need_no_key_and_count_what_happened(ledger: LocalLedger) -> None:
+    with httpx.Client(base_url=ledger.url) as anonymous:
+        assert anonymous.get("/health").json() == {"status": "ok"}
+        assert anonymous.get("/ready").json() == {"status": "ready"}
+        before = anonymous.get("/metrics").text
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+        session = start(http, "metered")
+        events = [{"type": "log"}, {"type": "log"}, {"type": "tool_call", "name": "t"}]
+        assert http.post("/v1/events", json={"sessionId": session, "events": events}).status_code == 202
+        assert http.get(f"/v1/sessions/{session}").status_code == 200
+        assert http.put("/v1/budgets/metered", json={"dailyLimitUsd": 0}).status_code == 200
+        refused = http.post(
+            "/v1/reservations",
+            json={"sessionId": session, "provider": "openai", "model": "gpt-4o-mini", "maxCostUsd": 1},
+        )
+        assert refused.status_code == 429
+        assert refused.headers["x-request-id"]
+    with httpx.Client(base_url=ledger.url) as anonymous:
+        response = anonymous.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    after = response.text
+
+    def grew(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert grew("agent_ledger_events_ingested_total", type="log") == 2
+    assert grew("agent_ledger_events_ingested_total", type="tool_call") == 1
+    assert grew("agent_ledger_sessions_started_total") == 1
+    assert grew("agent_ledger_guardrail_refusals_total", reason="budget_exceeded") == 1
+    route = "/v1/sessions/{session_id}"
+    assert grew("agent_ledger_http_requests_total", method="GET", route=route, status="200") == 1
+    assert f'route="/v1/sessions/{session}"' not in after  # the route template, never the raw path

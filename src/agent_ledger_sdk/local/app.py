@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -262,9 +263,6 @@ class LedgerAPI:
 
     # -- operations -----------------------------------------------------------------------------
 
-    async def health(self, request: Request) -> Response:
-        return _json({"status": "ok"})
-
     async def openapi(self, request: Request) -> Response:
         from .openapi import OPENAPI
 
@@ -315,13 +313,23 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
-    """The ASGI application of a ledger over a :class:`~.service.LedgerService` (or a store, with ``prices``)."""
+    """The ASGI application of a ledger over a :class:`~.service.LedgerService` (or a store, with ``prices``).
+
+    Every request is counted in ``/metrics`` (Prometheus, this process's) and logged in one line
+    on the ``agent_ledger_sdk.local.access`` logger, with a request id.
+    """
+    from .observability import ObservabilityMiddleware, create_metrics, health, metrics_endpoint, readiness
+
     if isinstance(ledger, Store):
         ledger = LedgerService(ledger, prices)
     service: LedgerService = ledger
+    metrics = create_metrics()
+    service.metrics = metrics
     api = LedgerAPI(service)
     routes = [
-        Route("/health", api.health, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", readiness(service.store.ping), methods=["GET"]),
+        Route("/metrics", metrics_endpoint(metrics), methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
         Route("/v1/sessions", api.start_session, methods=["POST"]),
         Route("/v1/sessions", api.list_sessions, methods=["GET"]),
@@ -343,7 +351,9 @@ def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers={LedgerError: _ledger_error, 404: _not_found, 405: _method_not_allowed},
+        middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],  # outermost: times the whole request
     )
+    app.state.metrics = metrics
     app.state.service = service
     app.state.api = api
     return app

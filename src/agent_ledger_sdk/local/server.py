@@ -123,6 +123,20 @@ class BackgroundServer:
         self.stop()
 
 
+def log_requests() -> None:
+    """Show the access log (one line per request, ``agent_ledger_sdk.local.access``) on stderr, unless the
+    program configured that logger itself."""
+    import logging
+
+    access = logging.getLogger("agent_ledger_sdk.local.access")
+    if not access.handlers and access.level == logging.NOTSET:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
+
+
 def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None:
     """Serve in the foreground until interrupted (``agent-ledger serve``)."""
     import uvicorn
@@ -135,5 +149,6 @@ def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None
     except OSError:
         if url != LOCAL_BASE_URL:
             announce(f"Clients find it with: export AGENT_LEDGER_BASE_URL={url}")
-    config = uvicorn.Config(app, log_level="info", lifespan="off")
+    log_requests()
+    config = uvicorn.Config(app, log_level="info", lifespan="off", access_log=False)  # the app logs each request
     uvicorn.Server(config).run(sockets=[sock])
