@@ -300,3 +300,33 @@ def keys_table(keys: Sequence[Any]) -> str:
         for k in keys
     ]
     return table(["ID", "NAME", "WORKSPACE", "CREATED (UTC)", "STATE"], rows)
+
+
+# -- JSON for `--json`: the same records, for programs (print them with money.dumps: exact amounts) ----------
+
+
+def keys_json(keys: Sequence[Any]) -> dict[str, Any]:
+    """API keys as ``keys list --json`` prints them: never a secret, nor its hash."""
+    return {
+        "keys": [
+            {
+                "id": k.id,
+                "name": k.name,
+                "workspace": k.workspace,
+                "createdAt": k.created_at,
+                "revokedAt": k.revoked_at,
+                "state": "revoked" if k.revoked_at else "active",
+            }
+            for k in keys
+        ]
+    }
+
+
+def prices_json(workspace: str, prices: Mapping[str, Any]) -> dict[str, Any]:
+    """A workspace's own prices as ``prices list --json`` prints them (the models as ``GET /v1/prices``)."""
+    return {"workspace": workspace, "prices": [{"model": name, **rates.as_json()} for name, rates in prices.items()]}
+
+
+def budgets_json(budgets: Sequence[dict[str, Any]], workspace_budgets: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``budget show --json``: each agent's budgets and spend, and each workspace's daily budget."""
+    return {"budgets": list(budgets), "workspaceBudgets": list(workspace_budgets)}
