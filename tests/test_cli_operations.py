@@ -97,8 +97,7 @@ class Clock:
         return self.now
 
     def ago(self, **delta: float) -> datetime.datetime:
-        # A microsecond on every moment: the ledger's stored times always have a fraction then.
-        return datetime.datetime.now(UTC) - datetime.timedelta(**delta) + datetime.timedelta(microseconds=7)
+        return datetime.datetime.now(UTC) - datetime.timedelta(**delta)
 
 
 @contextmanager
@@ -905,6 +904,21 @@ def test_serve_with_two_workers_on_postgresql(postgres_url: str) -> None:
         workers = answer_50_requests_from_both_workers(served, key)
         stopped_cleanly(served, workers, signal.SIGTERM, group=False)
     assert count(postgres_url, "SELECT COUNT(*) FROM sessions WHERE agent_name LIKE ?", "worker-test-%") >= 50
+
+
+def test_serve_workers_stop_when_a_worker_cannot_start(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A worker that fails before it serves stops them all: the next one would fail the same way."""
+    from agent_ledger_sdk.local.server import serve_workers
+
+    said: list[str] = []
+    (tmp_path / "a-file").write_text("")
+    unopenable = tmp_path / "a-file" / "ledger.db"  # its directory is a file
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"exited \(code 3\) before it could serve"):
+        serve_workers(unopenable, None, "127.0.0.1", 0, 2, announce=said.append)
+    assert time.monotonic() - began < 60
+    assert not any("listening" in line for line in said)
+    assert "agent-ledger: error: server worker" in capfd.readouterr().err
 
 
 def test_serve_refuses_a_number_of_workers_below_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
