@@ -1,10 +1,18 @@
 """Checks of what clients send to the local ledger, with messages that say what was wrong and how to fix it.
 
-The API layer (``app.py``) calls :func:`check_session_context` on ``POST /v1/sessions``
+The service (``service.py``) calls :func:`check_session_context` on ``POST /v1/sessions``
 and :func:`check_event` on each event of ``POST /v1/events``. An event check raises
 :class:`Rejection` (one event's first problem) so that the caller can report every
 bad event of a batch at once; values that convert without loss (``12.0`` tokens) are
 converted instead of refused.
+
+Every number the ledger reads is bounded, so that none reaches storage or arithmetic it
+would break (an integer past SQLite's 64 bits, a float past a double, NaN): step indexes
+and latencies at :data:`MAX_SAFE_INTEGER`, token counts at :data:`MAX_TOKENS`, amounts of
+US dollars at :data:`MAX_USD` with at most :data:`MAX_AMOUNT_DECIMALS` decimal places, and
+integer query parameters (:func:`query_int`) at the range each one has. Numbers the ledger
+does not read (``retries``, ``temperature``, ``seed``...) are stored as the JSON text they
+came in, and only need to be finite. Names and ids may not hold U+0000.
 """
 
 from __future__ import annotations
@@ -13,16 +21,21 @@ import datetime
 import json
 import math
 import re
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, Optional, overload
 
 from .._constants import MAX_EVENT_BYTES
 from . import money
 from .pricing import TokenUsage
-from .records import PricedEvent, SessionContext, StoreError
+from .records import BadInput, PricedEvent, SessionContext, StoreError
 
 MAX_SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader keeps exact
 MAX_TOKENS = 10**12  # per event: far above any model, far below what a sum of 10,000 events can overflow
+MAX_LATENCY_MS = MAX_SAFE_INTEGER  # finite and exact in every JSON reader (285,000 years)
+MAX_USD = 10**12  # any amount of US dollars (a limit, a cap, a reservation): a trillion
+MAX_AMOUNT_DECIMALS = 20  # digits after the point: 1e-20 of a dollar, and every float's shortest form of a cent
+MAX_QUERY_INT_DIGITS = 19  # a query parameter's integer: anything longer is out of every range the ledger has
 MAX_USER_ID = 256
 MAX_PARENT_SESSION_ID = 256
 MAX_TAGS = 50
@@ -34,15 +47,9 @@ TIMESTAMP_EXAMPLE = "2026-11-25T15:27:17.123Z"
 LLM_COUNTS = ("tokensIn", "tokensOut")  # required on llm_call
 LLM_OPTIONAL_COUNTS = ("cacheReadTokens", "cacheWriteTokens", "reasoningTokens")
 
+_QUERY_INT = re.compile(rf"-?[0-9]{{1,{MAX_QUERY_INT_DIGITS}}}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _RFC3339_UTC = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|\+00:00)\Z")
-
-
-class BadInput(StoreError):
-    status = 400
-
-
-class TooLarge(StoreError):
-    status = 413
 
 
 class Rejection(Exception):
@@ -111,8 +118,52 @@ def non_finite_path(value: Any, path: str) -> Optional[str]:
     return None
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def lone_surrogate_path(value: Any, path: str) -> Optional[str]:
+    """Where a string (or a key) holding a lone UTF-16 surrogate sits in a parsed JSON value, or None.
+
+    JSON's ``"\\ud800"`` escape parses to such a string: it is not text, and UTF-8 (SQLite, any reply)
+    cannot carry it. An escaped pair (``"\\ud83d\\ude00"``) parses to one character and is not one.
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return where
+        elif isinstance(item, dict):
+            for key in item:
+                if _SURROGATE.search(key):
+                    return f"the key {shown(key)} of {where}" if where else f"the key {shown(key)}"
+            stack.extend((v, member_path(where, k)) for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
+
+
+def member_path(where: str, key: str) -> str:
+    """The path of ``where``'s member ``key`` (``where.key``, or ``key`` at the top), a long key shortened."""
+    label = key if len(key) <= 60 else key[:57] + "..."
+    return f"{where}.{label}" if where else label
+
+
+def lone_surrogate_message(path: str) -> str:
+    return (
+        f"{path} holds a lone UTF-16 surrogate (an escape from \\ud800 to \\udfff without its partner), which is "
+        "not text and cannot be stored. Send the text as UTF-8, or escape a character beyond U+FFFF as a whole "
+        "pair, e.g. \\ud83d\\ude00 for U+1F600."
+    )
+
+
+def number_within(value: Any, minimum: float, maximum: float) -> bool:
+    """``value`` is a JSON number (not a boolean), finite, from ``minimum`` to ``maximum``.
+
+    Never raises: an integer too large for a float (``10**400``) is simply out of range.
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return minimum <= value <= maximum
+    return isinstance(value, float) and math.isfinite(value) and minimum <= value <= maximum
 
 
 def _count(where: str, name: str, value: Any, limit: int) -> int:
@@ -152,6 +203,17 @@ def _short_string(where: str, name: str, value: Any, limit: int, what: str) -> N
         raise Rejection(
             name, f"{where}.{name} must be a string of 1 to {limit} characters ({what}); got {shown(value)}."
         )
+    _no_nul(where, name, value)
+
+
+def nul_message(path: str) -> str:
+    return f"{path} holds the character U+0000 (NUL, \\u0000), which names and ids may not hold; remove it."
+
+
+def _no_nul(where: str, name: str, value: str) -> None:
+    """Names and ids go into columns of their own, where PostgreSQL refuses U+0000 (free text goes as JSON)."""
+    if "\x00" in value:
+        raise Rejection(name, nul_message(f"{where}.{name}"))
 
 
 # -- events --------------------------------------------------------------------
@@ -165,15 +227,16 @@ def check_event(position: int, event: Any) -> PricedEvent:
     kind = event.get("type")
     if not isinstance(kind, str) or not kind:
         raise Rejection("type", f'{where}.type is required: a string such as "llm_call", "tool_call" or "tool_result".')
+    _no_nul(where, "type", kind)
     fixed: dict[str, Any] = {}
     if event.get("stepIndex") is not None:
         fixed["stepIndex"] = _count(where, "stepIndex", event["stepIndex"], MAX_SAFE_INTEGER)
     latency = event.get("latencyMs")
-    if latency is not None and (not is_number(latency) or not math.isfinite(latency) or latency < 0):
+    if latency is not None and not number_within(latency, 0, MAX_LATENCY_MS):
         raise Rejection(
             "latencyMs",
-            f"{where}.latencyMs must be a non-negative number of milliseconds (finite: not NaN or Infinity); "
-            f"got {shown(latency)}.",
+            f"{where}.latencyMs must be a non-negative number of milliseconds (finite: not NaN or Infinity) of "
+            f"at most {MAX_LATENCY_MS}, e.g. 1520.5; got {shown(latency)}.",
         )
     if event.get("startedAt") is not None:
         _timestamp(where, "startedAt", event["startedAt"])
@@ -185,6 +248,7 @@ def check_event(position: int, event: Any) -> PricedEvent:
             value = event.get(name)
             if not isinstance(value, str) or not value:
                 raise Rejection(name, f"{where}.{name} is required for an llm_call: a non-empty string.")
+            _no_nul(where, name, value)
         for name in LLM_COUNTS:
             fixed[name] = _count(where, name, event.get(name), MAX_TOKENS)
         for name in LLM_OPTIONAL_COUNTS:
@@ -222,7 +286,14 @@ def check_event(position: int, event: Any) -> PricedEvent:
                     name, f"{path} is NaN or Infinity, which JSON cannot carry; send null or a string instead."
                 ) from None
         raise  # pragma: no cover - json.dumps refuses nothing else in a parsed JSON value
-    size = len(encoded.encode("utf-8"))
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:  # read_json_object refuses these first; an event from elsewhere may hold one
+        for name, value in payload.items():
+            path = lone_surrogate_path({name: value}, where)
+            if path is not None:
+                raise Rejection(name, lone_surrogate_message(path)) from None
+        raise  # pragma: no cover - only a lone surrogate fails to encode as UTF-8
     if size > MAX_EVENT_BYTES:
         raise Rejection(
             None,
@@ -262,6 +333,8 @@ def _optional_id(body: dict[str, Any], name: str, limit: int, example: str) -> O
             f'"{name}" must be a string of 1 to {limit} characters, e.g. {{"{name}": "{example}"}}, '
             f"or left out; got {shown(value)}."
         )
+    if "\x00" in value:
+        raise BadInput(nul_message(f'"{name}"'))
     return value
 
 
@@ -277,6 +350,8 @@ def _tags(value: Any) -> tuple[str, ...]:
             raise BadInput(
                 f'"tags[{position}]" must be a non-empty string of at most {MAX_TAG} characters; got {shown(tag)}.'
             )
+        if "\x00" in tag:
+            raise BadInput(nul_message(f'"tags[{position}]"'))
     distinct = tuple(dict.fromkeys(value))  # a repeated tag says nothing more: keep the first
     if len(distinct) > MAX_TAGS:
         raise BadInput(f'"tags" holds {len(distinct)} distinct tags; the limit is {MAX_TAGS}. Send fewer tags.')
@@ -292,6 +367,8 @@ def _metadata(value: Any) -> Optional[dict[str, Any]]:
         )
     try:
         size = len(compact_json(value).encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate; read_json_object refuses these first
+        raise BadInput(lone_surrogate_message(lone_surrogate_path(value, "metadata") or "metadata")) from None
     except ValueError:
         raise BadInput(
             f"{non_finite_path(value, 'metadata')} is NaN or Infinity, which JSON cannot carry; "
@@ -320,18 +397,36 @@ def check_session_context(body: dict[str, Any]) -> SessionContext:
 # -- amounts -------------------------------------------------------------------
 
 
+def _decimals(amount: Decimal) -> int:
+    """How many digits ``amount`` has after the decimal point (``Decimal("1E-7")``: 7)."""
+    exponent = amount.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
 def usd_amount(body: dict[str, Any], name: str, what: str, *, nullable: bool) -> Optional[Decimal]:
-    """``body[name]``: a finite, non-negative number of US dollars (exact), or None when absent or null."""
+    """``body[name]``: a number of US dollars from 0 to :data:`MAX_USD` with at most :data:`MAX_AMOUNT_DECIMALS`
+    decimal places (exact), or None when absent or null."""
     value = body.get(name)
     if value is None:
         return None
-    if not is_number(value) or not math.isfinite(value) or value < 0:
-        also = ", or null" if nullable else ""
+    also = ", or null" if nullable else ""
+    if not number_within(value, 0, math.inf):
         raise BadInput(
             f'"{name}" must be a non-negative number of US dollars ({what}), e.g. {{"{name}": 5}}{also}; '
             f"got {shown(value)}."
         )
-    return money.exact(value)
+    if value > MAX_USD:
+        raise BadInput(
+            f'"{name}" must be at most {MAX_USD} US dollars ({what}); got {shown(value)}. Send the amount in '
+            f'dollars, e.g. {{"{name}": 5}}{also}.'
+        )
+    amount = money.exact(value)
+    if _decimals(amount) > MAX_AMOUNT_DECIMALS:
+        raise BadInput(
+            f'"{name}" has {_decimals(amount)} digits after the decimal point; the limit is {MAX_AMOUNT_DECIMALS}. '
+            f'Round it (to cents, 0.01, or micro-dollars, 0.000001), e.g. {{"{name}": 0.05}}; got {shown(value)}.'
+        )
+    return amount
 
 
 def warn_percent(body: dict[str, Any], *, nullable: bool) -> Optional[Decimal]:
@@ -339,10 +434,44 @@ def warn_percent(body: dict[str, Any], *, nullable: bool) -> Optional[Decimal]:
     value = body.get("warnAtPercent")
     if value is None:
         return None
-    if not is_number(value) or not math.isfinite(value) or not 0 < value <= 100:
+    amount = money.exact(value) if number_within(value, 0, 100) and value > 0 else None
+    if amount is None or _decimals(amount) > MAX_AMOUNT_DECIMALS:
         also = ", or null for no warning" if nullable else ""
         raise BadInput(
             f'"warnAtPercent" must be a number above 0 and at most 100 (the share of the limit at which the '
-            f'ledger records a budget_warning), e.g. {{"warnAtPercent": 80}}{also}; got {shown(value)}.'
+            f"ledger records a budget_warning) with at most {MAX_AMOUNT_DECIMALS} digits after the decimal point, "
+            f'e.g. {{"warnAtPercent": 80}}{also}; got {shown(value)}.'
         )
-    return money.exact(value)
+    return amount
+
+
+# -- query parameters --------------------------------------------------------------------
+
+
+@overload
+def query_int(params: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int: ...
+
+
+@overload
+def query_int(params: Mapping[str, str], name: str, default: None, minimum: int, maximum: int) -> Optional[int]: ...
+
+
+def query_int(
+    params: Mapping[str, str], name: str, default: Optional[int], minimum: int, maximum: int
+) -> Optional[int]:
+    """The query parameter ``name`` as an integer from ``minimum`` to ``maximum``; ``default`` when absent or empty.
+
+    Raises :class:`BadInput` for anything but plain decimal digits (an optional ``-``; no ``+``, spaces,
+    ``_`` or non-ASCII digits) and for a value out of range, such as a cursor of ``10**30`` that SQLite's
+    64-bit integers cannot hold.
+    """
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    value = int(text) if _QUERY_INT.fullmatch(text) else None
+    if value is None or not minimum <= value <= maximum:
+        raise BadInput(
+            f"The query parameter {name} must be an integer from {minimum} to {maximum} (digits only), or left "
+            f"out; got {shown(text, 40)}."
+        )
+    return value
