@@ -137,3 +137,45 @@ def test_health_readiness_and_metrics_need_no_key_and_count_what_happened(ledger
     route = "/v1/sessions/{session_id}"
     assert grew("agent_ledger_http_requests_total", method="GET", route=route, status="200") == 1
     assert f'route="/v1/sessions/{session}"' not in after  # the route template, never the raw path
+
+
+def test_a_bug_answers_a_json_500_and_the_next_request_on_the_connection_works(
+    ledger: LocalLedger, http: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(workspace: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ledger.service, "settings", broken)
+    for _ in range(20):
+        failed = http.get("/v1/settings")
+        assert failed.status_code == 500
+        assert "Internal error of the ledger (RuntimeError)" in failed.json()["error"]
+        assert failed.headers["connection"] == "close"  # never a kept-alive socket the server then closes
+        assert http.get("/v1/prices").status_code == 200
+    assert "a bug" in caplog.text  # the traceback is in the server's log, not in the answer
+    assert "a bug" not in failed.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/sessions", {"agentName": "a\x00b"}),
+        ("GET", "/v1/sessions?agent=a%00b", None),
+        ("GET", "/v1/sessions/a%00b", None),
+        ("PUT", "/v1/budgets/a%00b", {"dailyLimitUsd": 1}),
+        ("POST", "/v1/events", {"sessionId": "a\x00b", "events": [{"type": "log"}]}),
+    ],
+)
+def test_a_nul_character_is_refused_alike_on_both_databases(
+    http: httpx.Client, method: str, path: str, body: object
+) -> None:
+    answer = http.request(method, path, json=body)
+    assert answer.status_code == 400, answer.text
+    assert "U+0000" in answer.json()["error"]
+
+
+def test_a_nul_in_an_error_message_is_kept_spelled_out(http: httpx.Client) -> None:
+    session = start(http)
+    ended = http.post(f"/v1/sessions/{session}/end", json={"status": "error", "errorMessage": "bad\x00byte"})
+    assert ended.status_code == 200, ended.text
+    assert http.get(f"/v1/sessions/{session}").json()["errorMessage"] == "bad\\u0000byte"

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
@@ -47,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import money
-from .body import read_json_object
+from .body import read_body, read_json_object
 from .pricing import PriceBook
 from .records import (
     BadInput,
@@ -63,8 +64,11 @@ from .records import (
     Unauthorized,
     UnpricedModel,
 )
-from .service import LedgerService
+from .service import MAX_EVENTS_PAGE, LedgerService
 from .store.base import Store
+from .validation import query_int
+
+logger = logging.getLogger("agent_ledger_sdk.local")
 
 KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
 MAX_LIST_LIMIT = 500
@@ -98,17 +102,11 @@ def _reply(reply: Reply) -> Response:
     return ExactJSONResponse(reply.body, status_code=status, headers=headers)
 
 
-def _query_int(request: Request, name: str, default: Optional[int], low: int, high: int) -> Optional[int]:
-    text = request.query_params.get(name)
-    if text is None or text == "":
-        return default
-    try:
-        value = int(text) if len(text) <= 20 else None
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise BadInput(f"{name} must be an integer from {low} to {high}; got {text[:40]!r}.")
-    return value
+def _no_nul(request: Request) -> None:
+    """Refuse U+0000 in the path and the query: no database text column can hold it (PostgreSQL refuses it)."""
+    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+        if isinstance(value, str) and "\x00" in value:
+            raise BadInput(f"{name} contains U+0000 (a NUL character), which the ledger cannot store; remove it.")
 
 
 class LedgerAPI:
@@ -122,6 +120,7 @@ class LedgerAPI:
         return await run_in_threadpool(functools.partial(function, *args, **kwargs))
 
     async def _workspace(self, request: Request) -> str:
+        _no_nul(request)
         key = request.headers.get("x-api-key")
         if not key:
             raise Unauthorized(f"Missing x-api-key header. {KEY_HINT}")
@@ -171,7 +170,7 @@ class LedgerAPI:
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)
-        raw = await request.body()
+        raw = await read_body(request)
         reservation_id = request.path_params["reservation_id"]
         idempotency = self._idempotency(request, raw)
         return _reply(await self._off_loop(self.service.release, workspace, reservation_id, idempotency))
@@ -181,8 +180,8 @@ class LedgerAPI:
     async def list_sessions(self, request: Request) -> Response:
         workspace = await self._workspace(request)
         params = request.query_params
-        limit = _query_int(request, "limit", 50, 1, MAX_LIST_LIMIT)
-        cursor = _query_int(request, "cursor", None, 0, 2**63 - 1)
+        limit = query_int(request.query_params, "limit", 50, 1, MAX_LIST_LIMIT)
+        cursor = query_int(request.query_params, "cursor", None, 0, 2**63 - 1)
         status = params.get("status")
         if status is not None and status not in ("running", "success", "error"):
             raise BadInput('status must be "running", "success" or "error".')
@@ -197,7 +196,7 @@ class LedgerAPI:
             tags=tags,
             started_after=params.get("since"),
             started_before=params.get("until"),
-            limit=limit or 50,
+            limit=limit,
             cursor=cursor,
             workspace=workspace,
         )
@@ -205,7 +204,7 @@ class LedgerAPI:
 
     async def get_session(self, request: Request) -> Response:
         workspace = await self._workspace(request)
-        limit = _query_int(request, "eventsLimit", None, 1, 2000)
+        limit = query_int(request.query_params, "eventsLimit", None, 1, MAX_EVENTS_PAGE)
         cursor = request.query_params.get("eventsCursor")
         session_id = request.path_params["session_id"]
         return _json(
@@ -304,6 +303,22 @@ async def _ledger_error(request: Request, exc: Exception) -> Response:
     return _error(status_of(exc), exc.message, **exc.extra)
 
 
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug of the ledger: a JSON 500 that closes the connection, so that a client's next request never
+    meets a socket the server is about to close (uvicorn closes it after a 500)."""
+    logger.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json_closing(
+        {"error": f"Internal error of the ledger ({type(exc).__name__}); it is logged on the server. Retry later."},
+        500,
+    )
+
+
+def _json_closing(content: Any, status: int) -> Response:
+    response = _json(content, status)
+    response.headers["connection"] = "close"
+    return response
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     return _error(404, f"No route {request.method} {request.url.path}. See GET /openapi.json for the API.")
 
@@ -350,7 +365,12 @@ def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        exception_handlers={LedgerError: _ledger_error, 404: _not_found, 405: _method_not_allowed},
+        exception_handlers={
+            LedgerError: _ledger_error,
+            404: _not_found,
+            405: _method_not_allowed,
+            Exception: _internal_error,
+        },
         middleware=[Middleware(ObservabilityMiddleware, metrics=metrics)],  # outermost: times the whole request
     )
     app.state.metrics = metrics

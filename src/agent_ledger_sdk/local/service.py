@@ -131,6 +131,13 @@ def _optional_amount(value: Amount, name: str) -> Optional[Decimal]:
     return exact
 
 
+def _storable(name: str, value: str) -> str:
+    """``value`` unless it holds U+0000, which no text column can store (PostgreSQL refuses it)."""
+    if "\x00" in value:
+        raise BadInput(f'"{name}" contains U+0000 (a NUL character), which the ledger cannot store; remove it.')
+    return value
+
+
 @dataclass
 class _Limits:
     """The budgets that apply to one session's calls right now, and the workspace's setting for unpriced models."""
@@ -272,7 +279,7 @@ class LedgerService:
         if len(agent_name) > MAX_AGENT_NAME:
             raise BadInput(f'"agentName" is {len(agent_name)} characters; the limit is {MAX_AGENT_NAME}.')
         context = check_session_context(dict(body))
-        return self.start_session(workspace, agent_name, idempotency, context)
+        return self.start_session(workspace, _storable("agentName", agent_name), idempotency, context)
 
     def start_session(
         self,
@@ -352,6 +359,8 @@ class LedgerService:
             raise BadInput(f'"errorMessage" must be a string or null, got {type(message).__name__}.')
         if message is not None and len(message) > MAX_ERROR_MESSAGE:
             message = message[:MAX_ERROR_MESSAGE] + f"...[truncated {len(message) - MAX_ERROR_MESSAGE} chars]"
+        if message is not None:
+            message = message.replace("\x00", "\\u0000")  # free text: kept, with the NUL spelled out
         return self.end_session(workspace, session_id, str(status), message, idempotency)
 
     def end_session(
@@ -479,6 +488,7 @@ class LedgerService:
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
+        _storable("sessionId", session_id)
         events = body.get("events")
         if not isinstance(events, list) or not events:
             raise BadInput('"events" must be a non-empty list of event objects.')
@@ -672,12 +682,13 @@ class LedgerService:
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
+        _storable("sessionId", session_id)
         names = {}
         for name in ("provider", "model"):
             value = body.get(name)
             if not isinstance(value, str) or not value.strip():
                 raise BadInput(f'"{name}" is required: a non-empty string, as the llm_call event will carry it.')
-            names[name] = value
+            names[name] = _storable(name, value)
         step = body.get("stepIndex")
         if step is not None and (
             isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_SAFE_INTEGER

@@ -142,16 +142,55 @@ CREATE INDEX sessions_by_end ON sessions (ended_at);
 CREATE INDEX idempotency_by_age ON idempotency (created_at)
 """
 
+_DASHBOARD = """
+CREATE TABLE cost_rollup (
+    workspace TEXT NOT NULL,
+    day TEXT NOT NULL,
+    dimension TEXT NOT NULL,
+    name TEXT NOT NULL,
+    llm_calls BIGINT NOT NULL DEFAULT 0,
+    tokens_in BIGINT NOT NULL DEFAULT 0,
+    tokens_out BIGINT NOT NULL DEFAULT 0,
+    cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+    cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+    reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+    unpriced_calls BIGINT NOT NULL DEFAULT 0,
+    estimated_calls BIGINT NOT NULL DEFAULT 0,
+    cost NUMERIC NOT NULL DEFAULT 0,
+    PRIMARY KEY (workspace, day, dimension, name)
+);
+CREATE TABLE cost_rollup_progress (
+    workspace TEXT PRIMARY KEY,
+    event_seq BIGINT NOT NULL
+);
+CREATE INDEX events_over_budget ON events (seq) WHERE over_budget = 1
+"""
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
     (2, "event positions, read and retention indexes", _EVENT_POSITIONS),
+    (3, "dashboard: cost rollup, over-budget index", _DASHBOARD),
 ]
 LATEST = MIGRATIONS[-1][0]
 
 
 def _without_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+@contextmanager
+def _refused_values() -> Iterator[None]:
+    """A value PostgreSQL cannot hold (a NUL in text, say) that got past validation: the caller's bad input,
+    not a crash; the transaction has rolled back."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.DataError as exc:
+        from ..records import BadInput
+
+        raise BadInput(f"The ledger cannot store a value of this request: {str(exc).splitlines()[0]}") from None
 
 
 class PostgresStore(Store):
@@ -198,14 +237,14 @@ class PostgresStore(Store):
 
     @contextmanager
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
-        with self._pool.connection() as connection, connection.transaction():
+        with _refused_values(), self._pool.connection() as connection, connection.transaction():
             if workspace is not None:
                 connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (workspace,))
             yield Tx(connection, POSTGRES)
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with self._pool.connection() as connection, connection.transaction():
+        with _refused_values(), self._pool.connection() as connection, connection.transaction():
             connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield Tx(connection, POSTGRES)
 
