@@ -53,9 +53,27 @@ def _event_positions(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX idempotency_by_age ON idempotency (created_at)")
 
 
+def _dashboard(db: sqlite3.Connection) -> None:
+    """Version 3: what the dashboard reads fast at any size: spend per UTC day by agent, model and user (a rollup
+    brought up to date as it is read, amounts as exact text), and the events over a budget (a partial index)."""
+    db.execute(
+        "CREATE TABLE cost_rollup (workspace TEXT NOT NULL, day TEXT NOT NULL, dimension TEXT NOT NULL,"
+        " name TEXT NOT NULL, llm_calls INTEGER NOT NULL DEFAULT 0, tokens_in INTEGER NOT NULL DEFAULT 0,"
+        " tokens_out INTEGER NOT NULL DEFAULT 0, cache_read_tokens INTEGER NOT NULL DEFAULT 0,"
+        " cache_write_tokens INTEGER NOT NULL DEFAULT 0, reasoning_tokens INTEGER NOT NULL DEFAULT 0,"
+        " unpriced_calls INTEGER NOT NULL DEFAULT 0, estimated_calls INTEGER NOT NULL DEFAULT 0,"
+        " cost TEXT NOT NULL DEFAULT '0', PRIMARY KEY (workspace, day, dimension, name)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE cost_rollup_progress (workspace TEXT PRIMARY KEY, event_seq INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX events_over_budget ON events (seq) WHERE over_budget = 1")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "event positions, read and retention indexes", _event_positions),
+    (3, "dashboard: cost rollup, over-budget index", _dashboard),
 ]
 LATEST = MIGRATIONS[-1][0]
 
