@@ -337,6 +337,8 @@ def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
 
     if isinstance(ledger, Store):
         ledger = LedgerService(ledger, prices)
+    elif prices is not None:
+        raise TypeError("create_app(service, prices): give the prices to LedgerService(store, prices) instead")
     service: LedgerService = ledger
     metrics = create_metrics()
     service.metrics = metrics
