@@ -281,3 +281,14 @@ def test_the_store_answers_readiness_and_closes(db: Union[Path, str]) -> None:
     store.ping()
     store.close()
     store.close()  # twice is harmless
+
+
+def test_forgetting_expired_reservations_reads_only_the_expired_ones(db: Union[Path, str]) -> None:
+    """Run inside every budgeted write: it must not read the workspace's whole day of reservations."""
+    open_store(db).close()
+    statement = "DELETE FROM reservations WHERE workspace = ? AND expires_at <= ?"
+    if isinstance(db, Path):
+        plan = raw_rows(db, f"EXPLAIN QUERY PLAN {statement}", ("ws", "2026"))
+    else:
+        plan = raw_rows(db, f"EXPLAIN {statement}", ("ws", "2026"), setup="SET enable_seqscan = off")
+    assert any("reservations_by_workspace_expiry" in str(row) for row in plan), plan

@@ -166,11 +166,15 @@ CREATE TABLE cost_rollup_progress (
 CREATE INDEX events_over_budget ON events (seq) WHERE over_budget = 1
 """
 
+# Every budgeted write forgets long-expired reservations: by expiry, not by reading the workspace's day of them.
+_RESERVATION_EXPIRY = "CREATE INDEX reservations_by_workspace_expiry ON reservations (workspace, expires_at)"
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
     (2, "event positions, read and retention indexes", _EVENT_POSITIONS),
     (3, "dashboard: cost rollup, over-budget index", _DASHBOARD),
+    (4, "reservations by expiry", _RESERVATION_EXPIRY),
 ]
 LATEST = MIGRATIONS[-1][0]
 

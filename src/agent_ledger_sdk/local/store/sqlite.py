@@ -70,10 +70,17 @@ def _dashboard(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX events_over_budget ON events (seq) WHERE over_budget = 1")
 
 
+def _reservation_expiry(db: sqlite3.Connection) -> None:
+    """Version 4: every budgeted write forgets long-expired reservations; it now finds them by expiry instead
+    of reading the workspace's whole day of them."""
+    db.execute("CREATE INDEX reservations_by_workspace_expiry ON reservations (workspace, expires_at)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "event positions, read and retention indexes", _event_positions),
     (3, "dashboard: cost rollup, over-budget index", _dashboard),
+    (4, "reservations by expiry", _reservation_expiry),
 ]
 LATEST = MIGRATIONS[-1][0]
 
