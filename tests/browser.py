@@ -74,6 +74,8 @@ CHROMIUM_FLAGS = [
 VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 10_000  # every wait of a page: locators, navigations, expect()
 LOCAL_SCHEMES = {"data", "blob", "about"}
+# A page's own background requests (a poll for new rows) that leaving the page cancels: not a failure.
+BACKGROUND_REQUESTS = {"fetch", "xhr", "eventsource", "ping"}
 
 
 def find_chromium() -> Optional[str]:
@@ -113,6 +115,7 @@ class BrowserGuard:
     failed_requests: list[str] = field(default_factory=list)
     outside_requests: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    aborted_requests: list[str] = field(default_factory=list)  # background requests a navigation cancelled
 
     def problems(self) -> list[str]:
         return [
@@ -150,6 +153,9 @@ class BrowserGuard:
     def _on_request_failed(self, request: Request) -> None:
         if not is_loopback(request.url):
             return  # aborted by _route, and already listed as leaving the machine
+        if request.failure == "net::ERR_ABORTED" and request.resource_type in BACKGROUND_REQUESTS:
+            self.aborted_requests.append(f"{request.method} {request.url}")  # a poll cut short by a navigation
+            return
         self.failed_requests.append(f"{request.method} {request.url}: {request.failure}")
 
     def _on_response(self, response: Any) -> None:
