@@ -439,11 +439,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     with _store(args) as store:
         try:
+            session_id = store.resolve_session_id(args.session_id)  # an id, or the start of one
             if args.json:  # written a page of events at a time, as export does
-                write_session_json(sys.stdout, store, args.session_id)
+                write_session_json(sys.stdout, store, session_id)
                 print()
             else:
-                print(timeline(store.session_with_all_events(args.session_id)))
+                print(timeline(store.session_with_all_events(session_id), full=args.full))
         except NotFound:
             raise LookupError(_no_session(store, args.session_id)) from None
     return 0
@@ -654,8 +655,11 @@ def build_parser() -> argparse.ArgumentParser:
     sessions.set_defaults(handler=_cmd_sessions)
 
     show = commands.add_parser("show", parents=[common], help="a session's timeline with costs")
-    show.add_argument("session_id")
+    show.add_argument("session_id", help="the session's id, or enough of its start to name one session")
     show.add_argument("--json", action="store_true", help=json_help + ": the session with every event")
+    show.add_argument(
+        "--full", action="store_true", help="after the table, every prompt, response, tool input and output in full"
+    )
     show.set_defaults(handler=_cmd_show)
 
     demo = commands.add_parser("demo", parents=[common], help="run an example agent against a local ledger")

@@ -327,12 +327,24 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return _error(405, f"{request.method} is not allowed on {request.url.path}. See GET /openapi.json.")
 
 
-def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
+def create_app(
+    ledger: Any,
+    prices: Optional[PriceBook] = None,
+    *,
+    dashboard_login: Optional[bool] = None,
+    dashboard_workspace: str = "default",
+) -> Starlette:
     """The ASGI application of a ledger over a :class:`~.service.LedgerService` (or a store, with ``prices``).
 
     Every request is counted in ``/metrics`` (Prometheus, this process's) and logged in one line
     on the ``agent_ledger_sdk.local.access`` logger, with a request id.
+
+    The dashboard (``dashboard/``: ``/``, ``/sessions/{id}``, ``/compare``, ``/costs``, ``/budgets``) is
+    served too. ``dashboard_login``: True asks for an API key (a server reachable beyond this machine:
+    ``serve --host`` not loopback, or ``AGENT_LEDGER_DASHBOARD_LOGIN=1``); False or None show
+    ``dashboard_workspace`` without a login, and only to requests from and to loopback addresses.
     """
+    from .dashboard import dashboard_routes, login_from_environment
     from .observability import ObservabilityMiddleware, create_metrics, health, metrics_endpoint, readiness
 
     if isinstance(ledger, Store):
@@ -365,8 +377,10 @@ def create_app(ledger: Any, prices: Optional[PriceBook] = None) -> Starlette:
         Route("/v1/prices/{model:path}", api.set_price, methods=["PUT"]),
         Route("/v1/prices/{model:path}", api.remove_price, methods=["DELETE"]),
     ]
+    login = dashboard_login if dashboard_login is not None else login_from_environment()
+    dashboard = dashboard_routes(service, login=login, workspace=dashboard_workspace)
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *dashboard],
         exception_handlers={
             LedgerError: _ledger_error,
             404: _not_found,

@@ -158,7 +158,42 @@ def _context(session: dict[str, Any]) -> list[str]:
     return lines
 
 
-def timeline(session: dict[str, Any]) -> str:
+# What ``show --full`` prints of each step, in this order.
+_FULL_FIELDS = (
+    ("prompt", "prompt"),
+    ("messages", "messages"),
+    ("response", "response"),
+    ("toolInput", "tool input"),
+    ("toolOutput", "tool output"),
+    ("error", "error"),
+    ("message", "message"),
+)
+
+
+def _full_text(value: Any) -> str:
+    """A field in full: a string as it is, anything else as indented JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _steps_in_full(events: Sequence[dict[str, Any]]) -> list[str]:
+    """Each step's prompt, response, tool input and output, every character, indented under the step."""
+    lines = ["", "Steps in full:"]
+    for event in events:
+        fields = [(label, event[key]) for key, label in _FULL_FIELDS if event.get(key) not in (None, "")]
+        if not fields:
+            continue
+        step = event.get("stepIndex")
+        lines.append(f"--- step {step if step is not None else '-'}: {event.get('type')} {_what(event)}".rstrip())
+        for label, value in fields:
+            lines.append(f"  {label}:")
+            lines.extend(f"    {line}" for line in _full_text(value).splitlines() or [""])
+    return lines
+
+
+def timeline(session: dict[str, Any], *, full: bool = False) -> str:
+    """A session's steps as a table (texts cut to fit); ``full``: then every step's texts in full."""
     header = (
         f"Session {session['id']}  agent={session['agentName']}  status={session['status']}"
         + (f"  user={session['userId']}" if session.get("userId") else "")
@@ -207,7 +242,8 @@ def timeline(session: dict[str, Any]) -> str:
         f"Total: {session['eventCount']} events, {session['tokensIn']} tokens in, {session['tokensOut']} out, "
         f"{usd(session['costUsd'])}{cap}" + (f"  ({', '.join(flags)})" if flags else "")
     )
-    return "\n".join([header, *_context(session), body, total])
+    details = _steps_in_full(events) if full else []
+    return "\n".join([header, *_context(session), body, *details, total])
 
 
 def _when(moment: Optional[str]) -> str:

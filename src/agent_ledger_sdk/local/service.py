@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ from .records import (
     utc_now,
 )
 from .store.base import Store
-from .store.sql import EventRow, SessionFilter, Tx, amount, optional_amount
+from .store.sql import EventRow, RollupRow, SessionFilter, SessionSearch, Tx, amount, like_pattern, optional_amount
 from .validation import (
     MAX_SAFE_INTEGER,
     MAX_TOKENS,
@@ -94,6 +95,13 @@ MAX_AGENT_NAME = 200
 MAX_ERROR_MESSAGE = 10_000
 DEFAULT_EVENTS_PAGE = 500
 MAX_EVENTS_PAGE = 2000
+# The dashboard's reads.
+SEARCH_SECONDS = 0.25  # a text search reads events for at most this long a page, then says how far it got
+SEARCH_BATCH = 200  # sessions whose events a text search reads at once
+MAX_LINKED_SESSIONS = 200  # sub-agent sessions listed on a session's page
+MAX_PREFIX_CANDIDATES = 10  # sessions listed when an id prefix matches several
+ROLLUP_BATCH = 5000  # LLM calls the cost rollup counts per write transaction
+CATCH_UP_SECONDS = 2.0  # how long a read of the costs may spend bringing the rollup up to date
 PRICE_FIELDS = ("inputPerMtok", "outputPerMtok", "cacheReadPerMtok", "cacheWritePerMtok")
 
 __all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "key_id_of"]
@@ -915,13 +923,301 @@ class LedgerService:
         """Every session ``query`` matches (ignoring its cursor), newest first, a page at a time."""
         cursor: Optional[int] = None
         while True:
-            page = self.list_sessions(
-                dataclasses.replace(query, cursor=cursor, limit=500)
-            )
+            page = self.list_sessions(dataclasses.replace(query, cursor=cursor, limit=500))
             yield from page["sessions"]
             if page["nextCursor"] is None:
                 return
             cursor = int(page["nextCursor"])
+
+    # -- the dashboard's reads ----------------------------------------------------------------------
+
+    def find_sessions(
+        self,
+        where: SessionSearch,
+        limit: int,
+        *,
+        text: Optional[str] = None,
+        search_seconds: float = SEARCH_SECONDS,
+    ) -> dict[str, Any]:
+        """A page of sessions (keyset on ``seq``), newest first, for the dashboard; each with its LLM calls counted.
+
+        ``where.before_seq`` pages to older sessions, ``where.after_seq`` to newer ones (the page is still
+        shown newest first). ``where.min_cost`` is applied exactly. ``text``: only sessions with an event
+        whose recorded content holds it (any case); that search reads the events of the sessions in the
+        order of the page, and stops after a page of matches or ``search_seconds``: then ``searched``
+        says how far it got and ``nextCursor`` continues from there.
+        """
+        newer = where.after_seq is not None
+        pattern = like_pattern(json.dumps(text, ensure_ascii=False)[1:-1]) if text else None
+        deadline = time.monotonic() + search_seconds
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        last_scanned: Optional[dict[str, Any]] = None
+        exhausted = False
+        started = time.monotonic()
+        with self.store.read() as tx:
+            window = dataclasses.replace(where)
+            while True:
+                wanted = SEARCH_BATCH if pattern is not None else limit + 1 - len(found)
+                rows = tx.find_sessions(window, wanted, oldest_first=newer)
+                scanned += len(rows)
+                if rows:
+                    last_scanned = rows[-1]
+                    if newer:
+                        window.after_seq = rows[-1]["seq"]
+                    else:
+                        window.before_seq = rows[-1]["seq"]
+                if len(rows) < wanted:
+                    exhausted = True
+                if where.min_cost is not None:
+                    rows = [r for r in rows if amount(r["cost"]) >= where.min_cost]
+                if pattern is not None and rows:
+                    hits = tx.sessions_with_text([r["id"] for r in rows], pattern)
+                    rows = [r for r in rows if r["id"] in hits]
+                found.extend(rows)
+                if exhausted or len(found) > limit or (pattern is not None and time.monotonic() > deadline):
+                    break
+            more = len(found) > limit
+            page = found[:limit]
+            counts = tx.llm_call_counts([r["id"] for r in page])
+            latest = tx.latest_session_seq(where.workspace) if where.workspace is not None else 0
+        stopped_early = not more and not exhausted
+        if stopped_early and last_scanned is not None:
+            resume: Optional[int] = int(last_scanned["seq"])  # the search continues past what it read
+        elif more and page:
+            resume = int(page[-1]["seq"])
+        else:
+            resume = None
+        if newer:
+            page.reverse()
+        sessions = []
+        for row in page:
+            summary = self._session_summary(row)
+            summary["seq"] = int(row["seq"])
+            summary["llmCalls"] = counts.get(row["id"], 0)
+            sessions.append(summary)
+        return {
+            "sessions": sessions,
+            # Older sessions (newest-first paging) or newer ones (paging back), from this seq on.
+            "nextCursor": None if newer else resume,
+            "newerCursor": resume if newer else None,
+            "latestSeq": latest,
+            "searched": {
+                "sessions": scanned,
+                "complete": not stopped_early,
+                "reachedStartedAt": last_scanned["started_at"] if last_scanned is not None else None,
+                "seconds": round(time.monotonic() - started, 3),
+            }
+            if pattern is not None
+            else None,
+        }
+
+    def session_overview(
+        self,
+        session_id: str,
+        workspace: str,
+        *,
+        events_limit: Optional[int] = None,
+        events_cursor: Optional[str] = None,
+    ) -> dict[str, Any]:
+        """A session as the dashboard shows it: a page of its events, its totals over every event, its parent,
+        its sub-agent sessions and the previous session of its agent, all from one snapshot."""
+        limit = self._page_size(events_limit)
+        cursor = _events_cursor(events_cursor)
+        with self.store.read() as tx:
+            row = self._session_row(tx, workspace, session_id)
+            children_ids = tx.child_session_ids(workspace, session_id)
+            children = tx.sessions_by_ids(workspace, children_ids[:MAX_LINKED_SESSIONS])
+            parent = tx.session(workspace, row["parent_session_id"]) if row["parent_session_id"] else None
+            previous = tx.previous_session(workspace, row["agent_name"], row["seq"])
+            events, following = self._events_page(tx, session_id, cursor, limit)
+            totals = tx.event_totals(session_id)
+        summary = self._session_summary(row)
+        summary["seq"] = int(row["seq"])
+        summary["childSessionIds"] = children_ids
+        summary["childSessions"] = [self._session_summary(r) for r in children]
+        summary["parentSession"] = self._session_summary(parent) if parent is not None else None
+        summary["previousSessionId"] = previous["id"] if previous is not None else None
+        summary["events"] = events
+        summary["nextEventsCursor"] = following
+        summary["eventTotals"] = {
+            kind: {
+                "events": int(found["events"]),
+                "latencyMs": float(found["latency_ms"] or 0),
+                "cacheReadTokens": int(found["cache_read_tokens"] or 0),
+                "cacheWriteTokens": int(found["cache_write_tokens"] or 0),
+                "reasoningTokens": int(found["reasoning_tokens"] or 0),
+                "errors": int(found["errors"] or 0),
+            }
+            for kind, found in totals.items()
+        }
+        return summary
+
+    def resolve_session_id(self, text: str, workspace: Optional[str] = None) -> str:
+        """The id of the session ``text`` names: its id, or a prefix of exactly one session's id.
+
+        Raises NotFound when none matches and BadInput (listing them) when several do.
+        """
+        with self.store.read() as tx:
+            if text and tx.session(workspace, text) is not None:
+                return text
+            rows = tx.sessions_with_prefix(workspace, text, MAX_PREFIX_CANDIDATES + 1) if text else []
+        if not rows:
+            raise NotFound(f"Session {text!r} not found.")
+        if len(rows) == 1:
+            return str(rows[0]["id"])
+        listed = "; ".join(
+            f"{r['id']} ({r['agent_name']}, started {r['started_at']})" for r in rows[:MAX_PREFIX_CANDIDATES]
+        )
+        more = " and more" if len(rows) > MAX_PREFIX_CANDIDATES else ""
+        raise BadInput(
+            f"Session id prefix {text!r} matches several sessions: {listed}{more}. Give more of the id.",
+            candidates=[r["id"] for r in rows[:MAX_PREFIX_CANDIDATES]],
+        )
+
+    def recent_refusals(self, workspace: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The workspace's latest LLM calls that went over a budget (recorded with ``overBudget``), newest first."""
+        with self.store.read() as tx:
+            rows = tx.over_budget_events(workspace, limit)
+        found = []
+        for row in rows:
+            payload = json.loads(row["payload"])
+            found.append(
+                {
+                    "sessionId": row["session_id"],
+                    "agentName": row["agent_name"],
+                    "userId": row["user_id"],
+                    "stepIndex": row["step_index"],
+                    "type": row["type"],
+                    "provider": payload.get("provider"),
+                    "model": payload.get("model"),
+                    "costUsd": amount(row["cost"]),
+                    "costStatus": row["cost_status"],
+                    "receivedAt": row["received_at"],
+                }
+            )
+        return found
+
+    def reservations_in_flight(self, workspace: str) -> list[dict[str, Any]]:
+        """The workspace's reservations held now (granted, not settled, released or expired)."""
+        now = self._now()
+        with self.store.read() as tx:
+            rows = tx.held_reservations(workspace, stamp(now))
+        return [
+            {
+                "id": r["id"],
+                "sessionId": r["session_id"],
+                "agentName": r["agent_name"],
+                "reservedUsd": amount(r["amount"]),
+            }
+            for r in rows
+        ]
+
+    def session_signing_key(self, key_id: str) -> Optional[tuple[str, bytes]]:
+        """For a live (unrevoked) API key: its workspace and a key to sign the dashboard's login sessions with.
+
+        The signing key is derived from the key's stored hash: a login lasts no longer than the key
+        (revoking it ends every login made with it) and every replica derives the same one.
+        """
+        with self.store.read() as tx:
+            row = tx.key(key_id)
+        if row is None or row["revoked_at"] is not None:
+            return None
+        signing = hmac.new(row["key_hash"].encode("ascii"), b"agent-ledger dashboard login", hashlib.sha256)
+        return str(row["workspace"]), signing.digest()
+
+    # -- the cost rollup: spend per UTC day by agent, model and user, for the dashboard ------------------
+
+    def catch_up_costs(self, workspace: str, seconds: float = CATCH_UP_SECONDS) -> bool:
+        """Count the LLM calls stored since the workspace's rollup last did; True when it is up to date.
+
+        The rollup is brought up to date as it is read, a batch of calls per write transaction of the
+        workspace: no other write of the workspace runs meanwhile, so no call stored later can have a
+        smaller seq than one counted (on PostgreSQL too, where seqs are handed out before commits).
+        Stops after ``seconds`` (what is left is counted by the next read).
+        """
+        deadline = time.monotonic() + seconds
+        with self.store.read() as tx:
+            if tx.rollup_progress(workspace) >= tx.last_event_seq():
+                return True
+        while True:
+            with self.store.write(workspace) as tx:
+                after = tx.rollup_progress(workspace)
+                rows = tx.llm_calls_after(workspace, after, ROLLUP_BATCH)
+                self._roll_up(tx, workspace, rows)
+                last = int(rows[-1]["seq"]) if rows else after
+                done = len(rows) < ROLLUP_BATCH
+                if done:  # nothing of this workspace after what was read: skip what other workspaces stored
+                    last = max(last, tx.last_event_seq())
+                if last != after:
+                    tx.set_rollup_progress(workspace, last)
+            if done:
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+    @staticmethod
+    def _roll_up(tx: Tx, workspace: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        added: dict[tuple[str, str, str], RollupRow] = {}
+        for row in rows:
+            payload = json.loads(row["payload"])
+
+            def count(name: str, event: Mapping[str, Any] = payload) -> int:
+                value = event.get(name)
+                return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+            call = RollupRow(
+                llm_calls=1,
+                tokens_in=count("tokensIn"),
+                tokens_out=count("tokensOut"),
+                cache_read_tokens=count("cacheReadTokens"),
+                cache_write_tokens=count("cacheWriteTokens"),
+                reasoning_tokens=count("reasoningTokens"),
+                unpriced_calls=int(row["cost_status"] == UNPRICED),
+                estimated_calls=int(row["cost_status"] == ESTIMATED),
+                cost=amount(row["cost"]),
+            )
+            day = str(row["received_at"])[:10]
+            model = f"{payload.get('provider', '')}/{payload.get('model', '')}"
+            for dimension, name in (("agent", row["agent_name"]), ("model", model), ("user", row["user_id"] or "")):
+                added.setdefault((day, dimension, name), RollupRow()).add(call)
+        for (day, dimension, name), total in sorted(added.items()):
+            tx.add_to_rollup(workspace, day, dimension, name, total)
+
+    def cost_summary(
+        self, workspace: str, since_day: str, until_day: str, *, catch_up_seconds: float = CATCH_UP_SECONDS
+    ) -> dict[str, Any]:
+        """Spend from ``since_day`` to ``until_day`` (UTC days the ledger received the calls, both included):
+        per day, and per agent, model and user over the range; amounts exact, tokens with cached ones apart.
+
+        ``upToDate`` is False when the rollup could not count every call stored within ``catch_up_seconds``.
+        """
+        up_to_date = self.catch_up_costs(workspace, catch_up_seconds)
+        with self.store.read() as tx:
+            rows = tx.rollup_rows(workspace, since_day, until_day)
+        days: dict[str, RollupRow] = {}
+        by: dict[str, dict[str, RollupRow]] = {"agent": {}, "model": {}, "user": {}}
+        total = RollupRow()
+        for row in rows:
+            found = RollupRow(**{name: int(row[name]) for name in RollupRow.COUNTS}, cost=amount(row["cost"]))
+            dimension = row["dimension"]
+            if dimension not in by:
+                continue
+            by[dimension].setdefault(row["name"], RollupRow()).add(found)
+            if dimension == "agent":  # each call is in one row of each dimension: count the day's once
+                days.setdefault(row["day"], RollupRow()).add(found)
+                total.add(found)
+        return {
+            "workspace": workspace,
+            "since": since_day,
+            "until": until_day,
+            "days": days,
+            "byAgent": by["agent"],
+            "byModel": by["model"],
+            "byUser": by["user"],
+            "total": total,
+            "upToDate": up_to_date,
+        }
 
     # -- budgets and settings --------------------------------------------------------------------
 

@@ -12,14 +12,14 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from .. import money
 
 # Events without a step index sort after those with one: their position is this.
 UNNUMBERED = 2**62
 
-__all__ = ["UNNUMBERED", "Dialect", "EventRow", "SessionFilter", "Tx"]
+__all__ = ["UNNUMBERED", "Dialect", "EventRow", "RollupRow", "SessionFilter", "SessionSearch", "Tx", "like_pattern"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,10 @@ class Dialect:
     placeholder: str  # "?" or "%s"
     # SQL true when the session's tags (JSON text) hold the bound value.
     has_tag: str
+    # Case-insensitive LIKE (SQLite's LIKE is, for ASCII; PostgreSQL's is not).
+    like: str = "LIKE"
+    # A number in an event's JSON payload: ``{key}`` is a top-level key (a name of letters only).
+    json_number: str = "json_extract(payload, '$.{key}')"
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, statement: str) -> str:
@@ -42,7 +46,13 @@ class Dialect:
 
 
 SQLITE = Dialect("sqlite", "?", "EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE json_each.value = ?)")
-POSTGRES = Dialect("postgresql", "%s", "(sessions.tags::jsonb @> jsonb_build_array(?::text))")
+POSTGRES = Dialect(
+    "postgresql",
+    "%s",
+    "(sessions.tags::jsonb @> jsonb_build_array(?::text))",
+    like="ILIKE",
+    json_number="(j ->> '{key}')::numeric",
+)
 
 
 @dataclass
@@ -68,6 +78,56 @@ class SessionFilter:
     started_after: Optional[str] = None
     started_before: Optional[str] = None
     before_seq: Optional[int] = None
+
+
+@dataclass
+class SessionSearch(SessionFilter):
+    """A :class:`SessionFilter` for the dashboard: paging either way, and a minimum cost.
+
+    ``min_cost`` is applied exactly on PostgreSQL (NUMERIC); on SQLite, where amounts are text, the SQL
+    keeps every session that may reach it (a REAL comparison with a margin) and the caller checks the
+    exact amount of what comes back.
+    """
+
+    after_seq: Optional[int] = None
+    min_cost: Optional[Decimal] = None
+
+
+@dataclass
+class RollupRow:
+    """What a day's LLM calls of one agent, model or user came to (a row of ``cost_rollup``)."""
+
+    llm_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    unpriced_calls: int = 0
+    estimated_calls: int = 0
+    cost: Decimal = field(default_factory=lambda: money.ZERO)
+
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        "llm_calls",
+        "tokens_in",
+        "tokens_out",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "unpriced_calls",
+        "estimated_calls",
+    )
+
+    def add(self, other: RollupRow) -> None:
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost = money.add(self.cost, other.cost)
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (``ESCAPE '\\'``) for text containing ``text``: its wildcards matched as themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def amount(value: Any) -> Decimal:
@@ -200,8 +260,7 @@ class Tx:
         )
         return [row["id"] for row in rows]
 
-    def sessions(self, where: SessionFilter, limit: int) -> list[dict[str, Any]]:
-        """Sessions matching ``where``, newest first."""
+    def _session_conditions(self, where: SessionFilter) -> tuple[list[str], list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
         for clause, value in (
@@ -219,8 +278,180 @@ class Tx:
         for tag in dict.fromkeys(where.tags):
             clauses.append(self._dialect.has_tag)
             params.append(tag)
+        return clauses, params
+
+    def sessions(self, where: SessionFilter, limit: int) -> list[dict[str, Any]]:
+        """Sessions matching ``where``, newest first."""
+        clauses, params = self._session_conditions(where)
         condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._all(f"SELECT * FROM sessions {condition} ORDER BY seq DESC LIMIT ?", (*params, limit))
+
+    # -- the dashboard's reads ------------------------------------------------------------------
+
+    def find_sessions(self, where: SessionSearch, limit: int, *, oldest_first: bool = False) -> list[dict[str, Any]]:
+        """Sessions matching ``where`` (keyset paging on ``seq``): newest first, or oldest first after a seq."""
+        clauses, params = self._session_conditions(where)
+        if where.after_seq is not None:
+            clauses.append("seq > ?")
+            params.append(where.after_seq)
+        if where.min_cost is not None and where.min_cost > 0:
+            if self._dialect.name == "sqlite":  # text amounts: keep whatever may reach it; the caller checks
+                clauses.append("CAST(cost AS REAL) >= ?")
+                params.append(float(where.min_cost) * (1 - 1e-9))
+            else:
+                clauses.append("cost >= ?")
+                params.append(where.min_cost)
+        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if oldest_first else "DESC"
+        return self._all(f"SELECT * FROM sessions {condition} ORDER BY seq {order} LIMIT ?", (*params, limit))
+
+    def latest_session_seq(self, workspace: str) -> int:
+        row = self._one("SELECT MAX(seq) AS seq FROM sessions WHERE workspace = ?", (workspace,))
+        return int(row["seq"]) if row is not None and row["seq"] is not None else 0
+
+    def sessions_by_ids(self, workspace: str, ids: Sequence[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        return self._all(
+            f"SELECT * FROM sessions WHERE workspace = ? AND id IN ({','.join('?' * len(ids))}) ORDER BY seq",
+            (workspace, *ids),
+        )
+
+    def sessions_with_text(self, session_ids: Sequence[str], pattern: str) -> set[str]:
+        """Which of ``session_ids`` have an event whose payload matches the LIKE ``pattern`` (any case)."""
+        if not session_ids:
+            return set()
+        rows = self._all(
+            f"SELECT DISTINCT session_id FROM events WHERE session_id IN ({','.join('?' * len(session_ids))})"
+            f" AND payload {self._dialect.like} ? ESCAPE '\\'",
+            (*session_ids, pattern),
+        )
+        return {row["session_id"] for row in rows}
+
+    def llm_call_counts(self, session_ids: Sequence[str]) -> dict[str, int]:
+        if not session_ids:
+            return {}
+        rows = self._all(
+            "SELECT session_id, COUNT(*) AS calls FROM events"
+            f" WHERE session_id IN ({','.join('?' * len(session_ids))}) AND type = 'llm_call' GROUP BY session_id",
+            tuple(session_ids),
+        )
+        return {row["session_id"]: int(row["calls"]) for row in rows}
+
+    def previous_session(self, workspace: str, agent_name: str, before_seq: int) -> Optional[dict[str, Any]]:
+        """The agent's session started just before the one numbered ``before_seq`` in the workspace."""
+        return self._one(
+            "SELECT id, seq, started_at FROM sessions WHERE workspace = ? AND agent_name = ? AND seq < ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (workspace, agent_name, before_seq),
+        )
+
+    def sessions_with_prefix(self, workspace: Optional[str], prefix: str, limit: int) -> list[dict[str, Any]]:
+        """Sessions whose id starts with ``prefix`` (exactly, any collation), oldest first."""
+        scope, params = ("", ()) if workspace is None else (" AND workspace = ?", (workspace,))
+        return self._all(
+            f"SELECT id, workspace, agent_name, status, started_at FROM sessions WHERE substr(id, 1, ?) = ?{scope}"
+            " ORDER BY seq LIMIT ?",
+            (len(prefix), prefix, *params, limit),
+        )
+
+    def event_totals(self, session_id: str) -> dict[str, Any]:
+        """A session's events counted by type, with their latency, cache and reasoning tokens and errors summed."""
+        d = self._dialect
+        numbers = {
+            "latency_ms": d.json_number.format(key="latencyMs"),
+            "cache_read_tokens": d.json_number.format(key="cacheReadTokens"),
+            "cache_write_tokens": d.json_number.format(key="cacheWriteTokens"),
+            "reasoning_tokens": d.json_number.format(key="reasoningTokens"),
+        }
+        columns = ", ".join(f"SUM({expression}) AS {name}" for name, expression in numbers.items())
+        failed = f"{self._json_has('error')} OR type = 'tool_result' AND {self._json_has('toolOutput', 'errorType')}"
+        errors = f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS errors"
+        # json, not jsonb: free text may hold \u0000, which jsonb refuses (and a number never does).
+        source = "events" if d.name == "sqlite" else "(SELECT type, session_id, payload::json AS j FROM events) AS e"
+        rows = self._all(
+            f"SELECT type, COUNT(*) AS events, {columns}, {errors} FROM {source} WHERE session_id = ? GROUP BY type",
+            (session_id,),
+        )
+        return {row.pop("type"): row for row in rows}
+
+    def _json_has(self, *path: str) -> str:
+        """SQL true when an event's JSON payload has a value (not null) at ``path`` (names of letters only)."""
+        assert all(_IDENT.match(name.lower()) for name in path)
+        if self._dialect.name == "sqlite":
+            return f"json_extract(payload, '$.{'.'.join(path)}') IS NOT NULL"
+        return f"COALESCE(json_typeof(j #> '{{{','.join(path)}}}'), 'null') <> 'null'"
+
+    def over_budget_events(self, workspace: str, limit: int) -> list[dict[str, Any]]:
+        """The workspace's most recent events that went over a budget (newest first)."""
+        return self._all(
+            "SELECT e.seq, e.session_id, e.step_index, e.type, e.payload, e.cost, e.cost_status, e.received_at,"
+            " s.agent_name, s.user_id FROM events e JOIN sessions s ON s.id = e.session_id"
+            " WHERE e.over_budget = 1 AND s.workspace = ? ORDER BY e.seq DESC LIMIT ?",
+            (workspace, limit),
+        )
+
+    # -- the cost rollup: spend per UTC day and agent, model or user ------------------------------
+
+    def rollup_progress(self, workspace: str) -> int:
+        """The seq of the last event the workspace's rollup counted (0: none yet)."""
+        row = self._one("SELECT event_seq FROM cost_rollup_progress WHERE workspace = ?", (workspace,))
+        return int(row["event_seq"]) if row is not None else 0
+
+    def set_rollup_progress(self, workspace: str, event_seq: int) -> None:
+        self._run(
+            "INSERT INTO cost_rollup_progress (workspace, event_seq) VALUES (?, ?)"
+            " ON CONFLICT (workspace) DO UPDATE SET event_seq = excluded.event_seq",
+            (workspace, event_seq),
+        )
+
+    def last_event_seq(self) -> int:
+        row = self._one("SELECT MAX(seq) AS seq FROM events")
+        return int(row["seq"]) if row is not None and row["seq"] is not None else 0
+
+    def llm_calls_after(self, workspace: str, after_seq: int, limit: int) -> list[dict[str, Any]]:
+        """The workspace's LLM calls stored after event ``after_seq``, in order, with their session's agent and user."""
+        return self._all(
+            "SELECT e.seq, e.payload, e.cost, e.cost_status, e.received_at, s.agent_name, s.user_id"
+            " FROM events e JOIN sessions s ON s.id = e.session_id"
+            " WHERE e.seq > ? AND e.type = 'llm_call' AND s.workspace = ? ORDER BY e.seq LIMIT ?",
+            (after_seq, workspace, limit),
+        )
+
+    def rollup_rows(
+        self, workspace: str, since_day: Optional[str] = None, until_day: Optional[str] = None
+    ) -> list[dict[str, Any]]:
+        """The workspace's rollup rows of the days from ``since_day`` to ``until_day`` (both included)."""
+        clauses, params = ["workspace = ?"], [workspace]
+        if since_day is not None:
+            clauses.append("day >= ?")
+            params.append(since_day)
+        if until_day is not None:
+            clauses.append("day <= ?")
+            params.append(until_day)
+        return self._all(
+            f"SELECT * FROM cost_rollup WHERE {' AND '.join(clauses)} ORDER BY day, dimension, name", params
+        )
+
+    def add_to_rollup(self, workspace: str, day: str, dimension: str, name: str, added: RollupRow) -> None:
+        """Add ``added`` to a row of the rollup (exactly: the amount is read, added as a Decimal and written)."""
+        key = (workspace, day, dimension, name)
+        found = self._one(
+            f"SELECT {', '.join(RollupRow.COUNTS)}, cost FROM cost_rollup"
+            " WHERE workspace = ? AND day = ? AND dimension = ? AND name = ?",
+            key,
+        )
+        total = RollupRow()
+        if found is not None:
+            total = RollupRow(**{name: int(found[name]) for name in RollupRow.COUNTS}, cost=amount(found["cost"]))
+        total.add(added)
+        counts = [getattr(total, name) for name in RollupRow.COUNTS]
+        self._run(
+            f"INSERT INTO cost_rollup (workspace, day, dimension, name, {', '.join(RollupRow.COUNTS)}, cost)"
+            f" VALUES (?, ?, ?, ?, {', '.join('?' * len(counts))}, ?) ON CONFLICT (workspace, day, dimension, name)"
+            f" DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in (*RollupRow.COUNTS, 'cost'))}",
+            (*key, *counts, money.text(total.cost)),
+        )
 
     def delete_session(self, session_id: str) -> None:
         self._run("DELETE FROM events WHERE session_id = ?", (session_id,))
