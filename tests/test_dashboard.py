@@ -8,6 +8,8 @@ HTML parser; the selectors are the ones the pages promise (docs/dashboard.md), w
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -31,6 +33,7 @@ from agent_ledger_sdk.local.server import BackgroundServer
 from agent_ledger_sdk.local.store.sql import SessionSearch
 
 from .ledger_fixtures import FLAT_PRICES, backend_ledger
+from .subprocesses import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -873,6 +876,38 @@ def test_beyond_loopback_a_key_logs_in_and_sees_only_its_workspace(
     with httpx.Client(base_url=login_server) as forger:
         forger.cookies.set(LOGIN_COOKIE, "eyJ4Ijoi.bad")
         assert forger.get("/").status_code == 303
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_beyond_loopback_asks_for_a_key(tmp_path: Path, workers: int) -> None:
+    """``serve --host 0.0.0.0`` (any address but loopback) asks for a key, even from this machine; so do its
+    worker processes."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("agent-ledger")), "serve", "--host", "0.0.0.0", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--workers", str(workers), "--db", str(tmp_path / "l.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+            time.sleep(0.1)
+        for _ in range(3):  # whichever worker answers
+            answer = httpx.get(f"http://127.0.0.1:{port}/budgets", timeout=10)
+            assert answer.status_code == 303 and answer.headers["location"] == "/login?next=%2Fbudgets"
+        assert 'id="login"' in httpx.get(f"http://127.0.0.1:{port}/login", timeout=10).text
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert f"Dashboard: http://0.0.0.0:{port}/ (asks for an API key" in out, out
 
 
 # -- the CLI: show, like the session page ------------------------------------------------------------------------

@@ -40,8 +40,9 @@ def _print_json(value: Any) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .local.app import create_app
+    from .local.dashboard.auth import LOGIN_ENV, is_loopback
     from .local.pricing import PriceBook
-    from .local.server import ensure_local_key, serve_forever, serve_workers
+    from .local.server import ensure_local_key, serve_forever, serve_workers, url_for
     from .local.store import is_url
 
     say = functools.partial(print, flush=True)  # a log file or a pipe sees each line at once
@@ -57,6 +58,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     prices = PriceBook(args.prices)  # a bad --prices file is refused before anything listens
+    # The dashboard asks for an API key unless only this machine can reach it (the worker processes,
+    # which make their own app, read the same from the environment).
+    login = not is_loopback(args.host)
+    if login:
+        os.environ[LOGIN_ENV] = "1"
     with _store(args, prices=prices) as store:  # serve migrates the schema: once, here, before any worker
         say(f"Database: {store.store.description}")
         try:
@@ -73,8 +79,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 f"{'Wrote a new' if created else 'Kept the'} local key in {key_path}: clients on this machine "
                 "with no AGENT_LEDGER_API_KEY use it automatically."
             )
+        if args.port:
+            say(
+                f"Dashboard: {url_for(args.host, args.port)}/ "
+                + (
+                    "(asks for an API key: it is reachable beyond this machine)"
+                    if login
+                    else "(no login: this machine only)"
+                )
+            )
         if args.workers == 1:
-            serve_forever(create_app(store), args.host, args.port, announce=say)
+            serve_forever(
+                create_app(store, dashboard_login=True if login else None), args.host, args.port, announce=say
+            )
             return 0
     # Several processes: each opens the database itself; this one binds the port and supervises them.
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,20 +16,27 @@ from .report import budgets_table, timeline, usd
 RUNAWAY_BUDGET_USD = 0.05
 
 
-def run_demo(db: Optional[Path] = None, out: Callable[[str], None] = print) -> int:
-    """Run the demo; return 0 when every step behaved as it should."""
+def run_demo(db: Optional[Path] = None, out: Callable[[str], None] = print, *, pause: Optional[bool] = None) -> int:
+    """Run the demo; return 0 when every step behaved as it should.
+
+    ``pause``: at the end, keep the ledger (and its dashboard) up until Enter is pressed; by default,
+    when the demo runs in a terminal.
+    """
+    if pause is None:
+        pause = sys.stdin.isatty() and sys.stdout.isatty()
     sdk_logger = logging.getLogger("agent_ledger_sdk")
     level = sdk_logger.level
     sdk_logger.setLevel(logging.ERROR)  # the demo narrates the refusals the SDK would warn about
     try:
-        return _run(db, out)
+        return _run(db, out, pause)
     finally:
         sdk_logger.setLevel(level)
 
 
-def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
+def _run(db: Optional[Path], out: Callable[[str], None], pause: bool = False) -> int:
     with run(db=db) as ledger:
-        out(f"Started a local ledger at {ledger.url} (database: {ledger.db_path})\n")
+        out(f"Started a local ledger at {ledger.url} (database: {ledger.db_path})")
+        out(f"Its dashboard: {ledger.url}/ (sessions, costs and budgets; no login on this machine)\n")
         client = ledger.client()
 
         out("1. A support agent answers two tickets; one refund is too large for the refund tool.")
@@ -77,4 +86,17 @@ def _run(db: Optional[Path], out: Callable[[str], None]) -> int:
             out("\nThe ledger's spend does not match the calls that ran. That is a bug.")
             return 1
         out("\nNext: `agent-ledger serve` runs this ledger for your own agents; see docs/local-ledger.md.")
+        if pause:
+            out(f"\nThe dashboard at {ledger.url}/ shows the sessions above. Press Enter to stop the ledger.")
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input()
+        elif db is not None:
+            out(
+                f"Browse these sessions in the dashboard: `agent-ledger serve --db {db}`, then open http://127.0.0.1:8787/"
+            )
+        else:
+            out(
+                "This demo's ledger was temporary: `agent-ledger demo --db demo.db` keeps one, and "
+                "`agent-ledger serve --db demo.db` shows it in the dashboard at http://127.0.0.1:8787/"
+            )
         return 0
