@@ -9,7 +9,6 @@ tests/browser.py fails the test otherwise, and keeps a screenshot of any failure
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import struct
@@ -39,9 +38,6 @@ from playwright.sync_api import Browser, Locator, Page, expect  # noqa: E402
 pytest_plugins = ["tests.browser"]  # the fixtures: chromium, browser_guard, browser_page
 
 pytestmark = pytest.mark.integration
-
-NO_DASHBOARD = importlib.util.find_spec("agent_ledger_sdk.local.dashboard") is None
-needs_dashboard = pytest.mark.skipif(NO_DASHBOARD, reason="the dashboard is not built yet")
 
 PROVIDER, MODEL = "openai", "gpt-4o-mini"  # priced by genai-prices: $0.15 / $0.60 per million tokens
 LIVE_TIMEOUT_MS = 15_000  # how long a live update may take to show
@@ -200,7 +196,6 @@ def test_loopback_is_what_stays_on_the_machine() -> None:
 # -- what a person does ---------------------------------------------------------------------------
 
 
-@needs_dashboard
 def test_a_find_a_session_by_agent_and_cost(browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient) -> None:
     page = browser_page
     cheap = record(client, "billing-bot", tokens_in=1_000, tokens_out=100)  # $0.00021
@@ -231,7 +226,6 @@ def test_a_find_a_session_by_agent_and_cost(browser_page: Page, ledger: LocalLed
     expect(page.locator("h1")).to_contain_text("billing-bot")
 
 
-@needs_dashboard
 def test_b_open_a_session_and_read_a_long_prompt_in_full(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -286,7 +280,6 @@ def test_b_open_a_session_and_read_a_long_prompt_in_full(
     expect(page.get_by_text(marker).last).to_be_in_viewport()
 
 
-@needs_dashboard
 def test_c_compare_two_runs_and_see_the_word_that_changed(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -313,7 +306,6 @@ def test_c_compare_two_runs_and_see_the_word_that_changed(
     assert not any("refund" in text for text in highlighted), highlighted
 
 
-@needs_dashboard
 def test_d_a_days_spend_on_costs_is_the_exact_sum(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -342,7 +334,6 @@ def test_d_a_days_spend_on_costs_is_the_exact_sum(
     expect(page.locator("table#by-user")).to_contain_text("user-42")
 
 
-@needs_dashboard
 def test_e_set_a_budget_and_watch_an_over_budget_call_refused(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -387,7 +378,6 @@ def test_e_set_a_budget_and_watch_an_over_budget_call_refused(
     expect(refusals).to_contain_text(MODEL)
 
 
-@needs_dashboard
 def test_e_lift_a_budget(browser_page: Page, ledger: LocalLedger) -> None:
     page = browser_page
     ledger.set_budget("spender-bot", 0.5, monthly_limit_usd=10)
@@ -407,7 +397,6 @@ def test_e_lift_a_budget(browser_page: Page, ledger: LocalLedger) -> None:
         assert "$" not in limit.inner_text(), limit.inner_text()  # no limit shown any more
 
 
-@needs_dashboard
 def test_f_the_keyboard_alone_filters_and_opens_a_session(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -459,7 +448,6 @@ def test_f_the_keyboard_alone_filters_and_opens_a_session(
     expect(step.locator("pre.prompt")).to_be_visible()
 
 
-@needs_dashboard
 def test_g_new_sessions_appear_without_a_reload(
     browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -482,7 +470,6 @@ def test_g_new_sessions_appear_without_a_reload(
     assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
 
 
-@needs_dashboard
 def test_h_every_page_works_offline_with_no_console_error(
     browser_guard: BrowserGuard, ledger: LocalLedger, client: AgentLedgerClient
 ) -> None:
@@ -517,7 +504,6 @@ def test_h_every_page_works_offline_with_no_console_error(
     assert browser_guard.problems() == []
 
 
-@needs_dashboard
 def test_the_docs_screenshots_are_what_the_script_makes(tmp_path: Path) -> None:
     """scripts/dashboard_screenshots.py, as docs/dashboard.md says to run it, saves five 1280x800 PNGs."""
     script = Path(__file__).resolve().parent.parent / "scripts" / "dashboard_screenshots.py"
@@ -538,7 +524,6 @@ def test_the_docs_screenshots_are_what_the_script_makes(tmp_path: Path) -> None:
         assert struct.unpack(">II", header[16:24]) == (1280, 800), name
 
 
-@needs_dashboard
 def test_login_with_an_api_key_when_the_dashboard_asks_for_one(
     browser_guard: BrowserGuard, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -587,7 +572,6 @@ def test_login_with_an_api_key_when_the_dashboard_asks_for_one(
         assert urlsplit(page.url).path == "/login"
 
 
-@needs_dashboard
 def test_the_pages_work_without_javascript(chromium: Browser, ledger: LocalLedger, client: AgentLedgerClient) -> None:
     """Filters, a session's steps and the budget form are plain HTML: they work with the script off."""
     costly = record(client, "billing-bot", tokens_in=100_000, tokens_out=20_000)
