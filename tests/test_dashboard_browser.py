@@ -599,3 +599,23 @@ def test_the_pages_work_without_javascript(chromium: Browser, ledger: LocalLedge
         assert_shows(page.locator('#budgets tr[data-agent="billing-bot"] .limit').inner_text(), Decimal("2.5"))
     finally:
         context.close()
+
+
+def test_older_sessions_are_one_click_away(browser_page: Page, ledger: LocalLedger, client: AgentLedgerClient) -> None:
+    page = browser_page
+    started = []
+    for n in range(53):
+        with client.session("bulk-bot", tags=[f"run-{n}"]) as session:
+            pass
+        started.append(session.id)
+    assert client.flush(10) == 0
+    newest_first = started[::-1]
+
+    page.goto(f"{ledger.url}/")
+    first_page = rows(page)
+    assert first_page == newest_first[: len(first_page)] and len(first_page) < 53
+    with page.expect_navigation():
+        page.locator("a[rel=next]").click()
+    second_page = rows(page)
+    assert first_page + second_page == newest_first  # every session once, in order
+    expect(page.locator("a[rel=next]")).to_have_count(0)  # nothing older
