@@ -675,6 +675,33 @@ def test_costs_are_the_exact_sums_per_day_agent_model_and_user(
     )
 
 
+def test_a_backlog_of_calls_is_counted_in_the_background(
+    api: httpx.Client, web: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger upgraded with many calls stored: /costs answers at once, says its figures are partial, and
+    the rollup catches up in a thread."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+
+    def spent() -> tuple[Decimal, bool]:
+        root = page(web, "/costs", since=today, until=today)
+        bars = root.select(f'svg#daily-chart rect[data-day="{today}"]')
+        return (Decimal(bars[0].attrs["data-cost"]) if bars else Decimal(0)), not root.select("#catching-up")
+
+    before, up_to_date = spent()
+    assert up_to_date
+    monkeypatch.setattr(service_module, "ROLLUP_BATCH", 2)
+    monkeypatch.setattr(service_module, "CATCH_UP_SECONDS", 0)
+    run_of(api, "backlog-bot", *(llm(n, tokens=(1, 0)) for n in range(9)))  # 9 calls of $0.000001
+    partial, up_to_date = spent()
+    assert not up_to_date and before < partial < before + 9 * MICRO
+    deadline = time.monotonic() + 30
+    while not up_to_date:
+        assert time.monotonic() < deadline, "the rollup did not catch up"
+        time.sleep(0.05)
+        after, up_to_date = spent()
+    assert after == before + 9 * MICRO
+
+
 def test_a_costs_range_is_checked(web: httpx.Client) -> None:
     assert page(web, "/costs", since="2026-02-01", until="2026-01-01", expect=400)
     assert page(web, "/costs", since="2020-01-01", until="2026-01-01", expect=400)

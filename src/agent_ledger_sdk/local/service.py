@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -102,6 +103,8 @@ MAX_LINKED_SESSIONS = 200  # sub-agent sessions listed on a session's page
 MAX_PREFIX_CANDIDATES = 10  # sessions listed when an id prefix matches several
 ROLLUP_BATCH = 5000  # LLM calls the cost rollup counts per write transaction
 CATCH_UP_SECONDS = 2.0  # how long a read of the costs may spend bringing the rollup up to date
+TOTALS_CACHE_FROM = 1000  # sessions of this many events have their totals remembered (per process)
+TOTALS_CACHE_SIZE = 64  # sessions whose totals are remembered
 PRICE_FIELDS = ("inputPerMtok", "outputPerMtok", "cacheReadPerMtok", "cacheWritePerMtok")
 
 __all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "key_id_of"]
@@ -186,6 +189,9 @@ class LedgerService:
         self.metrics = metrics
         self._writes = 0
         self._writes_lock = threading.Lock()
+        # A large session's totals over every event, by id, with the event count they were read at.
+        self._totals: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        self._totals_lock = threading.Lock()
 
     def _now(self) -> datetime.datetime:
         return self._clock()
@@ -1031,7 +1037,7 @@ class LedgerService:
             parent = tx.session(workspace, row["parent_session_id"]) if row["parent_session_id"] else None
             previous = tx.previous_session(workspace, row["agent_name"], row["seq"])
             events, following = self._events_page(tx, session_id, cursor, limit)
-            totals = tx.event_totals(session_id)
+            totals = self._event_totals(tx, session_id, int(row["event_count"]))
         summary = self._session_summary(row)
         summary["seq"] = int(row["seq"])
         summary["childSessionIds"] = children_ids
@@ -1052,6 +1058,23 @@ class LedgerService:
             for kind, found in totals.items()
         }
         return summary
+
+    def _event_totals(self, tx: Tx, session_id: str, event_count: int) -> dict[str, Any]:
+        """``tx.event_totals``, remembered for large sessions until their event count changes (a session's
+        events are only ever added to: the same count means the same events)."""
+        if event_count < TOTALS_CACHE_FROM:
+            return tx.event_totals(session_id)
+        with self._totals_lock:
+            found = self._totals.get(session_id)
+            if found is not None and found[0] == event_count:
+                self._totals.move_to_end(session_id)
+                return found[1]
+        totals = tx.event_totals(session_id)
+        with self._totals_lock:
+            self._totals[session_id] = (event_count, totals)
+            while len(self._totals) > TOTALS_CACHE_SIZE:
+                self._totals.popitem(last=False)
+        return totals
 
     def resolve_session_id(self, text: str, workspace: Optional[str] = None) -> str:
         """The id of the session ``text`` names: its id, or a prefix of exactly one session's id.
@@ -1128,15 +1151,15 @@ class LedgerService:
 
     # -- the cost rollup: spend per UTC day by agent, model and user, for the dashboard ------------------
 
-    def catch_up_costs(self, workspace: str, seconds: float = CATCH_UP_SECONDS) -> bool:
+    def catch_up_costs(self, workspace: str, seconds: Optional[float] = None) -> bool:
         """Count the LLM calls stored since the workspace's rollup last did; True when it is up to date.
 
         The rollup is brought up to date as it is read, a batch of calls per write transaction of the
         workspace: no other write of the workspace runs meanwhile, so no call stored later can have a
         smaller seq than one counted (on PostgreSQL too, where seqs are handed out before commits).
-        Stops after ``seconds`` (what is left is counted by the next read).
+        Stops after ``seconds`` (default :data:`CATCH_UP_SECONDS`; what is left is counted by the next read).
         """
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + (CATCH_UP_SECONDS if seconds is None else seconds)
         with self.store.read() as tx:
             if tx.rollup_progress(workspace) >= tx.last_event_seq():
                 return True
@@ -1185,7 +1208,7 @@ class LedgerService:
             tx.add_to_rollup(workspace, day, dimension, name, total)
 
     def cost_summary(
-        self, workspace: str, since_day: str, until_day: str, *, catch_up_seconds: float = CATCH_UP_SECONDS
+        self, workspace: str, since_day: str, until_day: str, *, catch_up_seconds: Optional[float] = None
     ) -> dict[str, Any]:
         """Spend from ``since_day`` to ``until_day`` (UTC days the ledger received the calls, both included):
         per day, and per agent, model and user over the range; amounts exact, tokens with cached ones apart.
@@ -1194,19 +1217,19 @@ class LedgerService:
         """
         up_to_date = self.catch_up_costs(workspace, catch_up_seconds)
         with self.store.read() as tx:
-            rows = tx.rollup_rows(workspace, since_day, until_day)
-        days: dict[str, RollupRow] = {}
+            groups, per_day = tx.rollup_sums(workspace, since_day, until_day)
+
+        def summed(row: Mapping[str, Any]) -> RollupRow:
+            return RollupRow(**{name: int(row[name] or 0) for name in RollupRow.COUNTS}, cost=amount(row["cost"]))
+
         by: dict[str, dict[str, RollupRow]] = {"agent": {}, "model": {}, "user": {}}
+        for row in groups:
+            if row["dimension"] in by:
+                by[row["dimension"]][row["name"]] = summed(row)
+        days = {row["day"]: summed(row) for row in per_day}
         total = RollupRow()
-        for row in rows:
-            found = RollupRow(**{name: int(row[name]) for name in RollupRow.COUNTS}, cost=amount(row["cost"]))
-            dimension = row["dimension"]
-            if dimension not in by:
-                continue
-            by[dimension].setdefault(row["name"], RollupRow()).add(found)
-            if dimension == "agent":  # each call is in one row of each dimension: count the day's once
-                days.setdefault(row["day"], RollupRow()).add(found)
-                total.add(found)
+        for day in days.values():
+            total.add(day)
         return {
             "workspace": workspace,
             "since": since_day,

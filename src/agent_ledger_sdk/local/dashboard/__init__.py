@@ -23,6 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -51,6 +53,7 @@ from .views import (
 __all__ = ["Access", "dashboard_routes", "is_loopback", "login_from_environment"]
 
 _T = TypeVar("_T")
+logger = logging.getLogger("agent_ledger_sdk.local.dashboard")
 FLASH_COOKIE = "agent_ledger_flash"
 MAX_FORM_BYTES = 16 * 1024
 
@@ -101,6 +104,8 @@ class Dashboard:
         self.service = service
         self.access = access
         self.templates = environment()
+        self._catching_up: set[str] = set()
+        self._catching_up_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------------
 
@@ -196,9 +201,31 @@ class Dashboard:
         params = dict(request.query_params)
 
         def build(viewer: Viewer) -> Mapping[str, Any]:
-            return costs_page(self.service, viewer.workspace, params)
+            context = costs_page(self.service, viewer.workspace, params)
+            if not context["up_to_date"]:
+                self._catch_up_later(viewer.workspace)
+            return context
 
         return await self._off_loop(self._page, request, "costs.html", build)
+
+    def _catch_up_later(self, workspace: str) -> None:
+        """Bring the workspace's cost rollup up to date in a thread of its own (a ledger upgraded with many
+        calls stored takes longer than a request may wait); one such thread per workspace at a time."""
+        with self._catching_up_lock:
+            if workspace in self._catching_up:
+                return
+            self._catching_up.add(workspace)
+
+        def work() -> None:
+            try:
+                self.service.catch_up_costs(workspace, seconds=float("inf"))
+            except Exception:  # the store was closed, say: the next read of /costs tries again
+                logger.warning("The cost rollup of workspace %r stopped catching up", workspace, exc_info=True)
+            finally:
+                with self._catching_up_lock:
+                    self._catching_up.discard(workspace)
+
+        threading.Thread(target=work, name="agent-ledger-cost-rollup", daemon=True).start()
 
     async def budgets(self, request: Request) -> Response:
         flash = _flash(request.cookies.get(FLASH_COOKIE))

@@ -8,13 +8,23 @@ text, integer or Decimal, so both return the same rows.
 
 from __future__ import annotations
 
+import decimal
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Optional
 
 from .. import money
+
+# Sums of amounts in Python: far more digits than any sum of prices has, and rounding would raise.
+_EXACT_SUMS = decimal.Context(prec=120, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+
+# What event_totals reads of each payload, in this order (SQLite: one json_extract of them all).
+_TOTALS_PATHS = ("latencyMs", "cacheReadTokens", "cacheWriteTokens", "reasoningTokens", "error", "toolOutput.errorType")
+# SQLite 3.35 on computes a CTE marked so once (older ones take the CTE as a subquery: slower, as right).
+_MATERIALIZED = "MATERIALIZED " if sqlite3.sqlite_version_info >= (3, 35, 0) else ""
 
 # Events without a step index sort after those with one: their position is this.
 UNNUMBERED = 2**62
@@ -32,8 +42,6 @@ class Dialect:
     has_tag: str
     # Case-insensitive LIKE (SQLite's LIKE is, for ASCII; PostgreSQL's is not).
     like: str = "LIKE"
-    # A number in an event's JSON payload: ``{key}`` is a top-level key (a name of letters only).
-    json_number: str = "json_extract(payload, '$.{key}')"
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, statement: str) -> str:
@@ -51,7 +59,6 @@ POSTGRES = Dialect(
     "%s",
     "(sessions.tags::jsonb @> jsonb_build_array(?::text))",
     like="ILIKE",
-    json_number="(j ->> '{key}')::numeric",
 )
 
 
@@ -356,31 +363,35 @@ class Tx:
         )
 
     def event_totals(self, session_id: str) -> dict[str, Any]:
-        """A session's events counted by type, with their latency, cache and reasoning tokens and errors summed."""
-        d = self._dialect
-        numbers = {
-            "latency_ms": d.json_number.format(key="latencyMs"),
-            "cache_read_tokens": d.json_number.format(key="cacheReadTokens"),
-            "cache_write_tokens": d.json_number.format(key="cacheWriteTokens"),
-            "reasoning_tokens": d.json_number.format(key="reasoningTokens"),
-        }
-        columns = ", ".join(f"SUM({expression}) AS {name}" for name, expression in numbers.items())
-        failed = f"{self._json_has('error')} OR type = 'tool_result' AND {self._json_has('toolOutput', 'errorType')}"
-        errors = f"SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS errors"
-        # json, not jsonb: free text may hold \u0000, which jsonb refuses (and a number never does).
-        source = "events" if d.name == "sqlite" else "(SELECT type, session_id, payload::json AS j FROM events) AS e"
-        rows = self._all(
-            f"SELECT type, COUNT(*) AS events, {columns}, {errors} FROM {source} WHERE session_id = ? GROUP BY type",
-            (session_id,),
-        )
-        return {row.pop("type"): row for row in rows}
+        """A session's events counted by type, with their latency, cache and reasoning tokens and errors summed.
 
-    def _json_has(self, *path: str) -> str:
-        """SQL true when an event's JSON payload has a value (not null) at ``path`` (names of letters only)."""
-        assert all(_IDENT.match(name.lower()) for name in path)
+        Each payload is parsed once: SQLite extracts every field in one ``json_extract`` (a small array,
+        materialised), PostgreSQL in one ``json_to_record`` (json, not jsonb: free text may hold
+        ``\\u0000``, which jsonb refuses).
+        """
         if self._dialect.name == "sqlite":
-            return f"json_extract(payload, '$.{'.'.join(path)}') IS NOT NULL"
-        return f"COALESCE(json_typeof(j #> '{{{','.join(path)}}}'), 'null') <> 'null'"
+            fields = ", ".join(f"'$.{path}'" for path in _TOTALS_PATHS)
+            rows = self._all(
+                f"WITH x AS {_MATERIALIZED}(SELECT type, json_extract(payload, {fields}) AS v FROM events"
+                " WHERE session_id = ?) SELECT type, COUNT(*) AS events,"
+                " SUM(json_extract(v, '$[0]')) AS latency_ms, SUM(json_extract(v, '$[1]')) AS cache_read_tokens,"
+                " SUM(json_extract(v, '$[2]')) AS cache_write_tokens, SUM(json_extract(v, '$[3]')) AS reasoning_tokens,"
+                " SUM(CASE WHEN json_extract(v, '$[4]') IS NOT NULL OR type = 'tool_result'"
+                " AND json_extract(v, '$[5]') IS NOT NULL THEN 1 ELSE 0 END) AS errors FROM x GROUP BY type",
+                (session_id,),
+            )
+        else:
+            rows = self._all(
+                'SELECT e.type, COUNT(*) AS events, SUM(r."latencyMs") AS latency_ms,'
+                ' SUM(r."cacheReadTokens") AS cache_read_tokens, SUM(r."cacheWriteTokens") AS cache_write_tokens,'
+                " SUM(r.\"reasoningTokens\") AS reasoning_tokens, SUM(CASE WHEN COALESCE(json_typeof(r.error), 'null')"
+                " <> 'null' OR e.type = 'tool_result' AND COALESCE(json_typeof(r.\"toolOutput\" -> 'errorType'), 'null')"
+                " <> 'null' THEN 1 ELSE 0 END) AS errors FROM events e CROSS JOIN LATERAL json_to_record(e.payload::json)"
+                ' AS r("latencyMs" numeric, "cacheReadTokens" numeric, "cacheWriteTokens" numeric,'
+                ' "reasoningTokens" numeric, error json, "toolOutput" json) WHERE e.session_id = ? GROUP BY e.type',
+                (session_id,),
+            )
+        return {row.pop("type"): row for row in rows}
 
     def over_budget_events(self, workspace: str, limit: int) -> list[dict[str, Any]]:
         """The workspace's most recent events that went over a budget (newest first)."""
@@ -418,20 +429,41 @@ class Tx:
             (after_seq, workspace, limit),
         )
 
-    def rollup_rows(
-        self, workspace: str, since_day: Optional[str] = None, until_day: Optional[str] = None
-    ) -> list[dict[str, Any]]:
-        """The workspace's rollup rows of the days from ``since_day`` to ``until_day`` (both included)."""
-        clauses, params = ["workspace = ?"], [workspace]
-        if since_day is not None:
-            clauses.append("day >= ?")
-            params.append(since_day)
-        if until_day is not None:
-            clauses.append("day <= ?")
-            params.append(until_day)
-        return self._all(
-            f"SELECT * FROM cost_rollup WHERE {' AND '.join(clauses)} ORDER BY day, dimension, name", params
+    def rollup_sums(
+        self, workspace: str, since_day: str, until_day: str
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The workspace's spend from ``since_day`` to ``until_day`` (both included): summed per dimension and
+        name, and per day (each call is in one row of each dimension: a day's is its agents' rows).
+
+        Every ``cost`` is exact: PostgreSQL sums NUMERIC; SQLite, whose amounts are text it would sum as
+        floats, has them added here as Decimals.
+        """
+        counts = ", ".join(f"SUM({name}) AS {name}" for name in RollupRow.COUNTS)
+        where = "workspace = ? AND day >= ? AND day <= ?"
+        params = (workspace, since_day, until_day)
+        exact = self._dialect.name != "sqlite"
+        cost = ", SUM(cost) AS cost" if exact else ""
+        groups = self._all(
+            f"SELECT dimension, name, {counts}{cost} FROM cost_rollup WHERE {where} GROUP BY dimension, name", params
         )
+        days = self._all(
+            f"SELECT day, {counts}{cost} FROM cost_rollup WHERE {where} AND dimension = 'agent' GROUP BY day", params
+        )
+        if not exact:
+            by_name: dict[tuple[str, str], Decimal] = {}
+            by_day: dict[str, Decimal] = {}
+            rows = self._run(f"SELECT dimension, name, day, cost FROM cost_rollup WHERE {where}", params).fetchall()
+            with decimal.localcontext(_EXACT_SUMS):  # any rounding would raise (Inexact): never a wrong total
+                for dimension, name, day, amount_text in rows:
+                    value = Decimal(amount_text)
+                    by_name[(dimension, name)] = by_name.get((dimension, name), money.ZERO) + value
+                    if dimension == "agent":
+                        by_day[day] = by_day.get(day, money.ZERO) + value
+            for row in groups:
+                row["cost"] = by_name.get((row["dimension"], row["name"]), money.ZERO)
+            for row in days:
+                row["cost"] = by_day.get(row["day"], money.ZERO)
+        return groups, days
 
     def add_to_rollup(self, workspace: str, day: str, dimension: str, name: str, added: RollupRow) -> None:
         """Add ``added`` to a row of the rollup (exactly: the amount is read, added as a Decimal and written)."""
