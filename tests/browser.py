@@ -74,8 +74,6 @@ CHROMIUM_FLAGS = [
 VIEWPORT = {"width": 1280, "height": 800}
 TIMEOUT_MS = 10_000  # every wait of a page: locators, navigations, expect()
 LOCAL_SCHEMES = {"data", "blob", "about"}
-# A page's own background requests (a poll for new rows) that leaving the page cancels: not a failure.
-BACKGROUND_REQUESTS = {"fetch", "xhr", "eventsource", "ping"}
 
 
 def find_chromium() -> Optional[str]:
@@ -115,7 +113,9 @@ class BrowserGuard:
     failed_requests: list[str] = field(default_factory=list)
     outside_requests: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
-    aborted_requests: list[str] = field(default_factory=list)  # background requests a navigation cancelled
+    # Requests the browser cancelled because the page went elsewhere first (a poll for new rows, the icon of
+    # a page left at once): the page did nothing wrong. Every other failure is one.
+    aborted_requests: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         return [
@@ -153,8 +153,8 @@ class BrowserGuard:
     def _on_request_failed(self, request: Request) -> None:
         if not is_loopback(request.url):
             return  # aborted by _route, and already listed as leaving the machine
-        if request.failure == "net::ERR_ABORTED" and request.resource_type in BACKGROUND_REQUESTS:
-            self.aborted_requests.append(f"{request.method} {request.url}")  # a poll cut short by a navigation
+        if request.failure == "net::ERR_ABORTED":  # cancelled: the page went elsewhere before it finished
+            self.aborted_requests.append(f"{request.resource_type} {request.method} {request.url}")
             return
         self.failed_requests.append(f"{request.method} {request.url}: {request.failure}")
 

@@ -498,7 +498,7 @@ def test_h_every_page_works_offline_with_no_console_error(
     page.goto(f"{ledger.url}/")
     for text, path in (("Costs", "/costs"), ("Budgets", "/budgets"), ("Sessions", "/")):
         page.locator("nav").get_by_role("link", name=text, exact=True).click()
-        page.wait_for_url(f"{ledger.url}{path}")
+        page.wait_for_url(f"{ledger.url}{path}", wait_until="networkidle")
     assert browser_guard.requests, "the pages made no request at all?"
     assert all(is_loopback(line.split(" ", 1)[1]) for line in browser_guard.requests), browser_guard.requests
     assert browser_guard.problems() == []
