@@ -220,14 +220,13 @@ def fill(db: Union[str, Path], total_events: int) -> Filled:
                         big = row["id"]
             connection.execute("ANALYZE")
     costs = sorted(cost for _, _, cost in ids)
-    agent = AGENTS[3]
-    runs = [session_id for session_id, name, _ in ids if name == agent]
+    runs = [session_id for session_id, name, _ in ids if name == AGENTS[3]] or [ids[0][0]]
     with open_store(db) as store, store.read() as tx:
         top = tx.latest_session_seq(WORKSPACE)
     return Filled(
         big=big,
         regular=ids[len(ids) // 3][0],
-        pair=(runs[-2], runs[-1]),
+        pair=(runs[-2] if len(runs) > 1 else runs[-1], runs[-1]),
         min_cost=costs[int(len(costs) * 0.99)],
         middle_seq=top // 2,
         common_word="w42",
@@ -308,14 +307,15 @@ def measure(backend: str, db: Union[str, Path], total_events: int, repeat: int) 
             with httpx.Client(base_url=server.url, timeout=120) as client:
                 for name, path in pages.items():
                     took = []
-                    for attempt in range(repeat + 1):
+                    for _ in range(repeat + 1):
                         timing.took.clear()
                         response = client.get(path)
                         if response.status_code != 200:
                             raise RuntimeError(f"{path}: {response.status_code} {response.text[:300]}")
-                        if attempt:  # the first warms the caches
-                            took.append(timing.took[-1])
+                        took.append(timing.took[-1])
+                    first, took = took[0], took[1:]  # the first warms the caches (and fills the server's)
                     figures = {
+                        "first_ms": round(first * 1000, 1),
                         "median_ms": round(statistics.median(took) * 1000, 1),
                         "max_ms": round(max(took) * 1000, 1),
                         "bytes": len(response.content),

@@ -7,6 +7,7 @@ HTML parser; the selectors are the ones the pages promise (docs/dashboard.md), w
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -935,6 +936,22 @@ def test_serve_beyond_loopback_asks_for_a_key(tmp_path: Path, workers: int) -> N
         server.terminate()
         out, _ = server.communicate(timeout=60)
     assert f"Dashboard: http://0.0.0.0:{port}/ (asks for an API key" in out, out
+
+
+def test_the_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/dashboard_bench.py, on a small ledger: every page answers (its figures are for docs)."""
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "dashboard_bench.py"
+    out = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(script), "--events", "12000", "--backend", "sqlite", "--repeat", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (figures,) = json.loads(out.read_text())
+    assert figures["events"] == 12_000 and len(figures["pages"]) >= 20
+    assert all(page["median_ms"] > 0 for page in figures["pages"].values())
 
 
 # -- the CLI: show, like the session page ------------------------------------------------------------------------

@@ -170,11 +170,31 @@ _FULL_FIELDS = (
 )
 
 
-def _full_text(value: Any) -> str:
-    """A field in full: a string as it is, anything else as indented JSON."""
+def readable(value: Any) -> str:
+    """Text as a person reads it: a string as it is (JSON in a string pretty-printed), chat messages as
+    ``[role]`` blocks, anything else as indented JSON. (The dashboard shows steps so too.)"""
     if isinstance(value, str):
+        stripped = value.strip()
+        if stripped[:1] in ("{", "[") and len(stripped) <= 1_000_000:
+            try:
+                return json.dumps(json.loads(stripped), indent=2, ensure_ascii=False)
+            except ValueError:
+                return value
         return value
+    if isinstance(value, list) and value and all(_is_message(m) for m in value):
+        blocks = []
+        for message in value:
+            content = message.get("content")
+            text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
+            rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+            extra = f"\n{json.dumps(rest, indent=2, ensure_ascii=False, default=str)}" if rest else ""
+            blocks.append(f"[{message['role']}]\n{text}{extra}")
+        return "\n\n".join(blocks)
     return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("role"), str) and "content" in value
 
 
 def _steps_in_full(events: Sequence[dict[str, Any]]) -> list[str]:
@@ -188,7 +208,7 @@ def _steps_in_full(events: Sequence[dict[str, Any]]) -> list[str]:
         lines.append(f"--- step {step if step is not None else '-'}: {event.get('type')} {_what(event)}".rstrip())
         for label, value in fields:
             lines.append(f"  {label}:")
-            lines.extend(f"    {line}" for line in _full_text(value).splitlines() or [""])
+            lines.extend(f"    {line}" for line in readable(value).splitlines() or [""])
     return lines
 
 

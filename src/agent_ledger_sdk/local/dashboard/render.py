@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from markupsafe import Markup, escape
 
 from ..._version import __version__
 from .. import money
+from ..report import readable as pretty
 from ..report import usd
 
 HERE = Path(__file__).resolve().parent
@@ -120,33 +120,6 @@ def _signed(value: Any, kind: str = "count") -> str:
     if kind == "ms":
         return sign + _milliseconds(abs(number))
     return sign + _count(abs(number) if kind != "count" else abs(int(number)))
-
-
-def pretty(value: Any) -> str:
-    """Text as a person reads it: a string as it is (JSON in a string pretty-printed), chat messages as
-    ``[role]`` blocks, anything else as indented JSON."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        if stripped[:1] in ("{", "[") and len(stripped) <= 1_000_000:
-            try:
-                return json.dumps(json.loads(stripped), indent=2, ensure_ascii=False)
-            except ValueError:
-                return value
-        return value
-    if isinstance(value, list) and value and all(_is_message(m) for m in value):
-        blocks = []
-        for message in value:
-            content = message.get("content")
-            text = content if isinstance(content, str) else json.dumps(content, indent=2, ensure_ascii=False)
-            rest = {k: v for k, v in message.items() if k not in ("role", "content")}
-            extra = f"\n{json.dumps(rest, indent=2, ensure_ascii=False)}" if rest else ""
-            blocks.append(f"[{message['role']}]\n{text}{extra}")
-        return "\n\n".join(blocks)
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
-
-
-def _is_message(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("role"), str) and "content" in value
 
 
 def text_diff(before: str, after: str) -> Markup:
