@@ -324,7 +324,17 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return _error(405, f"{request.method} is not allowed on {request.url.path}. See GET /openapi.json.")
+    response = _error(405, f"{request.method} is not allowed on {request.url.path}. See GET /openapi.json.")
+    # Every route of the path, not only the first that matched it (as Starlette's own header would say).
+    path = request.scope["path"]
+    allowed = {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route) and route.path_regex.match(path)
+        for method in route.methods or ()
+    }
+    response.headers["allow"] = ", ".join(sorted(allowed))
+    return response
 
 
 def create_app(

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -157,14 +158,14 @@ class _Limits:
     allow_unpriced: bool = False
 
 
+_CURSOR = re.compile(r"([0-9]+)\.([0-9]+)", re.ASCII)  # position.seq, as nextEventsCursor spells it
+
+
 def _events_cursor(text: Optional[str]) -> Optional[tuple[int, int]]:
     if not text:
         return None
-    position, _, seq = text.partition(".")
-    try:
-        found = int(position), int(seq)
-    except ValueError:
-        found = (-1, -1)
+    match = _CURSOR.fullmatch(text) if len(text) <= 4000 else None  # (int() refuses 4,300 digits)
+    found = (int(match[1]), int(match[2])) if match is not None else (-1, -1)
     if not all(0 <= part < 2**63 for part in found):
         raise BadInput(f"eventsCursor {shown(text)} is not one this ledger gave; use the nextEventsCursor it returned.")
     return found
@@ -704,6 +705,8 @@ class LedgerService:
                 raise BadInput(f'"{name}" is required: a non-empty string, as the llm_call event will carry it.')
             names[name] = _storable(name, value)
         step = body.get("stepIndex")
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)  # 5.0 is the integer 5, as in an event's stepIndex
         if step is not None and (
             isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_SAFE_INTEGER
         ):
