@@ -15,20 +15,53 @@ server processes). Both pass the one conformance suite in ``tests/``.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import datetime
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from typing_extensions import Self
 
 if TYPE_CHECKING:
     from .sql import Tx
 
-__all__ = ["MigrationError", "Store"]
+_Step = TypeVar("_Step")  # what a migration is: a function of a connection (SQLite), a script (PostgreSQL)
+
+__all__ = ["MIGRATIONS_TABLE", "MigrationError", "Store", "apply_migrations"]
+
+# Which versions of the schema a database has had applied, and when.
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    " applied_at TEXT NOT NULL)"
+)
 
 
 class MigrationError(Exception):
     """The database's schema is not the one this code needs, and the message says what to do."""
+
+
+def apply_migrations(
+    description: str,
+    before: int,
+    migrations: Sequence[tuple[int, str, _Step]],
+    apply: Callable[[_Step], None],
+    record: Callable[[int, str, str], object],
+) -> tuple[int, int]:
+    """Apply the ``migrations`` above version ``before`` in order (the caller's transaction), recording each.
+
+    Refuses a database newer than the code: an older release must not write to a schema it does not know.
+    """
+    latest = migrations[-1][0]
+    if before > latest:
+        raise MigrationError(
+            f"{description} has schema version {before}, newer than this code knows ({latest}). "
+            "Upgrade agent-ledger-sdk (on every replica) to use it."
+        )
+    for version, name, step in migrations:
+        if version > before:
+            apply(step)
+            record(version, name, datetime.datetime.now(datetime.timezone.utc).isoformat())
+    return before, latest
 
 
 class Store(abc.ABC):

@@ -15,13 +15,12 @@ migrate once.
 
 from __future__ import annotations
 
-import datetime
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
-from .base import MigrationError, Store
+from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import POSTGRES, UNNUMBERED, Tx
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
@@ -269,26 +268,22 @@ class PostgresStore(Store):
     def migrate(self) -> tuple[int, int]:
         with self._pool.connection() as connection, connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at TEXT NOT NULL)"
+            connection.execute(MIGRATIONS_TABLE)
+
+            def apply(script: str) -> None:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+
+            return apply_migrations(
+                self.description,
+                self._version(connection),
+                MIGRATIONS,
+                apply,
+                lambda *applied: connection.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)", applied
+                ),
             )
-            before = self._version(connection)
-            if before > LATEST:
-                raise MigrationError(
-                    f"{self.description} has schema version {before}, newer than this code knows ({LATEST}). "
-                    "Upgrade agent-ledger-sdk on every replica."
-                )
-            for version, name, script in MIGRATIONS:
-                if version > before:
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
-                    connection.execute(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                        (version, name, datetime.datetime.now(datetime.timezone.utc).isoformat()),
-                    )
-        return before, LATEST
 
     def ping(self) -> None:
         with self._pool.connection(timeout=2.0) as connection:

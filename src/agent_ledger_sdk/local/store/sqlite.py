@@ -9,7 +9,6 @@ holds prompts, outputs and key hashes).
 
 from __future__ import annotations
 
-import datetime
 import os
 import sqlite3
 import threading
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from .base import MigrationError, Store
+from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import SQLITE, UNNUMBERED, Tx
 
 __all__ = ["SQLiteStore"]
@@ -175,25 +174,17 @@ class SQLiteStore(Store):
     def migrate(self) -> tuple[int, int]:
         with self.write() as tx:
             db = tx._db
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at TEXT NOT NULL)"
-            )
+            db.execute(MIGRATIONS_TABLE)
             row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-            before = int(row[0] or 0)
-            if before > LATEST:
-                raise MigrationError(
-                    f"{self.description} has schema version {before}, newer than this code knows ({LATEST}). "
-                    "Upgrade agent-ledger-sdk to use it."
-                )
-            for version, name, step in MIGRATIONS:
-                if version > before:
-                    step(db)
-                    db.execute(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                        (version, name, datetime.datetime.now(datetime.timezone.utc).isoformat()),
-                    )
-        return before, LATEST
+            return apply_migrations(
+                self.description,
+                int(row[0] or 0),
+                MIGRATIONS,
+                lambda step: step(db),
+                lambda *applied: db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)", applied
+                ),
+            )
 
     def ping(self) -> None:
         with self.read() as tx:
