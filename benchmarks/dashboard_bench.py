@@ -322,7 +322,8 @@ def measure(backend: str, db: Union[str, Path], total_events: int, repeat: int) 
                     }
                     result["pages"][name] = figures
                     print(
-                        f"[{backend}] {name:48} {figures['median_ms']:8.1f} ms  (max {figures['max_ms']:.1f})  {figures['bytes']:,} B",
+                        f"[{backend}] {name:52} {figures['median_ms']:7.1f} ms  (max {figures['max_ms']:.1f}, "
+                        f"first {figures['first_ms']:.1f})  {figures['bytes']:,} B",
                         flush=True,
                     )
         finally:
