@@ -29,6 +29,9 @@ from typing import Any, Optional
 
 import httpx
 import pytest
+
+pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+
 from hypothesis import HealthCheck, settings
 from starlette.routing import BaseRoute, Mount, Route
 
