@@ -547,6 +547,27 @@ def test_the_budget_guardrail_marks_the_step_over_budget(
         ledger.set_budget("guarded-bot", None)
 
 
+def test_a_call_refused_before_it_ran_shows_in_the_recent_refusals(
+    api: httpx.Client, web: httpx.Client, ledger: LocalLedger
+) -> None:
+    ledger.set_budget("reserving-bot", Decimal("0.0001"))
+    try:
+        session_id = start(api, "reserving-bot")
+        refused = api.post(
+            "/v1/reservations",
+            json={"sessionId": session_id, "provider": "test", "model": "flat", "maxCostUsd": 0.5},
+        )
+        assert refused.status_code == 429, refused.text
+        rows = page(web, "/budgets").one("section#refusals").select("tbody tr")
+        (row,) = [r for r in rows if "refused-before-run" in r.classes and session_id[:8] in r.words]
+        assert "refused before it ran (agent-daily)" in row.words
+        assert "reserving-bot" in row.words and "test/flat" in row.words and "$0.5" in row.words
+        assert "would be exceeded" in row.attrs["title"]
+        assert row.one("a").attrs["href"] == f"/sessions/{session_id}"
+    finally:
+        ledger.set_budget("reserving-bot", None)
+
+
 def test_a_session_of_ten_thousand_steps_is_shown_a_page_at_a_time(api: httpx.Client, web: httpx.Client) -> None:
     session_id = start(api, "huge-bot")
     log(

@@ -292,3 +292,27 @@ def test_forgetting_expired_reservations_reads_only_the_expired_ones(db: Union[P
     else:
         plan = raw_rows(db, f"EXPLAIN {statement}", ("ws", "2026"), setup="SET enable_seqscan = off")
     assert any("reservations_by_workspace_expiry" in str(row) for row in plan), plan
+
+
+def test_a_call_refused_before_it_ran_is_kept_for_the_budgets_page(service: LedgerService) -> None:
+    service.set_budget("ws", "agent", Decimal("0.001"))
+    session = service.start_session("ws", "agent").body["id"]
+    with pytest.raises(BudgetExceeded):
+        service.reserve("ws", ReservationRequest(session, "openai", "gpt-4o", Decimal("0.5")))
+    service.append_events("ws", session, [call("0.002")])  # ran unreserved, over the budget: recorded
+    found = service.recent_refusals("ws")
+    (refused,) = [r for r in found if r["refusedBeforeRun"]]
+    (over,) = [r for r in found if not r["refusedBeforeRun"]]
+    assert over["reason"] == "over_budget"
+    assert over["costUsd"] == Decimal("0.002")
+    assert refused["refusedBeforeRun"] is True
+    assert (refused["reason"], refused["budget"], refused["costUsd"]) == (
+        "budget_exceeded",
+        "agent-daily",
+        Decimal("0.5"),
+    )
+    assert (refused["agentName"], refused["model"], refused["sessionId"]) == ("agent", "gpt-4o", session)
+    assert "would be exceeded" in refused["message"]
+    assert service.recent_refusals("other-workspace") == []
+    service.delete_session("ws", session)
+    assert service.recent_refusals("ws") == []

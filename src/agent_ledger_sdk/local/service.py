@@ -54,6 +54,7 @@ from .records import (
     Conflict,
     Idempotency,
     IdempotencyMismatch,
+    LedgerError,
     NewApiKey,
     NotFound,
     Outcome,
@@ -427,6 +428,7 @@ class LedgerService:
                 break
         with self.store.write(None) as tx:
             forgotten = tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+            tx.forget_refusals(stamp(now - older_than))
         return {"sessions": removed, "idempotencyRecords": forgotten}
 
     # -- budgets: what applies, what is spent and held ---------------------------------------
@@ -739,11 +741,39 @@ class LedgerService:
         try:
             return self._reserve(workspace, request, idempotency)
         except (BudgetExceeded, UnpricedModel) as refused:
+            reason = "budget_exceeded" if isinstance(refused, BudgetExceeded) else "unpriced_model"
             if self.metrics is not None:
-                self.metrics.guardrail_refusal(
-                    "budget_exceeded" if isinstance(refused, BudgetExceeded) else "unpriced_model"
-                )
+                self.metrics.guardrail_refusal(reason)
+            self._record_refusal(workspace, request, reason, refused)
             raise
+
+    def _record_refusal(self, workspace: str, request: ReservationRequest, reason: str, refused: LedgerError) -> None:
+        """Keep a call refused before it ran (its reservation's transaction wrote nothing): the budgets page
+        lists it. A failure to record it never hides the refusal itself."""
+        details = refused.details if isinstance(refused, BudgetExceeded) else {}
+        try:
+            with self.store.write(workspace) as tx:
+                session = tx.session(workspace, request.session_id)
+                if session is None:
+                    return
+                tx.insert_refusal(
+                    {
+                        "workspace": workspace,
+                        "session_id": session["id"],
+                        "agent_name": session["agent_name"],
+                        "provider": request.provider,
+                        "model": request.model,
+                        "reason": reason,
+                        "budget": details.get("budget"),
+                        "amount": None
+                        if details.get("attemptedCostUsd") is None
+                        else money.text(details["attemptedCostUsd"]),
+                        "message": refused.message,
+                        "created_at": stamp(self._now()),
+                    }
+                )
+        except Exception:  # the refusal stands; only its record is lost
+            logger.exception("could not record a refused call of session %s", request.session_id)
 
     def _reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply:
         now = self._now()
@@ -1102,10 +1132,30 @@ class LedgerService:
         )
 
     def recent_refusals(self, workspace: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The workspace's latest LLM calls that went over a budget (recorded with ``overBudget``), newest first."""
+        """The workspace's latest refusals, newest first: calls refused before they ran (``refusedBeforeRun``),
+        and LLM calls that ran unreserved and went over a budget (recorded with ``overBudget``)."""
         with self.store.read() as tx:
             rows = tx.over_budget_events(workspace, limit)
-        found = []
+            refused = tx.refusals(workspace, limit)
+        found: list[dict[str, Any]] = [
+            {
+                "sessionId": r["session_id"],
+                "agentName": r["agent_name"],
+                "userId": r["user_id"],
+                "stepIndex": None,
+                "type": "llm_call",
+                "provider": r["provider"],
+                "model": r["model"],
+                "costUsd": optional_amount(r["amount"]),
+                "costStatus": None,
+                "receivedAt": r["created_at"],
+                "refusedBeforeRun": True,
+                "reason": r["reason"],
+                "budget": r["budget"],
+                "message": r["message"],
+            }
+            for r in refused
+        ]
         for row in rows:
             payload = json.loads(row["payload"])
             found.append(
@@ -1120,9 +1170,15 @@ class LedgerService:
                     "costUsd": amount(row["cost"]),
                     "costStatus": row["cost_status"],
                     "receivedAt": row["received_at"],
+                    "refusedBeforeRun": False,
+                    "reason": "over_budget",
+                    "budget": None,
+                    "message": None,
                 }
             )
-        return found
+        # Both are UTC RFC 3339, with or without a fraction: to the second, then as text.
+        found.sort(key=lambda refusal: (str(refusal["receivedAt"])[:19], str(refusal["receivedAt"])), reverse=True)
+        return found[:limit]
 
     def reservations_in_flight(self, workspace: str) -> list[dict[str, Any]]:
         """The workspace's reservations held now (granted, not settled, released or expired)."""

@@ -174,6 +174,15 @@ class Tx:
     def _all(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self._run(statement, params).fetchall()]
 
+    def _insert(self, table: str, values: dict[str, Any]) -> None:
+        columns = list(values)
+        assert _IDENT.match(table)
+        assert all(_IDENT.match(c) for c in columns)
+        self._run(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [values[c] for c in columns],
+        )
+
     def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = [tuple(row) for row in rows]
         if batch:
@@ -219,12 +228,7 @@ class Tx:
     # -- sessions -----------------------------------------------------------------------------
 
     def insert_session(self, values: dict[str, Any]) -> None:
-        columns = list(values)
-        assert all(_IDENT.match(c) for c in columns)
-        self._run(
-            f"INSERT INTO sessions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [values[c] for c in columns],
-        )
+        self._insert("sessions", values)
 
     def session(
         self, workspace: Optional[str], session_id: str, *, for_update: bool = False
@@ -393,6 +397,21 @@ class Tx:
             )
         return {row.pop("type"): row for row in rows}
 
+    def insert_refusal(self, values: dict[str, Any]) -> None:
+        """Record a call the guardrail refused before it ran."""
+        self._insert("refusals", values)
+
+    def refusals(self, workspace: str, limit: int) -> list[dict[str, Any]]:
+        """The workspace's most recent refused calls (newest first), with the session's user."""
+        return self._all(
+            "SELECT r.*, s.user_id FROM refusals r LEFT JOIN sessions s ON s.id = r.session_id"
+            " WHERE r.workspace = ? ORDER BY r.seq DESC LIMIT ?",
+            (workspace, limit),
+        )
+
+    def forget_refusals(self, before: str) -> int:
+        return int(self._run("DELETE FROM refusals WHERE created_at < ?", (before,)).rowcount)
+
     def over_budget_events(self, workspace: str, limit: int) -> list[dict[str, Any]]:
         """The workspace's most recent events that went over a budget (newest first)."""
         return self._all(
@@ -487,6 +506,7 @@ class Tx:
 
     def delete_session(self, session_id: str) -> None:
         self._run("DELETE FROM events WHERE session_id = ?", (session_id,))
+        self._run("DELETE FROM refusals WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM reservations WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM sessions WHERE id = ?", (session_id,))
 
@@ -538,12 +558,7 @@ class Tx:
     # -- reservations ------------------------------------------------------------------------
 
     def insert_reservation(self, values: dict[str, Any]) -> None:
-        columns = list(values)
-        assert all(_IDENT.match(c) for c in columns)
-        self._run(
-            f"INSERT INTO reservations ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [values[c] for c in columns],
-        )
+        self._insert("reservations", values)
 
     def reservation(self, reservation_id: str) -> Optional[dict[str, Any]]:
         return self._one("SELECT * FROM reservations WHERE id = ?", (reservation_id,))

@@ -75,11 +75,23 @@ def _reservation_expiry(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX reservations_by_workspace_expiry ON reservations (workspace, expires_at)")
 
 
+def _refusals(db: sqlite3.Connection) -> None:
+    """Version 5: calls the guardrail refused before they ran (a refused reservation writes nothing else)."""
+    db.execute(
+        "CREATE TABLE refusals (seq INTEGER PRIMARY KEY AUTOINCREMENT, workspace TEXT NOT NULL,"
+        " session_id TEXT NOT NULL, agent_name TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,"
+        " reason TEXT NOT NULL, budget TEXT, amount TEXT, message TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX refusals_by_workspace ON refusals (workspace, seq)")
+    db.execute("CREATE INDEX refusals_by_session ON refusals (session_id)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "event positions, read and retention indexes", _event_positions),
     (3, "dashboard: cost rollup, over-budget index", _dashboard),
     (4, "reservations by expiry", _reservation_expiry),
+    (5, "refused calls", _refusals),
 ]
 LATEST = MIGRATIONS[-1][0]
 
