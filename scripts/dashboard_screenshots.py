@@ -19,8 +19,6 @@ drives that browser, never one of its own.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,30 +27,13 @@ from typing import Optional
 from agent_ledger_sdk import AgentLedgerClient, BudgetGuardrailError, local
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # Chromium is found and launched as the browser tests do it, in one place
+
+from tests.browser import CHROMIUM_FLAGS, find_chromium  # noqa: E402
+
 IMAGES = ROOT / "docs" / "images"
 VIEWPORT = {"width": 1280, "height": 800}
-# As tests/browser.py launches it: headless, as root, and none of Chromium's own traffic.
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PROVIDER, MODEL = "openai", "gpt-4o-mini"
-
-
-def find_chromium() -> Optional[str]:
-    """AGENT_LEDGER_CHROMIUM, else the first Chromium found (as tests/browser.py finds it)."""
-    if os.environ.get("AGENT_LEDGER_CHROMIUM"):
-        return os.environ["AGENT_LEDGER_CHROMIUM"]
-    for candidate in ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(candidate)
-        if found:
-            return found
-    return None
 
 
 def call(client: AgentLedgerClient, prompt: str, response: str, tokens_in: int, tokens_out: int) -> None:
