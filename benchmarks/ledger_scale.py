@@ -326,6 +326,29 @@ def run_clients(count: int, work: Callable[[int], None]) -> None:
 # -- measures ---------------------------------------------------------------------------------------
 
 
+def timed_window(
+    replicas: Replicas,
+    clients: int,
+    work: Callable[[int], None],
+    seconds: float,
+    barrier: threading.Barrier,
+    go: threading.Event,
+    stop: list[float],
+) -> tuple[float, Any]:
+    """Run ``work`` in ``clients`` threads for one window of ``seconds`` once they are all ready (``barrier``);
+    return the window's length and the CPU each party used in it."""
+    runner = threading.Thread(target=run_clients, args=(clients, work), daemon=True)
+    runner.start()
+    barrier.wait()
+    with CpuWindow(replicas.pids, replicas.postmaster) as cpu:
+        began = time.perf_counter()
+        stop[0] = began + seconds
+        go.set()
+        runner.join()
+        elapsed = time.perf_counter() - began
+    return elapsed, cpu.result
+
+
 def ingest(replicas: Replicas, keys: Sequence[str], clients: int, seconds: float) -> dict[str, Any]:
     """Events/s acknowledged (202) by the replicas, ``clients`` clients posting batches of BATCH at once."""
     bodies = []
@@ -358,19 +381,11 @@ def ingest(replicas: Replicas, keys: Sequence[str], clients: int, seconds: float
                 else:
                     errors.append(f"{response.status_code} {response.text[:200]}")
 
-    runner = threading.Thread(target=run_clients, args=(clients, work), daemon=True)
-    runner.start()
-    barrier.wait()
-    with CpuWindow(replicas.pids, replicas.postmaster) as cpu:
-        began = time.perf_counter()
-        stop[0] = began + seconds
-        go.set()
-        runner.join()
-        elapsed = time.perf_counter() - began
+    elapsed, cpu_result = timed_window(replicas, clients, work, seconds, barrier, go, stop)
     if errors:
         raise RuntimeError(f"ingest: {len(errors)} requests not acknowledged; the first: {errors[0]}")
     every = [x for per in latencies for x in per]
-    return {"events_per_s": sum(accepted) / elapsed, "latencies": every, "cpu": cpu.result}
+    return {"events_per_s": sum(accepted) / elapsed, "latencies": every, "cpu": cpu_result}
 
 
 def reservations(replicas: Replicas, key: str, clients: int, seconds: float) -> dict[str, Any]:
@@ -408,19 +423,11 @@ def reservations(replicas: Replicas, key: str, clients: int, seconds: float) -> 
                 if took is not None:
                     latencies[number].append(took)
 
-    runner = threading.Thread(target=run_clients, args=(clients, work), daemon=True)
-    runner.start()
-    barrier.wait()
-    with CpuWindow(replicas.pids, replicas.postmaster) as cpu:
-        began = time.perf_counter()
-        stop[0] = began + seconds
-        go.set()
-        runner.join()
-        elapsed = time.perf_counter() - began
+    elapsed, cpu_result = timed_window(replicas, clients, work, seconds, barrier, go, stop)
     if errors:
         raise RuntimeError(f"reservations: {len(errors)} failed; the first: {errors[0]}")
     every = [x for per in latencies for x in per]
-    return {"reservations_per_s": len(every) / elapsed, "latencies": every, "cpu": cpu.result}
+    return {"reservations_per_s": len(every) / elapsed, "latencies": every, "cpu": cpu_result}
 
 
 def filled_sessions(workspace: str, count: int, first: int) -> Iterator[tuple[dict[str, Any], list[EventRow]]]:
