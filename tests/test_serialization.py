@@ -105,6 +105,42 @@ def test_deep_nesting_is_cut_with_a_marker() -> None:
     json.dumps(json_safe(value))  # the default depth also encodes
 
 
+def test_an_event_nested_deeper_than_a_ledger_reads_is_cut_not_refused() -> None:
+    value: Any = "bottom"
+    for _ in range(70):
+        value = {"next": value}
+    encoded = encode_event({"type": "tool_call", "name": "t", "toolInput": value})
+    depth = deepest = 0
+    for char in encoded:  # no string here holds a bracket
+        depth += char in "[{"
+        depth -= char in "]}"
+        deepest = max(deepest, depth)
+    assert deepest <= 64  # the ledger refuses bodies over 64 levels, the request's own two included
+    assert DEPTH_MARKER in encoded
+    wide = {"type": "tool_call", "name": "t", "toolInput": [{"k": [i]} for i in range(100)]}
+    assert json.loads(encode_event(wide)) == wide  # many brackets, shallow: kept as it is
+
+
+@pytest.mark.integration
+def test_a_deep_value_logged_through_the_sdk_reaches_the_ledger_cut(tmp_path: Any) -> None:
+    pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+    from agent_ledger_sdk.local import run
+
+    value: Any = "bottom"
+    for _ in range(70):
+        value = [value]
+    with run(db=tmp_path / "ledger.db") as ledger:
+        client = ledger.client()
+        try:
+            session_id = client.start_session("deep-bot")
+            client.log_tool_call(session_id, {"stepIndex": 0, "toolName": "t", "toolInput": value})
+            client.end_session(session_id, "success")
+        finally:
+            client.close()
+        (event,) = ledger.session(session_id)["events"]
+    assert DEPTH_MARKER in json.dumps(event["toolInput"])
+
+
 def test_a_dict_whose_items_explode_becomes_its_repr() -> None:
     class Exploding(dict):  # type: ignore[type-arg]
         def items(self) -> Any:

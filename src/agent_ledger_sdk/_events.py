@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from ._constants import MAX_EVENT_BYTES
+from ._constants import MAX_EVENT_BYTES, MAX_VALUE_DEPTH
 from ._serialization import dumps, encode, fit_event, json_safe
 
 LLM_CALL = "llm_call"
@@ -145,7 +145,10 @@ def describe_event(event: Mapping[str, Any]) -> str:
 def encode_event(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> str:
     """The JSON of one event: JSON-safe, and at most ``limit`` bytes (its largest strings cut)."""
     text = encode(event)
-    if len(text) * 4 <= limit or len(text.encode("utf-8")) <= limit:  # UTF-8 takes at most 4 bytes a char
+    # Only an event with that many brackets can nest deeper than a ledger reads (64 levels): json_safe cuts
+    # values at MAX_VALUE_DEPTH; a wide but shallow event merely takes this slower path.
+    shallow = text.count("{") + text.count("[") <= 2 * MAX_VALUE_DEPTH
+    if shallow and (len(text) * 4 <= limit or len(text.encode("utf-8")) <= limit):  # UTF-8: 4 bytes a char at most
         return text
     safe = json_safe(event)
     return dumps(fit_event(safe if isinstance(safe, dict) else {"value": safe}, limit))
