@@ -72,7 +72,8 @@ def _is_dashboard(route: BaseRoute) -> bool:
 
 
 def _api_routes(tmp_path: Path) -> list[Route]:
-    routes = [route for route in create_app(sqlite_service(tmp_path / "routes.db")).routes if not _is_dashboard(route)]
+    with sqlite_service(tmp_path / "routes.db") as service:  # (closed: Python 3.13 warns of an open database)
+        routes = [route for route in create_app(service).routes if not _is_dashboard(route)]
     for route in routes:
         assert isinstance(route, Route), route
     return routes  # type: ignore[return-value]

@@ -114,13 +114,17 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
-        if migrate:
-            self.migrate()
-        elif self.schema_version() != LATEST:
-            raise MigrationError(
-                f"{self.description} has schema version {self.schema_version()}; this code needs {LATEST}. "
-                "Run `agent-ledger migrate --db PATH`."
-            )
+        try:
+            if migrate:
+                self.migrate()
+            elif self.schema_version() != LATEST:
+                raise MigrationError(
+                    f"{self.description} has schema version {self.schema_version()}; this code needs {LATEST}. "
+                    "Run `agent-ledger migrate --db PATH`."
+                )
+        except BaseException:
+            self.close()  # a store that cannot open leaves no connection behind
+            raise
         if self._created:
             for suffix in ("-wal", "-shm"):
                 companion = Path(f"{self.path}{suffix}")
@@ -130,9 +134,13 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30.0)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA foreign_keys=ON")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")  # the first read of the file: "not a database" shows here
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except BaseException:
+            db.close()
+            raise
         return db
 
     # -- transactions ------------------------------------------------------------------
