@@ -22,7 +22,7 @@ from .budgets import KINDS
 from .observability import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .observability import MAX_REQUEST_ID
 from .pricing import COST_STATUSES, ESTIMATE_TOKENS_IN, ESTIMATE_TOKENS_OUT
-from .records import BUDGET_CACHE_SECONDS, RESERVATION_TTL_SECONDS
+from .records import BUDGET_CACHE_SECONDS, LEDGER_EVENT_FIELDS, RESERVATION_TTL_SECONDS
 from .service import DEFAULT_EVENTS_PAGE, MAX_AGENT_NAME, MAX_ERROR_MESSAGE, MAX_EVENTS_PAGE, MAX_EVENTS_PER_REQUEST
 from .validation import (
     MAX_AMOUNT_DECIMALS,
@@ -467,14 +467,7 @@ OPENAPI: dict[str, Any] = {
                                         _ref("Event"),
                                         {
                                             "type": "object",
-                                            "required": [
-                                                "costUsd",
-                                                "costStatus",
-                                                "overBudget",
-                                                "priced",
-                                                "pricingNote",
-                                                "receivedAt",
-                                            ],
+                                            "required": list(LEDGER_EVENT_FIELDS),
                                             "properties": {
                                                 "costUsd": _USD,
                                                 "costStatus": {

@@ -36,6 +36,10 @@ class _Unset:
 UNSET: Any = _Unset()  # a setting left as it is
 
 
+# What the ledger adds to each event it returns (GET /v1/sessions/{id}), beside what the client sent.
+LEDGER_EVENT_FIELDS = ("costUsd", "costStatus", "overBudget", "priced", "pricingNote", "receivedAt")
+
+
 # -- what the service raises ------------------------------------------------
 # Domain errors: what went wrong, in words a user can act on. Which HTTP status each
 # becomes is the API layer's business (app.py), not theirs.

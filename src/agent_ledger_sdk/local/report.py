@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any, Optional, Union
 
 from . import money
+from .records import LEDGER_EVENT_FIELDS
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[int] = ()) -> str:
@@ -110,19 +111,7 @@ def _detail(event: dict[str, Any]) -> str:
     return _short(extra, 52)
 
 
-_BOOKKEEPING = {
-    "type",
-    "stepIndex",
-    "costUsd",
-    "costStatus",
-    "overBudget",
-    "priced",
-    "pricingNote",
-    "receivedAt",
-    "startedAt",
-    "spanId",
-    "parentSpanId",
-}
+_BOOKKEEPING = {"type", "stepIndex", *LEDGER_EVENT_FIELDS, "startedAt", "spanId", "parentSpanId"}
 
 
 def _depths(events: Sequence[dict[str, Any]]) -> list[int]:
