@@ -187,6 +187,25 @@ CREATE INDEX refusals_by_workspace ON refusals (workspace, seq);
 CREATE INDEX refusals_by_session ON refusals (session_id)
 """
 
+# Every filter of the session list reads an index that gives the sessions newest first (see SQLite's version 7);
+# a session's tags in a table of their own, as on SQLite (a GIN index would serve a rare tag, not the order).
+_SESSION_LIST_INDEXES = """
+CREATE INDEX sessions_by_status ON sessions (workspace, status, seq);
+CREATE INDEX sessions_by_agent_status ON sessions (workspace, agent_name, status, seq);
+CREATE INDEX sessions_by_user_status ON sessions (workspace, user_id, status, seq);
+CREATE INDEX sessions_by_start ON sessions (workspace, started_at);
+CREATE INDEX sessions_by_cost ON sessions (workspace, cost);
+CREATE TABLE session_tags (
+    workspace TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    session_seq BIGINT NOT NULL,
+    PRIMARY KEY (workspace, tag, session_seq)
+);
+INSERT INTO session_tags (workspace, tag, session_seq)
+    SELECT DISTINCT s.workspace, t.value, s.seq FROM sessions s, jsonb_array_elements_text(s.tags::jsonb) t(value)
+    ON CONFLICT DO NOTHING
+"""
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
@@ -194,6 +213,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "dashboard: cost rollup, over-budget index", _DASHBOARD),
     (4, "reservations by expiry", _RESERVATION_EXPIRY),
     (5, "refused calls", _REFUSALS),
+    # (6 is another branch's: OTLP ingest.)
+    (7, "session list indexes, session tags", _SESSION_LIST_INDEXES),
 ]
 LATEST = MIGRATIONS[-1][0]
 

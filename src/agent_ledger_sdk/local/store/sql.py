@@ -9,6 +9,7 @@ text, integer or Decimal, so both return the same rows.
 from __future__ import annotations
 
 import decimal
+import json
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,9 @@ _TOTALS_PATHS = ("latencyMs", "cacheReadTokens", "cacheWriteTokens", "reasoningT
 # SQLite 3.35 on computes a CTE marked so once (older ones take the CTE as a subquery: slower, as right).
 _MATERIALIZED = "MATERIALIZED " if sqlite3.sqlite_version_info >= (3, 35, 0) else ""
 
+# A session list filtered by a range alone reads the range through its index when it holds fewer sessions.
+RANGE_PROBE = 1000
+
 # Events without a step index sort after those with one: their position is this.
 UNNUMBERED = 2**62
 
@@ -38,8 +42,6 @@ class Dialect:
 
     name: str
     placeholder: str  # "?" or "%s"
-    # SQL true when the session's tags (JSON text) hold the bound value.
-    has_tag: str
     # Case-insensitive LIKE (SQLite's LIKE is, for ASCII; PostgreSQL's is not).
     like: str = "LIKE"
     _cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -53,13 +55,8 @@ class Dialect:
         return found
 
 
-SQLITE = Dialect("sqlite", "?", "EXISTS (SELECT 1 FROM json_each(sessions.tags) WHERE json_each.value = ?)")
-POSTGRES = Dialect(
-    "postgresql",
-    "%s",
-    "(sessions.tags::jsonb @> jsonb_build_array(?::text))",
-    like="ILIKE",
-)
+SQLITE = Dialect("sqlite", "?")
+POSTGRES = Dialect("postgresql", "%s", like="ILIKE")
 
 
 @dataclass
@@ -229,6 +226,27 @@ class Tx:
 
     def insert_session(self, values: dict[str, Any]) -> None:
         self._insert("sessions", values)
+        tags = json.loads(values.get("tags") or "[]")
+        if tags:  # the index of the tag filter (a JSON array cannot be indexed)
+            self._many(
+                "INSERT INTO session_tags (workspace, tag, session_seq) SELECT workspace, ?, seq FROM sessions"
+                " WHERE id = ? ON CONFLICT DO NOTHING",
+                [(tag, values["id"]) for tag in dict.fromkeys(tags) if isinstance(tag, str)],
+            )
+
+    def rebuild_session_tags(self) -> None:
+        """Fill ``session_tags`` from every session's tags (sessions written straight into the table: benchmarks)."""
+        self._run("DELETE FROM session_tags")
+        if self._dialect.name == "sqlite":
+            self._run(
+                "INSERT OR IGNORE INTO session_tags (workspace, tag, session_seq) SELECT s.workspace, t.value, s.seq"
+                " FROM sessions s, json_each(s.tags) t WHERE t.type = 'text'"
+            )
+        else:
+            self._run(
+                "INSERT INTO session_tags (workspace, tag, session_seq) SELECT DISTINCT s.workspace, t.value, s.seq"
+                " FROM sessions s, jsonb_array_elements_text(s.tags::jsonb) t(value) ON CONFLICT DO NOTHING"
+            )
 
     def session(
         self, workspace: Optional[str], session_id: str, *, for_update: bool = False
@@ -275,46 +293,121 @@ class Tx:
         clauses: list[str] = []
         params: list[Any] = []
         for clause, value in (
-            ("workspace = ?", where.workspace),
+            ("sessions.workspace = ?", where.workspace),
             ("agent_name = ?", where.agent_name),
             ("status = ?", where.status),
             ("started_at >= ?", where.started_after),
             ("started_at < ?", where.started_before),
-            ("seq < ?", where.before_seq),
             ("user_id = ?", where.user_id),
         ):
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        for tag in dict.fromkeys(where.tags):
-            clauses.append(self._dialect.has_tag)
-            params.append(tag)
         return clauses, params
+
+    def session_list_query(
+        self, where: SessionFilter, limit: int, *, oldest_first: bool = False, by_range: Optional[str] = None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The statement of :meth:`sessions` and :meth:`find_sessions` (tests read its plan), and its parameters.
+
+        Sessions come newest first by ``seq`` (oldest first after ``after_seq``). Each filter has an index that
+        gives them in that order (schema version 7), so a page reads about as many rows as it returns: by
+        workspace; agent, user or status (and agent or user with a status); tags through ``session_tags``
+        (the first tag drives: its rows are in seq order); start time and minimum cost through their own
+        indexes (a range cannot also give the seq order: the database picks that index or a walk down the
+        seq order, whichever its statistics say reads less).
+        """
+        clauses, params = self._session_conditions(where)
+        tags = list(dict.fromkeys(where.tags))
+        source = "sessions"
+        seq = "sessions.seq"
+        first: list[Any] = []
+        if tags and where.workspace is not None:
+            # The first tag's rows, in seq order, drive the read; the session is found by its key.
+            source = "session_tags t JOIN sessions ON sessions.seq = t.session_seq"
+            seq = "t.session_seq"
+            clauses.insert(0, "t.workspace = ? AND t.tag = ?")
+            first = [where.workspace, tags.pop(0)]
+        for tag in tags:
+            clauses.append(
+                "EXISTS (SELECT 1 FROM session_tags x WHERE x.workspace = sessions.workspace AND x.tag = ?"
+                " AND x.session_seq = sessions.seq)"
+            )
+            params.append(tag)
+        if where.before_seq is not None:
+            clauses.append(f"{seq} < ?")
+            params.append(where.before_seq)
+        if isinstance(where, SessionSearch):
+            if where.after_seq is not None:
+                clauses.append(f"{seq} > ?")
+                params.append(where.after_seq)
+            if where.min_cost is not None and where.min_cost > 0:
+                if self._dialect.name == "sqlite":  # text amounts: keep whatever may reach it; the caller checks
+                    clauses.append("CAST(cost AS REAL) >= ?")
+                    params.append(float(where.min_cost) * (1 - 1e-9))
+                else:
+                    clauses.append("cost >= ?")
+                    params.append(where.min_cost)
+        condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if oldest_first else "DESC"
+        if by_range is not None:  # read the few sessions in the range through its index, then order them
+            if self._dialect.name == "sqlite":
+                source = f"sessions INDEXED BY {by_range}"
+            else:  # OFFSET 0: planned on its own, where the range's index is the cheapest way in
+                source = f"(SELECT * FROM sessions{condition} OFFSET 0) sessions"
+                condition = ""
+        return (
+            f"SELECT sessions.* FROM {source}{condition} ORDER BY {seq} {order} LIMIT ?",
+            (*first, *params, limit),
+        )
+
+    def _range_index(self, where: SessionFilter) -> Optional[str]:
+        """For a list filtered by a range alone (start time, minimum cost), the range's index when fewer than
+        RANGE_PROBE sessions are in it (read them and sort: cheaper than walking down the seq order to them);
+        else None: the walk down the seq order, which meets a page of a wide range soon."""
+        if where.workspace is None or where.agent_name or where.status or where.user_id or where.tags:
+            return None
+        probes: list[tuple[str, str, list[Any]]] = []
+        if where.started_after is not None or where.started_before is not None:
+            clauses, params = ["workspace = ?"], [where.workspace]
+            for clause, value in (("started_at >= ?", where.started_after), ("started_at < ?", where.started_before)):
+                if value is not None:
+                    clauses.append(clause)
+                    params.append(value)
+            probes.append(("sessions_by_start", " AND ".join(clauses), params))
+        if isinstance(where, SessionSearch) and where.min_cost is not None and where.min_cost > 0:
+            if self._dialect.name == "sqlite":
+                probes.append(
+                    (
+                        "sessions_by_cost",
+                        "workspace = ? AND CAST(cost AS REAL) >= ?",
+                        [where.workspace, float(where.min_cost) * (1 - 1e-9)],
+                    )
+                )
+            else:
+                probes.append(("sessions_by_cost", "workspace = ? AND cost >= ?", [where.workspace, where.min_cost]))
+        best: Optional[tuple[int, str]] = None
+        for index, condition, params in probes:
+            hint = f" INDEXED BY {index}" if self._dialect.name == "sqlite" else ""
+            row = self._one(
+                f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM sessions{hint} WHERE {condition} LIMIT ?) probe",
+                (*params, RANGE_PROBE),
+            )
+            found = int(row["n"]) if row is not None else 0
+            if found < RANGE_PROBE and (best is None or found < best[0]):
+                best = (found, index)
+        return best[1] if best is not None else None
 
     def sessions(self, where: SessionFilter, limit: int) -> list[dict[str, Any]]:
         """Sessions matching ``where``, newest first."""
-        clauses, params = self._session_conditions(where)
-        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._all(f"SELECT * FROM sessions {condition} ORDER BY seq DESC LIMIT ?", (*params, limit))
+        return self._all(*self.session_list_query(where, limit, by_range=self._range_index(where)))
 
     # -- the dashboard's reads ------------------------------------------------------------------
 
     def find_sessions(self, where: SessionSearch, limit: int, *, oldest_first: bool = False) -> list[dict[str, Any]]:
         """Sessions matching ``where`` (keyset paging on ``seq``): newest first, or oldest first after a seq."""
-        clauses, params = self._session_conditions(where)
-        if where.after_seq is not None:
-            clauses.append("seq > ?")
-            params.append(where.after_seq)
-        if where.min_cost is not None and where.min_cost > 0:
-            if self._dialect.name == "sqlite":  # text amounts: keep whatever may reach it; the caller checks
-                clauses.append("CAST(cost AS REAL) >= ?")
-                params.append(float(where.min_cost) * (1 - 1e-9))
-            else:
-                clauses.append("cost >= ?")
-                params.append(where.min_cost)
-        condition = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        order = "ASC" if oldest_first else "DESC"
-        return self._all(f"SELECT * FROM sessions {condition} ORDER BY seq {order} LIMIT ?", (*params, limit))
+        by_range = self._range_index(where)
+        return self._all(*self.session_list_query(where, limit, oldest_first=oldest_first, by_range=by_range))
 
     def latest_session_seq(self, workspace: str) -> int:
         row = self._one("SELECT MAX(seq) AS seq FROM sessions WHERE workspace = ?", (workspace,))
@@ -508,6 +601,12 @@ class Tx:
         self._run("DELETE FROM events WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM refusals WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM reservations WHERE session_id = ?", (session_id,))
+        row = self._one("SELECT workspace, seq, tags FROM sessions WHERE id = ?", (session_id,))
+        if row is not None:
+            self._many(
+                "DELETE FROM session_tags WHERE workspace = ? AND tag = ? AND session_seq = ?",
+                [(row["workspace"], tag, row["seq"]) for tag in json.loads(row["tags"]) if isinstance(tag, str)],
+            )
         self._run("DELETE FROM sessions WHERE id = ?", (session_id,))
 
     def sessions_ended_before(self, cutoff: str, limit: int) -> list[str]:

@@ -86,12 +86,40 @@ def _refusals(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX refusals_by_session ON refusals (session_id)")
 
 
+def _session_list_indexes(db: sqlite3.Connection) -> None:
+    """Version 7: every filter of the session list (API, CLI, dashboard) reads an index that gives the sessions
+    newest first, so that a page costs the same at 1e6 sessions as at 1e4: by status, by agent or user with a
+    status, by start time and by cost (the REAL of the text amount, as the dashboard's filter compares it);
+    and a session's tags in a table of their own (a JSON array cannot be indexed)."""
+    for statement in SESSION_LIST_INDEXES:
+        db.execute(statement)
+    db.execute(
+        "CREATE TABLE session_tags (workspace TEXT NOT NULL, tag TEXT NOT NULL, session_seq INTEGER NOT NULL,"
+        " PRIMARY KEY (workspace, tag, session_seq)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT OR IGNORE INTO session_tags (workspace, tag, session_seq)"
+        " SELECT s.workspace, t.value, s.seq FROM sessions s, json_each(s.tags) t WHERE t.type = 'text'"
+    )
+
+
+SESSION_LIST_INDEXES = (
+    "CREATE INDEX sessions_by_status ON sessions (workspace, status, seq)",
+    "CREATE INDEX sessions_by_agent_status ON sessions (workspace, agent_name, status, seq)",
+    "CREATE INDEX sessions_by_user_status ON sessions (workspace, user_id, status, seq)",
+    "CREATE INDEX sessions_by_start ON sessions (workspace, started_at)",
+    "CREATE INDEX sessions_by_cost ON sessions (workspace, CAST(cost AS REAL))",
+)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "baseline", _baseline),
     (2, "event positions, read and retention indexes", _event_positions),
     (3, "dashboard: cost rollup, over-budget index", _dashboard),
     (4, "reservations by expiry", _reservation_expiry),
     (5, "refused calls", _refusals),
+    # (6 is another branch's: OTLP ingest.)
+    (7, "session list indexes, session tags", _session_list_indexes),
 ]
 LATEST = MIGRATIONS[-1][0]
 
