@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import money
-from .body import read_body, read_json_object
+from .body import parse_json_object, read_body, read_json_object
 from .pricing import PriceBook
 from .records import (
     BadInput,
@@ -120,11 +120,19 @@ class LedgerAPI:
         return await run_in_threadpool(functools.partial(function, *args, **kwargs))
 
     async def _workspace(self, request: Request) -> str:
+        return await self._off_loop(self._authenticated, self._key(request))
+
+    @staticmethod
+    def _key(request: Request) -> str:
         _no_nul(request)
         key = request.headers.get("x-api-key")
         if not key:
             raise Unauthorized(f"Missing x-api-key header. {KEY_HINT}")
-        workspace = await self._off_loop(self.service.authenticate, key)
+        return key
+
+    def _authenticated(self, key: str) -> str:
+        """The key's workspace (in a thread of the pool: it reads the database)."""
+        workspace = self.service.authenticate(key)
         if workspace is None:
             raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
         return workspace
@@ -163,10 +171,17 @@ class LedgerAPI:
     # -- reserve, then settle ----------------------------------------------------------
 
     async def reserve(self, request: Request) -> Response:
-        workspace = await self._workspace(request)
-        body, raw = await read_json_object(request)
-        idempotency = self._idempotency(request, raw)
-        return _reply(await self._off_loop(self.service.reserve_request, workspace, body, idempotency))
+        # On the path of every budgeted LLM call: one trip to a thread of the pool, not two (the key is
+        # checked there, then the body parsed and the reservation made).
+        key = self._key(request)
+        raw = await read_body(request)
+
+        def reserve() -> Reply:
+            workspace = self._authenticated(key)
+            body = parse_json_object(raw)
+            return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
+
+        return _reply(await run_in_threadpool(reserve))
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)

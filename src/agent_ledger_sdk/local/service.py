@@ -91,6 +91,7 @@ LEGACY_KEY_PREFIX = "al_"  # keys of earlier versions, al_<id>_<secret>, still a
 RESERVATION_MEMORY = datetime.timedelta(days=1)
 # An Idempotency-Key is honoured this long; after it, the key may be used for a new request.
 IDEMPOTENCY_LIFETIME = datetime.timedelta(hours=24)
+FORGET_RESERVATIONS = datetime.timedelta(minutes=1)  # between two sweeps of a workspace's long-expired reservations
 _FORGET_EVERY = 1000  # writes between two sweeps of expired idempotency records
 
 MAX_EVENTS_PER_REQUEST = 10_000
@@ -194,6 +195,8 @@ class LedgerService:
         # A large session's totals over every event, by id, with the event count they were read at.
         self._totals: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
         self._totals_lock = threading.Lock()
+        # When (the ledger's clock) this process last forgot each workspace's long-expired reservations.
+        self._reservations_forgotten: dict[str, datetime.datetime] = {}
 
     def _now(self) -> datetime.datetime:
         return self._clock()
@@ -437,26 +440,39 @@ class LedgerService:
     def _add_spend(tx: Tx, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
         tx.set_spent(workspace, scope, subject, period, money.add(tx.spent(workspace, scope, subject, period), cost))
 
-    def _live_reservations(self, tx: Tx, workspace: str, now: datetime.datetime) -> list[dict[str, Any]]:
-        """The workspace's reservations still held; those long gone are forgotten on the way (lazily)."""
+    def _forget_expired_reservations(self, tx: Tx, workspace: str, now: datetime.datetime) -> None:
+        """Forget the workspace's reservations that expired over RESERVATION_MEMORY ago: at most once a
+        FORGET_RESERVATIONS per workspace and process (they are never read as held: this is only
+        housekeeping, amortised off the path of each budgeted call)."""
+        with self._writes_lock:
+            last = self._reservations_forgotten.get(workspace)
+            if last is not None and datetime.timedelta(0) <= now - last < FORGET_RESERVATIONS:
+                return
+            self._reservations_forgotten[workspace] = now
         tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
-        return tx.held_reservations(workspace, stamp(now))
 
     def _limits(
         self, tx: Tx, workspace: str, session: Mapping[str, Any], now: datetime.datetime, *, spending: bool
     ) -> _Limits:
-        """The budgets of ``session``'s calls, with their spend and reservations (only if ``spending``)."""
+        """The budgets of ``session``'s calls, with their spend and reservations (only if ``spending``).
+
+        One statement reads them all (``Tx.budget_state``): the agent's and the workspace's limits, the
+        spend of today and this month, and the reservations held now."""
         agent = session["agent_name"]
-        agent_row = tx.agent_budget(workspace, agent)
-        found_settings = tx.workspace_settings(workspace)
-        settings = found_settings[0] if found_settings else None
-        found = _Limits(allow_unpriced=bool(settings["allow_unpriced"]) if settings is not None else False)
+        day, month = day_of(now), month_of(now)
+        periods = [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month), (WORKSPACE_DAILY, "", day)]
+        if spending:
+            self._forget_expired_reservations(tx, workspace, now)
+        state = tx.budget_state(workspace, agent, periods if spending else (), stamp(now))
+        agent_row = next((r for r in state if r["kind"] == "agent"), None)
+        settings = next((r for r in state if r["kind"] == "settings"), None)
+        found = _Limits(allow_unpriced=bool(int(settings["c"])) if settings is not None else False)
         wanted: list[tuple[str, Any, Any]] = []
         if agent_row is not None:
-            wanted.append((AGENT_DAILY, agent_row["daily_limit"], agent_row["warn_at_percent"]))
-            wanted.append((AGENT_MONTHLY, agent_row["monthly_limit"], agent_row["warn_at_percent"]))
+            wanted.append((AGENT_DAILY, agent_row["a"], agent_row["c"]))
+            wanted.append((AGENT_MONTHLY, agent_row["b"], agent_row["c"]))
         if settings is not None:
-            wanted.append((WORKSPACE_DAILY, settings["daily_limit"], settings["warn_at_percent"]))
+            wanted.append((WORKSPACE_DAILY, settings["a"], settings["b"]))
         wanted.append((SESSION, session["max_cost"], session["warn_at_percent"]))
         wanted = [entry for entry in wanted if entry[1] is not None]
         if not wanted or not spending:
@@ -464,32 +480,32 @@ class LedgerService:
                 Budget(kind, amount(limit), money.ZERO, money.ZERO, None, None, agent, "") for kind, limit, _ in wanted
             ]
             return found
-        held = self._live_reservations(tx, workspace, now)
-        day, month = day_of(now), month_of(now)
+        spent = {(r["b"], r["c"]): amount(r["a"]) for r in state if r["kind"] == "spend"}
+        held = [r for r in state if r["kind"] == "held"]
         for kind, limit, warn in wanted:
             resets: Optional[datetime.datetime]
             if kind == AGENT_DAILY:
-                spent = tx.spent(workspace, AGENT_DAILY, agent, day)
-                reserved = [r for r in held if r["agent_name"] == agent]
+                used = spent.get((AGENT_DAILY, agent), money.ZERO)
+                reserved = [r for r in held if r["b"] == agent]
                 resets, subject = next_utc_midnight(now), agent
             elif kind == AGENT_MONTHLY:
-                spent = tx.spent(workspace, AGENT_MONTHLY, agent, month)
-                reserved = [r for r in held if r["agent_name"] == agent]
+                used = spent.get((AGENT_MONTHLY, agent), money.ZERO)
+                reserved = [r for r in held if r["b"] == agent]
                 resets, subject = next_utc_month(now), agent
             elif kind == WORKSPACE_DAILY:
-                spent = tx.spent(workspace, WORKSPACE_DAILY, "", day)
+                used = spent.get((WORKSPACE_DAILY, ""), money.ZERO)
                 reserved = held
                 resets, subject = next_utc_midnight(now), workspace
             else:
-                spent = amount(session["cost"])
-                reserved = [r for r in held if r["session_id"] == session["id"]]
+                used = amount(session["cost"])
+                reserved = [r for r in held if r["c"] == session["id"]]
                 resets, subject = None, session["id"]
             found.budgets.append(
                 Budget(
                     kind=kind,
                     limit=amount(limit),
-                    spent=spent,
-                    reserved=money.add(*(amount(r["amount"]) for r in reserved)),
+                    spent=used,
+                    reserved=money.add(*(amount(r["a"]) for r in reserved)),
                     warn_at_percent=optional_amount(warn),
                     resets_at=resets,
                     agent_name=agent,
@@ -722,24 +738,36 @@ class LedgerService:
                 'Send either "estimate": {"tokensIn": int, "tokensOut": int} (the most the call may use) or '
                 '"maxCostUsd": number (the most it may cost), not both and not neither.'
             )
-        custom = self.prices(workspace)
         provider, model = names["provider"], names["model"]
         usage = _estimate(estimate) if estimate is not None else TokenUsage(0, 0)
-        price = self.price_book.price(provider, model, usage, custom)
-        reservation = ReservationRequest(
-            session_id=session_id,
-            provider=provider,
-            model=model,
-            amount=(max_cost if max_cost is not None else price.cost_usd) if price.priced else None,
-            max_cost_usd=max_cost,
-            step_index=step,
-            note=price.note,
-        )
-        return self.reserve(workspace, reservation, idempotency)
 
-    def reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency] = None) -> Reply:
+        def priced(custom: Mapping[str, Rates]) -> ReservationRequest:
+            price = self.price_book.price(provider, model, usage, custom)
+            return ReservationRequest(
+                session_id=session_id,
+                provider=provider,
+                model=model,
+                amount=(max_cost if max_cost is not None else price.cost_usd) if price.priced else None,
+                max_cost_usd=max_cost,
+                step_index=step,
+                note=price.note,
+            )
+
+        # Priced with the workspace's prices read in the reservation's own transaction (one fewer).
+        return self.reserve(workspace, priced({}), idempotency, pricing=priced)
+
+    def reserve(
+        self,
+        workspace: str,
+        request: ReservationRequest,
+        idempotency: Optional[Idempotency] = None,
+        *,
+        pricing: Optional[Callable[[Mapping[str, Rates]], ReservationRequest]] = None,
+    ) -> Reply:
+        """Reserve ``request``'s amount; ``pricing``: the request priced with the workspace's own prices
+        (read in the reservation's transaction), which replaces ``request``."""
         try:
-            return self._reserve(workspace, request, idempotency)
+            return self._reserve(workspace, request, idempotency, pricing)
         except (BudgetExceeded, UnpricedModel) as refused:
             reason = "budget_exceeded" if isinstance(refused, BudgetExceeded) else "unpriced_model"
             if self.metrics is not None:
@@ -775,12 +803,20 @@ class LedgerService:
         except Exception:  # the refusal stands; only its record is lost
             logger.exception("could not record a refused call of session %s", request.session_id)
 
-    def _reserve(self, workspace: str, request: ReservationRequest, idempotency: Optional[Idempotency]) -> Reply:
+    def _reserve(
+        self,
+        workspace: str,
+        request: ReservationRequest,
+        idempotency: Optional[Idempotency],
+        pricing: Optional[Callable[[Mapping[str, Rates]], ReservationRequest]] = None,
+    ) -> Reply:
         now = self._now()
         with self.store.write(workspace) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
+            if pricing is not None:
+                request = pricing(self._prices(tx, workspace))
             session = self._session_row(tx, workspace, request.session_id, for_update=True)
             self._running(session, "reservations are made for")
             limits = self._limits(tx, workspace, session, now, spending=True)
@@ -1496,7 +1532,11 @@ class LedgerService:
     def prices(self, workspace: str) -> dict[str, Rates]:
         """The workspace's own prices, by key (``provider/model`` or ``model``, normalised)."""
         with self.store.read() as tx:
-            rows = tx.prices(workspace)
+            return self._prices(tx, workspace)
+
+    @staticmethod
+    def _prices(tx: Tx, workspace: str) -> dict[str, Rates]:
+        rows = tx.prices(workspace)
         return {
             row["name"]: Rates(
                 amount(row["input_per_mtok"]),

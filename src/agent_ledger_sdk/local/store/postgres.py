@@ -288,9 +288,18 @@ class PostgresStore(Store):
 
     @contextmanager
     def read(self) -> Iterator[Tx]:
-        with _refused_values(), self._pool.connection() as connection, connection.transaction():
-            connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield Tx(connection, POSTGRES)
+        from psycopg import IsolationLevel
+
+        with _refused_values(), self._pool.connection() as connection:
+            # One round trip opens it: BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY (not BEGIN, then SET).
+            connection.isolation_level = IsolationLevel.REPEATABLE_READ
+            connection.read_only = True
+            try:
+                with connection.transaction():
+                    yield Tx(connection, POSTGRES)
+            finally:
+                connection.isolation_level = None
+                connection.read_only = None
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -698,6 +698,34 @@ class Tx:
         )
         return {row["id"]: row for row in rows}
 
+    def budget_state(
+        self, workspace: str, agent_name: str, periods: Sequence[tuple[str, str, str]], now: str
+    ) -> list[dict[str, Any]]:
+        """In one statement (one round trip): the agent's budget, the workspace's settings, the spend of
+        ``periods`` ((scope, subject, period) each) and the reservations held now. Rows of ``kind`` 'agent'
+        (a: daily limit, b: monthly limit, c: warn at), 'settings' (a: daily limit, b: warn at, c: allow
+        unpriced), 'spend' (a: amount, b: scope, c: subject) and 'held' (a: amount, b: agent, c: session);
+        every value as text (or NULL)."""
+        spend = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in periods) or "1 = 0"
+        return self._all(
+            "SELECT 'agent' AS kind, CAST(daily_limit AS TEXT) AS a, CAST(monthly_limit AS TEXT) AS b,"
+            " CAST(warn_at_percent AS TEXT) AS c FROM agent_budgets WHERE workspace = ? AND agent_name = ?"
+            " UNION ALL SELECT 'settings', CAST(daily_limit AS TEXT), CAST(warn_at_percent AS TEXT),"
+            " CAST(allow_unpriced AS TEXT) FROM workspace_settings WHERE workspace = ?"
+            f" UNION ALL SELECT 'spend', CAST(amount AS TEXT), scope, subject FROM spend WHERE workspace = ? AND ({spend})"
+            " UNION ALL SELECT 'held', CAST(amount AS TEXT), agent_name, session_id FROM reservations"
+            " WHERE workspace = ? AND state = 'held' AND expires_at > ?",
+            (
+                workspace,
+                agent_name,
+                workspace,
+                workspace,
+                *(value for period in periods for value in period),
+                workspace,
+                now,
+            ),
+        )
+
     # -- spend --------------------------------------------------------------------------------
 
     def spent(self, workspace: str, scope: str, subject: str, period: str) -> Decimal:
