@@ -255,8 +255,8 @@ def _not_otlp(what: str) -> BadInput:
 
 
 def _member(value: dict[str, Any], camel: str, snake: str) -> Any:
-    found = value.get(camel)
-    return value.get(snake) if found is None else found
+    # OTLP JSON's keys are lowerCamelCase (the spec's MUST): the proto's snake_case names are not read.
+    return value.get(camel)
 
 
 def _objects(value: dict[str, Any], camel: str, snake: str, where: str) -> Iterator[tuple[int, dict[str, Any]]]:
