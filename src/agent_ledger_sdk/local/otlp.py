@@ -530,6 +530,7 @@ def _is_genai(span: Span) -> bool:
 def _role(span: Span) -> str:
     attributes = span.attributes
     operation = attributes.get("gen_ai.operation.name")
+    operation = operation if isinstance(operation, str) else None
     kind = _SPAN_KINDS.get(str(attributes.get("openinference.span.kind", "")).upper())
     if operation in _LLM_OPERATIONS or kind == "llm":
         return "llm"
