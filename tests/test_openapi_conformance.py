@@ -349,7 +349,48 @@ def live(served: LocalLedger) -> Iterator[Live]:
     found.http.close()
 
 
+NOT_PROTOBUF = b"\xff\xff"  # field 31 of wire type 7, which protobuf does not have: no message starts so
+
+
+def otlp_protobuf(value: Any) -> bytes:
+    """A body Schemathesis made for POST /v1/traces as protobuf, whose schema in the document is the structure of the
+    ExportTraceServiceRequest: that structure encoded (each span an empty one, which the ledger rejects alone), or,
+    for a body the structure does not allow, bytes that are no protobuf (which the ledger refuses whole)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    def objects(parent: Any, name: str) -> Optional[list[dict[str, Any]]]:
+        items = parent.get(name)
+        if items is None:
+            return []
+        return items if isinstance(items, list) and all(isinstance(item, dict) for item in items) else None
+
+    request: Any = ExportTraceServiceRequest()
+    resource_spans = objects(value, "resourceSpans") if isinstance(value, dict) else None
+    if resource_spans is None:
+        return NOT_PROTOBUF
+    for resource_span in resource_spans:
+        if not isinstance(resource_span.get("resource", {}), (dict, type(None))):
+            return NOT_PROTOBUF
+        added = request.resource_spans.add()
+        scope_spans = objects(resource_span, "scopeSpans")
+        if scope_spans is None:
+            return NOT_PROTOBUF
+        for scope_span in scope_spans:
+            spans = objects(scope_span, "spans")
+            if spans is None:
+                return NOT_PROTOBUF
+            scope = added.scope_spans.add()
+            for span in spans:
+                scope.spans.add(name=span["name"] if isinstance(span.get("name"), str) else "")
+    return bytes(request.SerializeToString())
+
+
 if schemathesis is not None:
+
+    @schemathesis.serializer("application/x-protobuf")
+    def _protobuf_serializer(context: Any, value: Any) -> bytes:
+        return otlp_protobuf(value)
+
     # The document itself (the server serves the same: test_the_server_serves_this_document), with
     # the server from the ``served`` fixture. (A schema from a fixture, ``schemathesis.pytest.from_fixture``,
     # needs ``Node._nodeid``, which pytest 9.2 no longer has.)

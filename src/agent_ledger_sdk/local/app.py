@@ -13,6 +13,12 @@ events are bad, the answer is a 400 (413 when one is over 64 KB) whose
 and resend the rest. A batch whose unreserved LLM call went over a budget is
 stored whole and answered with the published guardrail 429.
 
+OpenTelemetry (OTLP/HTTP; ``otlp.py`` says what spans become)::
+
+    POST /v1/traces                 ExportTraceServiceRequest (protobuf or JSON)
+                                    -> 200 ExportTraceServiceResponse (partialSuccess: spans rejected)
+                                       | 400 (not OTLP) | 415 (another content type)
+
 Reserve, then settle::
 
     POST   /v1/reservations         {"sessionId", "provider", "model", "estimate" | "maxCostUsd"}
@@ -38,6 +44,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import zlib
 from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
@@ -48,7 +55,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import money
-from .body import parse_json_object, read_body, read_json_object
+from .body import MAX_BODY_BYTES, parse_json_object, read_body, read_json_object
 from .pricing import PriceBook
 from .records import (
     BadInput,
@@ -167,6 +174,38 @@ class LedgerAPI:
         body, raw = await read_json_object(request)
         idempotency = self._idempotency(request, raw)
         return _reply(await self._off_loop(self.service.log_events_request, workspace, body, idempotency))
+
+    # -- OpenTelemetry -------------------------------------------------------------------------
+
+    async def ingest_traces(self, request: Request) -> Response:
+        """OTLP/HTTP: the answer, errors included, in the request's encoding (an error in protobuf: a
+        google.rpc.Status), so that any OTLP exporter reads it."""
+        from . import otlp
+
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        protobuf = media == otlp.PROTOBUF
+        try:
+            workspace = await self._workspace(request)
+            if media not in (otlp.PROTOBUF, otlp.JSON):
+                message = (
+                    f"Content-Type {media or '(none)'} is not OTLP: send an ExportTraceServiceRequest as "
+                    f"{otlp.PROTOBUF} (protobuf) or {otlp.JSON} (OTLP JSON)."
+                )
+                return _json({"error": message, "code": 3, "message": message}, 415)
+            raw = _decompressed(request, await read_body(request))
+            decode = otlp.decode_protobuf if protobuf else otlp.decode_json
+            decoded = await self._off_loop(decode, raw)
+            rejected = await self._off_loop(self.service.ingest_traces, workspace, decoded)
+        except LedgerError as exc:
+            if isinstance(exc, BudgetExceeded):  # pragma: no cover - spans are charged after the fact, never refused
+                raise
+            status = status_of(exc)
+            code = _GRPC_CODES.get(status, 3)
+            if protobuf:
+                return Response(otlp.encode_status(code, exc.message), status, media_type=media)
+            # {"error"} as every answer of the ledger, and {"code", "message"}: a google.rpc.Status in JSON.
+            return _json({"error": exc.message, "code": code, "message": exc.message}, status)
+        return Response(otlp.encode_response(rejected, protobuf=protobuf), 200, media_type=media)
 
     # -- reserve, then settle ----------------------------------------------------------
 
@@ -307,6 +346,28 @@ def status_of(error: LedgerError) -> int:
     return 400
 
 
+# The google.rpc.Code of an OTLP/HTTP error in protobuf, by HTTP status.
+_GRPC_CODES = {400: 3, 401: 16, 404: 5, 413: 8, 415: 3}
+
+
+def _decompressed(request: Request, raw: bytes) -> bytes:
+    """The body an OTLP exporter sent gzipped (``Content-Encoding: gzip``, the Collector's default), unzipped
+    within the body limit."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding != "gzip":
+        raise BadInput(f"Content-Encoding {encoding} is not supported: send the body as it is, or gzipped.")
+    unzip = zlib.decompressobj(wbits=31)
+    try:
+        body = unzip.decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error as exc:
+        raise BadInput(f"The body is not gzip ({exc}), though Content-Encoding says so.") from None
+    if len(body) > MAX_BODY_BYTES or unzip.unconsumed_tail:
+        raise TooLarge(f"The body is over {MAX_BODY_BYTES} bytes unzipped; send fewer spans per request.")
+    return body
+
+
 async def _ledger_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LedgerError)
     if isinstance(exc, BudgetExceeded):
@@ -391,6 +452,7 @@ def create_app(
         Route("/v1/sessions/{session_id}", api.delete_session, methods=["DELETE"]),
         Route("/v1/sessions/{session_id}/end", api.end_session, methods=["POST"]),
         Route("/v1/events", api.log_events, methods=["POST"]),
+        Route("/v1/traces", api.ingest_traces, methods=["POST"]),
         Route("/v1/reservations", api.reserve, methods=["POST"]),
         Route("/v1/reservations/{reservation_id}", api.release, methods=["DELETE"]),
         Route("/v1/budgets", api.budgets, methods=["GET"]),

@@ -155,6 +155,41 @@ def _errors(*statuses: int, **texts: str) -> dict[str, Any]:
     return {str(s): _json(_ref("Error"), texts.get(f"e{s}", _ERROR_TEXTS[s])) for s in statuses}
 
 
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _otlp(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An answer of POST /v1/traces: JSON to a JSON request, protobuf to a protobuf one."""
+    return {
+        "description": f"{description}. In the request's encoding (protobuf: an ExportTraceServiceResponse, or a "
+        "google.rpc.Status for an error).",
+        "content": {"application/json": {"schema": schema}, "application/x-protobuf": {"schema": _BINARY}},
+    }
+
+
+def _nullable_array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": ["array", "null"], "items": items}
+
+
+# The shape the ledger reads of OTLP JSON; a span it cannot read is rejected alone (partialSuccess), not the request.
+_OTLP_REQUEST = {
+    "type": "object",
+    "properties": {
+        "resourceSpans": _nullable_array(
+            {
+                "type": "object",
+                "properties": {
+                    "resource": {"type": ["object", "null"]},
+                    "scopeSpans": _nullable_array(
+                        {"type": "object", "properties": {"spans": _nullable_array({"type": "object"})}}
+                    ),
+                },
+            }
+        )
+    },
+}
+
+
 def _no_content(description: str) -> dict[str, Any]:
     return {"description": description}
 
@@ -376,6 +411,15 @@ OPENAPI: dict[str, Any] = {
         "securitySchemes": {"apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
         "schemas": {
             "Error": _object({"error": {"type": "string", "description": "What was wrong and how to fix it"}}, "all"),
+            "OtlpError": _object(
+                {
+                    "error": {"type": "string", "description": "What was wrong and how to fix it"},
+                    "code": {"type": "integer", "description": "The google.rpc.Code (3: invalid argument)"},
+                    "message": {"type": "string", "description": "The same as error (a google.rpc.Status)"},
+                },
+                "all",
+                description="An error of POST /v1/traces in JSON: the ledger's error, and a google.rpc.Status",
+            ),
             "EventsRejected": _object(
                 {
                     "error": {"type": "string", "description": "The message of the first bad event"},
@@ -808,6 +852,61 @@ OPENAPI: dict[str, Any] = {
                         _ref("EventsGuardrail"),
                         "An unreserved LLM call went over a budget: the batch is stored all the same (the call ran), "
                         "the calls over it with overBudget: true, and the body is the guardrail of the first one",
+                    ),
+                },
+            }
+        },
+        "/v1/traces": {
+            "post": {
+                "operationId": "ingestTraces",
+                "summary": "OpenTelemetry traces (OTLP/HTTP): GenAI spans become sessions and priced events",
+                "description": "An ExportTraceServiceRequest, in protobuf or in OTLP JSON. A trace goes to the "
+                "session of its conversation (gen_ai.conversation.id, or OpenInference's session.id) or else its "
+                "own; chat and completion spans become llm_call events priced as POST /v1/events prices them, "
+                "tool spans tool_call and tool_result events. A span recorded already (an exporter's retry) is "
+                "not recorded again. LLM calls count against budgets after the fact: a call over a budget is "
+                "recorded with overBudget true, never refused. Spans that cannot be read are rejected alone "
+                "(partialSuccess). Errors are in the request's encoding: JSON, or a google.rpc.Status in protobuf.",
+                "requestBody": {
+                    "required": True,
+                    "description": f"At most {MAX_BODY_BYTES} bytes (after gzip, with Content-Encoding: gzip). "
+                    "JSON: the OTLP JSON mapping (lowerCamelCase keys, hex trace and span ids, enums as integers, "
+                    f"64-bit integers as strings or numbers), nested at most {MAX_JSON_DEPTH} deep.",
+                    "content": {
+                        "application/json": {"schema": _OTLP_REQUEST},
+                        # The message's structure; on the wire, its protobuf encoding.
+                        "application/x-protobuf": {"schema": _OTLP_REQUEST},
+                    },
+                },
+                "responses": {
+                    "200": _otlp(
+                        _object(
+                            {
+                                "partialSuccess": _object(
+                                    {
+                                        "rejectedSpans": {
+                                            "type": "string",
+                                            "pattern": "^[0-9]+$",
+                                            "description": "How many spans were rejected (int64, as a string)",
+                                        },
+                                        "errorMessage": {"type": "string", "description": "Why, span by span"},
+                                    },
+                                    "all",
+                                )
+                            }
+                        ),
+                        "An ExportTraceServiceResponse: the spans were recorded (or were already), but those "
+                        "that partialSuccess counts",
+                    ),
+                    "400": _otlp(
+                        _ref("OtlpError"),
+                        "The body is not an ExportTraceServiceRequest in the encoding its Content-Type names, or "
+                        "is gzip-encoded wrongly",
+                    ),
+                    "401": _otlp(_ref("OtlpError"), _ERROR_TEXTS[401]),
+                    "413": _otlp(_ref("OtlpError"), f"A body over {MAX_BODY_BYTES} bytes (16 MB), unzipped"),
+                    "415": _json(
+                        _ref("OtlpError"), "Another Content-Type than application/json or application/x-protobuf"
                     ),
                 },
             }

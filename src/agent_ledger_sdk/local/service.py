@@ -25,8 +25,9 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from .._constants import MAX_EVENT_BYTES
 from .._local_key import LOCAL_KEY_PREFIX
 from . import money
 from .budgets import (
@@ -72,6 +73,7 @@ from .store.sql import EventRow, RollupRow, SessionFilter, SessionSearch, Tx, am
 from .validation import (
     MAX_SAFE_INTEGER,
     MAX_TOKENS,
+    MAX_USER_ID,
     EventsRejected,
     Rejection,
     check_event,
@@ -81,6 +83,9 @@ from .validation import (
     usd_amount,
     warn_percent,
 )
+
+if TYPE_CHECKING:
+    from . import otlp
 
 logger = logging.getLogger("agent_ledger_sdk.local")
 
@@ -109,6 +114,12 @@ CATCH_UP_SECONDS = 2.0  # how long a read of the costs may spend bringing the ro
 TOTALS_CACHE_FROM = 1000  # sessions of this many events have their totals remembered (per process)
 TOTALS_CACHE_SIZE = 64  # sessions whose totals are remembered
 PRICE_FIELDS = ("inputPerMtok", "outputPerMtok", "cacheReadPerMtok", "cacheWritePerMtok")
+# OpenTelemetry ingest.
+_OTEL_NAMESPACE = uuid.UUID("6f9d3c2e-5b8a-4e1f-9c47-0a1b2c3d4e5f")  # sessions' ids: uuid5 of workspace and key
+_AGENT_SPAN = "gen_ai.agent.name"  # (metadata.agentNameFrom) named by an agent span
+_SPAN_LOOKUP = 500  # span ids looked up at once
+MAX_CONVERSATION_KEY = 256  # a longer conversation id is keyed by its hash
+_CONTENT = ("prompt", "response", "systemInstructions", "toolInput", "toolOutput")
 
 __all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "key_id_of"]
 
@@ -570,41 +581,7 @@ class LedgerService:
                 return replay
             row = self._session_row(tx, workspace, session_id, for_update=True)
             self._running(row, "events can only be added to")
-            refusal: Optional[dict[str, Any]] = None
-            warnings: dict[int, list[PricedEvent]] = {}
-            if any(e.type == "llm_call" for e in events):
-                refusal, warnings = self._charge(tx, workspace, row, events, now)
-            stored: list[PricedEvent] = []
-            for position, event in enumerate(events):
-                stored.append(event)
-                stored.extend(warnings.get(position, ()))
-            tx.insert_events(
-                session_id,
-                received,
-                (
-                    EventRow(
-                        e.step_index,
-                        e.type,
-                        e.payload_json(),
-                        e.cost_usd,
-                        e.cost_status,
-                        e.over_budget,
-                        e.pricing_note,
-                    )
-                    for e in stored
-                ),
-            )
-            cost = money.add(*(e.cost_usd for e in events))
-            tx.add_to_session(
-                session_id,
-                cost=money.add(amount(row["cost"]), cost),
-                tokens_in=sum(e.tokens_in for e in events),
-                tokens_out=sum(e.tokens_out for e in events),
-                events=len(stored),
-                unpriced=sum(1 for e in events if e.cost_status == UNPRICED),
-                estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
-                over_budget=sum(1 for e in events if e.over_budget),
-            )
+            refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now)
             body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
             if refusal is None:
                 reply = self._remember(tx, workspace, idempotency, Reply(Outcome.ACCEPTED, body), now)
@@ -619,14 +596,70 @@ class LedgerService:
                     Reply(Outcome.OVER_BUDGET, {**refusal, **body, "overBudgetEvents": over}),
                     now,
                 )
-        if self.metrics is not None:
+        self._count_ingested(stored)
+        if self.metrics is not None and refusal is not None:
+            self.metrics.guardrail_refusal("budget_exceeded")
+        return reply
+
+    def _count_ingested(self, stored: Sequence[PricedEvent]) -> None:
+        if self.metrics is not None and stored:
             by_type: dict[str, int] = {}
             for e in stored:
                 by_type[e.type] = by_type.get(e.type, 0) + 1
             self.metrics.events_ingested(len(stored), by_type)
-            if refusal is not None:
-                self.metrics.guardrail_refusal("budget_exceeded")
-        return reply
+
+    def _store_events(
+        self,
+        tx: Tx,
+        workspace: str,
+        row: Mapping[str, Any],
+        events: Sequence[PricedEvent],
+        received: str,
+        now: datetime.datetime,
+        *,
+        refuse_unpriced: bool = True,
+    ) -> tuple[Optional[dict[str, Any]], list[PricedEvent], Decimal]:
+        """Charge a batch's LLM calls, store its events (with any budget warnings) and add to the session's totals.
+
+        Returns the guardrail body of a call over a budget (None: none was), what was stored, and the batch's cost.
+        """
+        session_id = row["id"]
+        refusal: Optional[dict[str, Any]] = None
+        warnings: dict[int, list[PricedEvent]] = {}
+        if any(e.type == "llm_call" for e in events):
+            refusal, warnings = self._charge(tx, workspace, row, events, now, refuse_unpriced=refuse_unpriced)
+        stored: list[PricedEvent] = []
+        for position, event in enumerate(events):
+            stored.append(event)
+            stored.extend(warnings.get(position, ()))
+        tx.insert_events(
+            session_id,
+            received,
+            (
+                EventRow(
+                    e.step_index,
+                    e.type,
+                    e.payload_json(),
+                    e.cost_usd,
+                    e.cost_status,
+                    e.over_budget,
+                    e.pricing_note,
+                )
+                for e in stored
+            ),
+        )
+        cost = money.add(*(e.cost_usd for e in events))
+        tx.add_to_session(
+            session_id,
+            cost=money.add(amount(row["cost"]), cost),
+            tokens_in=sum(e.tokens_in for e in events),
+            tokens_out=sum(e.tokens_out for e in events),
+            events=len(stored),
+            unpriced=sum(1 for e in events if e.cost_status == UNPRICED),
+            estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
+            over_budget=sum(1 for e in events if e.over_budget),
+        )
+        return refusal, stored, cost
 
     def _charge(
         self,
@@ -635,18 +668,21 @@ class LedgerService:
         session: Mapping[str, Any],
         events: Sequence[PricedEvent],
         now: datetime.datetime,
+        *,
+        refuse_unpriced: bool = True,
     ) -> tuple[Optional[dict[str, Any]], dict[int, list[PricedEvent]]]:
         """Settle reservations, check budgets and count the spend of a batch's LLM calls, in order.
 
         Returns the guardrail body of the first unreserved call that went over a budget (None if
         none did), and the ``budget_warning`` events to store after each call that crossed a
-        soft threshold.
+        soft threshold. ``refuse_unpriced`` False: calls that ran already (OpenTelemetry spans) are
+        recorded unpriced, never refused, under a budget.
         """
         limits = self._limits(tx, workspace, session, now, spending=True)
         calls = [(position, e) for position, e in enumerate(events) if e.type == "llm_call"]
         wanted = sorted({e.reservation_id for _, e in calls if e.reservation_id})
         held = tx.held_for(workspace, session["id"], wanted, stamp(now))
-        if limits.budgets and not limits.allow_unpriced:
+        if limits.budgets and not limits.allow_unpriced and refuse_unpriced:
             unpriced = [(p, e) for p, e in calls if e.cost_status == UNPRICED and e.reservation_id not in held]
             if unpriced:
                 if self.metrics is not None:
@@ -707,6 +743,200 @@ class LedgerService:
                 for p, e in calls
             ],
         )
+
+    # -- OpenTelemetry traces ----------------------------------------------------------------------
+
+    def ingest_traces(self, workspace: str, decoded: otlp.Decoded) -> list[str]:
+        """``POST /v1/traces``: record a request's GenAI spans; return why each span not recorded was rejected.
+
+        A trace goes to one session: its conversation's (``gen_ai.conversation.id``) if a span of it has one,
+        else its own. A span recorded already (an exporter's retry) is skipped, and its cost never counted
+        twice. LLM calls are priced and charged to the budgets after the fact: a call over a budget is recorded
+        with ``overBudget``, and a call the ledger cannot price is recorded unpriced; neither is refused.
+        """
+        from . import otlp  # (it reads JSON as the server does: the server's extra)
+
+        planned, rejected = otlp.plan(decoded.spans)
+        rejected = decoded.rejected + rejected
+        checked: dict[tuple[str, str], list[PricedEvent]] = {}
+        recorded: list[otlp.LedgerSpan] = []
+        for span in planned:
+            try:
+                checked[(span.trace_id, span.span_id)] = [_checked_span_event(event) for event in span.events]
+            except Rejection as rejection:
+                rejected.append(f"span {span.span_id} of trace {span.trace_id}: {rejection.message}")
+                continue
+            recorded.append(span)
+        calls = [e for events in checked.values() for e in events if e.type == "llm_call"]
+        if calls:
+            custom = self.prices(workspace)
+            for event in calls:
+                self._price(event, custom)
+        traces: dict[str, list[otlp.LedgerSpan]] = {}
+        for span in recorded:
+            traces.setdefault(span.trace_id, []).append(span)
+        if not traces:
+            return rejected
+        now = self._now()
+        received = iso(now)
+        assert received is not None
+        stored: list[PricedEvent] = []
+        with self.store.write(workspace) as tx:
+            sessions: dict[str, list[otlp.LedgerSpan]] = {}
+            for trace_id, spans in traces.items():
+                seen: set[str] = set()
+                ids = [span.span_id for span in spans]
+                for start in range(0, len(ids), _SPAN_LOOKUP):
+                    seen |= tx.otel_spans_seen(workspace, trace_id, ids[start : start + _SPAN_LOOKUP])
+                fresh = [span for span in spans if span.span_id not in seen]
+                session_id = self._otel_session(tx, workspace, trace_id, fresh) if fresh else None
+                if session_id is not None:
+                    sessions.setdefault(session_id, []).extend(fresh)
+            for session_id, spans in sessions.items():
+                stored.extend(self._record_spans(tx, workspace, session_id, spans, checked, received, now))
+        self._count_ingested(stored)
+        return rejected
+
+    def _otel_session(self, tx: Tx, workspace: str, trace_id: str, spans: list[otlp.LedgerSpan]) -> Optional[str]:
+        """The session of a trace's spans: found by the trace's or its conversation's key, or made; None when the
+        spans are none of the ledger's business (a root span of something else, in a trace it never saw)."""
+        keyed = sorted((span for span in spans if span.conversation_id), key=lambda span: span.depth)
+        conversation = keyed[0].conversation_id if keyed else None
+        keys = [f"trace:{trace_id}"]
+        if conversation is not None:
+            keys.append(_conversation_key(conversation))
+        found = tx.otel_sessions(workspace, keys)
+        by_trace, by_conversation = found.get(keys[0]), found.get(keys[-1]) if conversation is not None else None
+        session_id = by_conversation or by_trace
+        if by_conversation is not None and by_trace is not None and by_trace != by_conversation:
+            # The trace's first spans came without their conversation's id: its session joins the conversation's.
+            self._merge_sessions(tx, workspace, by_trace, by_conversation)
+        agent = next((span.agent_name for span in sorted(spans, key=lambda s: s.depth) if span.agent_name), None)
+        if session_id is None:
+            if not any(span.genai for span in spans):
+                return None
+            session_id = str(uuid.uuid5(_OTEL_NAMESPACE, f"{workspace}\n{keys[-1]}"))
+            self._new_otel_session(tx, workspace, session_id, trace_id, conversation, spans, agent)
+        elif agent is not None:
+            self._name_otel_session(tx, workspace, session_id, agent)
+        for key in keys:
+            if found.get(key) != session_id:
+                tx.put_otel_session(workspace, key, session_id)
+        return session_id
+
+    def _new_otel_session(
+        self,
+        tx: Tx,
+        workspace: str,
+        session_id: str,
+        trace_id: str,
+        conversation: Optional[str],
+        spans: list[otlp.LedgerSpan],
+        agent: Optional[str],
+    ) -> None:
+        service_name = next((span.service_name for span in spans if span.service_name), None)
+        from .otlp import DEFAULT_AGENT
+
+        agent_name, named_by = (
+            (agent, _AGENT_SPAN)
+            if agent
+            else (service_name, "service.name")
+            if service_name
+            else (DEFAULT_AGENT, "default")
+        )
+        user = next((span.user_id for span in spans if span.user_id), None)
+        metadata: dict[str, Any] = {"source": "opentelemetry", "agentNameFrom": named_by}
+        if conversation is not None and len(conversation) <= MAX_CONVERSATION_KEY:
+            metadata["conversationId"] = conversation
+        else:
+            metadata["traceId"] = trace_id
+        started = min(span.start_ns for span in spans)
+        tx.insert_session(
+            {
+                "id": session_id,
+                "workspace": workspace,
+                "agent_name": agent_name,
+                "status": "running",
+                "started_at": _iso_ns(started),
+                "user_id": user[:MAX_USER_ID].replace("\x00", "") if user else None,
+                "tags": "[]",
+                "metadata": _compact(metadata),
+                "parent_session_id": None,
+                "max_cost": None,
+                "warn_at_percent": None,
+            }
+        )
+        if self.metrics is not None:
+            self.metrics.session_started()
+
+    def _name_otel_session(self, tx: Tx, workspace: str, session_id: str, agent: str) -> None:
+        """An agent span names a session that its earlier spans named after their service (or the default)."""
+        row = self._session_row(tx, workspace, session_id, for_update=True)
+        metadata = json.loads(row["metadata"])
+        if metadata.get("agentNameFrom") in (_AGENT_SPAN, None) or row["agent_name"] == agent:
+            return
+        metadata["agentNameFrom"] = _AGENT_SPAN
+        tx.update_session(session_id, {"agent_name": agent, "metadata": _compact(metadata)})
+
+    def _merge_sessions(self, tx: Tx, workspace: str, from_id: str, into_id: str) -> None:
+        moved = self._session_row(tx, workspace, from_id, for_update=True)
+        into = self._session_row(tx, workspace, into_id, for_update=True)
+        tx.move_session(from_id, into_id)
+        tx.add_to_session(
+            into_id,
+            cost=money.add(amount(into["cost"]), amount(moved["cost"])),
+            tokens_in=int(moved["tokens_in"]),
+            tokens_out=int(moved["tokens_out"]),
+            events=int(moved["event_count"]),
+            unpriced=int(moved["unpriced_count"]),
+            estimated=int(moved["estimated_count"]),
+            over_budget=int(moved["over_budget_count"]),
+        )
+        if _instant(moved["started_at"]) < _instant(into["started_at"]):
+            tx.update_session(into_id, {"started_at": moved["started_at"]})
+        tx.delete_session(from_id)
+
+    def _record_spans(
+        self,
+        tx: Tx,
+        workspace: str,
+        session_id: str,
+        spans: list[otlp.LedgerSpan],
+        checked: Mapping[tuple[str, str], list[PricedEvent]],
+        received: str,
+        now: datetime.datetime,
+    ) -> list[PricedEvent]:
+        """Store new spans' events in their session, numbered in the order the spans started, after its last step;
+        a root or agent span's end ends the session (the latest such end decides its status)."""
+        row = self._session_row(tx, workspace, session_id, for_update=True)
+        spans = sorted(spans, key=lambda span: (span.start_ns, span.span_id))
+        step = tx.last_step_index(session_id)
+        events: list[PricedEvent] = []
+        for span in spans:
+            found = checked[(span.trace_id, span.span_id)]
+            if not found:
+                continue
+            step = 0 if step is None else min(step + 1, MAX_SAFE_INTEGER)
+            for event in found:
+                event.step_index = step
+                event.payload = {**event.payload, "stepIndex": step}
+                event.encoded = ""
+                events.append(event)
+        stored: list[PricedEvent] = []
+        if events:
+            _, stored, _ = self._store_events(tx, workspace, row, events, received, now, refuse_unpriced=False)
+        started = min(span.start_ns for span in spans)
+        if _instant(_iso_ns(started)) < _instant(row["started_at"]):
+            tx.update_session(session_id, {"started_at": _iso_ns(started)})
+        ends = [span.end for span in spans if span.end is not None]
+        if ends:
+            end = max(ends, key=lambda found: found.end_ns)
+            ended_at = _iso_ns(end.end_ns)
+            if row["status"] == "running" or _instant(ended_at) >= _instant(row["ended_at"]):
+                message = end.error_message[:MAX_ERROR_MESSAGE] if end.error_message else None
+                tx.end_session(session_id, end.status, message, ended_at)
+        tx.insert_otel_spans(workspace, received, ((span.trace_id, span.span_id, session_id) for span in spans))
+        return stored
 
     # -- reservations ------------------------------------------------------------------------
 
@@ -1581,6 +1811,36 @@ class LedgerService:
         name = normalise_name(model)
         if not self.remove_price(workspace, name):
             raise NotFound(f"No price for {name!r} in this workspace; GET /v1/prices lists them.")
+
+
+def _checked_span_event(event: dict[str, Any]) -> PricedEvent:
+    """A span's event checked as POST /v1/events checks one; content too large for an event is left out."""
+    try:
+        return check_event(0, event)
+    except Rejection as rejection:
+        if not rejection.too_large:
+            raise
+    note = f"[left out: the event was over the ledger's {MAX_EVENT_BYTES} bytes]"
+    return check_event(0, {**event, **{name: note for name in _CONTENT if name in event}})
+
+
+def _conversation_key(conversation: str) -> str:
+    """A conversation's key: its id, or the id's hash when it is long or holds what a text column cannot."""
+    if len(conversation) <= MAX_CONVERSATION_KEY and "\x00" not in conversation:
+        return f"conversation:{conversation}"
+    return "conversation-sha256:" + hashlib.sha256(conversation.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _iso_ns(ns: int) -> str:
+    moment = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc)
+    return iso(moment.replace(microsecond=ns // 1000 % 10**6)) or ""
+
+
+def _instant(text: Optional[str]) -> datetime.datetime:
+    """A time the ledger stored (ISO 8601, Z), to compare: its text does not sort (the fraction may be absent)."""
+    if not text:
+        return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _only(body: Mapping[str, Any], names: tuple[str, ...]) -> None:

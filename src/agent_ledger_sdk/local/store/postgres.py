@@ -206,6 +206,27 @@ INSERT INTO session_tags (workspace, tag, session_seq)
     ON CONFLICT DO NOTHING
 """
 
+# OpenTelemetry ingest (POST /v1/traces): which session a trace or a conversation went to, and each span recorded
+# (an exporter's retry resends spans: recording one twice must never count its cost twice).
+_OTEL = """
+CREATE TABLE otel_sessions (
+    workspace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    PRIMARY KEY (workspace, key)
+);
+CREATE INDEX otel_sessions_by_session ON otel_sessions (session_id);
+CREATE TABLE otel_spans (
+    workspace TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (workspace, trace_id, span_id)
+);
+CREATE INDEX otel_spans_by_session ON otel_spans (session_id)
+"""
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
@@ -213,7 +234,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "dashboard: cost rollup, over-budget index", _DASHBOARD),
     (4, "reservations by expiry", _RESERVATION_EXPIRY),
     (5, "refused calls", _REFUSALS),
-    # (6 is another branch's: OTLP ingest.)
+    (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _OTEL),
     (7, "session list indexes, session tags", _SESSION_LIST_INDEXES),
 ]
 LATEST = MIGRATIONS[-1][0]

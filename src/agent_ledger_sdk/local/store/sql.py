@@ -598,6 +598,8 @@ class Tx:
         )
 
     def delete_session(self, session_id: str) -> None:
+        self._run("DELETE FROM otel_spans WHERE session_id = ?", (session_id,))
+        self._run("DELETE FROM otel_sessions WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM events WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM refusals WHERE session_id = ?", (session_id,))
         self._run("DELETE FROM reservations WHERE session_id = ?", (session_id,))
@@ -653,6 +655,59 @@ class Tx:
             " ORDER BY position, seq LIMIT ?",
             (session_id, position, position, seq, limit),
         )
+
+    def last_step_index(self, session_id: str) -> Optional[int]:
+        row = self._one("SELECT MAX(step_index) AS step FROM events WHERE session_id = ?", (session_id,))
+        return None if row is None or row["step"] is None else int(row["step"])
+
+    # -- OpenTelemetry ingest ------------------------------------------------------------------
+
+    def otel_sessions(self, workspace: str, keys: Sequence[str]) -> dict[str, str]:
+        """The sessions that ``keys`` (``trace:<id>``, ``conversation:<id>``) went to, by key."""
+        if not keys:
+            return {}
+        rows = self._all(
+            f"SELECT key, session_id FROM otel_sessions WHERE workspace = ? AND key IN ({','.join('?' * len(keys))})",
+            (workspace, *keys),
+        )
+        return {row["key"]: row["session_id"] for row in rows}
+
+    def put_otel_session(self, workspace: str, key: str, session_id: str) -> None:
+        self._run(
+            "INSERT INTO otel_sessions (workspace, key, session_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (workspace, key) DO UPDATE SET session_id = excluded.session_id",
+            (workspace, key, session_id),
+        )
+
+    def otel_spans_seen(self, workspace: str, trace_id: str, span_ids: Sequence[str]) -> set[str]:
+        """Which of a trace's ``span_ids`` were recorded already."""
+        if not span_ids:
+            return set()
+        rows = self._all(
+            "SELECT span_id FROM otel_spans WHERE workspace = ? AND trace_id = ?"
+            f" AND span_id IN ({','.join('?' * len(span_ids))})",
+            (workspace, trace_id, *span_ids),
+        )
+        return {row["span_id"] for row in rows}
+
+    def insert_otel_spans(self, workspace: str, received_at: str, spans: Iterable[tuple[str, str, str]]) -> None:
+        """Record spans as (trace id, span id, session id)."""
+        self._many(
+            "INSERT INTO otel_spans (workspace, trace_id, span_id, session_id, received_at) VALUES (?, ?, ?, ?, ?)",
+            ((workspace, trace_id, span_id, session_id, received_at) for trace_id, span_id, session_id in spans),
+        )
+
+    def move_session(self, from_id: str, into_id: str) -> None:
+        """Move a session's events and OpenTelemetry keys into another one (their totals: the caller's)."""
+        for table in ("events", "otel_spans", "otel_sessions"):
+            self._run(f"UPDATE {table} SET session_id = ? WHERE session_id = ?", (into_id, from_id))
+
+    def update_session(self, session_id: str, changes: dict[str, Any]) -> None:
+        """Set some columns of a session (``agent_name``, ``metadata``, ``started_at``)."""
+        for column in changes:
+            assert column in ("agent_name", "metadata", "started_at")
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self._run(f"UPDATE sessions SET {assignments} WHERE id = ?", (*changes.values(), session_id))
 
     # -- reservations ------------------------------------------------------------------------
 

@@ -86,6 +86,22 @@ def _refusals(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX refusals_by_session ON refusals (session_id)")
 
 
+def _otel(db: sqlite3.Connection) -> None:
+    """Version 6: OpenTelemetry ingest (POST /v1/traces). Which session a trace or a conversation went to (the same
+    key always to the same session, over many export batches), and each span recorded (an exporter's retry resends
+    spans: recording one twice must never count its cost twice)."""
+    db.execute(
+        "CREATE TABLE otel_sessions (workspace TEXT NOT NULL, key TEXT NOT NULL, session_id TEXT NOT NULL,"
+        " PRIMARY KEY (workspace, key)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX otel_sessions_by_session ON otel_sessions (session_id)")
+    db.execute(
+        "CREATE TABLE otel_spans (workspace TEXT NOT NULL, trace_id TEXT NOT NULL, span_id TEXT NOT NULL,"
+        " session_id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (workspace, trace_id, span_id)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX otel_spans_by_session ON otel_spans (session_id)")
+
+
 def _session_list_indexes(db: sqlite3.Connection) -> None:
     """Version 7: every filter of the session list (API, CLI, dashboard) reads an index that gives the sessions
     newest first, so that a page costs the same at 1e6 sessions as at 1e4: by status, by agent or user with a
@@ -118,7 +134,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (3, "dashboard: cost rollup, over-budget index", _dashboard),
     (4, "reservations by expiry", _reservation_expiry),
     (5, "refused calls", _refusals),
-    # (6 is another branch's: OTLP ingest.)
+    (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _otel),
     (7, "session list indexes, session tags", _session_list_indexes),
 ]
 LATEST = MIGRATIONS[-1][0]
