@@ -7,6 +7,7 @@ budgets under concurrency, paginated reads, retention and idempotency lifetimes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import sqlite3
@@ -21,6 +22,7 @@ import pytest
 
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
+from agent_ledger_sdk.local.budgets import iso
 from agent_ledger_sdk.local.records import (
     BudgetExceeded,
     Conflict,
@@ -338,15 +340,23 @@ _LISTS: list[tuple[str, dict[str, Any], str]] = [
     ("the next page (cursor)", {"before_seq": 10}, "sessions_by_workspace"),
     ("agent, the next page", {"agent_name": "a", "before_seq": 10}, "sessions_by_agent"),
     ("newer than a cursor (dashboard)", {"after_seq": 10}, "sessions_by_workspace"),
+    # A time window: newest first by start time, which the window's index gives (after an agent, user or status).
+    ("since", {"started_after": "2026-01-01"}, "sessions_by_start"),
+    ("a time window", {"started_after": "2026-01-01", "started_before": "2026-01-02"}, "sessions_by_start"),
+    ("until", {"started_before": "2026-01-02"}, "sessions_by_start"),
+    (
+        "agent and a time window",
+        {"agent_name": "a", "started_after": "2026-01-01", "started_before": "2026-01-02"},
+        "sessions_by_agent_start",
+    ),
+    ("user since", {"user_id": "u", "started_after": "2026-01-01"}, "sessions_by_user_start"),
+    ("status until", {"status": "error", "started_before": "2026-01-02"}, "sessions_by_status_start"),
 ]
 # Ranges: an index reads them (which one, the database's statistics decide), never a scan of the table.
 _RANGES: list[tuple[str, dict[str, Any]]] = [
-    ("since", {"started_after": "2026-01-01"}),
-    ("a time window", {"started_after": "2026-01-01", "started_before": "2026-01-02"}),
-    ("until", {"started_before": "2026-01-02"}),
     ("minimum cost (dashboard)", {"min_cost": Decimal("10")}),
-    ("agent and a time window", {"agent_name": "a", "started_after": "2026-01-01", "started_before": "2026-01-02"}),
     ("status and minimum cost", {"status": "error", "min_cost": Decimal("1")}),
+    ("a time window and minimum cost", {"started_after": "2026-01-01", "min_cost": Decimal("1")}),
 ]
 
 
@@ -390,6 +400,54 @@ def test_ranges_of_the_session_list_read_an_index(db: Union[Path, str], what: st
         assert "SEARCH sessions USING" in plan and "SCAN sessions" not in plan, plan
     else:
         assert "Index" in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_time_window_pages_newest_first_by_start_time_each_session_once(
+    service: LedgerService, now: list[datetime.datetime]
+) -> None:
+    """Start times out of seq order (a session ingested late with its own start, a clock set back): the window's
+    pages still come newest first by start time, each session exactly once, across a deleted cursor too."""
+    base = now[0]
+    offsets = [5, 1, 9, 3, 3, 7, 0, 12, 8, 2, 11, 6, 4, 10, 3]  # minutes after base, in the order they start
+    made: list[tuple[datetime.datetime, str]] = []
+    for position, minutes in enumerate(offsets):
+        now[0] = base + datetime.timedelta(minutes=minutes)
+        agent = "rare" if position % 5 == 0 else "common"
+        made.append((now[0], service.start_session("ws", agent).body["id"]))
+    since, until = str(iso(base + datetime.timedelta(minutes=2))), str(iso(base + datetime.timedelta(minutes=11)))
+    expected = [sid for at, sid in sorted(made, key=lambda m: m[0], reverse=True) if since <= str(iso(at)) < until]
+
+    def pages(limit: int, **where: Any) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            query = SessionQuery(workspace="ws", started_after=since, started_before=until, limit=limit, **where)
+            page = service.list_sessions(dataclasses.replace(query, cursor=cursor))
+            seen.extend(s["id"] for s in page["sessions"])
+            if page["nextCursor"] is None:
+                return seen
+            cursor = int(page["nextCursor"])
+
+    for limit in (1, 2, 4, 50):
+        listed = pages(limit)
+        assert len(listed) == len(set(listed))
+        # Equal start times may come in either order; the start times must not rise.
+        assert sorted(listed) == sorted(expected) and list(_starts(made, listed)) == sorted(
+            _starts(made, listed), reverse=True
+        )
+    rare = [sid for sid in expected if sid in {m[1] for i, m in enumerate(made) if i % 5 == 0}]
+    assert sorted(pages(1, agent_name="rare")) == sorted(rare)
+    # The first page's last session is deleted: its cursor has lost its place, which is said, not guessed.
+    query = SessionQuery(workspace="ws", started_after=since, started_before=until, limit=3)
+    first = service.list_sessions(query)
+    service.delete_session("ws", first["sessions"][-1]["id"])
+    with pytest.raises(NotFound, match="was deleted since .* list again without a cursor"):
+        service.list_sessions(dataclasses.replace(query, cursor=int(first["nextCursor"])))
+
+
+def _starts(made: list[tuple[datetime.datetime, str]], ids: list[str]) -> list[datetime.datetime]:
+    at = {sid: started for started, sid in made}
+    return [at[sid] for sid in ids]
 
 
 def test_the_tag_filter_finds_exactly_the_sessions_with_every_tag_and_forgets_deleted_ones(

@@ -733,9 +733,15 @@ OPENAPI: dict[str, Any] = {
                             },
                             "all",
                         ),
-                        "A page of sessions",
+                        "A page of sessions: newest first by seq, or by start time (then seq) with since or until",
                     ),
-                    **_errors(400, 401),
+                    **_errors(
+                        400,
+                        401,
+                        404,
+                        e404="A list with since or until continued from a cursor whose session is gone (deleted "
+                        "since): list again without a cursor",
+                    ),
                 },
             },
         },

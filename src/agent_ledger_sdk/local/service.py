@@ -472,8 +472,6 @@ class LedgerService:
         agent = session["agent_name"]
         day, month = day_of(now), month_of(now)
         periods = [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month), (WORKSPACE_DAILY, "", day)]
-        if spending:
-            self._forget_expired_reservations(tx, workspace, now)
         state = tx.budget_state(workspace, agent, periods if spending else (), stamp(now))
         agent_row = next((r for r in state if r["kind"] == "agent"), None)
         settings = next((r for r in state if r["kind"] == "settings"), None)
@@ -491,6 +489,7 @@ class LedgerService:
                 Budget(kind, amount(limit), money.ZERO, money.ZERO, None, None, agent, "") for kind, limit, _ in wanted
             ]
             return found
+        self._forget_expired_reservations(tx, workspace, now)  # housekeeping where budgets are used (not read here)
         spent = {(r["b"], r["c"]): amount(r["a"]) for r in state if r["kind"] == "spend"}
         held = [r for r in state if r["kind"] == "held"]
         for kind, limit, warn in wanted:

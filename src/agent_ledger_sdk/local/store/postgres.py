@@ -193,7 +193,10 @@ _SESSION_LIST_INDEXES = """
 CREATE INDEX sessions_by_status ON sessions (workspace, status, seq);
 CREATE INDEX sessions_by_agent_status ON sessions (workspace, agent_name, status, seq);
 CREATE INDEX sessions_by_user_status ON sessions (workspace, user_id, status, seq);
-CREATE INDEX sessions_by_start ON sessions (workspace, started_at);
+CREATE INDEX sessions_by_start ON sessions (workspace, started_at, seq);
+CREATE INDEX sessions_by_agent_start ON sessions (workspace, agent_name, started_at, seq);
+CREATE INDEX sessions_by_user_start ON sessions (workspace, user_id, started_at, seq);
+CREATE INDEX sessions_by_status_start ON sessions (workspace, status, started_at, seq);
 CREATE INDEX sessions_by_cost ON sessions (workspace, cost);
 CREATE TABLE session_tags (
     workspace TEXT NOT NULL,

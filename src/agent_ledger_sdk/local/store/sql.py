@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Optional
 
 from .. import money
+from ..records import NotFound
 
 # Sums of amounts in Python: far more digits than any sum of prices has, and rounding would raise.
 _EXACT_SUMS = decimal.Context(prec=120, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
@@ -316,6 +317,11 @@ class Tx:
         (the first tag drives: its rows are in seq order); start time and minimum cost through their own
         indexes (a range cannot also give the seq order: the database picks that index or a walk down the
         seq order, whichever its statistics say reads less).
+
+        A list with a time window (``started_after``/``started_before``) and no tag comes newest first by
+        start time instead (then seq): the window's index, alone or after the agent, user or status, gives
+        that order, so a window in the middle of a large ledger is read from where it starts. Its cursors
+        stay seqs: the cursor's session gives the start time to continue from.
         """
         clauses, params = self._session_conditions(where)
         tags = list(dict.fromkeys(where.tags))
@@ -334,20 +340,28 @@ class Tx:
                 " AND x.session_seq = sessions.seq)"
             )
             params.append(tag)
-        if where.before_seq is not None:
-            clauses.append(f"{seq} < ?")
-            params.append(where.before_seq)
-        if isinstance(where, SessionSearch):
-            if where.after_seq is not None:
+        by_start = by_range is None and self.by_start_time(where)
+        if by_start:
+            order_by = "sessions.started_at {0}, sessions.seq {0}"
+            if where.before_seq is not None:
+                self._start_keyset(clauses, params, where.before_seq, "<", where.started_before)
+            if isinstance(where, SessionSearch) and where.after_seq is not None:
+                self._start_keyset(clauses, params, where.after_seq, ">", where.started_after)
+        else:
+            order_by = f"{seq} {{0}}"
+            if where.before_seq is not None:
+                clauses.append(f"{seq} < ?")
+                params.append(where.before_seq)
+            if isinstance(where, SessionSearch) and where.after_seq is not None:
                 clauses.append(f"{seq} > ?")
                 params.append(where.after_seq)
-            if where.min_cost is not None and where.min_cost > 0:
-                if self._dialect.name == "sqlite":  # text amounts: keep whatever may reach it; the caller checks
-                    clauses.append("CAST(cost AS REAL) >= ?")
-                    params.append(float(where.min_cost) * (1 - 1e-9))
-                else:
-                    clauses.append("cost >= ?")
-                    params.append(where.min_cost)
+        if isinstance(where, SessionSearch) and where.min_cost is not None and where.min_cost > 0:
+            if self._dialect.name == "sqlite":  # text amounts: keep whatever may reach it; the caller checks
+                clauses.append("CAST(cost AS REAL) >= ?")
+                params.append(float(where.min_cost) * (1 - 1e-9))
+            else:
+                clauses.append("cost >= ?")
+                params.append(where.min_cost)
         condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         order = "ASC" if oldest_first else "DESC"
         if by_range is not None:  # read the few sessions in the range through its index, then order them
@@ -357,9 +371,43 @@ class Tx:
                 source = f"(SELECT * FROM sessions{condition} OFFSET 0) sessions"
                 condition = ""
         return (
-            f"SELECT sessions.* FROM {source}{condition} ORDER BY {seq} {order} LIMIT ?",
+            f"SELECT sessions.* FROM {source}{condition} ORDER BY {order_by.format(order)} LIMIT ?",
             (*first, *params, limit),
         )
+
+    def _start_keyset(
+        self, clauses: list[str], params: list[Any], cursor: int, direction: str, window_edge: Optional[str]
+    ) -> None:
+        """Continue a start-time list past the session ``cursor`` (a seq): keyset on (started_at, seq).
+
+        The cursor's start time also bounds the index's range (SQLite's planner uses one bound per side: the
+        tighter of it and the window's edge is kept). A cursor whose session was deleted since has lost its
+        place in that order: a clear error says to list again.
+        """
+        older = direction == "<"
+        row = self._one("SELECT started_at FROM sessions WHERE seq = ?", (cursor,))
+        if row is None:
+            raise NotFound(
+                f"No session at cursor {cursor}: it was deleted since that page was read (or the cursor was not a"
+                " nextCursor), so a list ordered by start time (a since/until filter) cannot continue from it:"
+                " list again without a cursor."
+            )
+        start, seq = row["started_at"], cursor
+        edge_clause = "started_at < ?" if older else "started_at >= ?"
+        window_is_tighter = window_edge is not None and (window_edge <= start if older else window_edge > start)
+        if not window_is_tighter:
+            if window_edge is not None:
+                at = clauses.index(edge_clause)
+                del clauses[at], params[at]
+            clauses.append(f"sessions.started_at {direction}= ?")
+            params.append(start)
+        clauses.append(f"(sessions.started_at, sessions.seq) {direction} (?, ?)")
+        params.extend((start, seq))
+
+    @staticmethod
+    def by_start_time(where: SessionFilter) -> bool:
+        """Whether the list comes in start-time order (a time window, no tag): see :meth:`session_list_query`."""
+        return (where.started_after is not None or where.started_before is not None) and not where.tags
 
     def _range_index(self, where: SessionFilter) -> Optional[str]:
         """For a list filtered by a range alone (start time, minimum cost), the range's index when fewer than
@@ -367,14 +415,9 @@ class Tx:
         else None: the walk down the seq order, which meets a page of a wide range soon."""
         if where.workspace is None or where.agent_name or where.status or where.user_id or where.tags:
             return None
+        if self.by_start_time(where):
+            return None  # the window's index gives the page in order
         probes: list[tuple[str, str, list[Any]]] = []
-        if where.started_after is not None or where.started_before is not None:
-            clauses, params = ["workspace = ?"], [where.workspace]
-            for clause, value in (("started_at >= ?", where.started_after), ("started_at < ?", where.started_before)):
-                if value is not None:
-                    clauses.append(clause)
-                    params.append(value)
-            probes.append(("sessions_by_start", " AND ".join(clauses), params))
         if isinstance(where, SessionSearch) and where.min_cost is not None and where.min_cost > 0:
             if self._dialect.name == "sqlite":
                 probes.append(
