@@ -103,6 +103,7 @@ class SpanRecord:
     __slots__ = (
         "closed",
         "closed_by_event",
+        "conversation",
         "deadline",
         "end_ns",
         "handle",
@@ -124,6 +125,7 @@ class SpanRecord:
         self.priced = False
         self.closed = False
         self.model = ""  # an LLM call's requested model
+        self.conversation = False  # gen_ai.conversation.id is set
 
 
 class OtelBridge:
@@ -149,13 +151,13 @@ class OtelBridge:
 
     def _start(self, kind: int, name: str, span_kind: Any, attributes: dict[str, Any], handle: SessionHandle) -> Any:
         try:
+            session_id = handle._id
+            if session_id is not None:
+                attributes["gen_ai.conversation.id"] = attributes["agent_ledger.session_id"] = session_id
             span = self._tracer.start_span(name, kind=span_kind, attributes=attributes)
             span_id = span.get_span_context().span_id or new_span_id()  # the ledger's spanId is the OTel span's
             record = SpanRecord(kind, span, span_id, handle)
-            session_id = handle._id
-            if session_id is not None:
-                span.set_attribute("gen_ai.conversation.id", session_id)
-                span.set_attribute("agent_ledger.session_id", session_id)
+            record.conversation = session_id is not None
             if kind != SESSION and span.is_recording():
                 with self._lock:
                     self._open[span_id] = record
@@ -275,9 +277,11 @@ class OtelBridge:
             return
         try:
             session_id = handle._id
-            if session_id is not None:
-                record.span.set_attribute("gen_ai.conversation.id", session_id)
-                record.span.set_attribute("agent_ledger.session_id", session_id)
+            if session_id is not None and not record.conversation:
+                record.span.set_attributes(
+                    {"gen_ai.conversation.id": session_id, "agent_ledger.session_id": session_id}
+                )
+                record.conversation = True
             if record.end_ns is not None:
                 self._close(record, pending=False)
             if session_id is None:  # never started: its calls' events will not be delivered
@@ -374,59 +378,11 @@ class OtelBridge:
 
     def _apply(self, record: SpanRecord, event: dict[str, Any]) -> None:
         """What the event, as the ledger received it, says: content (if captured), usage, model."""
-        span = record.span
-        kind = event.get("type")
-        if kind == "tool_call":
-            if "toolInput" in event and event["toolInput"] not in ("[not captured]", "[redacted]"):
-                span.set_attribute("gen_ai.tool.call.arguments", _text(event["toolInput"]))
-            _set_step(span, event)
-            return
-        if kind == "tool_result":
-            output = event.get("toolOutput")
-            if isinstance(output, dict) and set(output) == {"error", "errorType"}:
-                return  # the error is on the span already
-            if "toolOutput" in event and output not in ("[not captured]", "[redacted]"):
-                span.set_attribute("gen_ai.tool.call.result", _text(output))
-            return
-        if kind != "llm_call":
-            return
-        _set_step(span, event)
-        model = event.get("model")
-        if isinstance(model, str):
-            span.set_attribute("gen_ai.response.model", model)
-        if "embeddings" in event:
-            span.set_attribute("gen_ai.operation.name", "embeddings")
-            span.update_name(f"embeddings {record.model or model}")
-        if not event.get("usageMissing"):
-            for key, attribute in _USAGE:
-                value = event.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
-                    span.set_attribute(attribute, value)
-        for key, attribute in _REQUEST_PARAMETERS:
-            value = event.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                span.set_attribute(attribute, value)
-        reasons = event.get("finishReason")
-        if isinstance(reasons, str):
-            span.set_attribute("gen_ai.response.finish_reasons", [reasons])
-        elif isinstance(reasons, list) and all(isinstance(r, str) for r in reasons):
-            span.set_attribute("gen_ai.response.finish_reasons", reasons)
-        response_id = event.get("responseId")
-        if isinstance(response_id, str):
-            span.set_attribute("gen_ai.response.id", response_id)
-        reservation = event.get("reservationId")
-        if isinstance(reservation, str):
-            span.set_attribute("agent_ledger.reservation_id", reservation)
-        prompt = event.get("prompt")
-        if prompt is not None and prompt not in ("[redacted]", ""):
-            span.set_attribute("gen_ai.input.messages", _text(prompt))
-        response = event.get("response")
-        tool_calls = event.get("toolCalls")
-        if (response not in (None, "", "[redacted]")) or (tool_calls and tool_calls != "[redacted]"):
-            message: dict[str, Any] = {"role": "assistant", "content": response}
-            if tool_calls and tool_calls != "[redacted]":
-                message["toolCalls"] = tool_calls
-            span.set_attribute("gen_ai.output.messages", _text([message]))
+        attributes = _attributes_of(record, event)
+        if attributes:
+            record.span.set_attributes(attributes)
+        if event.get("type") == "llm_call" and "embeddings" in event:
+            record.span.update_name(f"embeddings {record.model or event.get('model')}")
 
     def _price(self, record: SpanRecord, price: dict[str, Any]) -> None:
         span = record.span
@@ -456,12 +412,14 @@ class OtelBridge:
             if record.handle._otel_span is record:
                 record.handle._otel_span = None
         span = record.span
+        attributes: dict[str, Any] = {}
         session_id = record.handle._id
-        if session_id is not None:
-            span.set_attribute("gen_ai.conversation.id", session_id)
-            span.set_attribute("agent_ledger.session_id", session_id)
+        if session_id is not None and not record.conversation:
+            attributes["gen_ai.conversation.id"] = attributes["agent_ledger.session_id"] = session_id
         if pending and record.kind == LLM and not record.priced:
-            span.set_attribute("agent_ledger.cost_status", PENDING_COST)
+            attributes["agent_ledger.cost_status"] = PENDING_COST
+        if attributes:
+            span.set_attributes(attributes)
         span.end(end_time=record.end_ns)
 
     def _sweep_if_due(self) -> None:
@@ -482,7 +440,65 @@ def _is_failure(exc: BaseException) -> bool:
     return not (isinstance(exc, SystemExit) and exc.code in (0, None))
 
 
-def _set_step(span: Any, event: dict[str, Any]) -> None:
+_HIDDEN = ("[not captured]", "[redacted]")
+
+
+def _attributes_of(record: SpanRecord, event: dict[str, Any]) -> dict[str, Any]:
+    """The span attributes an event gives: content only where the event (as sent) has it."""
+    attributes: dict[str, Any] = {}
+    kind = event.get("type")
     step = event.get("stepIndex")
-    if isinstance(step, int) and not isinstance(step, bool):
-        span.set_attribute("agent_ledger.step_index", step)
+    if isinstance(step, int) and not isinstance(step, bool) and kind != "tool_result":
+        attributes["agent_ledger.step_index"] = step
+    if kind == "tool_call":
+        tool_input = event.get("toolInput", "[not captured]")
+        if tool_input not in _HIDDEN:
+            attributes["gen_ai.tool.call.arguments"] = _text(tool_input)
+        return attributes
+    if kind == "tool_result":
+        output = event.get("toolOutput", "[not captured]")
+        if isinstance(output, dict) and set(output) == {"error", "errorType"}:
+            return attributes  # the error is on the span already
+        if output not in _HIDDEN:
+            attributes["gen_ai.tool.call.result"] = _text(output)
+        return attributes
+    if kind != "llm_call":
+        return attributes
+    model = event.get("model")
+    if isinstance(model, str):
+        attributes["gen_ai.response.model"] = model
+    if "embeddings" in event:
+        attributes["gen_ai.operation.name"] = "embeddings"
+    if not event.get("usageMissing"):
+        for key, attribute in _USAGE:
+            value = event.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                attributes[attribute] = value
+    for key, attribute in _REQUEST_PARAMETERS:
+        value = event.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            attributes[attribute] = value
+    reasons = event.get("finishReason")
+    if isinstance(reasons, str):
+        attributes["gen_ai.response.finish_reasons"] = [reasons]
+    elif isinstance(reasons, list) and reasons and all(isinstance(r, str) for r in reasons):
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    response_id = event.get("responseId")
+    if isinstance(response_id, str):
+        attributes["gen_ai.response.id"] = response_id
+    reservation = event.get("reservationId")
+    if isinstance(reservation, str):
+        attributes["agent_ledger.reservation_id"] = reservation
+    prompt = event.get("prompt")
+    if prompt is not None and prompt != "" and prompt not in _HIDDEN:
+        attributes["gen_ai.input.messages"] = _text(prompt)
+    response = event.get("response")
+    tool_calls = event.get("toolCalls")
+    has_response = response is not None and response != "" and response not in _HIDDEN
+    has_calls = bool(tool_calls) and tool_calls not in _HIDDEN
+    if has_response or has_calls:
+        message: dict[str, Any] = {"role": "assistant", "content": response if has_response else None}
+        if has_calls:
+            message["toolCalls"] = tool_calls
+        attributes["gen_ai.output.messages"] = _text([message])
+    return attributes
