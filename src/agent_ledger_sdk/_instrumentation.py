@@ -384,6 +384,8 @@ class Instrumentation:
             sender.after_fork()
         self._sender_lock = threading.Lock()
         self._implicit = None  # the child's calls outside sessions get a session of their own
+        if self.otel is not None:
+            self.otel.after_fork()
         self._implicit_lock = threading.Lock()
         self.open_sessions = weakref.WeakSet()
         self.counters = Counters()  # the child's stats describe the child

@@ -147,6 +147,11 @@ class OtelBridge:
         self._lock = threading.Lock()
         self._next_sweep = 0.0
 
+    def after_fork(self) -> None:
+        """In a forked child: the parent's spans are the parent's to end."""
+        self._lock = threading.Lock()
+        self._open = {}
+
     # -- starting, and the context -------------------------------------------
 
     def _start(self, kind: int, name: str, span_kind: Any, attributes: dict[str, Any], handle: SessionHandle) -> Any:
