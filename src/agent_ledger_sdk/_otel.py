@@ -164,8 +164,7 @@ class OtelBridge:
             record = SpanRecord(kind, span, span_id, handle)
             record.conversation = session_id is not None
             if kind != SESSION and span.is_recording():
-                with self._lock:
-                    self._open[span_id] = record
+                self._open[span_id] = record  # one dict store (atomic); closing claims it under the lock
             return record
         except Exception as exc:
             internal_error("otel span start", exc)
@@ -341,16 +340,14 @@ class OtelBridge:
 
     def abandon(self, handle: Any) -> None:
         """``handle``'s events will not be delivered: close its ended spans now."""
-        with self._lock:
-            records = [r for r in self._open.values() if r.handle is handle and r.end_ns is not None]
+        records = [r for r in list(self._open.values()) if r.handle is handle and r.end_ns is not None]
         for record in records:
             self._close(record, pending=True)
 
     def close_waiting(self) -> None:
         """``flush()`` / ``close()``: every span that ended closes now, priced or not."""
         try:
-            with self._lock:
-                records = [r for r in self._open.values() if r.end_ns is not None]
+            records = [r for r in list(self._open.values()) if r.end_ns is not None]
             for record in records:
                 self._close(record, pending=True)
         except Exception as exc:
@@ -432,8 +429,7 @@ class OtelBridge:
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_INTERVAL
-        with self._lock:
-            late = [r for r in self._open.values() if r.end_ns is not None and r.deadline <= now]
+        late = [r for r in list(self._open.values()) if r.end_ns is not None and r.deadline <= now]
         for record in late:
             self._close(record, pending=True)
 
