@@ -16,13 +16,12 @@ import textwrap
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import httpx
 import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry SDK is not installed")
-pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -30,8 +29,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient, BudgetGuardrailError, _otel
-from agent_ledger_sdk.local import LocalLedger, run
 from agent_ledger_sdk.testing import capture
+
+if TYPE_CHECKING:
+    from agent_ledger_sdk.local import LocalLedger
 
 MODEL = "m1"  # priced below: $0.01 a token in, $0.02 out
 EXPORTER = InMemorySpanExporter()
@@ -42,6 +43,9 @@ USER_TRACER = PROVIDER.get_tracer("the-users-code")
 
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLedger]:
+    pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+    from agent_ledger_sdk.local import run
+
     with run(db=tmp_path_factory.mktemp("otel") / "ledger.db") as running:
         running.set_price(f"acme/{MODEL}", 10_000, 20_000)
         yield running
