@@ -88,6 +88,58 @@ def per_call_us(
     return statistics.median(samples)
 
 
+def otel_overhead(ledger: Ledger, calls: int, repeats: int) -> dict[str, float]:
+    """Caller-side µs per call over the plain function with ``otel=`` on, next to a bare OpenTelemetry span.
+
+    The tracer provider is the real SDK's with no exporter: what is timed is making the
+    spans, not sending them anywhere.
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from agent_ledger_sdk import AgentLedgerClient
+
+    provider = TracerProvider()
+    tracer = provider.get_tracer("bench")
+    client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, max_queue_bytes=256 * MIB, otel=provider)
+
+    def plain(query: str, limit: int = 3) -> int:
+        return limit
+
+    attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "plain",
+        "gen_ai.tool.type": "function",
+        "gen_ai.agent.name": "bench-otel",
+    }
+
+    def bare_span() -> int:
+        """What an instrumentation of its own would make: the same span, its attributes, arguments and result."""
+        with tracer.start_as_current_span("execute_tool plain", attributes=attributes) as span:
+            result = plain("q")
+            span.set_attributes({"gen_ai.tool.call.arguments": '{"query":"q"}', "gen_ai.tool.call.result": "3"})
+            return result
+
+    tool = client.tool(plain)
+
+    def block() -> None:
+        with client.llm_call(provider="openai", model="gpt-4o-mini", prompt="q") as call:
+            call.record(response="a", tokens_in=10, tokens_out=2)
+
+    def drain() -> None:
+        client.flush(60)
+
+    bursts = max(1, calls // BURST) * repeats
+    results: dict[str, float] = {}
+    with client.session("bench-otel"):
+        base = per_call_us(lambda: plain("q"), BURST, bursts)
+        results["span"] = per_call_us(bare_span, BURST, bursts) - base
+        results["tool"] = per_call_us(lambda: tool("q"), BURST, bursts, drain) - base
+        results["llm_call"] = per_call_us(block, BURST, bursts, drain) - base
+    client.close()
+    provider.shutdown()
+    return results
+
+
 BURST = 500  # calls an agent makes between two idle moments (an LLM round trip is 100s of ms)
 BIG_BURST = 100  # the same with 50 KB prompts: 5 MB for the sender to deliver between bursts
 PROMPT_BYTES = 50_000
@@ -733,6 +785,14 @@ def main() -> None:
                         "-",
                     )
                 )
+        traced = otel_overhead(ledger, calls, repeats)
+        rows.append(
+            ("the same GenAI span made directly with the OTel SDK, over the plain call", _us(traced["span"]), "-")
+        )
+        rows.append(
+            ("`@tool` call over the plain call, background, `otel=` on", _us(traced["tool"]), "~ span + background")
+        )
+        rows.append(("`llm_call` block over the plain call, background, `otel=` on", _us(traced["llm_call"]), "-"))
         provider = provider_overhead(ledger, 30 if quick else 200)
         rows.append(
             (

@@ -32,6 +32,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest
         "AGENT_LEDGER_BASE_URL",
         "AGENT_LEDGER_ENABLED",
         "AGENT_LEDGER_CAPTURE_CONTENT",
+        "AGENT_LEDGER_OTEL",
         "AGENT_LEDGER_DB",
     ):
         monkeypatch.delenv(name, raising=False)

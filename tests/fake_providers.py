@@ -1,4 +1,4 @@
-"""A stand-in for the OpenAI and Anthropic APIs on 127.0.0.1, for the documentation's snippets.
+"""A stand-in for the OpenAI and Anthropic APIs (and an OTLP collector) on 127.0.0.1, for the documentation's snippets.
 
 The snippets in README.md and docs/ are what a user writes (``OpenAI()``,
 ``Anthropic()``, no transport tricks); the docs test points the real clients
@@ -18,6 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 ANSWER = "Refunds take 5 business days."
+# The bodies of the OTLP export requests received (docs/otel.md's collector).
+exported_trace_requests: list[bytes] = []
+_lock = threading.Lock()
 
 
 def _tokens(body: Any) -> int:
@@ -136,8 +139,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length") or 0)) or b"{}")
+        data = self.rfile.read(int(self.headers.get("content-length") or 0))
         path = self.path.split("?", 1)[0]
+        if path == "/v1/traces":  # an OpenTelemetry collector's OTLP/HTTP endpoint: spans taken, and counted
+            with _lock:
+                exported_trace_requests.append(data)
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        body = json.loads(data or b"{}")
         if path.endswith("/chat/completions"):
             if body.get("stream"):
                 self._events(("", chunk) for chunk in chat_chunks(body))
@@ -209,4 +221,5 @@ def environment(url: str) -> dict[str, str]:
         "OPENAI_API_KEY": "sk-fake",
         "ANTHROPIC_BASE_URL": url,
         "ANTHROPIC_API_KEY": "sk-ant-fake",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{url}/v1/traces",
     }

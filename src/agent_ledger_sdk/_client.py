@@ -266,6 +266,9 @@ _CLIENT_ARGS_DOC = """
         handle_sigterm: deliver queued events when the process gets SIGTERM (if it has no handler of its own).
         agent_name: the agent of LLM calls made outside any session (auto-instrumented ones);
             defaults to ``AGENT_LEDGER_AGENT_NAME``, else the script's name.
+        otel: ``True`` (or ``AGENT_LEDGER_OTEL=1``) also makes sessions, tools and LLM calls
+            OpenTelemetry GenAI spans, with their cost, on the global tracer provider; or pass
+            a ``TracerProvider``. Needs ``pip install 'agent-ledger-sdk[otel]'``; see docs/otel.md.
 """
 
 
@@ -305,6 +308,7 @@ class AgentLedgerClient(_Helpers, BaseClient):
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
         agent_name: Optional[str] = None,
+        otel: Any = None,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -336,6 +340,7 @@ class AgentLedgerClient(_Helpers, BaseClient):
             sample_rate=sample_rate,
             handle_sigterm=handle_sigterm,
             agent_name=agent_name,
+            otel=otel,
         )
 
     # -- the published API ------------------------------------------------
@@ -431,6 +436,7 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         sample_rate: float = 1.0,
         handle_sigterm: bool = True,
         agent_name: Optional[str] = None,
+        otel: Any = None,
     ) -> None:
         BaseClient.__init__(
             self,
@@ -464,6 +470,7 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
             sample_rate=sample_rate,
             handle_sigterm=handle_sigterm,
             agent_name=agent_name,
+            otel=otel,
         )
 
     async def start_session(self, agent_name: str) -> str:

@@ -110,11 +110,11 @@ class InlineDelivery:
             return
         assert handle._id is not None
         try:
-            self._io.send_events(handle._id, encoded, new_key())
+            answer = self._io.send_events(handle._id, encoded, new_key())
         except Exception as exc:
             self._send_failed(handle, encoded, exc)
         else:
-            self.owner.sent(handle, encoded)
+            self.owner.sent(handle, encoded, answer)
 
     def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
         if self._to_background(handle):
@@ -155,11 +155,11 @@ class InlineDelivery:
             return
         assert handle._id is not None
         try:
-            await aio.asend_events(handle._id, encoded, new_key())
+            answer = await aio.asend_events(handle._id, encoded, new_key())
         except Exception as exc:
             self._send_failed(handle, encoded, exc)
         else:
-            self.owner.sent(handle, encoded)
+            self.owner.sent(handle, encoded, answer)
 
     async def aend(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
         aio = self._aio

@@ -72,7 +72,7 @@ class LedgerIO(Protocol):
     """What delivery and budgets need from the ledger: idempotent calls."""
 
     def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started: ...
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None: ...
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any: ...
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any: ...
 
@@ -243,9 +243,13 @@ class SyncLedgerIO:
         )
         return self.http.config._parse_success(response)
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
+        """The ledger's answer (parsed JSON): the local ledger prices each LLM call in it (``priced``)."""
         content = events_body(session_id, encoded_events)
-        self.http.post("/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries)
+        response = self.http.post(
+            "/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries
+        )
+        return self.http.config._parse_success(response)
 
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         path = f"/v1/sessions/{session_id}/end"
@@ -372,6 +376,10 @@ class LoopBridge:
         response = await self._post(http, "/v1/sessions", body, key=idempotency_key)
         return started(http.config, response)
 
+    async def _send_on(self, http: AsyncHTTP, content: bytes, idempotency_key: str) -> Any:
+        response = await self._post(http, "/v1/events", content=content, key=idempotency_key)
+        return http.config._parse_success(response)
+
     async def _reserve_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> Any:
         response = await self._post(http, "/v1/reservations", body, key=idempotency_key)
         return http.config._parse_success(response)
@@ -382,9 +390,9 @@ class LoopBridge:
         result: Started = self._run(lambda http: self._start_on(http, body, idempotency_key))
         return result
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
+    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
         content = events_body(session_id, encoded_events)
-        self._run(lambda http: self._post(http, "/v1/events", content=content, key=idempotency_key))
+        return self._run(lambda http: self._send_on(http, content, idempotency_key))
 
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         path = f"/v1/sessions/{session_id}/end"
@@ -398,9 +406,8 @@ class LoopBridge:
     async def astart_session(self, body: dict[str, Any], idempotency_key: str) -> Started:
         return await self._start_on(self.http, body, idempotency_key)
 
-    async def asend_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> None:
-        content = events_body(session_id, encoded_events)
-        await self._post(self.http, "/v1/events", content=content, key=idempotency_key)
+    async def asend_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
+        return await self._send_on(self.http, events_body(session_id, encoded_events), idempotency_key)
 
     async def aend_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
         await self._post(self.http, f"/v1/sessions/{session_id}/end", body, key=idempotency_key)

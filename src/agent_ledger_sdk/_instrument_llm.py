@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ._context import current_session_var
 from ._events import LLM_CALL, camel_keys
@@ -19,6 +19,9 @@ from ._instrument_wrapping import (
 from ._session import PENDING, SessionHandle
 from ._snapshot import snapshot_sized
 from ._spans import current_span_var, new_span_id, wall_clock
+
+if TYPE_CHECKING:
+    from ._otel import SpanRecord
 
 # -- llm_call ---------------------------------------------------------------
 
@@ -55,6 +58,8 @@ class LLMCall:
         "_attributes",
         "_handle",
         "_max_cost_usd",
+        "_otel_span",
+        "_otel_token",
         "_parent_span",
         "_perf_started",
         "_prompt_size",
@@ -97,6 +102,8 @@ class LLMCall:
         self._token: Any = None
         self._max_cost_usd = max_cost_usd
         self._reservation: Optional[str] = None
+        self._otel_span: Optional[SpanRecord] = None
+        self._otel_token: Any = None
 
     def record(
         self,
@@ -171,15 +178,24 @@ class LLMCall:
         if handle is not None:
             self.step_index = handle.next_step()
             self.prompt, self._prompt_size = snapshot_sized(self.prompt)  # as sent
-            self._span = new_span_id()
+            otel_span = self._otel_span
+            self._span = new_span_id() if otel_span is None else otel_span.span_id
             self._parent_span = current_span_var.get()
             if current:
                 self._token = current_span_var.set(self._span)
+                if otel_span is not None and handle._otel is not None:
+                    self._otel_token = handle._otel.attach(otel_span)
             self._started_at = wall_clock()
         self._handle = handle
         self._perf_started = perf_counter()
 
     def _end(self, exc: Optional[BaseException], latency_ms: Optional[int] = None) -> tuple[dict[str, Any], int]:
+        if self._otel_token is not None:
+            handle = self._handle
+            otel = handle._otel if handle is not None else None
+            if otel is not None:
+                otel.detach(self._otel_token)
+            self._otel_token = None
         if self._token is not None:
             current_span_var.reset(self._token)
             self._token = None
@@ -215,11 +231,30 @@ class LLMCall:
             size += attributes_size
         return event, size + self._prompt_size
 
+    def _start_span(self, handle: Optional[SessionHandle]) -> None:
+        if handle is not None and handle._otel is not None:
+            self._otel_span = handle._otel.start_llm(handle, self.provider, self.model)
+
+    def _refused(self, handle: Optional[SessionHandle], exc: BaseException) -> None:
+        """The call did not run (a budget refusal, before it): its span says why, and closes."""
+        if handle is not None and handle._otel is not None and self._otel_span is not None:
+            handle._otel.ended(self._otel_span, exc, delivered=False)
+            self._otel_span = None
+
+    def _span_ended(self, handle: SessionHandle, exc: Optional[BaseException]) -> None:
+        if self._otel_span is not None and handle._otel is not None:
+            handle._otel.ended(self._otel_span, exc)
+
     def __enter__(self) -> LLMCall:
         handle = current_session_var.get()
-        if self._needs_reservation(handle):
-            assert handle is not None
-            self._reserve(handle)  # raises BudgetGuardrailError before the body runs
+        self._start_span(handle)
+        try:
+            if self._needs_reservation(handle):
+                assert handle is not None
+                self._reserve(handle)  # raises BudgetGuardrailError before the body runs
+        except BaseException as exc:
+            self._refused(handle, exc)
+            raise
         self._begin(handle)
         return self
 
@@ -232,8 +267,9 @@ class LLMCall:
         handle = self._handle
         if handle is None:
             return
-        self._handle = None
         event, size = self._end(exc)
+        self._handle = None
+        self._span_ended(handle, exc)
         if exc is not None:
             emit_quietly(handle, event, size)
         else:
@@ -241,9 +277,14 @@ class LLMCall:
 
     async def __aenter__(self) -> LLMCall:
         handle = current_session_var.get()
-        if self._needs_reservation(handle):
-            assert handle is not None
-            await self._areserve(handle)
+        self._start_span(handle)
+        try:
+            if self._needs_reservation(handle):
+                assert handle is not None
+                await self._areserve(handle)
+        except BaseException as exc:
+            self._refused(handle, exc)
+            raise
         self._begin(handle)
         return self
 
@@ -256,8 +297,9 @@ class LLMCall:
         handle = self._handle
         if handle is None:
             return
-        self._handle = None
         event, size = self._end(exc)
+        self._handle = None
+        self._span_ended(handle, exc)
         if exc is not None:
             await aemit_quietly(handle, event, size)
         else:

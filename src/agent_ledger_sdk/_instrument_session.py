@@ -24,6 +24,7 @@ from ._stats import internal_error
 
 if TYPE_CHECKING:
     from ._instrumentation import Instrumentation
+    from ._otel import SpanRecord
 
 Resolver = Callable[[], "Instrumentation"]
 
@@ -124,25 +125,61 @@ async def _afinish(handle: SessionHandle, exc: Optional[BaseException]) -> None:
         internal_error("session end", error)
 
 
+# -- the session's OpenTelemetry span (only when the client makes spans: handle._otel) -------------
+
+
+def _span_start(handle: SessionHandle) -> Optional[SpanRecord]:
+    otel = handle._otel
+    return None if otel is None else otel.start_session(handle)
+
+
+def _span_attach(handle: SessionHandle, span: Optional[SpanRecord]) -> Any:
+    otel = handle._otel
+    return None if otel is None or span is None else otel.attach(span)
+
+
+def _span_detach(handle: SessionHandle, token: Any) -> None:
+    otel = handle._otel
+    if otel is not None and token is not None:
+        otel.detach(token)
+
+
+def _span_end(handle: SessionHandle, span: Optional[SpanRecord], exc: Optional[BaseException]) -> None:
+    otel = handle._otel
+    if otel is not None and span is not None:
+        otel.ended(span, exc)
+
+
 # -- session ----------------------------------------------------------------
 
 
 class _SessionRun(Run):
     """A session around a generator: current while the generator runs, ended when it finishes."""
 
-    def __init__(self, handle: SessionHandle) -> None:
+    def __init__(self, handle: SessionHandle, span: Optional[SpanRecord]) -> None:
         self.handle = handle
+        self.span = span
 
     def enter(self) -> Any:
-        return current_session_var.set(self.handle)
+        token = current_session_var.set(self.handle)
+        if self.span is None:
+            return token
+        return token, _span_attach(self.handle, self.span)
 
     def exit(self, token: Any) -> None:
+        if self.span is None:
+            current_session_var.reset(token)
+            return
+        token, span_token = token
+        _span_detach(self.handle, span_token)
         current_session_var.reset(token)
 
     def finish(self, exc: Optional[BaseException]) -> None:
+        _span_end(self.handle, self.span, exc)
         _finish(self.handle, exc)
 
     async def afinish(self, exc: Optional[BaseException]) -> None:
+        _span_end(self.handle, self.span, exc)
         await _afinish(self.handle, exc)
 
 
@@ -158,16 +195,21 @@ def _wrap_session(
             handle = _open_session(resolve, agent_name, context)
             if handle is None:
                 return await func(*args, **kwargs)
+            span = _span_start(handle)
             await _astart(handle)
             token = current_session_var.set(handle)
+            span_token = _span_attach(handle, span)
             try:
                 try:
                     result = await func(*args, **kwargs)
                 finally:
+                    _span_detach(handle, span_token)
                     current_session_var.reset(token)
             except BaseException as exc:
+                _span_end(handle, span, exc)
                 await _afinish(handle, exc)
                 raise
+            _span_end(handle, span, None)
             await _afinish(handle, None)
             return result
 
@@ -179,8 +221,9 @@ def _wrap_session(
             handle = _open_session(resolve, agent_name, context)
             if handle is None:
                 return PASS_THROUGH
+            span = _span_start(handle)
             _start(handle)
-            return _SessionRun(handle)
+            return _SessionRun(handle, span)
 
         if kind == "generator":
             return generator_wrapper(func, begin)
@@ -189,8 +232,9 @@ def _wrap_session(
             handle = _open_session(resolve, agent_name, context)
             if handle is None:
                 return PASS_THROUGH
+            span = _span_start(handle)
             await _astart(handle)
-            return _SessionRun(handle)
+            return _SessionRun(handle, span)
 
         return async_generator_wrapper(func, abegin)
 
@@ -199,16 +243,21 @@ def _wrap_session(
         handle = _open_session(resolve, agent_name, context)
         if handle is None:
             return func(*args, **kwargs)
+        span = _span_start(handle)
         _start(handle)
         token = current_session_var.set(handle)
+        span_token = _span_attach(handle, span)
         try:
             try:
                 result = func(*args, **kwargs)
             finally:
+                _span_detach(handle, span_token)
                 current_session_var.reset(token)
         except BaseException as exc:
+            _span_end(handle, span, exc)
             _finish(handle, exc)
             raise
+        _span_end(handle, span, None)
         _finish(handle, None)
         return result
 
@@ -237,6 +286,8 @@ class SessionScope:
         self.agent_name = agent_name
         self._handle: Optional[SessionHandle] = None
         self._token: Any = None
+        self._span: Optional[SpanRecord] = None
+        self._span_token: Any = None
 
     def __call__(self, func: F) -> F:
         if not self._enabled:
@@ -265,9 +316,23 @@ class SessionScope:
     def __enter__(self) -> SessionHandle:
         handle, recording = self._open()
         if recording:
+            self._span = _span_start(handle)
             _start(handle)
             self._token = current_session_var.set(handle)
+            self._span_token = _span_attach(handle, self._span)
         return handle
+
+    def _leave(self, handle: Optional[SessionHandle], exc: Optional[BaseException]) -> None:
+        """Out of the block: the session is no longer current, and its span ends."""
+        span, self._span = self._span, None
+        if handle is not None:
+            _span_detach(handle, self._span_token)
+            self._span_token = None
+        if self._token is not None:
+            current_session_var.reset(self._token)
+            self._token = None
+        if handle is not None:
+            _span_end(handle, span, exc)
 
     def __exit__(
         self,
@@ -276,17 +341,17 @@ class SessionScope:
         tb: Optional[TracebackType],
     ) -> None:
         handle, self._handle = self._handle, None
-        if self._token is not None:
-            current_session_var.reset(self._token)
-            self._token = None
+        self._leave(handle, exc)
         if handle is not None:
             _finish(handle, exc)
 
     async def __aenter__(self) -> SessionHandle:
         handle, recording = self._open()
         if recording:
+            self._span = _span_start(handle)
             await _astart(handle)
             self._token = current_session_var.set(handle)
+            self._span_token = _span_attach(handle, self._span)
         return handle
 
     async def __aexit__(
@@ -296,9 +361,7 @@ class SessionScope:
         tb: Optional[TracebackType],
     ) -> None:
         handle, self._handle = self._handle, None
-        if self._token is not None:
-            current_session_var.reset(self._token)
-            self._token = None
+        self._leave(handle, exc)
         if handle is not None:
             await _afinish(handle, exc)
 

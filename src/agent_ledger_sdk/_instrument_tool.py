@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._context import current_session_var
 from ._events import TOOL_CALL, TOOL_RESULT
@@ -29,6 +29,9 @@ from ._snapshot import Lazy, snapshot_arguments, snapshot_sized, snapshot_values
 from ._spans import current_span_var, new_span_id, wall_clock
 from ._stats import internal_error, logger
 
+if TYPE_CHECKING:
+    from ._otel import SpanRecord
+
 NOT_CAPTURED = "[not captured]"
 # A generator tool's toolOutput: the first items it yielded, and how many in all.
 GENERATOR_OUTPUT_ITEMS = 20
@@ -42,11 +45,11 @@ class _ToolCall:
 
     __slots__ = ("handle", "name", "parent_span", "perf_started", "span", "started_at", "step")
 
-    def __init__(self, handle: SessionHandle, name: str) -> None:
+    def __init__(self, handle: SessionHandle, name: str, otel_span: Optional[SpanRecord] = None) -> None:
         self.handle = handle
         self.name = name
         self.step = next(handle._steps)
-        self.span = new_span_id()
+        self.span = new_span_id() if otel_span is None else otel_span.span_id
         self.parent_span = current_span_var.get()
         self.started_at = wall_clock()
         self.perf_started = perf_counter()
@@ -85,17 +88,29 @@ class _ToolCall:
 class _ToolRun(Run):
     """A generator tool: its output is the first GENERATOR_OUTPUT_ITEMS items and the count."""
 
-    def __init__(self, call: _ToolCall, capture_output: bool) -> None:
+    def __init__(self, call: _ToolCall, capture_output: bool, otel_span: Optional[SpanRecord] = None) -> None:
         self.call = call
         self.capture_output = capture_output
         self.items: list[Any] = []
         self.size = 0
         self.count = 0
+        self.otel = call.handle._otel if otel_span is not None else None
+        self.otel_span = otel_span
 
     def enter(self) -> Any:
-        return current_span_var.set(self.call.span)
+        token = current_span_var.set(self.call.span)
+        otel = self.otel
+        if otel is None:
+            return token
+        return token, otel.attach(self.otel_span)
 
     def exit(self, token: Any) -> None:
+        otel = self.otel
+        if otel is None:
+            current_span_var.reset(token)
+            return
+        token, span_token = token
+        otel.detach(span_token)
         current_span_var.reset(token)
 
     def item(self, item: Any) -> None:
@@ -112,9 +127,13 @@ class _ToolRun(Run):
         return self.call.error_event(exc)
 
     def finish(self, exc: Optional[BaseException]) -> None:
+        if self.otel is not None:
+            self.otel.ended(self.otel_span, exc)
         emit_quietly(self.call.handle, self._event(exc), self.size)
 
     async def afinish(self, exc: Optional[BaseException]) -> None:
+        if self.otel is not None:
+            self.otel.ended(self.otel_span, exc)
         await aemit_quietly(self.call.handle, self._event(exc), self.size)
 
 
@@ -174,8 +193,10 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
         arguments = bind(args, kwargs)  # a fresh dict: its values are snapshotted in place
         return arguments, snapshot_values(arguments)
 
-    def begin_call(handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _ToolCall:
-        call = _ToolCall(handle, name)
+    def begin_call(
+        handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any], otel_span: Optional[SpanRecord] = None
+    ) -> _ToolCall:
+        call = _ToolCall(handle, name, otel_span)
         if capture_input:
             value, size = tool_input(args, kwargs)
             emit_quietly(handle, call.call_event(value), size)
@@ -193,6 +214,29 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
             logged.append(True)
             logger.debug("agent-ledger: tool %r ran outside any session; nothing recorded", name)
 
+    def traced(handle: SessionHandle, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The sync wrapper of a client that makes OpenTelemetry spans: the tool's span is current while it runs."""
+        otel = handle._otel
+        assert otel is not None
+        otel_span = otel.start_tool(handle, name)
+        call = begin_call(handle, args, kwargs, otel_span)
+        token = current_span_var.set(call.span)
+        otel_token = otel.attach(otel_span)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            otel.detach(otel_token)
+            current_span_var.reset(token)
+            otel.ended(otel_span, exc)
+            emit_quietly(handle, call.error_event(exc), 0)
+            raise
+        otel.detach(otel_token)
+        current_span_var.reset(token)
+        otel.ended(otel_span, None)
+        output, size = output_of(result)
+        emit_safely(handle, call.result_event(output), size)
+        return result
+
     if kind == "coroutine":
 
         @functools.wraps(func)
@@ -202,19 +246,28 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
                 if handle is None:
                     outside_session()
                 return await func(*args, **kwargs)
-            call = _ToolCall(handle, name)
+            otel = handle._otel
+            otel_span = None if otel is None else otel.start_tool(handle, name)
+            call = _ToolCall(handle, name, otel_span)
             if capture_input:
                 value, size = tool_input(args, kwargs)
                 await aemit_quietly(handle, call.call_event(value), size)
             else:
                 await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
             token = current_span_var.set(call.span)
+            otel_token = None if otel is None else otel.attach(otel_span)
             try:
                 result = await func(*args, **kwargs)
             except BaseException as exc:
+                if otel is not None:
+                    otel.detach(otel_token)
+                    otel.ended(otel_span, exc)
                 current_span_var.reset(token)
                 await aemit_quietly(handle, call.error_event(exc), 0)
                 raise
+            if otel is not None:
+                otel.detach(otel_token)
+                otel.ended(otel_span, None)
             current_span_var.reset(token)
             output, size = output_of(result)
             await aemit_safely(handle, call.result_event(output), size)
@@ -230,7 +283,9 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
                 if handle is None:
                     outside_session()
                 return PASS_THROUGH
-            return _ToolRun(begin_call(handle, args, kwargs), capture_output)
+            otel = handle._otel
+            otel_span = None if otel is None else otel.start_tool(handle, name)
+            return _ToolRun(begin_call(handle, args, kwargs, otel_span), capture_output, otel_span)
 
         if kind == "generator":
             return generator_wrapper(func, begin)
@@ -241,13 +296,15 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
                 if handle is None:
                     outside_session()
                 return PASS_THROUGH
-            call = _ToolCall(handle, name)
+            otel = handle._otel
+            otel_span = None if otel is None else otel.start_tool(handle, name)
+            call = _ToolCall(handle, name, otel_span)
             if capture_input:
                 value, size = tool_input(args, kwargs)
                 await aemit_quietly(handle, call.call_event(value), size)
             else:
                 await aemit_quietly(handle, call.call_event(NOT_CAPTURED), 0)
-            return _ToolRun(call, capture_output)
+            return _ToolRun(call, capture_output, otel_span)
 
         return async_generator_wrapper(func, abegin)
 
@@ -259,6 +316,8 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
             if handle is None:
                 outside_session()
             return func(*args, **kwargs)
+        if handle._otel is not None:
+            return traced(handle, args, kwargs)
         span = new_span_id()
         event = {
             "type": TOOL_CALL,

@@ -25,17 +25,18 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from . import _lifecycle
 from ._budget import Budgets, GuardrailLatch
-from ._constants import AGENT_NAME_ENV, CAPTURE_CONTENT_ENV, ENABLED_ENV
+from ._constants import AGENT_NAME_ENV, CAPTURE_CONTENT_ENV, ENABLED_ENV, OTEL_ENV
 from ._delivery import NULL_DELIVERY, BackgroundDelivery, Delivery, InlineDelivery
 from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
 from ._journal import DEFAULT_MAX_JOURNAL_BYTES, Journal
 from ._pipeline import Pipeline, Redactor
 from ._sender import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_RETRY_WINDOW, Sender
 from ._session import SessionHandle
-from ._stats import Counters, LedgerStats, RateLimitedWarnings, internal_error
+from ._stats import Counters, LedgerStats, RateLimitedWarnings, internal_error, logger
 
 if TYPE_CHECKING:
     from ._http import LedgerIO, LoopBridge
+    from ._otel import OtelBridge
 
 # Seconds ``close()`` waits for queued events to go out.
 CLOSE_FLUSH_TIMEOUT = 5.0
@@ -85,6 +86,7 @@ class Instrumentation:
         handle_sigterm: bool = True,
         configured: bool = True,
         agent_name: Optional[str] = None,
+        otel: Any = None,
     ) -> None:
         if max_queue_bytes < 1024:
             raise ValueError(f"max_queue_bytes must be at least 1024, got {max_queue_bytes}")
@@ -108,6 +110,7 @@ class Instrumentation:
         self.handle_sigterm = handle_sigterm
         self.counters = Counters()
         self.warnings = RateLimitedWarnings()
+        self.otel: Optional[OtelBridge] = otel_bridge(otel)
         self.budgets = Budgets(self.warnings)
         self.io = io  # for the budget's reservation round trip, on the caller's thread
         self.pipeline = Pipeline(
@@ -208,6 +211,7 @@ class Instrumentation:
         )
         if delivery is not NULL_DELIVERY:
             owner.open_sessions.add(handle)
+            handle._otel = owner.otel
         return handle
 
     def implicit_agent_name(self) -> str:
@@ -266,12 +270,17 @@ class Instrumentation:
 
     # -- outcomes, reported by delivery ------------------------------------
 
-    def sent(self, handle: Any, encoded: list[str]) -> None:
+    def sent(self, handle: Any, encoded: list[str], answer: Any = None) -> None:
+        """``encoded`` events of ``handle`` were accepted; ``answer``: the ledger's reply."""
         self.counters.add(sent=len(encoded))
         if self.latch and any('"type":"llm_call"' in e for e in encoded):  # rare path
             self.latch.clear(handle.agent_name)  # the ledger accepts this agent's spend again
+        if self.otel is not None:
+            self.otel.delivered(handle, encoded, answer)
 
     def send_failed(self, handle: Any, encoded: list[str], exc: BaseException) -> None:
+        if self.otel is not None:
+            self.otel.failed(handle, encoded, exc)
         if isinstance(exc, BudgetGuardrailError):
             self.latch.trip(handle.agent_name, exc)
         if isinstance(exc, APIStatusError) and exc.status_code in (400, 422):
@@ -296,6 +305,8 @@ class Instrumentation:
         )
 
     def events_orphaned(self, handle: SessionHandle, count: int) -> None:
+        if self.otel is not None:
+            self.otel.abandon(handle)
         self.counters.add(dropped=count)
         self.warnings.warn(
             "no-session",
@@ -329,11 +340,16 @@ class Instrumentation:
         )
 
     def flush(self, timeout: Optional[float]) -> int:
-        return self._sender.flush(timeout) if self._sender is not None else 0
+        left = self._sender.flush(timeout) if self._sender is not None else 0
+        if self.otel is not None:
+            self.otel.close_waiting()  # the spans of what was sent have their price; the rest close without
+        return left
 
     def close(self, timeout: Optional[float] = CLOSE_FLUSH_TIMEOUT) -> int:
         self._end_implicit()
         left = self._sender.close(timeout) if self._sender is not None else 0
+        if self.otel is not None:
+            self.otel.close_waiting()
         if left:
             kept = self.journal_remaining()
             self.warnings.warn(
@@ -368,6 +384,8 @@ class Instrumentation:
             sender.after_fork()
         self._sender_lock = threading.Lock()
         self._implicit = None  # the child's calls outside sessions get a session of their own
+        if self.otel is not None:
+            self.otel.after_fork()
         self._implicit_lock = threading.Lock()
         self.open_sessions = weakref.WeakSet()
         self.counters = Counters()  # the child's stats describe the child
@@ -377,6 +395,32 @@ class Instrumentation:
         self.budgets.warnings = self.warnings
         for connection in self._connections:
             connection.forget_connections()
+
+
+def otel_bridge(setting: Any) -> Optional[OtelBridge]:
+    """The client's OpenTelemetry spans: ``otel=True``, a tracer provider, or ``AGENT_LEDGER_OTEL=1``; else None.
+
+    Asked for explicitly without ``opentelemetry-api`` installed, it raises; asked for by the
+    environment alone, it logs a warning and the client carries on without.
+    """
+    explicit = setting is not None
+    if setting is None:
+        setting = env_flag(OTEL_ENV, False)
+    if setting is False:
+        return None
+    if setting is not True and not callable(getattr(setting, "get_tracer", None)):
+        raise TypeError(f"otel= takes True, False or an OpenTelemetry TracerProvider, got {type(setting).__name__}")
+    from ._otel import INSTALL_HINT, OtelBridge  # imports opentelemetry only when a bridge is made
+
+    try:
+        return OtelBridge(None if setting is True else setting)
+    except ImportError as exc:
+        if explicit:
+            raise ImportError(f"otel=True needs the OpenTelemetry API, which is not installed: {INSTALL_HINT}") from exc
+        logger.warning(
+            "agent-ledger: %s=1 but the OpenTelemetry API is not installed (%s); no spans", OTEL_ENV, INSTALL_HINT
+        )
+        return None
 
 
 def script_name() -> str:

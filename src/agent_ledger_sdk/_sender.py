@@ -680,7 +680,7 @@ class Sender:
 
     def _send(self, handle: SessionHandle, session_id: str, encoded: list[str], key: str) -> None:
         try:
-            self._io().send_events(session_id, encoded, key)
+            answer = self._io().send_events(session_id, encoded, key)
         except BudgetGuardrailError as exc:
             if len(encoded) > 1:
                 # The ledger takes a batch whole or not at all: send one by one so that
@@ -701,7 +701,7 @@ class Sender:
                 raise _Stall(exc) from exc
             self._owner.send_failed(handle, encoded, exc)
         else:
-            self._owner.sent(handle, encoded)
+            self._owner.sent(handle, encoded, answer)
 
     def _reject(
         self, handle: SessionHandle, session_id: str, encoded: list[str], key: str, exc: APIStatusError

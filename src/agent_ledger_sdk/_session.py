@@ -14,6 +14,7 @@ from ._spans import current_span_var, wall_clock
 if TYPE_CHECKING:
     from ._delivery import Delivery
     from ._instrumentation import Instrumentation
+    from ._otel import OtelBridge, SpanRecord
 
 # The longest ``SessionHandle.id`` waits for the background sender to learn the id.
 ID_WAIT_TIMEOUT = 2.0
@@ -40,6 +41,8 @@ class SessionHandle:
         "_delivery",
         "_id",
         "_instrumentation",
+        "_otel",
+        "_otel_span",
         "_state",
         "_steps",
         "_waited",
@@ -84,6 +87,8 @@ class SessionHandle:
         self._waited = False  # SessionHandle.id waits for the start once, not on every read
         self._background = False  # once any event went to the sender, all the rest follow it, in order
         self._steps = itertools.count()  # next() on it is atomic: no lock on the hot path
+        self._otel: Optional[OtelBridge] = None  # the client's OpenTelemetry spans, when it makes them
+        self._otel_span: Optional[SpanRecord] = None  # this session's span while it is open
         self.key = session_key()
 
     def __repr__(self) -> str:
@@ -160,6 +165,15 @@ class SessionHandle:
         if budgeted is not None or self.max_cost_usd is not None:
             self.budgeted = True if self.max_cost_usd is not None else budgeted
         self._state = STARTED
+        if self._otel_span is not None:
+            self._otel_span_settled()
 
     def _fail(self) -> None:
         self._state = FAILED  # settled without an id: the session could not be started
+        if self._otel_span is not None:
+            self._otel_span_settled()
+
+    def _otel_span_settled(self) -> None:
+        otel = self._otel
+        if otel is not None:
+            otel.session_resolved(self)

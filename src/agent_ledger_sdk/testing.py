@@ -117,6 +117,9 @@ class Capture:
             if captured is not None:
                 captured.events.append(prepared)
             self.events.append(prepared)
+        otel = handle._otel
+        if otel is not None:  # what a ledger's acceptance tells the OpenTelemetry spans, without a price
+            otel.delivered(handle, [encoded], None)
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int = 0) -> None:
         self.emit(handle, event, size)

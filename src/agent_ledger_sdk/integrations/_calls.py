@@ -38,6 +38,7 @@ from .._stats import internal_error
 
 if TYPE_CHECKING:
     from .._instrumentation import Instrumentation
+    from .._otel import SpanRecord
     from .._session import SessionHandle
 
 Resolver = Callable[[], "Instrumentation"]
@@ -89,6 +90,7 @@ class ProviderCall:
         "_first_token_ms",
         "_llm",
         "_model",
+        "_otel_span",
         "_parent_span",
         "_perf_started",
         "_prompt",
@@ -111,6 +113,7 @@ class ProviderCall:
         attributes: dict[str, Any],
         llm: Optional[LLMCall] = None,
         copy_prompt: bool = True,
+        otel_span: Optional[SpanRecord] = None,
     ) -> None:
         self.handle = handle
         self.retries = 0  # the provider client's own retries, counted by the integration
@@ -126,7 +129,8 @@ class ProviderCall:
             self._prompt, self._prompt_size = snapshot_sized(prompt)  # as sent
         else:
             self._prompt, self._prompt_size = prompt, 0  # already the integration's own copy
-        self._span = new_span_id()
+        self._otel_span = otel_span
+        self._span = new_span_id() if otel_span is None else otel_span.span_id
         self._parent_span = current_span_var.get()
         self._started_at = wall_clock()
         self._perf_started = perf_counter()
@@ -143,11 +147,18 @@ class ProviderCall:
         if handle is None:
             return None
         attributes = {k: v for k, v in attributes.items() if v is not None}
+        otel = handle._otel
+        otel_span = None if otel is None else otel.start_llm(handle, provider, model)
         llm = None
-        if needs_reservation(handle):
-            llm = LLMCall(provider, model, prompt, attributes)
-            llm._reserve(handle)
-        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt)
+        try:
+            if needs_reservation(handle):
+                llm = LLMCall(provider, model, prompt, attributes)
+                llm._reserve(handle)
+        except BaseException as exc:
+            if otel is not None:
+                otel.ended(otel_span, exc, delivered=False)  # refused before the request went out
+            raise
+        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt, otel_span)
 
     @classmethod
     async def abegin(
@@ -158,11 +169,18 @@ class ProviderCall:
         if handle is None:
             return None
         attributes = {k: v for k, v in attributes.items() if v is not None}
+        otel = handle._otel
+        otel_span = None if otel is None else otel.start_llm(handle, provider, model)
         llm = None
-        if needs_reservation(handle):
-            llm = LLMCall(provider, model, prompt, attributes)
-            await llm._areserve(handle)
-        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt)
+        try:
+            if needs_reservation(handle):
+                llm = LLMCall(provider, model, prompt, attributes)
+                await llm._areserve(handle)
+        except BaseException as exc:
+            if otel is not None:
+                otel.ended(otel_span, exc, delivered=False)  # refused before the request went out
+            raise
+        return cls(handle, provider, model, prompt, attributes, llm, copy_prompt, otel_span)
 
     @property
     def call(self) -> LLMCall:
@@ -240,6 +258,9 @@ class ProviderCall:
             return None
         self._finished = True
         latency_ms = ms_since(self._perf_started)  # now, on the caller's thread: when the call ended
+        otel = self.handle._otel
+        if otel is not None and self._otel_span is not None:
+            otel.ended(self._otel_span, error)
         if complete is None:
             return self._build(error, billed, latency_ms)
         # What the answer says is read where the event is encoded (the sender thread, off the agent's

@@ -4,7 +4,7 @@ Write endpoints (the published protocol)::
 
     POST /v1/sessions               {"agentName": str, ...context}      -> 201 {"id", "budgeted", ...}
     POST /v1/sessions/{id}/end      {"status", "errorMessage"}          -> 200
-    POST /v1/events                 {"sessionId", "events": [...]}      -> 202 {"accepted", "costUsd"}
+    POST /v1/events                 {"sessionId", "events": [...]}      -> 202 {"accepted", "costUsd", "priced"?}
 
 A session may carry ``userId``, ``tags``, ``metadata``, ``parentSessionId``
 and a cost cap ``maxCostUsd``. A batch of events is all or nothing: when some

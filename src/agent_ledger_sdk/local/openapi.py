@@ -120,6 +120,24 @@ _OPTIONAL_USD = {"type": ["number", "null"], "minimum": 0, "description": "US do
 _PERCENT = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 100}
 _RATE_IN = {"type": "number", "minimum": 0, "description": "USD per million tokens"}
 
+# What each LLM call of a POST /v1/events batch cost, by its spanId: the SDK puts it on its OpenTelemetry spans.
+_PRICED = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "spanId": _ID,
+            "costUsd": _USD,
+            "costStatus": {"enum": list(COST_STATUSES)},
+            "overBudget": {"type": "boolean"},
+        },
+        "required": ["spanId", "costUsd", "costStatus", "overBudget"],
+        "additionalProperties": False,
+    },
+    "description": "Each llm_call of the batch that has a spanId, in order: its cost as priced. "
+    "Present only when the batch has such a call.",
+}
+
 
 def _object(properties: dict[str, Any], required: Any = (), **more: Any) -> dict[str, Any]:
     """A closed object: exactly ``properties``, the ``required`` ones always there."""
@@ -457,8 +475,9 @@ OPENAPI: dict[str, Any] = {
                         "items": {"type": "integer", "minimum": 0},
                         "description": "The indexes of the events stored with overBudget: true",
                     },
+                    "priced": _PRICED,
                 },
-                "all",
+                [*_GUARDRAIL_FIELDS, "accepted", "costUsd", "overBudgetEvents"],
                 description="HTTP 429 of POST /v1/events: the guardrail of the first unreserved call over a budget, "
                 "and what was stored.",
             ),
@@ -836,7 +855,10 @@ OPENAPI: dict[str, Any] = {
                 ),
                 "responses": {
                     "202": _json(
-                        _object({"accepted": {"type": "integer", "minimum": 1}, "costUsd": _USD}, "all"),
+                        _object(
+                            {"accepted": {"type": "integer", "minimum": 1}, "costUsd": _USD, "priced": _PRICED},
+                            ["accepted", "costUsd"],
+                        ),
                         "Recorded",
                     ),
                     "400": _json(

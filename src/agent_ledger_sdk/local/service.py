@@ -582,6 +582,9 @@ class LedgerService:
             self._running(row, "events can only be added to")
             refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now)
             body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
+            priced = _priced(events)
+            if priced:
+                body["priced"] = priced
             if refusal is None:
                 reply = self._remember(tx, workspace, idempotency, Reply(Outcome.ACCEPTED, body), now)
             else:
@@ -1869,3 +1872,12 @@ def _estimate(estimate: Any) -> TokenUsage:
             )
         counts.append(value)
     return TokenUsage(counts[0], counts[1])
+
+
+def _priced(events: Sequence[PricedEvent]) -> list[dict[str, Any]]:
+    """What each LLM call with a ``spanId`` cost, for the SDK's OpenTelemetry spans (see docs/otel.md)."""
+    return [
+        {"spanId": e.payload["spanId"], "costUsd": e.cost_usd, "costStatus": e.cost_status, "overBudget": e.over_budget}
+        for e in events
+        if e.type == "llm_call" and isinstance(e.payload.get("spanId"), str)
+    ]
