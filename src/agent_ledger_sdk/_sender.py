@@ -2,9 +2,12 @@
 
 The caller's side is :meth:`Sender.submit`: one lock, one ``append``, no I/O
 and no serialisation (the event's values are already snapshotted). The
-sender thread wakes every ``flush_interval`` seconds, or as soon as a batch is
-full, or on ``flush``; it encodes each session's events (``_pipeline``) and
-sends them in batches, in the order they were recorded.
+sender thread wakes every ``flush_interval`` seconds, or as soon as
+``WAKE_EVENTS`` events (or ``WAKE_BYTES``) are queued, or on ``flush``; it
+encodes each session's events (``_pipeline``) and sends them in batches, in
+the order they were recorded, as large as the queue is deep (up to
+``MAX_BATCH_SIZE``): a steady flow costs a request per interval, not one per
+100 events.
 
 Nothing that can be kept is lost:
 
@@ -49,6 +52,10 @@ EVENT, END = 1, 2
 
 DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 100
+# The sender wakes before its interval when this many events are queued, or WAKE_BYTES of them: a steady
+# flow is sent in batches of what one interval gathers (a request per 100 events cost more CPU than encoding them).
+WAKE_EVENTS = 1000
+WAKE_BYTES = 4 * 1024 * 1024
 # Batches grow with the queue's depth up to this (the ledger takes 10,000 a request): a request costs the
 # sender about 0.5 ms of CPU whatever its size, so a deep queue is sent in few requests. Not more: a batch a
 # budget guardrail refuses is sent again one event at a time.
@@ -123,6 +130,8 @@ class Sender:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_window = retry_window
+        # Bytes queued that wake the sender early: well before the bound, where events would start to spill.
+        self._wake_bytes = min(WAKE_BYTES, max_queue_bytes // 4)
         self._reset()
 
     def _reset(self) -> None:
@@ -242,8 +251,8 @@ class Sender:
         queue.append((EVENT, handle, event, size))
         if self._thread is None or self._closed or self._no_thread:
             self._after_first_item()
-        elif not (queued + 1) % self.batch_size:
-            self._wake.set()  # a full batch is waiting: don't wait for the interval
+        elif not (queued + 1) % WAKE_EVENTS or (self._bytes > self._wake_bytes and not self._wake.is_set()):
+            self._wake.set()  # a large batch is waiting: don't wait for the interval
 
     def submit(self, kind: int, handle: SessionHandle, payload: Any, size: int) -> None:
         if kind == EVENT:
@@ -442,7 +451,12 @@ class Sender:
         while True:
             if self._stall_since is not None:
                 self._wake.wait(self._backoff)
-            elif len(self._queue) < self.batch_size and not self._starts and not self._spilling:
+            elif (
+                len(self._queue) < WAKE_EVENTS
+                and self._bytes < self._wake_bytes
+                and not self._starts
+                and not self._spilling
+            ):
                 self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._busy = True
