@@ -20,6 +20,7 @@ A processor that raises never reaches the user's code: the event is dropped
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 from ._constants import REDACTED
@@ -51,7 +52,7 @@ class Pipeline:
         self.redact = redact
         self.counters = counters
         self.warnings = warnings
-        self._last: tuple[float, str, int, str] = (-1.0, "", -1, "")  # the last start and span written
+        self._last: tuple[float, str, int, str] = (math.nan, "", -1, "")  # the last start and span written (NaN: none)
 
     def encode(self, event: dict[str, Any]) -> Optional[str]:
         """The wire form of ``event``, or None if a processor dropped it or it is invalid (counted and logged)."""
