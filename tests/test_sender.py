@@ -17,7 +17,7 @@ import pytest
 import respx
 
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk._sender import MAX_BATCH_SIZE
+from agent_ledger_sdk._sender import MAX_BATCH_SIZE, WAKE_EVENTS
 
 from .conftest import BASE_URL
 from .subprocesses import free_port, run_script
@@ -56,6 +56,73 @@ def test_events_keep_their_order_across_batches(api: respx.MockRouter) -> None:
     assert r["end"].calls.last.request.content  # the end comes after every event
     assert ledger.stats.sent == 2000
     ledger.close()
+
+
+def test_a_deep_queue_goes_in_few_large_requests_and_a_shallow_one_at_once(api: respx.MockRouter) -> None:
+    """Batches are as deep as the queue (up to MAX_BATCH_SIZE): a request costs the sender the same CPU at any size."""
+    r = routes(api)
+    release = threading.Event()
+
+    def held(request: httpx.Request) -> httpx.Response:  # the queue fills while the session's start waits
+        release.wait(10)
+        return httpx.Response(201, json={"id": "sess-1"})
+
+    r["start"].mock(side_effect=held)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with ledger.session("deep"):
+        for i in range(3 * MAX_BATCH_SIZE // 2):  # 1.5 x MAX_BATCH_SIZE calls: 3 x MAX_BATCH_SIZE events
+            work(i)
+    release.set()
+    assert ledger.flush(10) == 0
+    sizes = [len(json.loads(c.request.content)["events"]) for c in r["events"].calls]
+    assert sum(sizes) == 3 * MAX_BATCH_SIZE
+    assert max(sizes) == MAX_BATCH_SIZE and len(sizes) <= 4, sizes
+    # A few events, well under WAKE_EVENTS: sent within the flush interval, in one request.
+    before = r["events"].call_count
+    with ledger.session("shallow"):
+        for i in range(10):
+            work(i)
+    deadline = time.monotonic() + 5
+    while r["events"].call_count == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert WAKE_EVENTS > 10
+    assert [len(json.loads(c.request.content)["events"]) for c in r["events"].calls[before:]] == [20]
+    ledger.close()
+
+
+def test_a_users_http_client_gets_the_whole_client_path_and_ours_the_transport(api: respx.MockRouter) -> None:
+    """The user's http_client: its event hooks, auth and headers apply to every request. Our own client goes
+    straight to its transport, with the client's timeout on each request."""
+    routes(api)
+    seen: list[str] = []
+
+    def auth(request: httpx.Request) -> httpx.Request:
+        request.headers["x-mesh-auth"] = "token"
+        return request
+
+    with httpx.Client(event_hooks={"request": [lambda request: seen.append(request.url.path)]}, auth=auth) as http:
+        ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, http_client=http)
+        with ledger.session("hooked") as session:
+            session.log("tick")
+        assert ledger.flush(10) == 0
+        ledger.close()
+    assert seen[0] == "/v1/sessions" and "/v1/events" in seen and seen[-1].endswith("/end")
+    assert all(call.request.headers["x-mesh-auth"] == "token" for call in api.calls)
+
+    before = len(api.calls)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, timeout=7.5)
+    with ledger.session("own") as session:
+        session.log("tick")
+    assert ledger.flush(10) == 0
+    ledger.close()
+    requests = [call.request for call in api.calls[before:]]
+    assert [r.url.path for r in requests][-1].endswith("/end")
+    assert all(r.extensions["timeout"] == httpx.Timeout(7.5).as_dict() for r in requests)
 
 
 def test_flush_drains_everything_and_close_flushes(api: respx.MockRouter) -> None:

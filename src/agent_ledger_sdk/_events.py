@@ -49,6 +49,7 @@ _COUNT_HINTS = {
 }
 
 _camel_cache: dict[str, str] = {}
+_ABSENT = object()
 
 
 def camel_case(name: str) -> str:
@@ -113,9 +114,9 @@ def check_event(event: dict[str, Any]) -> Optional[str]:
     if not isinstance(kind, str) or not kind:
         return f"type must be a non-empty string such as 'llm_call', got {kind!r}"
     for name in COUNT_FIELDS:
-        if name not in event:
-            continue
-        value = event[name]
+        value = event.get(name, _ABSENT)
+        if value is _ABSENT or (type(value) is int and value >= 0):
+            continue  # absent, or already what the ledger takes (the usual case: nothing to coerce)
         if value is None and name != "stepIndex":
             continue
         number = _whole_number(value)

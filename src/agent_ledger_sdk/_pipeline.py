@@ -20,6 +20,7 @@ A processor that raises never reaches the user's code: the event is dropped
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 from ._constants import REDACTED
@@ -51,17 +52,31 @@ class Pipeline:
         self.redact = redact
         self.counters = counters
         self.warnings = warnings
+        self._last: tuple[float, str, int, str] = (math.nan, "", -1, "")  # the last start and span written (NaN: none)
 
     def encode(self, event: dict[str, Any]) -> Optional[str]:
         """The wire form of ``event``, or None if a processor dropped it or it is invalid (counted and logged)."""
         if COMPLETE_KEY in event:
             event.pop(COMPLETE_KEY).resolve()
+        # A call's two events (tool_call, tool_result) share their start and span, and are
+        # usually encoded one after the other: the last ones written are kept (one tuple, swapped whole).
         started = event.get("startedAt")
-        if type(started) is float:
-            event["startedAt"] = rfc3339(started)
         span = event.get("spanId")
+        last = self._last
+        if type(started) is float:
+            if started == last[0]:
+                event["startedAt"] = last[1]
+            else:
+                text = rfc3339(started)
+                event["startedAt"] = text
+                last = self._last = (started, text, last[2], last[3])
         if type(span) is int:
-            event["spanId"] = span_hex(span)
+            if span == last[2]:
+                event["spanId"] = last[3]
+            else:
+                text = span_hex(span)
+                event["spanId"] = text
+                self._last = (last[0], last[1], span, text)
         parent = event.get("parentSpanId")
         if type(parent) is int:
             event["parentSpanId"] = span_hex(parent)

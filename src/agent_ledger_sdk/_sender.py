@@ -2,9 +2,12 @@
 
 The caller's side is :meth:`Sender.submit`: one lock, one ``append``, no I/O
 and no serialisation (the event's values are already snapshotted). The
-sender thread wakes every ``flush_interval`` seconds, or as soon as a batch is
-full, or on ``flush``; it encodes each session's events (``_pipeline``) and
-sends them in batches, in the order they were recorded.
+sender thread wakes every ``flush_interval`` seconds, or as soon as
+``WAKE_EVENTS`` events (or ``WAKE_BYTES``) are queued, or on ``flush``; it
+encodes each session's events (``_pipeline``) and sends them in batches, in
+the order they were recorded, as large as the queue is deep (up to
+``MAX_BATCH_SIZE``): a steady flow costs a request per interval, not one per
+100 events.
 
 Nothing that can be kept is lost:
 
@@ -32,7 +35,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import _lifecycle
-from ._base_client import is_retryable
+from ._base_client import idempotency_key, is_retryable
 from ._events import describe_event
 from ._exceptions import APIStatusError, BudgetGuardrailError, describe_error
 from ._http import SESSION_KEY_PREFIX
@@ -49,8 +52,16 @@ EVENT, END = 1, 2
 
 DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_BATCH_SIZE = 100
-MAX_BATCH_SIZE = 500  # batches grow up to this when the queue is deep
-MAX_BATCH_BYTES = 4 * 1024 * 1024
+# The sender wakes before its interval when this many events are queued, or WAKE_BYTES of them: a steady
+# flow is sent in batches of what one interval gathers (a request per 100 events cost more CPU than encoding them).
+WAKE_EVENTS = 1000
+WAKE_BYTES = 4 * 1024 * 1024
+# Batches grow with the queue's depth up to this (the ledger takes 10,000 a request): a request costs the
+# sender about 0.5 ms of CPU whatever its size, so a deep queue is sent in few requests. Not more: a batch a
+# budget guardrail refuses is sent again one event at a time.
+MAX_BATCH_SIZE = 2000
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # of encoded events (the ledger reads 16 MiB a request)
+JOURNAL_BATCH_SIZE = 500  # journal records merged into one request: their merged keys depend on it, never change it
 DEFAULT_FLUSH_INTERVAL = 0.2  # seconds
 DEFAULT_RETRY_WINDOW = 60.0  # seconds of failures before the queue moves to the journal
 MAX_BACKOFF = 5.0
@@ -95,10 +106,7 @@ class _Handover(Exception):
     """The exit path wants what is in memory (``journal_everything``): stop between two requests."""
 
 
-def new_key() -> str:
-    from ._base_client import idempotency_key
-
-    return idempotency_key()
+new_key = idempotency_key
 
 
 class Sender:
@@ -122,6 +130,8 @@ class Sender:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_window = retry_window
+        # Bytes queued that wake the sender early: well before the bound, where events would start to spill.
+        self._wake_bytes = min(WAKE_BYTES, max_queue_bytes // 4)
         self._reset()
 
     def _reset(self) -> None:
@@ -241,8 +251,8 @@ class Sender:
         queue.append((EVENT, handle, event, size))
         if self._thread is None or self._closed or self._no_thread:
             self._after_first_item()
-        elif not (queued + 1) % self.batch_size:
-            self._wake.set()  # a full batch is waiting: don't wait for the interval
+        elif not (queued + 1) % WAKE_EVENTS or (self._bytes > self._wake_bytes and not self._wake.is_set()):
+            self._wake.set()  # a large batch is waiting: don't wait for the interval
 
     def submit(self, kind: int, handle: SessionHandle, payload: Any, size: int) -> None:
         if kind == EVENT:
@@ -441,7 +451,12 @@ class Sender:
         while True:
             if self._stall_since is not None:
                 self._wake.wait(self._backoff)
-            elif len(self._queue) < self.batch_size and not self._starts and not self._spilling:
+            elif (
+                len(self._queue) < WAKE_EVENTS
+                and self._bytes < self._wake_bytes
+                and not self._starts
+                and not self._spilling
+            ):
                 self._wake.wait(self.flush_interval)
             self._wake.clear()
             self._busy = True
@@ -602,18 +617,24 @@ class Sender:
             self._started_cond.notify_all()
 
     def _build_units(self) -> None:
-        """Turn what is queued now into requests: per session, in order, batches of at most ``batch_size``."""
+        """Turn what is queued now into requests: per session, in order, batches of at most ``limit`` events.
+
+        The limit grows with the queue's depth (``batch_size`` when it is shallow, for latency; up to
+        ``MAX_BATCH_SIZE`` when it is deep), so a flood is sent in few requests.
+        """
         queue = self._queue
         encode = self._owner.pipeline.encode
-        # Deep queue: bigger batches, fewer requests.
-        limit = self.batch_size if len(queue) < 4 * self.batch_size else MAX_BATCH_SIZE
-        pending: dict[SessionHandle, list[str]] = {}
-        pending_size: dict[SessionHandle, int] = {}
+        depth = len(queue)
+        limit = min(MAX_BATCH_SIZE, max(self.batch_size, depth))
+        pending: dict[SessionHandle, tuple[list[str], list[int]]] = {}  # a session's batch, and its bytes (boxed)
         built: list[_Unit] = []
         released = 0
+        last: Optional[SessionHandle] = None
+        batch: list[str] = []
+        size_box = [0]
         # One pass takes what is queued now, so that a flood of new events cannot
         # hold back another session's partial batch (or a guardrail's answer).
-        for _ in range(len(queue)):
+        for _ in range(depth):
             if self._handover:
                 break  # what is built so far becomes units; the rest stays queued, behind them
             try:
@@ -625,24 +646,29 @@ class Sender:
                 encoded = encode(payload)
                 if encoded is None:
                     continue
-                batch = pending.get(handle)
-                if batch is None:
-                    batch = pending[handle] = []
-                    pending_size[handle] = 0
+                if handle is not last:  # most runs of the queue are one session's: one lookup per run
+                    entry = pending.get(handle)
+                    if entry is None:
+                        entry = pending[handle] = ([], [0])
+                    batch, size_box = entry
+                    last = handle
                 batch.append(encoded)
-                pending_size[handle] += len(encoded)
-                if len(batch) >= limit or pending_size[handle] >= MAX_BATCH_BYTES:
-                    built.append(
-                        _Unit(EVENT, handle, new_key(), encoded=pending.pop(handle), size=pending_size.pop(handle))
-                    )
+                size_box[0] += len(encoded)
+                if len(batch) >= limit or size_box[0] >= MAX_BATCH_BYTES:
+                    built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=size_box[0]))
+                    del pending[handle]
+                    last = None
             else:
-                batch = pending.pop(handle, None)
-                if batch:
-                    built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=pending_size.pop(handle)))
+                entry = pending.pop(handle, None)
+                if entry is not None and entry[0]:
+                    built.append(_Unit(EVENT, handle, new_key(), encoded=entry[0], size=entry[1][0]))
+                if handle is last:
+                    last = None
                 status, message = payload
                 built.append(_Unit(END, handle, new_key(), body={"status": status, "errorMessage": message}))
-        for handle, batch in pending.items():
-            built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=pending_size[handle]))
+        for handle, (events, box) in pending.items():
+            if events:
+                built.append(_Unit(EVENT, handle, new_key(), encoded=events, size=box[0]))
         with self._lock:
             self._bytes = max(0, self._bytes - released)
             for unit in built:
@@ -726,14 +752,14 @@ class Sender:
         journal = self.journal
         assert journal is not None
         while True:
-            records = journal.read(MAX_BATCH_SIZE)
+            records = journal.read(JOURNAL_BATCH_SIZE)
             if not records:
                 with self._lock:
                     if journal.is_empty() and self._spilling:
                         self._spilling = False
                         logger.info("agent-ledger: the journal is delivered; events go through memory again")
                 return
-            for record, size in _merged(records, MAX_BATCH_SIZE, self._journal_retry):
+            for record, size in _merged(records, JOURNAL_BATCH_SIZE, self._journal_retry):
                 if self._handover:
                     raise _Handover
                 try:

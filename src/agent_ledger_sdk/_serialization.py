@@ -16,7 +16,7 @@ import math
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Callable
 
 from ._constants import MAX_EVENT_BYTES, MAX_VALUE_DEPTH
 
@@ -122,8 +122,8 @@ def encode(value: Any) -> str:
     to :func:`json_safe`, which handles everything.
     """
     try:
-        return _ENCODER.encode(value)
-    except Exception:
+        return "".join(_encode_c(value, 0))
+    except Exception:  # RecursionError for a cycle: no markers are kept (see _make_encoder)
         return dumps(json_safe(value))
 
 
@@ -179,4 +179,23 @@ def _cap_strings(value: Any, cap: int) -> Any:
     return value
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_replacement)
+def _make_encoder() -> Callable[[Any, int], Any]:
+    """The C encoder itself, made once: ``JSONEncoder.encode`` makes one per call, which costs as much as
+    encoding a small event (about 2 µs a call on the project's machine, measured in docs/performance.md).
+
+    It keeps no markers: a shared markers dict would be touched by every thread that encodes (the
+    sender, inline callers), and left dirty by a failed call. A cycle then recurses until Python's
+    recursion limit stops it (RecursionError), and :func:`encode` falls back to :func:`json_safe`,
+    which marks it. Without the C accelerator (another interpreter), the pure-Python encoder.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    string = getattr(json.encoder, "c_encode_basestring", None)
+    if make is not None and string is not None:
+        encoder: Callable[[Any, int], Any] = make(None, _replacement, string, None, ":", ",", False, False, False)
+        return encoder
+    slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_replacement)
+    return lambda value, _level: (slow.encode(value),)
+
+
+# Returns the JSON as a sequence of strings to join (a list or a tuple: it changed in Python 3.13).
+_encode_c = _make_encoder()
