@@ -41,7 +41,7 @@ from .budgets import (
     next_utc_midnight,
     next_utc_month,
 )
-from .pricing import ESTIMATED, UNPRICED, PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
@@ -77,7 +77,6 @@ from .validation import (
     check_event,
     check_session_context,
     shown,
-    usage_of,
     usd_amount,
     warn_percent,
 )
@@ -520,21 +519,28 @@ class LedgerService:
                 rejections.append((position, rejection))
         if rejections:
             raise EventsRejected(rejections)
-        if any(event.type == "llm_call" for event in checked):
-            custom = self.prices(workspace)
-            for event in checked:
-                if event.type == "llm_call":
-                    self._price(event, custom)
+        calls = [event for event in checked if event.type == "llm_call"]
+        if calls:
+            prices = self.price_book.batch(self.prices(workspace))
+            for event in calls:
+                self._price(event, prices)
         return self.append_events(workspace, session_id, checked, idempotency)
 
-    def _price(self, checked: PricedEvent, custom: Mapping[str, Rates]) -> None:
+    @staticmethod
+    def _price(checked: PricedEvent, prices: BatchPrices) -> None:
         """Price an llm_call from its provider, model and full usage (an estimate when its usage is missing)."""
         if checked.usage_missing:
-            price = self.price_book.estimate(
-                checked.provider, checked.model, checked.tokens_in, checked.tokens_out, custom
-            )
+            price = prices.estimate(checked.provider, checked.model, checked.tokens_in, checked.tokens_out)
         else:
-            price = self.price_book.price(checked.provider, checked.model, usage_of(checked), custom)
+            payload = checked.payload  # its counts are ints: check_event made them so
+            price = prices.price(
+                checked.provider,
+                checked.model,
+                checked.tokens_in,
+                checked.tokens_out,
+                int(payload.get("cacheReadTokens") or 0),
+                int(payload.get("cacheWriteTokens") or 0),
+            )
         checked.cost_usd, checked.cost_status, checked.pricing_note = price.cost_usd, price.status, price.note
 
     def append_events(
