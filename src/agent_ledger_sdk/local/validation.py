@@ -192,7 +192,8 @@ def _timestamp(where: str, name: str, value: Any) -> None:
     match = _RFC3339_UTC.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if match is not None:
         try:
-            datetime.datetime(*map(int, match.groups()[:6]))
+            year, month, day, hour, minute, second = map(int, match.groups()[:6])
+            datetime.datetime(year, month, day, hour, minute, second)
         except ValueError:
             match = None
     if match is None:
