@@ -166,7 +166,7 @@ def raw_sqlite(path: Path, seconds: float) -> dict[str, Any]:
         "INSERT INTO sessions (id, workspace, agent_name, status, started_at, cost) VALUES (?, ?, ?, ?, ?, ?)",
         (session, "raw", "bench-agent", "running", "2026-01-01T00:00:00.000000Z", "0"),
     )
-    payloads = [json.dumps(llm_event(step), separators=(",", ":")) for step in range(BATCH)]
+    payloads = [json.dumps(event(step), separators=(",", ":")) for step in range(BATCH)]
     insert = (
         "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
         " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -247,8 +247,13 @@ def raw_http_server(scratch: Path) -> Any:
 # -- the ledger ----------------------------------------------------------------------------------
 
 
+def event(step: int) -> dict[str, Any]:
+    """ledger_scale's llm_call, each of a batch with its own usage (no two priced alike)."""
+    return {**llm_event(step), "tokensIn": 1200 + step}
+
+
 def batch_body(session: str, size: int) -> bytes:
-    return json.dumps({"sessionId": session, "events": [llm_event(step) for step in range(size)]}).encode()
+    return json.dumps({"sessionId": session, "events": [event(step) for step in range(size)]}).encode()
 
 
 def raw_batches(urls: Sequence[str], key: str, clients: int, seconds: float, pids: Sequence[int]) -> dict[str, Any]:

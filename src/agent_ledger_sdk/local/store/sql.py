@@ -521,24 +521,38 @@ class Tx:
     # -- events ---------------------------------------------------------------------------------
 
     def insert_events(self, session_id: str, received_at: str, events: Iterable[EventRow]) -> None:
+        rows = [
+            (
+                e.step_index,
+                UNNUMBERED if e.step_index is None else e.step_index,
+                e.type,
+                e.payload,
+                money.text(e.cost),
+                e.cost_status,
+                int(e.over_budget),
+                e.pricing_note,
+            )
+            for e in events
+        ]
+        if not rows:
+            return
+        if self._dialect.name == "postgresql" and len(rows) > 1:
+            # One statement and one round trip for the batch (executemany: one INSERT per row): each
+            # column goes as an array, and unnest turns the arrays back into rows, in their order.
+            steps, positions, types, payloads, costs, statuses, over, notes = (list(c) for c in zip(*rows))
+            self._run(
+                "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status,"
+                " over_budget, pricing_note, received_at)"
+                " SELECT ?, s, p, t, d, c, cs, o, n, ? FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::text[],"
+                " ?::numeric[], ?::text[], ?::integer[], ?::text[]) WITH ORDINALITY AS r (s, p, t, d, c, cs, o, n, i)"
+                " ORDER BY i",
+                (session_id, received_at, steps, positions, types, payloads, costs, statuses, over, notes),
+            )
+            return
         self._many(
             "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
             " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    session_id,
-                    e.step_index,
-                    UNNUMBERED if e.step_index is None else e.step_index,
-                    e.type,
-                    e.payload,
-                    money.text(e.cost),
-                    e.cost_status,
-                    int(e.over_budget),
-                    e.pricing_note,
-                    received_at,
-                )
-                for e in events
-            ),
+            ((session_id, *row[:8], received_at) for row in rows),
         )
 
     def events(self, session_id: str, after: Optional[tuple[int, int]], limit: int) -> list[dict[str, Any]]:
