@@ -434,7 +434,7 @@ class LedgerService:
 
     @staticmethod
     def _add_spend(tx: Tx, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
-        tx.set_spent(workspace, scope, subject, period, money.add(tx.spent(workspace, scope, subject, period), cost))
+        tx.add_spent(workspace, scope, subject, period, cost)
 
     def _live_reservations(self, tx: Tx, workspace: str, now: datetime.datetime) -> list[dict[str, Any]]:
         """The workspace's reservations still held; those long gone are forgotten on the way (lazily)."""
@@ -463,6 +463,7 @@ class LedgerService:
                 Budget(kind, amount(limit), money.ZERO, money.ZERO, None, None, agent, "") for kind, limit, _ in wanted
             ]
             return found
+        tx.lock_workspace(workspace)  # spend and reservations are read to be checked: no other write may move them
         held = self._live_reservations(tx, workspace, now)
         day, month = day_of(now), month_of(now)
         for kind, limit, warn in wanted:
@@ -554,7 +555,10 @@ class LedgerService:
         now = self._now()
         received = iso(now)
         assert received is not None
-        with self.store.write(workspace) as tx:
+        # The workspace's lock (PostgreSQL) only when money or a retry is at stake: an idempotency key, a
+        # budget to check (_limits) or a reservation to settle (_charge). Otherwise the session's row lock
+        # orders the writes of a session, and spend is added in place, so that replicas ingest side by side.
+        with self.store.write(workspace if idempotency is not None else None) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
@@ -635,6 +639,8 @@ class LedgerService:
         limits = self._limits(tx, workspace, session, now, spending=True)
         calls = [(position, e) for position, e in enumerate(events) if e.type == "llm_call"]
         wanted = sorted({e.reservation_id for _, e in calls if e.reservation_id})
+        if wanted:
+            tx.lock_workspace(workspace)  # reservations are settled
         held = tx.held_for(workspace, session["id"], wanted, stamp(now))
         if limits.budgets and not limits.allow_unpriced:
             unpriced = [(p, e) for p, e in calls if e.cost_status == UNPRICED and e.reservation_id not in held]

@@ -629,6 +629,27 @@ class Tx:
             (workspace, scope, subject, period, money.text(total)),
         )
 
+    def add_spent(self, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
+        """Add ``cost`` to a spend total. PostgreSQL adds in the statement (NUMERIC: exact), so that writes
+        that hold no workspace lock never lose one another's; SQLite (amounts as text) reads, adds and
+        writes, within its one write at a time."""
+        if self._dialect.name == "postgresql":
+            self._run(
+                "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?::numeric)"
+                " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = spend.amount + excluded.amount",
+                (workspace, scope, subject, period, money.text(cost)),
+            )
+            return
+        self.set_spent(
+            workspace, scope, subject, period, money.add(self.spent(workspace, scope, subject, period), cost)
+        )
+
+    def lock_workspace(self, workspace: str) -> None:
+        """Wait for, then hold until the end of the transaction, the workspace's lock (PostgreSQL; a SQLite
+        write holds the whole database already). Taking it again in the same transaction is a no-op."""
+        if self._dialect.name == "postgresql":
+            self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workspace,))
+
     def spend_by_subject(self, workspace: Optional[str], scope: str, period: str) -> dict[tuple[str, str], Decimal]:
         if workspace is None:
             rows = self._all(
