@@ -599,6 +599,7 @@ class LedgerService:
                 estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
                 over_budget=sum(1 for e in events if e.over_budget),
             )
+            self._count_spend(tx, workspace, row["agent_name"], cost, now)
             body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
             if refusal is None:
                 reply = self._remember(tx, workspace, idempotency, Reply(Outcome.ACCEPTED, body), now)
@@ -674,13 +675,16 @@ class LedgerService:
                     warnings.setdefault(position, []).append(
                         PricedEvent(warning, "budget_warning", event.step_index, encoded=money.dumps(warning))
                     )
-        cost = money.add(*(e.cost_usd for _, e in calls))
+        return refusal, warnings
+
+    def _count_spend(self, tx: Tx, workspace: str, agent: str, cost: Decimal, now: datetime.datetime) -> None:
+        """Add a batch's cost to its agent's and workspace's spend. The last writes of the batch: on PostgreSQL
+        they lock rows every write of the workspace shares, until the commit."""
         if cost:
-            agent, day = session["agent_name"], day_of(now)
+            day = day_of(now)
             self._add_spend(tx, workspace, AGENT_DAILY, agent, day, cost)
             self._add_spend(tx, workspace, AGENT_MONTHLY, agent, month_of(now), cost)
             self._add_spend(tx, workspace, WORKSPACE_DAILY, "", day, cost)
-        return refusal, warnings
 
     @staticmethod
     def _unpriced(agent: str, calls: Sequence[tuple[int, PricedEvent]]) -> UnpricedModel:
