@@ -1,7 +1,7 @@
 """Ledger ingest against its floors, in one run: raw SQLite, a raw loopback HTTP exchange, the ledger over HTTP.
 
-    python benchmarks/ingest_floor.py                  # about 3 minutes on 2 cores
-    python benchmarks/ingest_floor.py --quick          # about 1 minute: shorter windows, fewer rounds
+    python benchmarks/ingest_floor.py                  # about 4 minutes on 2 cores
+    python benchmarks/ingest_floor.py --quick          # about 1.5 minutes: shorter windows, fewer rounds
     python benchmarks/ingest_floor.py --json out.json  # the figures as JSON too
     python benchmarks/ingest_floor.py --backends sqlite   # skip PostgreSQL
 
