@@ -463,7 +463,6 @@ class LedgerService:
                 Budget(kind, amount(limit), money.ZERO, money.ZERO, None, None, agent, "") for kind, limit, _ in wanted
             ]
             return found
-        tx.lock_workspace(workspace)  # spend and reservations are read to be checked: no other write may move them
         held = self._live_reservations(tx, workspace, now)
         day, month = day_of(now), month_of(now)
         for kind, limit, warn in wanted:
@@ -556,12 +555,15 @@ class LedgerService:
         received = iso(now)
         assert received is not None
         # The workspace's lock (PostgreSQL) only when money or a retry is at stake: an idempotency key, a
-        # budget to check (_limits) or a reservation to settle (_charge). Otherwise the session's row lock
-        # orders the writes of a session, and spend is added in place, so that replicas ingest side by side.
+        # reservation to settle or a budget to check. Otherwise the session's row lock orders the writes
+        # of a session, and spend is added in place, so that replicas ingest side by side. The lock is
+        # always taken before the session's row, as every other write of the workspace takes them.
         with self.store.write(workspace if idempotency is not None else None) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
+            if idempotency is None and tx.locks_workspaces and self._money_at_stake(tx, workspace, session_id, events):
+                tx.lock_workspace(workspace)
             row = self._session_row(tx, workspace, session_id, for_update=True)
             self._running(row, "events can only be added to")
             refusal: Optional[dict[str, Any]] = None
@@ -623,6 +625,16 @@ class LedgerService:
                 self.metrics.guardrail_refusal("budget_exceeded")
         return reply
 
+    def _money_at_stake(self, tx: Tx, workspace: str, session_id: str, events: Sequence[PricedEvent]) -> bool:
+        """Whether a batch settles a reservation or has a budget to check (then it takes the workspace's lock)."""
+        calls = [e for e in events if e.type == "llm_call"]
+        if not calls:
+            return False
+        if any(e.reservation_id for e in calls):
+            return True
+        session = tx.session(workspace, session_id)  # not locked yet: the lock comes first
+        return session is not None and bool(self._limits(tx, workspace, session, self._now(), spending=False).budgets)
+
     def _charge(
         self,
         tx: Tx,
@@ -640,8 +652,6 @@ class LedgerService:
         limits = self._limits(tx, workspace, session, now, spending=True)
         calls = [(position, e) for position, e in enumerate(events) if e.type == "llm_call"]
         wanted = sorted({e.reservation_id for _, e in calls if e.reservation_id})
-        if wanted:
-            tx.lock_workspace(workspace)  # reservations are settled
         held = tx.held_for(workspace, session["id"], wanted, stamp(now))
         if limits.budgets and not limits.allow_unpriced:
             unpriced = [(p, e) for p, e in calls if e.cost_status == UNPRICED and e.reservation_id not in held]

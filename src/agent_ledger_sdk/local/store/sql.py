@@ -644,9 +644,15 @@ class Tx:
             workspace, scope, subject, period, money.add(self.spent(workspace, scope, subject, period), cost)
         )
 
+    @property
+    def locks_workspaces(self) -> bool:
+        """Whether :meth:`lock_workspace` locks anything (PostgreSQL); a SQLite write holds the whole file."""
+        return self._dialect.name == "postgresql"
+
     def lock_workspace(self, workspace: str) -> None:
         """Wait for, then hold until the end of the transaction, the workspace's lock (PostgreSQL; a SQLite
-        write holds the whole database already). Taking it again in the same transaction is a no-op."""
+        write holds the whole database already). Take it before any row lock: every write of the workspace
+        takes them in that order (or deadlocks)."""
         if self._dialect.name == "postgresql":
             self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workspace,))
 
