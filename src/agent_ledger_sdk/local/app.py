@@ -116,6 +116,15 @@ def _no_nul(request: Request) -> None:
             raise BadInput(f"{name} contains U+0000 (a NUL character), which the ledger cannot store; remove it.")
 
 
+def _idempotency_of(method: str, path: str, key: Optional[str], raw: bytes) -> Optional[Idempotency]:
+    if not key:
+        return None
+    if len(key) > 255:
+        raise BadInput("Idempotency-Key must be at most 255 characters.")
+    fingerprint = hashlib.sha256(f"{method} {path}\n".encode() + raw).hexdigest()
+    return Idempotency(key, fingerprint)
+
+
 class LedgerAPI:
     """The request handlers, over one :class:`~.service.LedgerService`."""
 
@@ -146,13 +155,7 @@ class LedgerAPI:
 
     @staticmethod
     def _idempotency(request: Request, raw: bytes) -> Optional[Idempotency]:
-        key = request.headers.get("idempotency-key")
-        if not key:
-            return None
-        if len(key) > 255:
-            raise BadInput("Idempotency-Key must be at most 255 characters.")
-        fingerprint = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + raw).hexdigest()
-        return Idempotency(key, fingerprint)
+        return _idempotency_of(request.method, request.url.path, request.headers.get("idempotency-key"), raw)
 
     # -- the published protocol ---------------------------------------------------
 
@@ -170,10 +173,29 @@ class LedgerAPI:
         return _reply(await self._off_loop(self.service.end_session_request, workspace, session_id, body, idempotency))
 
     async def log_events(self, request: Request) -> Response:
-        workspace = await self._workspace(request)
-        body, raw = await read_json_object(request)
-        idempotency = self._idempotency(request, raw)
-        return _reply(await self._off_loop(self.service.log_events_request, workspace, body, idempotency))
+        # The hot path: one trip to a thread for the key, the JSON and the write (not one for the key and
+        # another for the write), and the JSON parsed there, off the event loop. Errors keep their order:
+        # a missing or bad key first, then the body's size, then its JSON, then the events.
+        _no_nul(request)
+        key = request.headers.get("x-api-key")
+        if not key:
+            raise Unauthorized(f"Missing x-api-key header. {KEY_HINT}")
+        try:
+            raw = await read_body(request)
+        except LedgerError:
+            await self._workspace(request)  # a bad key is a 401 first
+            raise
+        idempotency_key = request.headers.get("idempotency-key")
+        path = request.url.path
+        return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path))
+
+    def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str) -> Reply:
+        workspace = self.service.authenticate(key)
+        if workspace is None:
+            raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+        body = parse_json_object(raw)
+        idempotency = _idempotency_of("POST", path, idempotency_key, raw)
+        return self.service.log_events_request(workspace, body, idempotency)
 
     # -- OpenTelemetry -------------------------------------------------------------------------
 

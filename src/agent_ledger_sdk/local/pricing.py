@@ -212,6 +212,13 @@ def unpriced_message(provider: str, model: str) -> str:
     )
 
 
+class _Unseen:
+    """Not looked up yet (None means: looked up, and nothing prices the model)."""
+
+
+_UNSEEN = _Unseen()
+
+
 class PriceBook:
     """Prices LLM calls; caches each model's lookup (never a price)."""
 
@@ -222,9 +229,23 @@ class PriceBook:
         self._cache: dict[tuple[str, str], Optional[_Pricer]] = {}
         self._lock = threading.Lock()
 
-    def price(self, provider: str, model: str, usage: TokenUsage, custom: Mapping[str, Rates] | None = None) -> Price:
-        """The exact cost of one call; ``custom`` holds the workspace's own prices by key."""
-        pricer = self.lookup(provider, model, custom)
+    def batch(self, custom: Mapping[str, Rates] | None = None) -> BatchPrices:
+        """A pricer for the calls of one batch (one moment, one workspace's ``custom`` prices)."""
+        return BatchPrices(self, custom)
+
+    def price(
+        self,
+        provider: str,
+        model: str,
+        usage: TokenUsage,
+        custom: Mapping[str, Rates] | None = None,
+        *,
+        pricer: Optional[_Pricer] | _Unseen = _UNSEEN,
+    ) -> Price:
+        """The exact cost of one call; ``custom`` holds the workspace's own prices by key (``pricer``: the
+        model's price source, when the caller already looked it up)."""
+        if isinstance(pricer, _Unseen):
+            pricer = self.lookup(provider, model, custom)
         if pricer is None:
             return Price(money.ZERO, UNPRICED, unpriced_message(provider, model))
         try:
@@ -234,11 +255,18 @@ class PriceBook:
             return Price(money.ZERO, UNPRICED, f"genai-prices failed to price {provider}/{model}: {exc}")
 
     def estimate(
-        self, provider: str, model: str, tokens_in: int, tokens_out: int, custom: Mapping[str, Rates] | None = None
+        self,
+        provider: str,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        custom: Mapping[str, Rates] | None = None,
+        *,
+        pricer: Optional[_Pricer] | _Unseen = _UNSEEN,
     ) -> Price:
         """A call whose usage is missing: priced as ESTIMATE_TOKENS_IN in and ESTIMATE_TOKENS_OUT out (or more)."""
         usage = TokenUsage(max(tokens_in, ESTIMATE_TOKENS_IN), max(tokens_out, ESTIMATE_TOKENS_OUT))
-        price = self.price(provider, model, usage, custom)
+        price = self.price(provider, model, usage, custom, pricer=pricer)
         if not price.priced:
             return price
         note = (
@@ -279,6 +307,46 @@ class PriceBook:
         with self._lock:
             self._cache[key] = pricer
         return pricer
+
+
+class BatchPrices:
+    """Prices the LLM calls of one batch: each model is looked up once, and calls of the same model and the
+    same usage are priced once (a price depends on nothing else within a batch). Made by
+    :meth:`PriceBook.batch`; not shared between threads."""
+
+    def __init__(self, book: PriceBook, custom: Mapping[str, Rates] | None) -> None:
+        self.book = book
+        self.custom = custom
+        self._pricers: dict[tuple[str, str], Optional[_Pricer]] = {}
+        self._prices: dict[tuple[Any, ...], Price] = {}
+
+    def _pricer(self, provider: str, model: str) -> Optional[_Pricer]:
+        key = (provider, model)
+        found = self._pricers.get(key, _UNSEEN)
+        if isinstance(found, _Unseen):
+            found = self._pricers[key] = self.book.lookup(provider, model, self.custom)
+        return found
+
+    def price(
+        self, provider: str, model: str, tokens_in: int, tokens_out: int, cache_read: int = 0, cache_write: int = 0
+    ) -> Price:
+        key = (provider, model, tokens_in, tokens_out, cache_read, cache_write)
+        found = self._prices.get(key)
+        if found is None:
+            pricer = self._pricer(provider, model)
+            usage = TokenUsage(tokens_in, tokens_out, cache_read, cache_write)
+            found = self._prices[key] = self.book.price(provider, model, usage, self.custom, pricer=pricer)
+        return found
+
+    def estimate(self, provider: str, model: str, tokens_in: int, tokens_out: int) -> Price:
+        key = (provider, model, tokens_in, tokens_out, None)
+        found = self._prices.get(key)
+        if found is None:
+            pricer = self._pricer(provider, model)
+            found = self._prices[key] = self.book.estimate(
+                provider, model, tokens_in, tokens_out, self.custom, pricer=pricer
+            )
+        return found
 
 
 def _find_rates(table: Mapping[str, Rates], provider: str, model: str) -> Optional[Rates]:

@@ -42,7 +42,7 @@ from .budgets import (
     next_utc_midnight,
     next_utc_month,
 )
-from .pricing import ESTIMATED, UNPRICED, PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
@@ -79,7 +79,6 @@ from .validation import (
     check_event,
     check_session_context,
     shown,
-    usage_of,
     usd_amount,
     warn_percent,
 )
@@ -449,7 +448,7 @@ class LedgerService:
 
     @staticmethod
     def _add_spend(tx: Tx, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
-        tx.set_spent(workspace, scope, subject, period, money.add(tx.spent(workspace, scope, subject, period), cost))
+        tx.add_spent(workspace, scope, subject, period, cost)
 
     def _forget_expired_reservations(self, tx: Tx, workspace: str, now: datetime.datetime) -> None:
         """Forget the workspace's reservations that expired over RESERVATION_MEMORY ago: at most once a
@@ -546,21 +545,28 @@ class LedgerService:
                 rejections.append((position, rejection))
         if rejections:
             raise EventsRejected(rejections)
-        if any(event.type == "llm_call" for event in checked):
-            custom = self.prices(workspace)
-            for event in checked:
-                if event.type == "llm_call":
-                    self._price(event, custom)
+        calls = [event for event in checked if event.type == "llm_call"]
+        if calls:
+            prices = self.price_book.batch(self.prices(workspace))
+            for event in calls:
+                self._price(event, prices)
         return self.append_events(workspace, session_id, checked, idempotency)
 
-    def _price(self, checked: PricedEvent, custom: Mapping[str, Rates]) -> None:
+    @staticmethod
+    def _price(checked: PricedEvent, prices: BatchPrices) -> None:
         """Price an llm_call from its provider, model and full usage (an estimate when its usage is missing)."""
         if checked.usage_missing:
-            price = self.price_book.estimate(
-                checked.provider, checked.model, checked.tokens_in, checked.tokens_out, custom
-            )
+            price = prices.estimate(checked.provider, checked.model, checked.tokens_in, checked.tokens_out)
         else:
-            price = self.price_book.price(checked.provider, checked.model, usage_of(checked), custom)
+            payload = checked.payload  # its counts are ints: check_event made them so
+            price = prices.price(
+                checked.provider,
+                checked.model,
+                checked.tokens_in,
+                checked.tokens_out,
+                int(payload.get("cacheReadTokens") or 0),
+                int(payload.get("cacheWriteTokens") or 0),
+            )
         checked.cost_usd, checked.cost_status, checked.pricing_note = price.cost_usd, price.status, price.note
 
     def append_events(
@@ -574,10 +580,16 @@ class LedgerService:
         now = self._now()
         received = iso(now)
         assert received is not None
-        with self.store.write(workspace) as tx:
+        # The workspace's lock (PostgreSQL) only when money or a retry is at stake: an idempotency key, a
+        # reservation to settle or a budget to check. Otherwise the session's row lock orders the writes
+        # of a session, and spend is added in place, so that replicas ingest side by side. The lock is
+        # always taken before the session's row, as every other write of the workspace takes them.
+        with self.store.write(workspace if idempotency is not None else None) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
+            if idempotency is None and tx.locks_workspaces and self._money_at_stake(tx, workspace, session_id, events):
+                tx.lock_workspace(workspace)
             row = self._session_row(tx, workspace, session_id, for_update=True)
             self._running(row, "events can only be added to")
             refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now)
@@ -661,7 +673,18 @@ class LedgerService:
             estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
             over_budget=sum(1 for e in events if e.over_budget),
         )
+        self._count_spend(tx, workspace, row["agent_name"], cost, now)  # last: see _count_spend
         return refusal, stored, cost
+
+    def _money_at_stake(self, tx: Tx, workspace: str, session_id: str, events: Sequence[PricedEvent]) -> bool:
+        """Whether a batch settles a reservation or has a budget to check (then it takes the workspace's lock)."""
+        calls = [e for e in events if e.type == "llm_call"]
+        if not calls:
+            return False
+        if any(e.reservation_id for e in calls):
+            return True
+        session = tx.session(workspace, session_id)  # not locked yet: the lock comes first
+        return session is not None and bool(self._limits(tx, workspace, session, self._now(), spending=False).budgets)
 
     def _charge(
         self,
@@ -716,13 +739,16 @@ class LedgerService:
                     warnings.setdefault(position, []).append(
                         PricedEvent(warning, "budget_warning", event.step_index, encoded=money.dumps(warning))
                     )
-        cost = money.add(*(e.cost_usd for _, e in calls))
+        return refusal, warnings
+
+    def _count_spend(self, tx: Tx, workspace: str, agent: str, cost: Decimal, now: datetime.datetime) -> None:
+        """Add a batch's cost to its agent's and workspace's spend. The last writes of the batch: on PostgreSQL
+        they lock rows every write of the workspace shares, until the commit."""
         if cost:
-            agent, day = session["agent_name"], day_of(now)
+            day = day_of(now)
             self._add_spend(tx, workspace, AGENT_DAILY, agent, day, cost)
             self._add_spend(tx, workspace, AGENT_MONTHLY, agent, month_of(now), cost)
             self._add_spend(tx, workspace, WORKSPACE_DAILY, "", day, cost)
-        return refusal, warnings
 
     @staticmethod
     def _unpriced(agent: str, calls: Sequence[tuple[int, PricedEvent]]) -> UnpricedModel:
@@ -771,9 +797,9 @@ class LedgerService:
             recorded.append(span)
         calls = [e for events in checked.values() for e in events if e.type == "llm_call"]
         if calls:
-            custom = self.prices(workspace)
+            prices = self.price_book.batch(self.prices(workspace))
             for event in calls:
-                self._price(event, custom)
+                self._price(event, prices)
         traces: dict[str, list[otlp.LedgerSpan]] = {}
         for span in recorded:
             traces.setdefault(span.trace_id, []).append(span)

@@ -49,6 +49,7 @@ LLM_OPTIONAL_COUNTS = ("cacheReadTokens", "cacheWriteTokens", "reasoningTokens")
 
 _QUERY_INT = re.compile(rf"-?[0-9]{{1,{MAX_QUERY_INT_DIGITS}}}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SPAN_IDS = (("spanId", "an id you choose for this span"), ("parentSpanId", "the spanId of its parent"))
 _RFC3339_UTC = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|\+00:00)\Z")
 
 
@@ -75,9 +76,13 @@ class EventsRejected(StoreError):
 # -- helpers -------------------------------------------------------------------
 
 
+# One encoder made once: json.dumps with options builds a new JSONEncoder at every call.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def compact_json(value: Any) -> str:
     """The compact JSON the ledger stores; ValueError on NaN or Infinity."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _COMPACT(value)
 
 
 def json_type(value: Any) -> str:
@@ -186,8 +191,8 @@ def _count(where: str, name: str, value: Any, limit: int) -> int:
 def _timestamp(where: str, name: str, value: Any) -> None:
     match = _RFC3339_UTC.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if match is not None:
-        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
         try:
+            year, month, day, hour, minute, second = map(int, match.groups()[:6])
             datetime.datetime(year, month, day, hour, minute, second)
         except ValueError:
             match = None
@@ -219,86 +224,117 @@ def _no_nul(where: str, name: str, value: str) -> None:
 # -- events --------------------------------------------------------------------
 
 
+def _counted(event: dict[str, Any], position: int, name: str, limit: int) -> int:
+    """``event[name]`` as a count: a plain int in range as it is (the common case, inline), else :func:`_count`."""
+    value = event.get(name)
+    if type(value) is int and 0 <= value <= limit:
+        return value
+    return _count(f"events[{position}]", name, value, limit)
+
+
 def check_event(position: int, event: Any) -> PricedEvent:
-    """``events[position]`` checked and normalised, not yet priced; raises :class:`Rejection`."""
-    where = f"events[{position}]"
-    if not isinstance(event, dict):
-        raise Rejection(None, f"{where} must be a JSON object, got {json_type(event)}.")
-    kind = event.get("type")
+    """``events[position]`` checked and normalised, not yet priced; raises :class:`Rejection`.
+
+    The checks of a valid event are inline (this runs for every event ingested); each failing one
+    goes to the helper that words its message.
+    """
+    if type(event) is not dict and not isinstance(event, dict):
+        raise Rejection(None, f"events[{position}] must be a JSON object, got {json_type(event)}.")
+    get = event.get
+    kind = get("type")
     if not isinstance(kind, str) or not kind:
-        raise Rejection("type", f'{where}.type is required: a string such as "llm_call", "tool_call" or "tool_result".')
-    _no_nul(where, "type", kind)
+        raise Rejection(
+            "type", f'events[{position}].type is required: a string such as "llm_call", "tool_call" or "tool_result".'
+        )
+    if "\x00" in kind:
+        raise Rejection("type", nul_message(f"events[{position}].type"))
     fixed: dict[str, Any] = {}
-    if event.get("stepIndex") is not None:
-        fixed["stepIndex"] = _count(where, "stepIndex", event["stepIndex"], MAX_SAFE_INTEGER)
-    latency = event.get("latencyMs")
+    converted = False  # a count sent as 12.0 is stored as 12
+    step = get("stepIndex")
+    if step is not None:
+        fixed["stepIndex"] = _counted(event, position, "stepIndex", MAX_SAFE_INTEGER)
+        converted = type(step) is not int
+    latency = get("latencyMs")
     if latency is not None and not number_within(latency, 0, MAX_LATENCY_MS):
         raise Rejection(
             "latencyMs",
-            f"{where}.latencyMs must be a non-negative number of milliseconds (finite: not NaN or Infinity) of "
-            f"at most {MAX_LATENCY_MS}, e.g. 1520.5; got {shown(latency)}.",
+            f"events[{position}].latencyMs must be a non-negative number of milliseconds (finite: not NaN or "
+            f"Infinity) of at most {MAX_LATENCY_MS}, e.g. 1520.5; got {shown(latency)}.",
         )
-    if event.get("startedAt") is not None:
-        _timestamp(where, "startedAt", event["startedAt"])
-    for name, what in (("spanId", "an id you choose for this span"), ("parentSpanId", "the spanId of its parent")):
-        if event.get(name) is not None:
-            _short_string(where, name, event[name], MAX_SPAN_ID, what)
+    started = get("startedAt")
+    if started is not None:
+        _timestamp(f"events[{position}]", "startedAt", started)
+    for name, what in _SPAN_IDS:
+        value = get(name)
+        if value is not None and not (
+            isinstance(value, str) and 1 <= len(value) <= MAX_SPAN_ID and "\x00" not in value
+        ):
+            _short_string(f"events[{position}]", name, value, MAX_SPAN_ID, what)
     if kind == "llm_call":
         for name in ("provider", "model"):
-            value = event.get(name)
+            value = get(name)
             if not isinstance(value, str) or not value:
-                raise Rejection(name, f"{where}.{name} is required for an llm_call: a non-empty string.")
-            _no_nul(where, name, value)
+                raise Rejection(name, f"events[{position}].{name} is required for an llm_call: a non-empty string.")
+            if "\x00" in value:
+                raise Rejection(name, nul_message(f"events[{position}].{name}"))
         for name in LLM_COUNTS:
-            fixed[name] = _count(where, name, event.get(name), MAX_TOKENS)
+            fixed[name] = _counted(event, position, name, MAX_TOKENS)
+            converted = converted or type(event.get(name)) is not int
+        cached = 0
         for name in LLM_OPTIONAL_COUNTS:
-            if event.get(name) is not None:
-                fixed[name] = _count(where, name, event[name], MAX_TOKENS)
-        cached = fixed.get("cacheReadTokens", 0) + fixed.get("cacheWriteTokens", 0)
+            value = get(name)
+            if value is not None:
+                fixed[name] = _counted(event, position, name, MAX_TOKENS)
+                converted = converted or type(value) is not int
+                if name != "reasoningTokens":
+                    cached += fixed[name]
         if cached > fixed["tokensIn"]:
             raise Rejection(
                 "cacheReadTokens" if fixed.get("cacheReadTokens") else "cacheWriteTokens",
-                f"{where}: cacheReadTokens + cacheWriteTokens ({cached}) exceed tokensIn ({fixed['tokensIn']}). "
-                "tokensIn counts every input token, the cached ones included (OpenAI's prompt_tokens; for "
-                "Anthropic, input_tokens + cache_read_input_tokens + cache_creation_input_tokens).",
+                f"events[{position}]: cacheReadTokens + cacheWriteTokens ({cached}) exceed tokensIn "
+                f"({fixed['tokensIn']}). tokensIn counts every input token, the cached ones included (OpenAI's "
+                "prompt_tokens; for Anthropic, input_tokens + cache_read_input_tokens + cache_creation_input_tokens).",
             )
-        if event.get("reservationId") is not None:
+        reservation = get("reservationId")
+        if reservation is not None:
             _short_string(
-                where,
+                f"events[{position}]",
                 "reservationId",
-                event["reservationId"],
+                reservation,
                 MAX_RESERVATION_ID,
                 "the id POST /v1/reservations returned",
             )
-        if event.get("usageMissing") is not None and not isinstance(event["usageMissing"], bool):
+        usage_missing = get("usageMissing")
+        if usage_missing is not None and not isinstance(usage_missing, bool):
             raise Rejection(
-                "usageMissing", f"{where}.usageMissing must be true or false; got {shown(event['usageMissing'])}."
+                "usageMissing", f"events[{position}].usageMissing must be true or false; got {shown(usage_missing)}."
             )
     # 12.0 tokens were converted to 12: store what was meant.
-    payload = {**event, **fixed} if any(type(event[name]) is not int for name in fixed) else event
+    payload = {**event, **fixed} if converted else event
     try:
-        encoded = compact_json(payload)
+        encoded = _COMPACT(payload)
     except ValueError:
         for name, value in payload.items():
-            path = non_finite_path(value, f"{where}.{name}")
+            path = non_finite_path(value, f"events[{position}].{name}")
             if path is not None:
                 raise Rejection(
                     name, f"{path} is NaN or Infinity, which JSON cannot carry; send null or a string instead."
                 ) from None
         raise  # pragma: no cover - json.dumps refuses nothing else in a parsed JSON value
     try:
-        size = len(encoded.encode("utf-8"))
+        # ASCII text is as many bytes as characters; others are counted as UTF-8 (a lone surrogate fails here).
+        size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
     except UnicodeEncodeError:  # read_json_object refuses these first; an event from elsewhere may hold one
         for name, value in payload.items():
-            path = lone_surrogate_path({name: value}, where)
+            path = lone_surrogate_path({name: value}, f"events[{position}]")
             if path is not None:
                 raise Rejection(name, lone_surrogate_message(path)) from None
         raise  # pragma: no cover - only a lone surrogate fails to encode as UTF-8
     if size > MAX_EVENT_BYTES:
         raise Rejection(
             None,
-            f"{where} is {size} bytes; the limit is {MAX_EVENT_BYTES} per event. Truncate large prompts or "
-            "outputs (the agent-ledger-sdk client does this for you).",
+            f"events[{position}] is {size} bytes; the limit is {MAX_EVENT_BYTES} per event. Truncate large prompts "
+            "or outputs (the agent-ledger-sdk client does this for you).",
             too_large=True,
         )
     checked = PricedEvent(payload=payload, type=kind, step_index=fixed.get("stepIndex"), encoded=encoded)

@@ -1,11 +1,14 @@
 """The store for a team: one PostgreSQL database, shared by any number of server processes.
 
 Needs ``pip install "agent-ledger-sdk[postgres]"`` (psycopg 3 and its pool).
-A write transaction first takes a transaction-scoped advisory lock on its
-workspace (``pg_advisory_xact_lock``): budgets, reservations and idempotency
+A write transaction for a workspace takes a transaction-scoped advisory lock
+on it (``pg_advisory_xact_lock``): budgets, reservations and idempotency
 records of one workspace change one transaction at a time, whichever replica
 runs it, so a budget is never over-granted and a retried request is never
-applied twice. Workspaces do not wait for one another. Reads run at
+applied twice. Workspaces do not wait for one another. A batch of events takes
+the lock only when it needs it (``Tx.lock_workspace``: an idempotency key, a
+budget to check, a reservation to settle); otherwise its session's row lock
+orders it, and its spend is added in the statement (``Tx.add_spent``). Reads run at
 ``REPEATABLE READ``: one snapshot, whatever commits meanwhile.
 
 Schema changes are versioned migrations (``MIGRATIONS``), applied in one

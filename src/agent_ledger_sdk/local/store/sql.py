@@ -665,24 +665,38 @@ class Tx:
     # -- events ---------------------------------------------------------------------------------
 
     def insert_events(self, session_id: str, received_at: str, events: Iterable[EventRow]) -> None:
+        rows = [
+            (
+                e.step_index,
+                UNNUMBERED if e.step_index is None else e.step_index,
+                e.type,
+                e.payload,
+                money.text(e.cost),
+                e.cost_status,
+                int(e.over_budget),
+                e.pricing_note,
+            )
+            for e in events
+        ]
+        if not rows:
+            return
+        if self._dialect.name == "postgresql" and len(rows) > 1:
+            # One statement and one round trip for the batch (executemany: one INSERT per row): each
+            # column goes as an array, and unnest turns the arrays back into rows, in their order.
+            steps, positions, types, payloads, costs, statuses, over, notes = (list(c) for c in zip(*rows))
+            self._run(
+                "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status,"
+                " over_budget, pricing_note, received_at)"
+                " SELECT ?, s, p, t, d, c, cs, o, n, ? FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::text[],"
+                " ?::numeric[], ?::text[], ?::integer[], ?::text[]) WITH ORDINALITY AS r (s, p, t, d, c, cs, o, n, i)"
+                " ORDER BY i",
+                (session_id, received_at, steps, positions, types, payloads, costs, statuses, over, notes),
+            )
+            return
         self._many(
             "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
             " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    session_id,
-                    e.step_index,
-                    UNNUMBERED if e.step_index is None else e.step_index,
-                    e.type,
-                    e.payload,
-                    money.text(e.cost),
-                    e.cost_status,
-                    int(e.over_budget),
-                    e.pricing_note,
-                    received_at,
-                )
-                for e in events
-            ),
+            ((session_id, *row[:8], received_at) for row in rows),
         )
 
     def events(self, session_id: str, after: Optional[tuple[int, int]], limit: int) -> list[dict[str, Any]]:
@@ -839,6 +853,33 @@ class Tx:
             " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
             (workspace, scope, subject, period, money.text(total)),
         )
+
+    def add_spent(self, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
+        """Add ``cost`` to a spend total. PostgreSQL adds in the statement (NUMERIC: exact), so that writes
+        that hold no workspace lock never lose one another's; SQLite (amounts as text) reads, adds and
+        writes, within its one write at a time."""
+        if self._dialect.name == "postgresql":
+            self._run(
+                "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?::numeric)"
+                " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = spend.amount + excluded.amount",
+                (workspace, scope, subject, period, money.text(cost)),
+            )
+            return
+        self.set_spent(
+            workspace, scope, subject, period, money.add(self.spent(workspace, scope, subject, period), cost)
+        )
+
+    @property
+    def locks_workspaces(self) -> bool:
+        """Whether :meth:`lock_workspace` locks anything (PostgreSQL); a SQLite write holds the whole file."""
+        return self._dialect.name == "postgresql"
+
+    def lock_workspace(self, workspace: str) -> None:
+        """Wait for, then hold until the end of the transaction, the workspace's lock (PostgreSQL; a SQLite
+        write holds the whole database already). Take it before any row lock: every write of the workspace
+        takes them in that order (or deadlocks)."""
+        if self._dialect.name == "postgresql":
+            self._run("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workspace,))
 
     def spend_by_subject(self, workspace: Optional[str], scope: str, period: str) -> dict[tuple[str, str], Decimal]:
         if workspace is None:
