@@ -35,20 +35,18 @@ database answers) and ``/metrics`` (Prometheus) do not. Amounts are exact: JSON 
 with exactly the digits of the ledger's decimal amounts.
 
 The handlers parse HTTP and call :class:`~.service.LedgerService` off the event
-loop (a thread of the pool), so that a slow query never holds up other
+loop (a thread of ``offload.py``'s pool), so that a slow query never holds up other
 requests; this module alone maps the service's errors to HTTP statuses.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import zlib
 from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -56,6 +54,7 @@ from starlette.routing import Route
 
 from . import money
 from .body import MAX_BODY_BYTES, parse_json_object, read_body, read_json_object
+from .offload import run_off_loop
 from .pricing import PriceBook
 from .records import (
     BadInput,
@@ -133,7 +132,7 @@ class LedgerAPI:
 
     @staticmethod
     async def _off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        return await run_in_threadpool(functools.partial(function, *args, **kwargs))
+        return await run_off_loop(function, *args, **kwargs)
 
     async def _workspace(self, request: Request) -> str:
         return await self._off_loop(self._authenticated, self._key(request))
@@ -242,7 +241,7 @@ class LedgerAPI:
             body = parse_json_object(raw)
             return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
 
-        return _reply(await run_in_threadpool(reserve))
+        return _reply(await run_off_loop(reserve))
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)
