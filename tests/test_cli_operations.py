@@ -593,7 +593,9 @@ def test_read_commands_print_json_with_exact_amounts(tmp_path: Path, capsys: pyt
     created = main(capsys, "keys", "create", "--name", "ci", "--db", db)
     secret = created.out.strip().splitlines()[-1]
     keys = main(capsys, "keys", "list", "--json", "--db", db)
-    assert secret not in keys.out and secret[-24:] not in keys.out  # nor its random part (its last "_" piece may be one letter)
+    assert (
+        secret not in keys.out and secret[-24:] not in keys.out
+    )  # nor its random part (its last "_" piece may be one letter)
     (key,) = keys.json()["keys"]
     assert key["name"] == "ci" and key["workspace"] == "default" and key["state"] == "active"
     assert key["revokedAt"] is None and key["createdAt"].endswith("Z") and key["id"] in secret

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import os
 import queue
 import threading
 from typing import Any, Callable, Optional, TypeVar
@@ -77,8 +78,14 @@ class _Pool:
                 loop.call_soon_threadsafe(_settle, future, result, error)
             del loop, future, function, context, result, error
 
+    def forget_threads(self) -> None:
+        """In a forked child: the parent's threads are not there; jobs get threads of the child's own."""
+        self.__init__(self._max)  # type: ignore[misc]
+
 
 _POOL = _Pool()
+if hasattr(os, "register_at_fork"):  # a worker forked by a supervisor that had served requests
+    os.register_at_fork(after_in_child=_POOL.forget_threads)
 
 
 async def run_off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
