@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -172,7 +173,7 @@ class Sender:
         self._journal_done: Optional[tuple[tuple[str, int], set[str]]] = None
         self._journal_heads: dict[str, dict[str, Any]] = {}  # a record's head, as written, parsed (see _parse)
         self._heads: dict[SessionHandle, tuple[Any, str]] = {}  # a session's record head, as written (see _head)
-        self._key_base = new_key() + "-"
+        self._key_base = new_key() + "-"  # spilled records' keys: this, and a count (a child makes its own)
         self._key_count = itertools.count()
 
     def before_fork(self) -> None:
@@ -395,11 +396,15 @@ class Sender:
                 encoded = self._owner.pipeline.encode(payload)
                 if encoded is None:
                     return
-                record = self._record(handle, "e", self._journal_key(), encoded=[encoded])
+                # As _record writes one event, inline: this is every spilled event's path.
+                record = (
+                    f'{{"i":"{self._key_base}{next(self._key_count)}","n":{len(encoded)},"e":[{encoded}],'
+                    f"{self._head(handle, 'e')}"
+                )
             else:
                 status, message = payload
                 record = self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
-            if not journal.append([record]):
+            if not journal.append_line(record):
                 self._lost(1 if kind == EVENT else 0, "the queue (%d bytes) and the journal are both full")
             if self._thread is None:
                 self._start()
@@ -456,10 +461,6 @@ class Sender:
             heads.clear()
         heads[handle] = (state, text)
         return text
-
-    def _journal_key(self) -> str:
-        """A new record's key: unique (a random base per process, and a count), cheaper than ``new_key``."""
-        return f"{self._key_base}{next(self._key_count)}"
 
     # -- the sender thread ----------------------------------------------
 
@@ -862,6 +863,7 @@ class Sender:
             self._send(handle, session_id, encoded, key)  # type: ignore[arg-type]
 
 
+_ONE_EVENT = re.compile(r'\{"i":"([^"\\]*)","n":([0-9]{1,9}),"e":\[').match
 _Parsed = tuple[dict[str, Any], str, Optional[list[str]]]  # a record's head, key, and encoded events
 
 
@@ -873,25 +875,22 @@ def _parse(line: str, heads: dict[str, dict[str, Any]]) -> Optional[_Parsed]:
     all of a session's records) parsed once. Anything else is parsed whole, and its
     events encoded again. Either way the same line gives the same result.
     """
-    if line.startswith('{"i":"'):
-        quote = line.find('"', 6)
-        comma = line.find(",", quote + 6) if line.startswith('","n":', quote) else -1
-        digits = line[quote + 6 : comma]
-        if comma > 0 and digits.isascii() and digits.isdigit() and line.startswith(',"e":[', comma):
-            begin = comma + 6
-            end = begin + int(digits)
-            if line.startswith("],", end):
-                rest = line[end + 2 :]
-                head = heads.get(rest)
-                if head is None:
-                    try:
-                        head = json.loads("{" + rest)
-                    except ValueError:
-                        head = None
-                    if isinstance(head, dict):
-                        heads[rest] = head
+    match = _ONE_EVENT(line)
+    if match is not None:
+        begin = match.end()
+        end = begin + int(match.group(2))
+        if line.startswith("],", end):
+            rest = line[end + 2 :]
+            head = heads.get(rest)
+            if head is None:
+                try:
+                    head = json.loads("{" + rest)
+                except ValueError:
+                    head = None
                 if isinstance(head, dict):
-                    return head, line[6:quote], [line[begin:end]]
+                    heads[rest] = head
+            if isinstance(head, dict):
+                return head, match.group(1), [line[begin:end]]
     try:
         record = json.loads(line)
     except ValueError:
