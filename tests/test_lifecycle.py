@@ -475,7 +475,7 @@ def test_a_journal_request_the_ledger_applied_without_answering_is_recorded_once
         def handle_request(self, request: httpx.Request) -> httpx.Response:
             response = real.handle_request(request)
             key = request.headers.get("idempotency-key", "")
-            if request.url.path == "/v1/events" and "-m" in key and not lost:
+            if request.url.path == "/v1/events" and "-g" in key and not lost:
                 lost.append(key)
                 response.read()
                 answer_lost.set()

@@ -15,6 +15,15 @@ answers with the same id every time).
 
 The journal is bounded in bytes; past the bound, ``append`` refuses and the
 caller counts the loss.
+
+The sender reads the journal in *windows* (:meth:`Journal.read_window`) and
+groups each window's records by session into large requests, whose keys are
+made from the records they hold. For a crash or a retry to make the same
+requests again, a window must be the same whoever reads it: it is a run of
+whole lines from where the last one ended, cut by its record count and byte
+bounds only, or by a *seal* line (``{"t":"w"}``) written at the end of the
+segment being written when the sender reads what it holds so far: a window
+never ends where the writer merely had not written yet.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ DEFAULT_MAX_JOURNAL_BYTES = 128 * 1024 * 1024
 SEGMENT_BYTES = 4 * 1024 * 1024
 READ_BYTES = 1024 * 1024  # read at most this much of a segment at a time (a record is at most a batch)
 SUFFIX = ".jsonl"
+SEAL = b'{"t":"w"}\n'  # ends a window in a segment still being written (see read_window)
 
 
 def _lock(fd: int, blocking: bool) -> bool:
@@ -64,6 +74,22 @@ class _Segment:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class Window:
+    """Consecutive whole lines of one segment, from ``start``, ``size`` bytes: the unit read and consumed."""
+
+    __slots__ = ("lines", "segment", "size", "start")
+
+    def __init__(self, segment: _Segment, start: int, size: int, lines: list[str]) -> None:
+        self.segment = segment
+        self.start = start
+        self.size = size
+        self.lines = lines  # without their newlines; seals left out
+
+    @property
+    def ident(self) -> tuple[str, int]:
+        return (self.segment.path.name, self.start)
 
 
 class Journal:
@@ -109,6 +135,22 @@ class Journal:
         data = "".join(line + "\n" for line in lines).encode("utf-8")
         with self._lock:
             self._scan_once()
+            if self._bytes + len(data) > self.max_bytes:
+                return False
+            segment = self._active
+            if segment is None or segment.size >= SEGMENT_BYTES:
+                segment = self._open_segment()
+                self._segments.append(segment)
+                self._active = segment
+            self._write(segment, data)
+            return True
+
+    def append_line(self, line: str) -> bool:
+        """``append([line])``, with less work: a spill writes a record at a time."""
+        data = (line + "\n").encode("utf-8")
+        with self._lock:
+            if not self._scanned:
+                self._scan_once()
             if self._bytes + len(data) > self.max_bytes:
                 return False
             segment = self._active
@@ -200,6 +242,86 @@ class Journal:
             segment.offset += skipped
             self._bytes -= min(skipped, self._bytes)
         return records
+
+    def read_window(self, max_lines: int, max_bytes: int) -> Optional[Window]:
+        """The oldest window of lines (None: nothing complete); :meth:`consume_window` it once delivered.
+
+        A window is the longest run of whole lines from where the last one
+        ended with at most ``max_lines`` lines (seals not counted) and, past its
+        first line, at most ``max_bytes`` bytes, ending after a seal if it meets
+        one. These depend only on what the file holds, so a window read again
+        (after a failed request, or by the process that claims the segment after
+        a crash) holds the same lines. The one segment still being written is
+        sealed where its written part ends before that part is read as a
+        window: records written later go to the next window.
+        """
+        with self._lock:
+            self._scan_once()
+            while self._segments:
+                segment = self._segments[0]
+                window = self._window(segment, max_lines, max_bytes)
+                if window is not None:
+                    return window
+                if segment is self._active:
+                    return None  # nothing written since (or only part of a line): nothing to deliver yet
+                self._retire(segment)
+            return None
+
+    def _window(self, segment: _Segment, max_lines: int, max_bytes: int) -> Optional[Window]:
+        start = segment.offset
+        wanted = max_bytes
+        while True:  # a line longer than what was read: read more
+            data = os.pread(segment.fd, wanted, start)
+            if len(data) < wanted or b"\n" in data:
+                break
+            wanted *= 2
+        more = len(data) == wanted  # the file goes on past what was read
+        count = 0
+        position = 0  # where the lines read so far end
+        size = 0  # where the window ends (past a seal, if it ends with one)
+        complete = False
+        while True:
+            if count >= max_lines:
+                complete = True
+                break
+            if data.startswith(SEAL, position):
+                size = position + len(SEAL)
+                complete = True
+                break
+            end = data.find(b"\n", position)
+            if end < 0:
+                complete = more  # the next line ends past max_bytes
+                break
+            if position and end + 1 > max_bytes:
+                complete = True
+                break
+            position = end + 1
+            count += 1
+        size = max(size, position)
+        if not complete:
+            if segment is self._active:
+                if not position:
+                    return None
+                # Still being written: seal what is written, so that the window ends here for whoever reads it.
+                seal = SEAL if position == len(data) else b"\n" + SEAL  # (a torn write of ours ends its line)
+                self._write(segment, seal)
+                size = len(data) + len(seal)
+            elif not size:
+                return None  # nothing whole left (a dead writer's torn last line): the segment is done
+        lines = data[:position].decode("utf-8", "replace").split("\n")
+        lines.pop()  # after the last newline: nothing
+        return Window(segment, start, size, lines)
+
+    def consume_window(self, window: Window) -> None:
+        """Forget ``window``: it was delivered (or given up). A window consumed already is ignored."""
+        with self._lock:
+            segment = window.segment
+            if segment not in self._segments or segment.offset != window.start:
+                return
+            segment.offset += window.size
+            self._bytes -= min(window.size, self._bytes)
+            if segment.offset >= segment.size:
+                self._retire(segment)
 
     def consume(self, sizes: int) -> None:
         """Forget ``sizes`` bytes of the oldest records: they were delivered (or given up)."""

@@ -28,7 +28,9 @@ for the queue.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -61,7 +63,14 @@ WAKE_BYTES = 4 * 1024 * 1024
 # budget guardrail refuses is sent again one event at a time.
 MAX_BATCH_SIZE = 2000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # of encoded events (the ledger reads 16 MiB a request)
-JOURNAL_BATCH_SIZE = 500  # journal records merged into one request: their merged keys depend on it, never change it
+# The journal is read in windows of at most this many lines and bytes, and each window's event records
+# are sent a request per session of at most JOURNAL_GROUP_EVENTS events and JOURNAL_GROUP_BYTES bytes.
+# A request's key is made from its records: these bounds decide which, so a journal that a process left
+# half delivered is sent again by the next under the same keys only if they stay as they are. Never change them.
+JOURNAL_WINDOW_LINES = 16_000
+JOURNAL_WINDOW_BYTES = 4 * 1024 * 1024
+JOURNAL_GROUP_EVENTS = 2000
+JOURNAL_GROUP_BYTES = 4 * 1024 * 1024
 DEFAULT_FLUSH_INTERVAL = 0.2  # seconds
 DEFAULT_RETRY_WINDOW = 60.0  # seconds of failures before the queue moves to the journal
 MAX_BACKOFF = 5.0
@@ -159,9 +168,13 @@ class Sender:
         self._stall_since: Optional[float] = None
         self._backoff = 0.0
         self._session_ids: dict[str, str] = {}  # session key -> id, for journal records
-        # The journal request that failed last (its first record's key, how many records it merged):
-        # it is tried again as it was, whatever was journaled since (see _merged).
-        self._journal_retry: Optional[tuple[str, int]] = None
+        # The journal window being delivered, and the keys of its requests the ledger has answered:
+        # a window read again after a failure skips them (a new process sends them again, same keys).
+        self._journal_done: Optional[tuple[tuple[str, int], set[str]]] = None
+        self._journal_heads: dict[str, dict[str, Any]] = {}  # a record's head, as written, parsed (see _parse)
+        self._heads: dict[SessionHandle, tuple[Any, str]] = {}  # a session's record head, as written (see _head)
+        self._key_base = new_key() + "-"  # spilled records' keys: this, and a count (a child makes its own)
+        self._key_count = itertools.count()
 
     def before_fork(self) -> None:
         """Hold the queue's lock across fork(): the child never inherits the queue mid-update.
@@ -383,11 +396,15 @@ class Sender:
                 encoded = self._owner.pipeline.encode(payload)
                 if encoded is None:
                     return
-                record = self._record(handle, "e", new_key(), encoded=[encoded])
+                # As _record writes one event, inline: this is every spilled event's path.
+                record = (
+                    f'{{"i":"{self._key_base}{next(self._key_count)}","n":{len(encoded)},"e":[{encoded}],'
+                    f"{self._head(handle, 'e')}"
+                )
             else:
                 status, message = payload
                 record = self._record(handle, "x", new_key(), body={"status": status, "errorMessage": message})
-            if not journal.append([record]):
+            if not journal.append_line(record):
                 self._lost(1 if kind == EVENT else 0, "the queue (%d bytes) and the journal are both full")
             if self._thread is None:
                 self._start()
@@ -407,6 +424,11 @@ class Sender:
         body: Optional[dict[str, Any]] = None,
         attempted: bool = False,
     ) -> str:
+        if encoded is not None and len(encoded) == 1 and body is None and not attempted:
+            # One event (a spill): the event's length up front, so that the reader takes the event as
+            # written and parses only the head, the same for all of a session's records (see _parse).
+            event = encoded[0]
+            return f'{{"i":"{key}","n":{len(event)},"e":[{event}],{self._head(handle, kind)}'
         head: dict[str, Any] = {"t": kind, "k": handle.key, "i": key, "a": handle.agent_name}
         if attempted:
             head["r"] = 1  # sent before, maybe applied: only its own key may send it again (never merged)
@@ -420,6 +442,25 @@ class Sender:
         if encoded is None:
             return text
         return f'{text[:-1]},"e":[{",".join(encoded)}]}}'
+
+    def _head(self, handle: SessionHandle, kind: str) -> str:
+        """The rest of an event record after its event: its head's JSON without the opening brace."""
+        parent = handle.parent
+        state = (kind, handle._id, handle._state, None if parent is None else parent._id)
+        heads = self._heads
+        cached = heads.get(handle)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        head: dict[str, Any] = {"t": kind, "k": handle.key, "a": handle.agent_name}
+        if handle._id is not None:
+            head["id"] = handle._id
+        elif handle._state != FAILED:
+            head["s"] = handle.start_body()
+        text = dumps(head)[1:]
+        if len(heads) >= 1000:
+            heads.clear()
+        heads[handle] = (state, text)
+        return text
 
     # -- the sender thread ----------------------------------------------
 
@@ -749,95 +790,157 @@ class Sender:
             self._send(handle, session_id, rest, f"{key}-r")
 
     def _deliver_journal(self) -> None:
+        """Deliver the journal a window at a time, each window's records grouped by session (see _grouped).
+
+        The ledger may have applied a request whose answer was lost, or that was
+        made just before a crash: it is made again with the same records under the
+        same key, for the window (the journal's) and the grouping (a function of
+        the window's records) come out the same whoever reads them again.
+        """
         journal = self.journal
         assert journal is not None
         while True:
-            records = journal.read(JOURNAL_BATCH_SIZE)
-            if not records:
+            window = journal.read_window(JOURNAL_WINDOW_LINES, JOURNAL_WINDOW_BYTES)
+            if window is None:
                 with self._lock:
                     if journal.is_empty() and self._spilling:
                         self._spilling = False
                         logger.info("agent-ledger: the journal is delivered; events go through memory again")
                 return
-            for record, size in _merged(records, JOURNAL_BATCH_SIZE, self._journal_retry):
+            ident = window.ident
+            if self._journal_done is None or self._journal_done[0] != ident:
+                self._journal_done = (ident, set())
+            done = self._journal_done[1]
+            heads = self._journal_heads
+            if len(heads) > 10_000:
+                heads.clear()
+            records = []
+            for line in window.lines:
+                record = _parse(line, heads)
+                if record is not None:
+                    records.append(record)
+            for head, key, encoded, session_id in _grouped(records):
+                if key in done:
+                    continue  # delivered before a failure made this window be read again
                 if self._handover:
                     raise _Handover
-                try:
-                    self._deliver_record(record)  # raises _Stall: the record is read again next time
-                except _Stall:
-                    first = str(record.get("i"))
-                    if "m" in record:  # merged: its key is the first record's, with "-m<count>"
-                        first = first.rsplit("-m", 1)[0]
-                    self._journal_retry = (first, int(record.get("m", 1)))
-                    raise
-                self._journal_retry = None
-                journal.consume(size)
+                self._deliver_record(head, key, encoded, session_id)  # raises _Stall: the window is read again
+                done.add(key)
+            journal.consume_window(window)
+            self._journal_done = None
 
-    def _deliver_record(self, record: dict[str, Any]) -> None:
-        key = str(record.get("k", ""))
-        session_id = record.get("id") or self._session_ids.get(key)
+    def _deliver_record(
+        self, head: dict[str, Any], key: str, encoded: Optional[list[str]], session_id: Optional[str]
+    ) -> None:
+        session = str(head.get("k", ""))
+        session_id = session_id or self._session_ids.get(session)
         if not session_id:
-            start = record.get("s")
+            start = head.get("s")
             if not isinstance(start, dict):
-                self._owner.counters.add(dropped=len(record.get("e") or ()))
+                self._owner.counters.add(dropped=len(encoded or ()))
                 return  # its session could not be started when it was written: nothing to attach it to
             try:
-                session_id, _ = self._io().start_session(start, SESSION_KEY_PREFIX + key)
+                session_id, _ = self._io().start_session(start, SESSION_KEY_PREFIX + session)
             except Exception as exc:
                 if is_retryable(exc):
                     raise _Stall(exc) from exc
-                self._owner.counters.add(failed=len(record.get("e") or ()))
+                self._owner.counters.add(failed=len(encoded or ()))
                 return
             if len(self._session_ids) > 100_000:
                 self._session_ids.clear()
-            self._session_ids[key] = session_id
-        handle = _RecordHandle(str(record.get("a", "?")))
-        if record.get("t") == "x":
-            body = record.get("b") or {}
+            self._session_ids[session] = session_id
+        handle = _RecordHandle(str(head.get("a", "?")))
+        kind = head.get("t")
+        if kind == "x":
+            body = head.get("b") or {}
             try:
-                self._io().end_session(session_id, body, str(record.get("i")))
+                self._io().end_session(session_id, body, key)
             except Exception as exc:
                 if is_retryable(exc):
                     raise _Stall(exc) from exc
             return
-        events = record.get("e") or []
-        self._send(handle, session_id, [dumps(event) for event in events], str(record.get("i")))  # type: ignore[arg-type]
+        if kind == "e" and encoded:
+            self._send(handle, session_id, encoded, key)  # type: ignore[arg-type]
 
 
-def _merged(
-    records: list[tuple[dict[str, Any], int]], limit: int, retry: Optional[tuple[str, int]] = None
-) -> list[tuple[dict[str, Any], int]]:
-    """Consecutive event records of one session as one request (spilled one event at a time, sent in batches).
+_ONE_EVENT = re.compile(r'\{"i":"([^"\\]*)","n":([0-9]{1,9}),"e":\[').match
+_Parsed = tuple[dict[str, Any], str, Optional[list[str]]]  # a record's head, key, and encoded events
 
-    The merged request's idempotency key is made from its first record's and its
-    length. A request that failed (``retry``: its first key and length) may have
-    been applied: it is made again with the same records, under the same key,
-    even if more were journaled since (read again, they would merge further).
+
+def _parse(line: str, heads: dict[str, dict[str, Any]]) -> Optional[_Parsed]:
+    """A journal line as its head, key and encoded events; None if it is not a record.
+
+    An event record is written as ``{"i":KEY,"n":LENGTH,"e":[EVENT],HEAD...}``
+    (see Sender._record): the event is taken as written, and a head (the same for
+    all of a session's records) parsed once. Anything else is parsed whole, and its
+    events encoded again. Either way the same line gives the same result.
     """
-    cap = retry[1] if retry is not None and records and records[0][0].get("i") == retry[0] else limit
-    merged: list[tuple[dict[str, Any], int]] = []
-    for record, size in records:
-        if merged and record.get("t") == "e":
-            last, last_size = merged[-1]
+    match = _ONE_EVENT(line)
+    if match is not None:
+        begin = match.end()
+        end = begin + int(match.group(2))
+        if line.startswith("],", end):
+            rest = line[end + 2 :]
+            head = heads.get(rest)
+            if head is None:
+                try:
+                    head = json.loads("{" + rest)
+                except ValueError:
+                    head = None
+                if isinstance(head, dict):
+                    heads[rest] = head
+            if isinstance(head, dict):
+                return head, match.group(1), [line[begin:end]]
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    events = record.get("e")
+    return record, str(record.get("i")), [dumps(event) for event in events] if isinstance(events, list) else None
+
+
+def _grouped(records: list[_Parsed]) -> list[tuple[dict[str, Any], str, Optional[list[str]], Optional[str]]]:
+    """A window's records as requests: each session's event records, in order, merged into batches.
+
+    A session's batch takes its next event records (whatever other sessions'
+    records lie between them) up to ``JOURNAL_GROUP_EVENTS`` events or
+    ``JOURNAL_GROUP_BYTES`` bytes; its end, or a record sent before (``"r"``:
+    the ledger may hold it under its own key), goes alone and closes the batch
+    before it. Requests come in the order of their first records, so each
+    session's come in its order. A batch's key is its first record's with
+    ``-g<records>``; a record alone keeps its own. Each comes with the session's
+    id if one of its records knows it.
+    """
+    groups: list[list[Any]] = []  # [head, first key, events, records, bytes, session id]
+    open_batches: dict[str, list[Any]] = {}
+    for head, key, encoded in records:
+        session = str(head.get("k", ""))
+        if head.get("t") == "e" and "r" not in head and encoded:
+            size = sum(map(len, encoded))
+            group = open_batches.get(session)
             if (
-                last.get("t") == "e"
-                and (len(merged) > 1 or last.get("m", 1) < cap)
-                and "r" not in last
-                and "r" not in record
-                and last.get("k") == record.get("k")
-                and len(last["e"]) + len(record.get("e") or ()) <= limit
+                group is not None
+                and len(group[2]) + len(encoded) <= JOURNAL_GROUP_EVENTS
+                and group[4] + size <= JOURNAL_GROUP_BYTES
             ):
-                if "m" not in last:
-                    last = {**last, "e": list(last["e"]), "m": 1}
-                last["e"].extend(record.get("e") or ())
-                last["m"] += 1
-                merged[-1] = (last, last_size + size)
+                group[2].extend(encoded)
+                group[3] += 1
+                group[4] += size
+                if group[5] is None:
+                    group[5] = head.get("id")
                 continue
-        merged.append((record, size))
-    for position, (record, size) in enumerate(merged):
-        if "m" in record:
-            merged[position] = ({**record, "i": f"{record.get('i')}-m{record['m']}"}, size)
-    return merged
+            group = [head, key, list(encoded), 1, size, head.get("id")]
+            open_batches[session] = group
+        else:
+            open_batches.pop(session, None)
+            group = [head, key, encoded, 1, 0, head.get("id")]
+        groups.append(group)
+    return [
+        (head, key if count == 1 else f"{key}-g{count}", encoded, session_id)
+        for head, key, encoded, count, _, session_id in groups
+    ]
 
 
 class _RecordHandle:
