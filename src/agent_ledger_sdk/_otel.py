@@ -96,6 +96,10 @@ def provider_name(provider: str) -> str:
     return PROVIDER_NAMES.get(provider.lower(), provider)
 
 
+# A string as JSON, as the event's encoder writes it (non-ASCII kept).
+_quote = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
 def _text(value: Any) -> str:
     """A content attribute: a string as it is, anything else as compact JSON, as the event's encoding writes it."""
     if isinstance(value, str):
@@ -502,14 +506,20 @@ def _attributes_of(record: SpanRecord, event: dict[str, Any]) -> dict[str, Any]:
         attributes["gen_ai.response.model"] = model
     if "embeddings" in event:
         attributes["gen_ai.operation.name"] = "embeddings"
-    if not event.get("usageMissing"):
+    get = event.get
+    if not get("usageMissing"):
         for key, attribute in _USAGE:
-            value = event.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = get(key)
+            if value is not None and isinstance(value, int) and not isinstance(value, bool):
                 attributes[attribute] = value
     for key, attribute in _REQUEST_PARAMETERS:
-        value = event.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        value = get(key)
+        if (
+            value is not None
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
             attributes[attribute] = value
     reasons = event.get("finishReason")
     if isinstance(reasons, str):
@@ -530,8 +540,11 @@ def _attributes_of(record: SpanRecord, event: dict[str, Any]) -> dict[str, Any]:
     has_response = response is not None and response != "" and response not in _HIDDEN
     has_calls = bool(tool_calls) and tool_calls not in _HIDDEN
     if has_response or has_calls:
-        message: dict[str, Any] = {"role": "assistant", "content": response if has_response else None}
-        if has_calls:
-            message["toolCalls"] = tool_calls
-        attributes["gen_ai.output.messages"] = _text([message])
+        if not has_calls and type(response) is str:  # the usual case, written as encode() would write it
+            attributes["gen_ai.output.messages"] = f'[{{"role":"assistant","content":{_quote(response)}}}]'
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": response if has_response else None}
+            if has_calls:
+                message["toolCalls"] = tool_calls
+            attributes["gen_ai.output.messages"] = _text([message])
     return attributes
