@@ -397,6 +397,44 @@ def test_a_ledger_that_returns_no_prices_gives_spans_without_cost(api: Any) -> N
     assert not [name for name in attributes if name.startswith("agent_ledger.cost")]
 
 
+def test_a_tool_span_closes_when_its_result_is_encoded_not_when_the_ledger_answers(api: Any) -> None:
+    """A tool has no price to wait for: once its session's id is known, its span ends with its result."""
+    import threading
+    import time
+
+    release = threading.Event()
+
+    def slow_ledger(request: httpx.Request) -> httpx.Response:
+        release.wait(10)
+        return httpx.Response(202, json={"accepted": 2})
+
+    api.post("/v1/sessions").respond(201, json={"id": "sess-1"})
+    api.post("/v1/sessions/sess-1/end").respond(200, json={})
+    api.post("/v1/events").mock(side_effect=slow_ledger)
+    client = AgentLedgerClient(api_key="sk-test", base_url="https://ledger.test", otel=PROVIDER, journal=False)
+
+    @client.tool
+    def lookup(query: str) -> str:
+        return query.upper()
+
+    try:
+        with client.session("quick-bot"):
+            client.flush(10)  # the session's id is known
+            lookup("abc")
+            deadline = time.monotonic() + 10
+            while "execute_tool lookup" not in {s.name for s in EXPORTER.get_finished_spans()}:
+                assert time.monotonic() < deadline, "the tool's span waited for the ledger's answer"
+                time.sleep(0.01)
+            assert not release.is_set()
+            attributes = dict(spans()["execute_tool lookup"].attributes or {})
+            assert attributes["gen_ai.conversation.id"] == "sess-1"
+            assert attributes["gen_ai.tool.call.arguments"] == '{"query":"abc"}'
+            assert attributes["gen_ai.tool.call.result"] == "ABC"
+    finally:
+        release.set()
+        client.close()
+
+
 def test_a_failed_delivery_closes_the_span_with_the_cost_pending(api: Any) -> None:
     hosted_ledger(api, {"error": "session ended"}, status=409)
     client = AgentLedgerClient(

@@ -145,14 +145,19 @@ def describe_event(event: Mapping[str, Any]) -> str:
 
 def encode_event(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> str:
     """The JSON of one event: JSON-safe, and at most ``limit`` bytes (its largest strings cut)."""
+    return encode_event_exact(event, limit)[0]
+
+
+def encode_event_exact(event: Mapping[str, Any], limit: int = MAX_EVENT_BYTES) -> tuple[str, bool]:
+    """:func:`encode_event`, and whether the JSON is that of ``event`` as it is (False: it was cut to fit)."""
     text = encode(event)
     # Only an event with that many brackets can nest deeper than a ledger reads (64 levels): json_safe cuts
     # values at MAX_VALUE_DEPTH; a wide but shallow event merely takes this slower path.
     shallow = text.count("{") + text.count("[") <= 2 * MAX_VALUE_DEPTH
     if shallow and (len(text) * 4 <= limit or len(text.encode("utf-8")) <= limit):  # UTF-8: 4 bytes a char at most
-        return text
+        return text, True
     safe = json_safe(event)
-    return dumps(fit_event(safe if isinstance(safe, dict) else {"value": safe}, limit))
+    return dumps(fit_event(safe if isinstance(safe, dict) else {"value": safe}, limit)), False
 
 
 def encode_events(events: Iterable[Mapping[str, Any]], helper: str = "log_events") -> list[str]:

@@ -116,6 +116,7 @@ class Instrumentation:
         self.pipeline = Pipeline(
             capture_content=self.capture_content, redact=redact, counters=self.counters, warnings=self.warnings
         )
+        self.pipeline.spans = self.otel
         self._sender_io = sender_io
         self._aio = aio
         self._connections = connections

@@ -12,14 +12,18 @@ A span's life:
    user's joins it), and made current while the call's code runs, so that the
    user's own spans and their HTTP instrumentation nest under it;
 2. **ended** there when the call ends: the end time and the error are kept;
-3. **closed** (``span.end(end_time=...)``) when the event that closes the call
-   (``tool_result``, ``llm_call``) is delivered: its content is taken from the
-   event exactly as the ledger received it (capture switches and ``redact=``
-   applied), its usage from the event, its cost from the ledger's answer
-   (``priced``), and ``gen_ai.conversation.id`` from the session's id, which in
-   background mode is known only then. A span whose event is not delivered
-   within :data:`WAIT_SECONDS`, fails, or is still waiting at ``flush()`` or
-   ``close()`` is closed with what is known and ``agent_ledger.cost_status``
+3. **filled in** where its events are encoded (the sender thread in the background):
+   the pipeline shows each event to :meth:`OtelBridge.encoded` as the ledger will
+   receive it (capture switches and ``redact=`` applied), so nothing is parsed back
+   from JSON; what it says (content, usage, model) is kept on the record and set on
+   the span in one call when it closes;
+4. **closed** (``span.end(end_time=...)``): a tool's span as soon as its
+   ``tool_result`` is encoded, if its session's id (``gen_ai.conversation.id``) is
+   known by then (a tool has no price to wait for); an LLM call's span, and a tool's
+   whose session id was not known yet, when its closing event is delivered, with
+   its cost from the ledger's answer (``priced``). A span whose event is not
+   delivered within :data:`WAIT_SECONDS`, fails, or is still waiting at ``flush()``
+   or ``close()`` is closed with what is known and ``agent_ledger.cost_status``
    ``"pending"``.
 
 Nothing here raises into the user's code: every fault is logged (rate limited)
@@ -29,10 +33,12 @@ and counted as an internal error.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from ._serialization import encode
 from ._session import PENDING
 from ._spans import new_span_id, span_hex
 from ._stats import internal_error
@@ -90,19 +96,25 @@ def provider_name(provider: str) -> str:
     return PROVIDER_NAMES.get(provider.lower(), provider)
 
 
+# A string as JSON, as the event's encoder writes it (non-ASCII kept).
+_quote = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
 def _text(value: Any) -> str:
-    """A content attribute: a string as it is, anything else as compact JSON."""
+    """A content attribute: a string as it is, anything else as compact JSON, as the event's encoding writes it."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return encode(value)
 
 
 class SpanRecord:
     """One of our spans, from its start until it is closed."""
 
     __slots__ = (
+        "attributes",
         "closed",
         "closed_by_event",
+        "closing",
         "conversation",
         "deadline",
         "end_ns",
@@ -126,6 +138,8 @@ class SpanRecord:
         self.closed = False
         self.model = ""  # an LLM call's requested model
         self.conversation = False  # gen_ai.conversation.id is set
+        self.attributes: Optional[dict[str, Any]] = None  # from its events, set when it closes (one call)
+        self.closing: Optional[str] = None  # its closing event as encoded, until it is delivered
 
 
 class OtelBridge:
@@ -295,6 +309,35 @@ class OtelBridge:
 
     # -- delivery ---------------------------------------------------------------
 
+    def encoded(self, span_id: int, event: Optional[dict[str, Any]], text: str) -> None:
+        """An event was encoded (``event``: what ``text`` says, None if it was cut to fit): what it says goes on
+        its span, which a tool's result closes at once when its conversation id is known (a tool has no price).
+
+        Called where events are encoded (the sender thread in the background), with the event as the ledger
+        receives it: capture switches and ``redact=`` applied.
+        """
+        record = self._open.get(span_id)
+        if record is None:
+            return
+        try:
+            if event is None:
+                event = json.loads(text)
+                assert event is not None
+            kind = event.get("type")
+            attributes = _attributes_of(record, event)
+            if attributes:
+                self._add(record, attributes)
+            if kind == "llm_call" and "embeddings" in event:
+                record.span.update_name(f"embeddings {record.model or event.get('model')}")
+            if kind != _CLOSING_EVENT.get(record.kind):
+                return
+            if record.kind == TOOL and record.end_ns is not None and record.handle._id is not None:
+                self._close(record, pending=False)
+            else:
+                record.closing = text  # closed when it is delivered (an LLM call's price comes with that)
+        except Exception as exc:
+            internal_error("otel encode", exc)
+
     def delivered(self, handle: Any, encoded: list[str], answer: Any) -> None:
         """Events of ``handle`` were accepted; ``answer``: the ledger's reply (``priced``: the cost of each LLM call)."""
         if not self._open:
@@ -304,17 +347,14 @@ class OtelBridge:
             if isinstance(answer, dict) and isinstance(answer.get("priced"), list):
                 prices = {p.get("spanId"): p for p in answer["priced"] if isinstance(p, dict)}
             for text in encoded:
-                found = self._event_of(text)
-                if found is None:
+                record = self._closed_by(text)
+                if record is None:
                     continue
-                record, event = found
-                self._apply(record, event)
                 if record.kind == LLM and prices is not None:
-                    price = prices.get(event.get("spanId"))
+                    price = prices.get(span_hex(record.span_id))
                     if price is not None:
                         self._price(record, price)
-                if event.get("type") == _CLOSING_EVENT.get(record.kind):
-                    self._closing_event(record)
+                self._closing_event(record)
             self._sweep_if_due()
         except Exception as exc:
             internal_error("otel delivery", exc)
@@ -326,15 +366,12 @@ class OtelBridge:
         try:
             refused = type(exc).__name__ == "BudgetGuardrailError"
             for text in encoded:
-                found = self._event_of(text)
-                if found is None:
+                record = self._closed_by(text)
+                if record is None:
                     continue
-                record, event = found
-                self._apply(record, event)
                 if refused and record.kind == LLM:
-                    record.span.set_attribute("agent_ledger.over_budget", True)
-                if event.get("type") == _CLOSING_EVENT.get(record.kind):
-                    self._closing_event(record, pending=True)
+                    self._add(record, {"agent_ledger.over_budget": True})
+                self._closing_event(record, pending=True)
         except Exception as error:
             internal_error("otel delivery", error)
 
@@ -355,8 +392,8 @@ class OtelBridge:
 
     # -- inside ---------------------------------------------------------------
 
-    def _event_of(self, text: str) -> Optional[tuple[SpanRecord, dict[str, Any]]]:
-        """The open span an encoded event belongs to, and the event; None if it has none."""
+    def _closed_by(self, text: str) -> Optional[SpanRecord]:
+        """The open span whose closing event ``text`` is (as it was encoded); None if it is no such event."""
         position = text.find('"spanId":"')
         if position < 0:
             return None
@@ -365,38 +402,34 @@ class OtelBridge:
         except ValueError:
             span_id = -1
         record = self._open.get(span_id)
-        if record is None:
-            # The first "spanId" may be inside the content (a tool's input); the event's own says.
-            if text.count('"spanId":"') < 2:
-                return None
-            event = json.loads(text)
-            own = event.get("spanId")
-            record = self._open.get(int(own, 16)) if isinstance(own, str) and len(own) == 16 else None
-            return None if record is None else (record, event)
-        event = json.loads(text)
-        if event.get("spanId") != span_hex(span_id):
+        if record is not None and record.closing == text:
+            return record
+        # The first "spanId" may be inside the content (a tool's input); the event's own says.
+        if text.count('"spanId":"') < 2:
             return None
-        return record, event
+        own = json.loads(text).get("spanId")
+        record = self._open.get(int(own, 16)) if isinstance(own, str) and len(own) == 16 else None
+        return record if record is not None and record.closing == text else None
 
-    def _apply(self, record: SpanRecord, event: dict[str, Any]) -> None:
-        """What the event, as the ledger received it, says: content (if captured), usage, model."""
-        attributes = _attributes_of(record, event)
-        if attributes:
-            record.span.set_attributes(attributes)
-        if event.get("type") == "llm_call" and "embeddings" in event:
-            record.span.update_name(f"embeddings {record.model or event.get('model')}")
+    @staticmethod
+    def _add(record: SpanRecord, attributes: dict[str, Any]) -> None:
+        if record.attributes is None:
+            record.attributes = attributes
+        else:
+            record.attributes.update(attributes)
 
     def _price(self, record: SpanRecord, price: dict[str, Any]) -> None:
-        span = record.span
+        attributes: dict[str, Any] = {}
         cost = price.get("costUsd")
         if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-            span.set_attribute("agent_ledger.cost_usd", float(cost))
+            attributes["agent_ledger.cost_usd"] = float(cost)
         status = price.get("costStatus")
         if isinstance(status, str):
-            span.set_attribute("agent_ledger.cost_status", status)
+            attributes["agent_ledger.cost_status"] = status
         over = price.get("overBudget")
         if isinstance(over, bool):
-            span.set_attribute("agent_ledger.over_budget", over)
+            attributes["agent_ledger.over_budget"] = over
+        self._add(record, attributes)
         record.priced = True
 
     def _closing_event(self, record: SpanRecord, pending: bool = False) -> None:
@@ -414,12 +447,15 @@ class OtelBridge:
             if record.handle._otel_span is record:
                 record.handle._otel_span = None
         span = record.span
-        attributes: dict[str, Any] = {}
+        attributes = record.attributes
+        if attributes is None:
+            attributes = {}
         session_id = record.handle._id
         if session_id is not None and not record.conversation:
             attributes["gen_ai.conversation.id"] = attributes["agent_ledger.session_id"] = session_id
         if pending and record.kind == LLM and not record.priced:
             attributes["agent_ledger.cost_status"] = PENDING_COST
+        record.closing = None
         if attributes:
             span.set_attributes(attributes)
         span.end(end_time=record.end_ns)
@@ -470,14 +506,20 @@ def _attributes_of(record: SpanRecord, event: dict[str, Any]) -> dict[str, Any]:
         attributes["gen_ai.response.model"] = model
     if "embeddings" in event:
         attributes["gen_ai.operation.name"] = "embeddings"
-    if not event.get("usageMissing"):
+    get = event.get
+    if not get("usageMissing"):
         for key, attribute in _USAGE:
-            value = event.get(key)
-            if isinstance(value, int) and not isinstance(value, bool):
+            value = get(key)
+            if value is not None and isinstance(value, int) and not isinstance(value, bool):
                 attributes[attribute] = value
     for key, attribute in _REQUEST_PARAMETERS:
-        value = event.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = get(key)
+        if (
+            value is not None
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        ):
             attributes[attribute] = value
     reasons = event.get("finishReason")
     if isinstance(reasons, str):
@@ -498,8 +540,11 @@ def _attributes_of(record: SpanRecord, event: dict[str, Any]) -> dict[str, Any]:
     has_response = response is not None and response != "" and response not in _HIDDEN
     has_calls = bool(tool_calls) and tool_calls not in _HIDDEN
     if has_response or has_calls:
-        message: dict[str, Any] = {"role": "assistant", "content": response if has_response else None}
-        if has_calls:
-            message["toolCalls"] = tool_calls
-        attributes["gen_ai.output.messages"] = _text([message])
+        if not has_calls and type(response) is str:  # the usual case, written as encode() would write it
+            attributes["gen_ai.output.messages"] = f'[{{"role":"assistant","content":{_quote(response)}}}]'
+        else:
+            message: dict[str, Any] = {"role": "assistant", "content": response if has_response else None}
+            if has_calls:
+                message["toolCalls"] = tool_calls
+            attributes["gen_ai.output.messages"] = _text([message])
     return attributes

@@ -21,13 +21,16 @@ A processor that raises never reaches the user's code: the event is dropped
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._constants import REDACTED
-from ._events import check_event, describe_event, encode_event
+from ._events import check_event, describe_event, encode_event_exact
 from ._snapshot import Lazy
 from ._spans import rfc3339, span_hex
 from ._stats import Counters, RateLimitedWarnings
+
+if TYPE_CHECKING:
+    from ._otel import OtelBridge
 
 Redactor = Callable[[dict[str, Any]], Optional[dict[str, Any]]]
 
@@ -53,6 +56,9 @@ class Pipeline:
         self.counters = counters
         self.warnings = warnings
         self._last: tuple[float, str, int, str] = (math.nan, "", -1, "")  # the last start and span written (NaN: none)
+        # The client's OpenTelemetry spans, if it makes them: each encoded event is shown to them as the
+        # ledger will receive it (capture switch and redaction applied), so that they need not parse it.
+        self.spans: Optional[OtelBridge] = None
 
     def encode(self, event: dict[str, Any]) -> Optional[str]:
         """The wire form of ``event``, or None if a processor dropped it or it is invalid (counted and logged)."""
@@ -96,7 +102,10 @@ class Pipeline:
         if problem is not None:
             self.reject(describe_event(event), problem)
             return None
-        return encode_event(event)
+        text, exact = encode_event_exact(event)
+        if self.spans is not None and type(span) is int:
+            self.spans.encoded(span, event if exact else None, text)
+        return text
 
     def reject(self, what: str, problem: str) -> None:
         self.counters.add(rejected=1)
