@@ -132,22 +132,13 @@ class Journal:
 
     def append(self, lines: list[str]) -> bool:
         """Write ``lines`` (JSON records without newlines), all or none; False when over the bound."""
-        data = "".join(line + "\n" for line in lines).encode("utf-8")
-        with self._lock:
-            self._scan_once()
-            if self._bytes + len(data) > self.max_bytes:
-                return False
-            segment = self._active
-            if segment is None or segment.size >= SEGMENT_BYTES:
-                segment = self._open_segment()
-                self._segments.append(segment)
-                self._active = segment
-            self._write(segment, data)
-            return True
+        return self._append("".join(line + "\n" for line in lines).encode("utf-8"))
 
     def append_line(self, line: str) -> bool:
         """``append([line])``, with less work: a spill writes a record at a time."""
-        data = (line + "\n").encode("utf-8")
+        return self._append((line + "\n").encode("utf-8"))
+
+    def _append(self, data: bytes) -> bool:
         with self._lock:
             if not self._scanned:
                 self._scan_once()
