@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import MIB, Ledger
+from run import MIB, Ledger, bare_genai_tool_span
 
 BURST = 500
 
@@ -59,21 +59,7 @@ def main() -> None:
         "on": AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, max_queue_bytes=256 * MIB, otel=provider),
     }
 
-    def plain(query: str, limit: int = 3) -> int:
-        return limit
-
-    attributes = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": "plain",
-        "gen_ai.tool.type": "function",
-        "gen_ai.agent.name": "bench-otel",
-    }
-
-    def bare_span() -> int:
-        with tracer.start_as_current_span("execute_tool plain", attributes=attributes) as span:
-            result = plain("q")
-            span.set_attributes({"gen_ai.tool.call.arguments": '{"query":"q"}', "gen_ai.tool.call.result": "3"})
-            return result
+    plain, bare_span = bare_genai_tool_span(tracer)
 
     results: dict[str, float] = {}
     base: Optional[float] = None

@@ -88,6 +88,29 @@ def per_call_us(
     return statistics.median(samples)
 
 
+def bare_genai_tool_span(tracer: Any) -> tuple[Callable[..., int], Callable[[], int]]:
+    """A plain tool function, and the GenAI span an instrumentation of its own would make around one call of it:
+    the same span as ``otel=`` makes, its attributes, arguments and result (the baseline of the otel rows)."""
+
+    def plain(query: str, limit: int = 3) -> int:
+        return limit
+
+    attributes = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "plain",
+        "gen_ai.tool.type": "function",
+        "gen_ai.agent.name": "bench-otel",
+    }
+
+    def bare_span() -> int:
+        with tracer.start_as_current_span("execute_tool plain", attributes=attributes) as span:
+            result = plain("q")
+            span.set_attributes({"gen_ai.tool.call.arguments": '{"query":"q"}', "gen_ai.tool.call.result": "3"})
+            return result
+
+    return plain, bare_span
+
+
 def otel_overhead(ledger: Ledger, calls: int, repeats: int) -> dict[str, float]:
     """Caller-side µs per call over the plain function with ``otel=`` on, next to a bare OpenTelemetry span.
 
@@ -102,22 +125,7 @@ def otel_overhead(ledger: Ledger, calls: int, repeats: int) -> dict[str, float]:
     tracer = provider.get_tracer("bench")
     client = AgentLedgerClient(api_key=ledger.key, base_url=ledger.url, max_queue_bytes=256 * MIB, otel=provider)
 
-    def plain(query: str, limit: int = 3) -> int:
-        return limit
-
-    attributes = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": "plain",
-        "gen_ai.tool.type": "function",
-        "gen_ai.agent.name": "bench-otel",
-    }
-
-    def bare_span() -> int:
-        """What an instrumentation of its own would make: the same span, its attributes, arguments and result."""
-        with tracer.start_as_current_span("execute_tool plain", attributes=attributes) as span:
-            result = plain("q")
-            span.set_attributes({"gen_ai.tool.call.arguments": '{"query":"q"}', "gen_ai.tool.call.result": "3"})
-            return result
+    plain, bare_span = bare_genai_tool_span(tracer)
 
     tool = client.tool(plain)
 
