@@ -354,7 +354,16 @@ def test_the_openai_instrumentation_of_opentelemetry_contrib_gives_a_priced_sess
     }
     with fake_providers.serve() as url, environment(**settings_), workspace.tracer_provider("openai-app") as provider:
         instrumentor = OpenAIInstrumentor()
-        instrumentor.instrument(tracer_provider=provider)
+        try:
+            instrumentor.instrument(tracer_provider=provider)
+        except TypeError as exc:  # openai-v2 2.3b0, the last for Python 3.9, calls wrapt 1's keyword names
+            if "wrap_function_wrapper" not in str(exc):
+                raise
+            import wrapt
+
+            pytest.skip(
+                f"this opentelemetry-instrumentation-openai-v2 does not run with wrapt {wrapt.__version__}: {exc}"
+            )
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-fake")
             answer = client.chat.completions.create(
