@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Any, Optional, overload
+from typing import Any, Callable, Optional, overload
 
 from .._constants import MAX_EVENT_BYTES
 from . import money
@@ -76,8 +76,28 @@ class EventsRejected(StoreError):
 # -- helpers -------------------------------------------------------------------
 
 
-# One encoder made once: json.dumps with options builds a new JSONEncoder at every call.
-_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """The C encoder, made once: ``json.dumps`` with options builds a ``JSONEncoder`` at each call, and its
+    ``encode`` a C encoder at each call (about 1.2 µs of a 4.3 µs event, measured). No cycle check: what it
+    encodes was parsed from JSON (or built by the ledger), and the body's depth is limited."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    string = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or string is None:  # pragma: no cover - an interpreter without the C accelerator
+        return json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+    encode = make(None, _not_json, string, None, ":", ",", False, False, False)
+    join = "".join
+
+    def compact(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return compact
+
+
+_COMPACT = _compact_encoder()
 
 
 def compact_json(value: Any) -> str:

@@ -1,0 +1,190 @@
+"""The SQLite store's writes: WAL checkpoints off the write path, and the write lock shared by the processes
+of one file (``serve --workers N``, the CLI)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from agent_ledger_sdk.local.store import sqlite as sqlite_store
+from agent_ledger_sdk.local.store.sqlite import CHECKPOINT_PAGES, SQLiteStore
+
+ROW = "x" * 3000  # most of a page: CHECKPOINT_PAGES rows take the WAL past the threshold
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "ledger.db")
+    with opened.write() as tx:
+        tx._run("CREATE TABLE filler (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def fill(store: SQLiteStore, rows: int, per_write: int = 50) -> None:
+    for _ in range(rows // per_write):
+        with store.write() as tx:
+            tx._many("INSERT INTO filler (body) VALUES (?)", [(ROW,)] * per_write)
+
+
+def wal_frames(path: Path) -> int:
+    """The frames in the WAL now (a PASSIVE checkpoint reports them; it copies what is left, if anything)."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as db:
+        return int(db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def wait_for(condition: object, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_write_never_checkpoints_and_the_background_thread_does(store: SQLiteStore) -> None:
+    assert store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size_before = store.path.stat().st_size
+    fill(store, 2 * CHECKPOINT_PAGES)
+    # Nothing else writes: the rows reach the database file only if the checkpoint thread copies them.
+    assert wait_for(lambda: store.path.stat().st_size > size_before + CHECKPOINT_PAGES * 4096), (
+        f"the database file stayed at {store.path.stat().st_size} bytes: no checkpoint ran"
+    )
+    assert any(t.name == "agent-ledger-checkpoint" for t in threading.enumerate())
+
+
+def test_steady_writes_start_the_wal_over(store: SQLiteStore) -> None:
+    """After a long WAL is checkpointed under the write lock, the next write starts the WAL from its beginning
+    (without that moment, writes that never stop would grow it without end)."""
+    fill(store, 3 * CHECKPOINT_PAGES)
+    assert wait_for(lambda: store.path.stat().st_size > 3 * CHECKPOINT_PAGES * 3000)
+    time.sleep(3 * sqlite_store.CHECKPOINT_INTERVAL)  # its catch-up under the lock
+    with store.write() as tx:
+        tx._run("INSERT INTO filler (body) VALUES ('one more')")
+    assert wal_frames(store.path) < 50, "the WAL went on from where it was instead of starting over"
+
+
+def test_writes_that_never_pause_keep_the_wal_bounded(store: SQLiteStore) -> None:
+    """Writes back to back for 3 s: the WAL is checkpointed under the write lock from time to time and
+    starts over, so that it holds a part of what was written (without that, it holds all of it)."""
+    wal = Path(f"{store.path}-wal")
+    largest = 0
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        fill(store, 20, per_write=20)
+        largest = max(largest, wal.stat().st_size)
+    assert wait_for(lambda: store.path.stat().st_size > 0.9 * largest)
+    assert largest < 0.75 * store.path.stat().st_size, (
+        f"the WAL reached {largest} bytes for {store.path.stat().st_size} bytes written"
+    )
+
+
+def test_closing_the_store_ends_the_thread_at_once(tmp_path: Path) -> None:
+    opened = SQLiteStore(tmp_path / "ledger.db")
+    with opened.write() as tx:
+        tx._run("CREATE TABLE t (x)")
+        tx._many("INSERT INTO t (x) VALUES (?)", [(n,) for n in range(100)])
+    assert any(t.name == "agent-ledger-checkpoint" for t in threading.enumerate())
+    began = time.perf_counter()
+    opened.close()
+    assert time.perf_counter() - began < 1.0
+    assert not any(t.name == "agent-ledger-checkpoint" for t in threading.enumerate())
+    # The last connection's close checkpoints what is left: the file holds every row.
+    with closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
+        assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 100
+    assert not Path(f"{tmp_path / 'ledger.db'}-wal").exists()
+
+
+def test_a_store_in_memory_has_no_thread_and_no_lock_file() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    opened = SQLiteStore(":memory:")
+    try:
+        with opened.write() as tx:
+            tx._run("CREATE TABLE t (x)")
+        assert opened._checkpointer is None and opened._file_lock is None
+        assert {t.ident for t in threading.enumerate()} <= before | {threading.get_ident()}
+    finally:
+        opened.close()
+
+
+def _hold_the_write_lock(path: str, held: object, release: object) -> None:
+    opened = SQLiteStore(path)
+    try:
+        with opened.write() as tx:
+            tx._run("INSERT INTO filler (body) VALUES ('held')")
+            held.set()  # type: ignore[attr-defined]
+            release.wait(30)  # type: ignore[attr-defined]
+    finally:
+        opened.close()
+
+
+@pytest.mark.skipif(sqlite_store.fcntl is None, reason="the lock file is POSIX flock")
+def test_a_write_of_another_process_holds_up_this_one_until_it_commits(store: SQLiteStore) -> None:
+    lock_file = Path(f"{store.path}-lock")
+    assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600  # beside a file of prompts: nobody else's
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_the_write_lock, args=(str(store.path), held, release))
+    other.start()
+    try:
+        assert held.wait(60), "the other process never began its write"
+        done = threading.Event()
+
+        def write() -> None:
+            with store.write() as tx:
+                tx._run("INSERT INTO filler (body) VALUES ('mine')")
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not done.wait(0.5), "a write went on while another process held the write lock"
+        release.set()
+        assert done.wait(10), "the write did not go on once the other process committed"
+        writer.join()
+    finally:
+        release.set()
+        other.join(30)
+    assert other.exitcode == 0
+    with store.read() as tx:
+        rows = [r["body"] for r in tx._all("SELECT body FROM filler ORDER BY id")]
+    assert rows == ["held", "mine"]
+
+
+def _count_up(path: str, times: int) -> None:
+    opened = SQLiteStore(path)
+    try:
+        for _ in range(times):
+            with opened.write() as tx:
+                row = tx._one("SELECT body FROM filler WHERE id = 1")
+                assert row is not None
+                tx._run("UPDATE filler SET body = ? WHERE id = 1", (str(int(row["body"]) + 1),))
+    finally:
+        opened.close()
+
+
+def test_processes_that_read_then_write_never_lose_an_update(store: SQLiteStore) -> None:
+    """Four processes and this one each add 1, 200 times, by reading then writing the total: every write
+    is whole, so the total is exact."""
+    with store.write() as tx:
+        tx._run("INSERT INTO filler (id, body) VALUES (1, '0')")
+    context = multiprocessing.get_context("spawn")
+    others = [context.Process(target=_count_up, args=(str(store.path), 200)) for _ in range(4)]
+    for process in others:
+        process.start()
+    _count_up(str(store.path), 200)
+    for process in others:
+        process.join(120)
+        assert process.exitcode == 0
+    with store.read() as tx:
+        row = tx._one("SELECT body FROM filler WHERE id = 1")
+    assert row is not None and int(row["body"]) == 1000
