@@ -63,7 +63,10 @@ from ledger_scale import (
     percentile,
     prepare,
     start_session,
+    tree_cpu_seconds,
 )
+
+WORKERS = 2  # the ledger's processes in the second measure of batches of 100: one a core here
 
 # -- a client that costs next to nothing ---------------------------------------------------------
 
@@ -281,9 +284,9 @@ def raw_batches(urls: Sequence[str], key: str, clients: int, seconds: float, pid
         finally:
             client.close()
 
-    cpu = sum(cpu_seconds(pid) for pid in pids)
+    cpu = sum(tree_cpu_seconds(pid) for pid in pids)  # a server's worker processes included
     elapsed, events = run_window(clients, work, seconds)
-    used = sum(cpu_seconds(pid) for pid in pids) - cpu
+    used = sum(tree_cpu_seconds(pid) for pid in pids) - cpu
     return {"events_per_s": events / elapsed, "server_cpu_per_batch_ms": used / max(1, events / BATCH) * 1e3}
 
 
@@ -366,11 +369,14 @@ def median_of(windows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sqlite_measures(scratch: Path, clients: int, seconds: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
-    measures: dict[str, list[dict[str, Any]]] = {k: [] for k in ("floor", "ledger", "httpx", "batch1", "raw_http")}
+    names = ("floor", "ledger", "ledger_workers", "httpx", "batch1", "raw_http")
+    measures: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
     db = Path(tempfile.mkdtemp(prefix="ledger-", dir=scratch)) / "ledger.db"
     keys = prepare(db, 1)
     with ExitStack() as stack:
         replicas = stack.enter_context(Replicas(db, 1, scratch))
+        # The same file served by `serve --workers 2` too: one port, two processes, one core each.
+        workers = stack.enter_context(Replicas(db, 1, scratch, workers=WORKERS))
         raw_url, raw_pid = stack.enter_context(raw_http_server(scratch))
         raw_request = RawClient.request(
             "/v1/events", batch_body("s", 1), {"x-api-key": keys[0], "content-type": "application/json"}
@@ -380,18 +386,20 @@ def sqlite_measures(scratch: Path, clients: int, seconds: float, rounds: int) ->
             floor_db = Path(tempfile.mkdtemp(prefix="floor-", dir=scratch)) / "floor.db"
             measures["floor"].append(raw_sqlite(floor_db, seconds))
             measures["ledger"].append(raw_batches([url], keys[0], clients, seconds, [pid]))
+            measures["ledger_workers"].append(raw_batches(workers.urls, keys[0], clients, seconds, workers.pids))
             measures["httpx"].append(httpx_batches(url, keys[0], clients, seconds))
             measures["batch1"].append(batch_one(url, keys[0], pid, seconds))
             measures["raw_http"].append(one_at_a_time(raw_url, raw_request, raw_pid, seconds))
             print(
                 f"  round {number + 1}: floor {measures['floor'][-1]['events_per_s']:,.0f} ev/s, ledger "
-                f"{measures['ledger'][-1]['events_per_s']:,.0f}, httpx {measures['httpx'][-1]['events_per_s']:,.0f}, "
+                f"{measures['ledger'][-1]['events_per_s']:,.0f}, {WORKERS} workers "
+                f"{measures['ledger_workers'][-1]['events_per_s']:,.0f}, httpx {measures['httpx'][-1]['events_per_s']:,.0f}, "
                 f"batch 1 p50 {measures['batch1'][-1]['p50_ms']:.3f} ms "
                 f"(server {measures['batch1'][-1]['server_time_ms']:.3f} ms), "
                 f"raw HTTP p50 {measures['raw_http'][-1]['p50_ms']:.3f} ms",
                 flush=True,
             )
-        errors = replicas.server_errors()
+        errors = replicas.server_errors() + workers.server_errors()
         if errors:
             raise RuntimeError("server errors:\n" + "\n".join(errors[:10]))
     return measures
@@ -441,6 +449,7 @@ def machine() -> dict[str, Any]:
 
 def table(sqlite: dict[str, Any], postgres: list[dict[str, Any]], clients: int) -> str:
     floor, ledger, client = sqlite["floor"], sqlite["ledger"], sqlite["httpx"]
+    workers = sqlite["ledger_workers"]
     one, raw = sqlite["batch1"], sqlite["raw_http"]
     lines = [
         "| measure | result (median of the windows) | ratio |",
@@ -450,6 +459,9 @@ def table(sqlite: dict[str, Any], postgres: list[dict[str, Any]], clients: int) 
         f"| ledger over HTTP, batches of 100, {clients} raw clients | {ledger['events_per_s']:,.0f} events/s "
         f"({ledger['server_cpu_per_batch_ms']:.2f} ms server CPU a batch) "
         f"| {ledger['events_per_s'] / floor['events_per_s']:.2f} of the floor |",
+        f"| ledger over HTTP, `serve --workers {WORKERS}`, batches of 100, {clients} raw clients | "
+        f"{workers['events_per_s']:,.0f} events/s ({workers['server_cpu_per_batch_ms']:.2f} ms server CPU a batch) "
+        f"| {workers['events_per_s'] / floor['events_per_s']:.2f} of the floor |",
         f"| ledger over HTTP, batches of 100, {clients} httpx clients | {client['events_per_s']:,.0f} events/s "
         f"| {client['events_per_s'] / floor['events_per_s']:.2f} of the floor |",
         f"| raw loopback HTTP exchange (uvicorn, raw ASGI app), 1 client | p50 {raw['p50_ms']:.3f} ms, "

@@ -163,8 +163,10 @@ class CpuWindow:
 class Replicas:
     """``count`` ``agent-ledger serve`` processes on one database, each on a port and a home of its own."""
 
-    def __init__(self, db: Union[str, Path], count: int, scratch: Path, postmaster: Optional[int] = None) -> None:
-        self.db, self.count, self.scratch = db, count, scratch
+    def __init__(
+        self, db: Union[str, Path], count: int, scratch: Path, postmaster: Optional[int] = None, workers: int = 1
+    ) -> None:
+        self.db, self.count, self.scratch, self.workers = db, count, scratch, workers
         self.postmaster = postmaster  # the PostgreSQL server's process, to count its CPU
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[IO[bytes]] = []
@@ -178,7 +180,10 @@ class Replicas:
                 self.logs.append(sink)
                 self.processes.append(
                     subprocess.Popen(
-                        [sys.executable, "-m", "agent_ledger_sdk.cli", "serve", "--db", str(self.db), "--port", "0"],
+                        [
+                            *(sys.executable, "-m", "agent_ledger_sdk.cli", "serve", "--db", str(self.db)),
+                            *("--port", "0", "--workers", str(self.workers)),
+                        ],
                         stdin=subprocess.DEVNULL,
                         stdout=sink,
                         stderr=subprocess.STDOUT,

@@ -9,12 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
 from genai_prices import Usage, calc_price
 
 from agent_ledger_sdk.local import LocalLedger
+from agent_ledger_sdk.local.pricing import Rates, TokenUsage
 
 from .ledger_fixtures import priced_ledger
 
@@ -268,3 +271,77 @@ def test_a_bad_price_is_a_400_that_says_what_to_send(http: httpx.Client, body: d
     response = http.put("/v1/prices/acme/bad", json=body)
     assert response.status_code == 400
     assert "inputPerMtok" in response.json()["error"]
+
+
+# -- genai-prices' models priced from their rates -----------------------------------------------------------
+
+
+def _snapshot_models() -> list[tuple[Any, Any]]:
+    from genai_prices.data_snapshot import get_snapshot
+
+    return [(provider, model) for provider in get_snapshot().providers for model in provider.models]
+
+
+def _usages(seed: int, count: int) -> list[TokenUsage]:
+    """Random usages, cached tokens within the input; half near the long-context tiers (200k and so)."""
+    chance = random.Random(seed)
+    found = []
+    for _ in range(count):
+        tokens_in = chance.choice([chance.randint(0, 10**7), chance.randint(100_000, 300_000), chance.randint(0, 50)])
+        cache_read = chance.randint(0, tokens_in)
+        found.append(
+            TokenUsage(tokens_in, chance.randint(0, 10**6), cache_read, chance.randint(0, tokens_in - cache_read))
+        )
+    return found
+
+
+def test_every_model_priced_from_its_rates_costs_what_calc_price_says() -> None:
+    """``calc_price`` costs 100 to 500 µs a call, so a model whose price is a rate per token kind (by tier of the
+    input, or flat) is priced from those rates: for every model of the table, on random usages, exactly what
+    genai-prices itself says. Most models of the table are priced so."""
+    from agent_ledger_sdk.local.pricing import _GenaiModel
+
+    models = _snapshot_models()
+    fast = 0
+    for number, (provider, model) in enumerate(models):
+        priced = _GenaiModel(provider, model, None)
+        if priced.rates is None:
+            continue
+        fast += 1
+        for usage in _usages(number, 12):
+            assert priced.cost(usage) == priced.calc_price(usage), (provider.id, model.id, usage)
+    assert fast > len(models) / 2, f"only {fast} of {len(models)} models are priced from their rates"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from(
+        ["gpt-4o", "gpt-4o-mini", "gpt-5", "claude-sonnet-4-5", "claude-opus-4-1", "gemini-2.5-pro", "gemini-2.5-flash"]
+    ),
+    tokens_in=st.integers(0, 2_000_000),
+    tokens_out=st.integers(0, 200_000),
+    read_share=st.floats(0, 1),
+    write_share=st.floats(0, 1),
+)
+def test_popular_models_cost_what_calc_price_says(
+    name: str, tokens_in: int, tokens_out: int, read_share: float, write_share: float
+) -> None:
+    from agent_ledger_sdk.local.pricing import PriceBook
+
+    priced = PriceBook().lookup("", name)
+    assert priced is not None and not isinstance(priced, Rates)
+    assert priced.rates is not None, f"{name} goes to calc_price for each call"
+    cache_read = int(tokens_in * read_share)
+    usage = TokenUsage(tokens_in, tokens_out, cache_read, int((tokens_in - cache_read) * write_share))
+    assert priced.cost(usage) == priced.calc_price(usage)
+
+
+def test_a_fee_per_request_or_a_price_that_changes_over_time_goes_to_calc_price() -> None:
+    from genai_prices.types import ModelPrice
+
+    from agent_ledger_sdk.local.pricing import _GenaiModel
+
+    for provider, model in _snapshot_models():
+        price = model.prices
+        if not isinstance(price, ModelPrice) or getattr(price, "requests_kcount", None) is not None:
+            assert _GenaiModel(provider, model, None).rates is None, (provider.id, model.id)

@@ -147,14 +147,29 @@ class Price:
 
 
 class _GenaiModel:
-    """A model found in genai-prices: every call is priced by its own ``calc_price``."""
+    """A model found in genai-prices, priced as its own ``calc_price`` prices it.
+
+    ``calc_price`` costs 100 to 500 µs a call (it resolves the model's price units through a registry, checks
+    them and builds a calculation each time), more than the rest of ingesting the call. A model whose price is
+    one flat rate per token kind (no prices that change over time or by tiers of input, no fee per request,
+    nothing but tokens that a call's usage counts) costs exactly ``Rates.cost`` of those rates: ``rates``
+    holds them, and every call is priced from them. That they agree is checked when the model is first priced
+    (the rates against ``calc_price`` on three usages) and, for every model in the table, by
+    ``tests/test_local_pricing.py``. Any other model goes through ``calc_price`` each time.
+    """
 
     def __init__(self, provider: Any, model: Any, snapshot: Any) -> None:
         self.provider = provider
         self.model = model
         self.snapshot = snapshot
+        self.rates = _flat_rates(provider, model)
 
     def cost(self, usage: TokenUsage) -> Decimal:
+        if self.rates is not None:
+            return self.rates.cost(usage)
+        return self.calc_price(usage)
+
+    def calc_price(self, usage: TokenUsage) -> Decimal:
         from genai_prices import Usage
 
         calculation = self.model.calc_price(
@@ -171,6 +186,94 @@ class _GenaiModel:
 
     def describe(self) -> str:
         return f"{self.provider.id}/{self.model.id} in genai-prices: {self.model.get_prices(_now())}"
+
+
+# genai-prices' price units that a call's usage as the ledger gives it (tokens in, out, cache reads and writes)
+# never counts: a price for one of them adds nothing (web searches, audio, images: the ledger is not told of
+# them). A fee per request (requests_kcount) is not among them: each call pays it.
+_UNCOUNTED_UNITS = frozenset(
+    {
+        "audio_hours",
+        "cache_audio_read_mtok",
+        "cache_image_read_mtok",
+        "cache_write_1h_mtok",
+        "input_audio_hours",
+        "input_audio_mtok",
+        "input_image_mtok",
+        "input_video_mtok",
+        "output_audio_mtok",
+        "output_citation_mtok",
+        "output_image_mtok",
+        "output_reasoning_mtok",
+        "output_video_mtok",
+        "storage_searches_kcount",
+        "web_searches_kcount",
+    }
+)
+_TOKEN_UNITS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_PROBES = (TokenUsage(1_234_567, 89_012, 345_678, 12_345), TokenUsage(1, 1), TokenUsage(999_999, 0, 0, 999_999))
+
+
+class _TieredRates:
+    """Flat rates that change with the size of the input: crossing a tier's start applies that tier's rate to
+    every token of the call (genai-prices' TieredPrices, Anthropic's and Google's long-context prices)."""
+
+    def __init__(self, bands: list[tuple[int, Rates]]) -> None:
+        self.bands = bands  # (start, rates), ascending; the first start is -1: the base rates
+
+    def cost(self, usage: TokenUsage) -> Decimal:
+        rates = self.bands[0][1]
+        for start, band in self.bands[1:]:
+            if usage.tokens_in <= start:
+                break
+            rates = band
+        return rates.cost(usage)
+
+
+def _flat_rates(provider: Any, model: Any) -> Union[Rates, _TieredRates, None]:
+    """The model's rates per token kind, when ``calc_price`` is exactly ``Rates.cost`` of them (of the tier that
+    the call's input reaches); else None."""
+    try:
+        from genai_prices.types import ModelPrice, TieredPrices
+
+        price = model.prices
+        if not isinstance(price, ModelPrice):
+            return None  # prices by date or time of day (variants apply only with a price context: never here)
+        units = {name: value for name, value in vars(price).items() if value is not None}
+        if set(units) - set(_TOKEN_UNITS) - _UNCOUNTED_UNITS:
+            return None
+        found = [units.get(name) for name in _TOKEN_UNITS]
+        if found[0] is None or found[1] is None:
+            return None
+        if any(rate is not None and not isinstance(rate, (Decimal, TieredPrices)) for rate in found):
+            return None
+        starts = sorted({tier.start for rate in found if isinstance(rate, TieredPrices) for tier in rate.tiers})
+
+        def at(rate: Any, tokens_in: int) -> Optional[Decimal]:
+            if not isinstance(rate, TieredPrices):
+                return rate  # type: ignore[no-any-return]
+            applies: Decimal = rate.base
+            for tier in rate.tiers:  # ascending
+                if tokens_in > tier.start:
+                    applies = tier.price
+            return applies
+
+        bands = []
+        for start in [-1, *starts]:
+            rates = [at(rate, start + 1) for rate in found]
+            bands.append((start, Rates(rates[0], rates[1], rates[2], rates[3])))  # type: ignore[arg-type]
+        pricer: Union[Rates, _TieredRates] = bands[0][1] if len(bands) == 1 else _TieredRates(bands)
+        probes = list(_PROBES)
+        for start in starts:
+            probes += [TokenUsage(start, 7, start // 3, start // 5), TokenUsage(start + 1, 7, start // 3, start // 5)]
+        probe = _GenaiModel.__new__(_GenaiModel)
+        probe.provider, probe.model = provider, model
+        if any(pricer.cost(usage) != probe.calc_price(usage) for usage in probes):
+            return None
+        return pricer
+    except Exception as exc:  # a table or an API that changed: each call goes to calc_price, as before
+        logger.debug("genai-prices: no flat rates for %r: %r", getattr(model, "id", model), exc)
+        return None
 
 
 _Pricer = Union[Rates, _GenaiModel]
