@@ -35,6 +35,7 @@ ZERO = Decimal(0)
 _MILLION = Decimal(1_000_000)
 # Sixty significant digits: a billion dollars to the 1e-50 of a dollar. Sums of prices never reach it.
 _CONTEXT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.InvalidOperation])
+CONTEXT = _CONTEXT  # for hot loops that call its methods directly
 
 
 def exact(value: Number) -> Decimal:

@@ -65,6 +65,8 @@ ESTIMATE_TOKENS_IN = 4096
 ESTIMATE_TOKENS_OUT = 4096
 _OVERRIDE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
 
+_MULTIPLY, _ADD = money.CONTEXT.multiply, money.CONTEXT.add
+
 # Provider names people use that genai-prices spells differently.
 _PROVIDER_ALIASES = {
     "gemini": "google",
@@ -103,18 +105,20 @@ class Rates:
     cache_write_per_mtok: Optional[Decimal] = None
 
     def cost(self, usage: TokenUsage) -> Decimal:
+        return self.cost_of(usage.tokens_in, usage.tokens_out, usage.cache_read_tokens, usage.cache_write_tokens)
+
+    def cost_of(self, tokens_in: int, tokens_out: int, cache_read: int = 0, cache_write: int = 0) -> Decimal:
+        """The exact cost of these counts (the decimal context takes the ints as they are: no rounding)."""
         # The same decomposition as genai-prices: cached tokens with a price of their own leave the input count.
-        plain_in = usage.tokens_in
-        parts = [money.multiply(Decimal(usage.tokens_out), self.output_per_mtok)]
-        for count, rate in (
-            (usage.cache_read_tokens, self.cache_read_per_mtok),
-            (usage.cache_write_tokens, self.cache_write_per_mtok),
-        ):
-            if rate is not None and count:
-                plain_in -= count
-                parts.append(money.multiply(Decimal(count), rate))
-        parts.append(money.multiply(Decimal(plain_in), self.input_per_mtok))
-        return money.per_million(money.add(*parts))
+        multiply, add = _MULTIPLY, _ADD
+        total = add(money.ZERO, multiply(tokens_out, self.output_per_mtok))
+        if cache_read and self.cache_read_per_mtok is not None:
+            tokens_in -= cache_read
+            total = add(total, multiply(cache_read, self.cache_read_per_mtok))
+        if cache_write and self.cache_write_per_mtok is not None:
+            tokens_in -= cache_write
+            total = add(total, multiply(cache_write, self.cache_write_per_mtok))
+        return money.per_million(add(total, multiply(tokens_in, self.input_per_mtok)))
 
     def describe(self) -> str:
         def rate(value: Optional[Decimal]) -> str:
@@ -437,8 +441,12 @@ class BatchPrices:
         found = self._prices.get(key)
         if found is None:
             pricer = self._pricer(provider, model)
-            usage = TokenUsage(tokens_in, tokens_out, cache_read, cache_write)
-            found = self._prices[key] = self.book.price(provider, model, usage, self.custom, pricer=pricer)
+            if type(pricer) is Rates:  # the workspace's or the overrides' own price: nothing can fail
+                found = Price(pricer.cost_of(tokens_in, tokens_out, cache_read, cache_write), PRICED)
+            else:
+                usage = TokenUsage(tokens_in, tokens_out, cache_read, cache_write)
+                found = self.book.price(provider, model, usage, self.custom, pricer=pricer)
+            self._prices[key] = found
         return found
 
     def estimate(self, provider: str, model: str, tokens_in: int, tokens_out: int) -> Price:
