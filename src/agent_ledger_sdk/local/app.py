@@ -54,7 +54,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import money
-from .body import MAX_BODY_BYTES, parse_json_object, read_body, read_json_object
+from .body import MAX_BODY_BYTES, parse_json_body, parse_json_object, read_body, read_json_object
 from .offload import run_off_loop
 from .pricing import PriceBook
 from .records import (
@@ -193,9 +193,9 @@ class LedgerAPI:
         workspace = self.service.authenticate(key)
         if workspace is None:
             raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
-        body = parse_json_object(raw)
+        body, parsed_by_orjson = parse_json_body(raw)
         idempotency = _idempotency_of("POST", path, idempotency_key, raw)
-        return self.service.log_events_request(workspace, body, idempotency)
+        return self.service.log_events_request(workspace, body, idempotency, parsed_by_orjson=parsed_by_orjson)
 
     # -- OpenTelemetry -------------------------------------------------------------------------
 

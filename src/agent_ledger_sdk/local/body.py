@@ -40,7 +40,18 @@ from .validation import lone_surrogate_message, lone_surrogate_path, member_path
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
-__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "parse_json_object", "read_body", "read_json_object"]
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "parse_json_body", "parse_json_object", "read_body", "read_json_object"]
+
+try:  # the server extra installs it; the json module reads (and words the errors of) whatever it does not
+    import orjson
+except ImportError:  # pragma: no cover - without it, json reads every body
+    orjson = None  # type: ignore[assignment]
+
+# orjson reads an integer past 64 bits as a float (it loses digits): a body with a run of 19 digits or more
+# goes to json, which keeps every digit. Found with translate (every digit to "0", the rest to " "): 28 µs
+# for a batch of 100 events, where a regular expression takes 320.
+_DIGITS = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
+_LONG_NUMBER = b"0" * 19
 
 # An escape of a UTF-16 surrogate (\ud800 to \udfff): without one, no string can hold a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -80,6 +91,31 @@ async def read_json_object(request: Request) -> tuple[dict[str, Any], bytes]:
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """``raw`` as a JSON object that keeps the rules above; raises :class:`BadInput` with what to change."""
+    return parse_json_body(raw)[0]
+
+
+def parse_json_body(raw: bytes) -> tuple[dict[str, Any], bool]:
+    """:func:`parse_json_object`, and whether orjson read it: then its numbers are all 64-bit integers and finite
+    floats, and its strings text, which orjson's encoder writes back as they are (``validation.check_event``).
+
+    orjson (about 3 times as fast as json) reads a body only if json would read it the same: valid UTF-8
+    without a byte order mark, no NaN, Infinity or number beyond a double, no lone surrogate, no integer of 19
+    digits or more. Any other body, and every error, goes to json, whose errors the messages word.
+    """
+    if orjson is not None and _LONG_NUMBER not in raw.translate(_DIGITS):
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(body, dict):
+                if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
+                    raise BadInput(_too_deep(_deep_path(body, MAX_JSON_DEPTH)))
+                return body, True
+    return _parse_with_json(raw), False
+
+
+def _parse_with_json(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -525,8 +525,17 @@ class LedgerService:
 
     # -- events ------------------------------------------------------------------------------
 
-    def log_events_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
-        """``POST /v1/events``: check every event (reporting every bad one), price the LLM calls, record."""
+    def log_events_request(
+        self,
+        workspace: str,
+        body: Mapping[str, Any],
+        idempotency: Optional[Idempotency],
+        *,
+        parsed_by_orjson: bool = False,
+    ) -> Reply:
+        """``POST /v1/events``: check every event (reporting every bad one), price the LLM calls, record.
+
+        ``parsed_by_orjson``: ``body.parse_json_body`` read the body with orjson (see ``check_event``)."""
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
@@ -540,7 +549,7 @@ class LedgerService:
         rejections: list[tuple[int, Rejection]] = []
         for position, event in enumerate(events):
             try:
-                checked.append(check_event(position, event))
+                checked.append(check_event(position, event, parsed_by_orjson=parsed_by_orjson))
             except Rejection as rejection:
                 rejections.append((position, rejection))
         if rejections:

@@ -30,6 +30,11 @@ from . import money
 from .pricing import TokenUsage
 from .records import BadInput, PricedEvent, SessionContext, StoreError
 
+try:  # the server extra installs it (see check_event)
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
+
 MAX_SAFE_INTEGER = 2**53 - 1  # the largest integer every JSON reader keeps exact
 MAX_TOKENS = 10**12  # per event: far above any model, far below what a sum of 10,000 events can overflow
 MAX_LATENCY_MS = MAX_SAFE_INTEGER  # finite and exact in every JSON reader (285,000 years)
@@ -252,11 +257,13 @@ def _counted(event: dict[str, Any], position: int, name: str, limit: int) -> int
     return _count(f"events[{position}]", name, value, limit)
 
 
-def check_event(position: int, event: Any) -> PricedEvent:
+def check_event(position: int, event: Any, *, parsed_by_orjson: bool = False) -> PricedEvent:
     """``events[position]`` checked and normalised, not yet priced; raises :class:`Rejection`.
 
     The checks of a valid event are inline (this runs for every event ingested); each failing one
-    goes to the helper that words its message.
+    goes to the helper that words its message. ``parsed_by_orjson``: the event comes from a body that
+    ``body.parse_json_body`` read with orjson, so orjson may encode it (it would write NaN as null, and
+    refuse integers past 64 bits: such a body never holds one).
     """
     if type(event) is not dict and not isinstance(event, dict):
         raise Rejection(None, f"events[{position}] must be a JSON object, got {json_type(event)}.")
@@ -331,25 +338,11 @@ def check_event(position: int, event: Any) -> PricedEvent:
             )
     # 12.0 tokens were converted to 12: store what was meant.
     payload = {**event, **fixed} if converted else event
-    try:
-        encoded = _COMPACT(payload)
-    except ValueError:
-        for name, value in payload.items():
-            path = non_finite_path(value, f"events[{position}].{name}")
-            if path is not None:
-                raise Rejection(
-                    name, f"{path} is NaN or Infinity, which JSON cannot carry; send null or a string instead."
-                ) from None
-        raise  # pragma: no cover - json.dumps refuses nothing else in a parsed JSON value
-    try:
-        # ASCII text is as many bytes as characters; others are counted as UTF-8 (a lone surrogate fails here).
-        size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
-    except UnicodeEncodeError:  # read_json_object refuses these first; an event from elsewhere may hold one
-        for name, value in payload.items():
-            path = lone_surrogate_path({name: value}, f"events[{position}]")
-            if path is not None:
-                raise Rejection(name, lone_surrogate_message(path)) from None
-        raise  # pragma: no cover - only a lone surrogate fails to encode as UTF-8
+    if parsed_by_orjson and orjson is not None:
+        data = orjson.dumps(payload)
+        encoded, size = data.decode(), len(data)
+    else:
+        encoded, size = _encoded_event(position, payload)
     if size > MAX_EVENT_BYTES:
         raise Rejection(
             None,
@@ -364,6 +357,29 @@ def check_event(position: int, event: Any) -> PricedEvent:
         checked.reservation_id = event.get("reservationId")
         checked.usage_missing = event.get("usageMissing") is True
     return checked
+
+
+def _encoded_event(position: int, payload: dict[str, Any]) -> tuple[str, int]:
+    """An event's compact JSON and its size in UTF-8 bytes; a Rejection for NaN, Infinity or a lone surrogate."""
+    try:
+        encoded = _COMPACT(payload)
+    except ValueError:
+        for name, value in payload.items():
+            path = non_finite_path(value, f"events[{position}].{name}")
+            if path is not None:
+                raise Rejection(
+                    name, f"{path} is NaN or Infinity, which JSON cannot carry; send null or a string instead."
+                ) from None
+        raise  # pragma: no cover - json.dumps refuses nothing else in a parsed JSON value
+    try:
+        # ASCII text is as many bytes as characters; others are counted as UTF-8 (a lone surrogate fails here).
+        return encoded, len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:  # read_json_object refuses these first; an event from elsewhere may hold one
+        for name, value in payload.items():
+            path = lone_surrogate_path({name: value}, f"events[{position}]")
+            if path is not None:
+                raise Rejection(name, lone_surrogate_message(path)) from None
+        raise  # pragma: no cover - only a lone surrogate fails to encode as UTF-8
 
 
 def usage_of(checked: PricedEvent) -> TokenUsage:
