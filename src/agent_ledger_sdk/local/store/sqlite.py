@@ -33,6 +33,7 @@ logger = logging.getLogger("agent_ledger_sdk")
 
 CHECKPOINT_INTERVAL = 0.05  # seconds between background checkpoints, while writes come
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
+CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's before "database is locked"
 
 
@@ -381,12 +382,20 @@ class _Checkpointer:
             db.close()
 
     def checkpoint(self, db: sqlite3.Connection) -> None:
-        _, pages, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if pages >= CHECKPOINT_PAGES:
-            with self._store._lock:
-                if not self._store._closed:
-                    with self._store._between_processes():  # no write of any process: the WAL can start over
-                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _, pages, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if pages < CHECKPOINT_PAGES:
+            return
+        # The pages written while it copied, again without the lock, until few are left (each pass is shorter):
+        # the pass under the lock then copies only those few, and the writes wait for little more than its fsync.
+        for _ in range(4):
+            _, pages, now = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            fresh, copied = now - copied, now
+            if fresh < CATCH_UP_PAGES:
+                break
+        with self._store._lock:
+            if not self._store._closed:
+                with self._store._between_processes():  # no write of any process: the WAL can start over
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 class _WriteFileLock:
