@@ -127,6 +127,30 @@ def test_a_batch_that_is_all_good_is_unchanged(http: httpx.Client, session_id: s
     assert response.json() == {"accepted": 1, "costUsd": pytest.approx(1500e-6)}
 
 
+def test_each_calls_cost_by_span_id_comes_back_only_when_asked(http: httpx.Client, session_id: str) -> None:
+    """``priced`` (for the SDK's OpenTelemetry spans) costs time for every call of a batch: only a request with
+    ``Agent-Ledger-Priced: true`` gets it."""
+    events = [llm(0, 1000, 500, spanId="a1"), llm(1, 10, 0, spanId="b2"), llm(2, 10, 0)]
+    plain = http.post("/v1/events", json={"sessionId": session_id, "events": events})
+    assert plain.status_code == 202 and "priced" not in plain.json()
+    asked = http.post(
+        "/v1/events", json={"sessionId": session_id, "events": events}, headers={"Agent-Ledger-Priced": "TRUE"}
+    )
+    assert asked.status_code == 202
+    assert [(p["spanId"], p["costStatus"]) for p in asked.json()["priced"]] == [("a1", "priced"), ("b2", "priced")]
+    assert asked.json()["priced"][0]["costUsd"] == pytest.approx(1500e-6)
+
+
+def test_the_sdk_asks_for_the_costs_only_when_it_exports_spans() -> None:
+    pytest.importorskip("opentelemetry.trace")
+    from agent_ledger_sdk._constants import PRICED_HEADER
+
+    with AgentLedgerClient("sk-test", base_url="http://127.0.0.1:9") as plain:
+        assert PRICED_HEADER not in plain._headers
+    with AgentLedgerClient("sk-test", base_url="http://127.0.0.1:9", otel=True) as spans:
+        assert spans._headers[PRICED_HEADER] == "true"
+
+
 # -- lossless coercion ------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal, Optional, Union, overload
 import httpx
 
 from ._base_client import BaseClient
-from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, PRICED_HEADER
 from ._context import current_session_var
 from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, encode_events, typed_event
 from ._http import AsyncHTTP, LoopBridge, SyncHTTP, SyncLedgerIO
@@ -342,6 +342,8 @@ class AgentLedgerClient(_Helpers, BaseClient):
             agent_name=agent_name,
             otel=otel,
         )
+        if self._instrumentation.otel is not None:  # its spans carry each call's cost: the ledger says it
+            self._headers[PRICED_HEADER] = "true"
 
     # -- the published API ------------------------------------------------
 
@@ -472,6 +474,8 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
             agent_name=agent_name,
             otel=otel,
         )
+        if self._instrumentation.otel is not None:  # its spans carry each call's cost: the ledger says it
+            self._headers[PRICED_HEADER] = "true"
 
     async def start_session(self, agent_name: str) -> str:
         """Start a session for ``agent_name`` and return its id."""

@@ -27,3 +27,8 @@ MAX_EVENT_BYTES = 64 * 1024
 MAX_VALUE_DEPTH = 32
 
 REDACTED = "[redacted]"
+
+# A request header: the reply to POST /v1/events lists each LLM call's cost by span id (``priced``). The SDK
+# asks for it when it exports OpenTelemetry spans (their cost attributes); without it the ledger leaves the
+# list out, which costs it and the client time for every call of a batch.
+PRICED_HEADER = "Agent-Ledger-Priced"

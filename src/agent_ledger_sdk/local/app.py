@@ -53,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._constants import PRICED_HEADER
 from . import money
 from .body import MAX_BODY_BYTES, parse_json_body, parse_json_object, read_body, read_json_object
 from .offload import run_off_loop
@@ -187,15 +188,18 @@ class LedgerAPI:
             raise
         idempotency_key = request.headers.get("idempotency-key")
         path = request.url.path
-        return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path))
+        priced = request.headers.get(PRICED_HEADER, "").lower() == "true"  # the SDK's OpenTelemetry spans ask
+        return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path, priced))
 
-    def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str) -> Reply:
+    def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str, priced: bool) -> Reply:
         workspace = self.service.authenticate(key)
         if workspace is None:
             raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
         body, parsed_by_orjson = parse_json_body(raw)
         idempotency = _idempotency_of("POST", path, idempotency_key, raw)
-        return self.service.log_events_request(workspace, body, idempotency, parsed_by_orjson=parsed_by_orjson)
+        return self.service.log_events_request(
+            workspace, body, idempotency, parsed_by_orjson=parsed_by_orjson, priced=priced
+        )
 
     # -- OpenTelemetry -------------------------------------------------------------------------
 

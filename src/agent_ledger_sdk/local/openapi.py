@@ -135,7 +135,17 @@ _PRICED = {
         "additionalProperties": False,
     },
     "description": "Each llm_call of the batch that has a spanId, in order: its cost as priced. "
-    "Present only when the batch has such a call.",
+    "Present only when the request says Agent-Ledger-Priced: true and the batch has such a call.",
+}
+
+_PRICED_HEADER = {
+    "name": "Agent-Ledger-Priced",
+    "in": "header",
+    "required": False,
+    "description": "true (in any case): the reply lists each llm_call's cost by spanId (priced), as the SDK asks "
+    "when it exports OpenTelemetry spans. Any other value, or none: the list is left out (it costs time for every "
+    "call of a batch).",
+    "schema": {"type": "string"},
 }
 
 
@@ -835,7 +845,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "operationId": "logEvents",
                 "summary": "Append events to a running session (all or nothing); llm_call events are priced",
-                "parameters": [_IDEMPOTENCY],
+                "parameters": [_IDEMPOTENCY, _PRICED_HEADER],
                 "requestBody": _body(
                     {
                         "type": "object",

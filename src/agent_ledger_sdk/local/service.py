@@ -532,10 +532,13 @@ class LedgerService:
         idempotency: Optional[Idempotency],
         *,
         parsed_by_orjson: bool = False,
+        priced: bool = False,
     ) -> Reply:
         """``POST /v1/events``: check every event (reporting every bad one), price the LLM calls, record.
 
-        ``parsed_by_orjson``: ``body.parse_json_body`` read the body with orjson (see ``check_event``)."""
+        ``parsed_by_orjson``: ``body.parse_json_body`` read the body with orjson (see ``check_event``).
+        ``priced``: the reply lists each LLM call's cost by span id (``priced``: what the SDK's
+        OpenTelemetry spans carry), as the ``Agent-Ledger-Priced: true`` request header asks."""
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
@@ -559,7 +562,7 @@ class LedgerService:
             prices = self.price_book.batch(self.prices(workspace))
             for event in calls:
                 self._price(event, prices)
-        return self.append_events(workspace, session_id, checked, idempotency)
+        return self.append_events(workspace, session_id, checked, idempotency, priced=priced)
 
     @staticmethod
     def _price(checked: PricedEvent, prices: BatchPrices) -> None:
@@ -584,8 +587,12 @@ class LedgerService:
         session_id: str,
         events: Sequence[PricedEvent],
         idempotency: Optional[Idempotency] = None,
+        *,
+        priced: bool = False,
     ) -> Reply:
-        """Store a batch whole; an OVER_BUDGET reply (stored too) when an unreserved LLM call went over a budget."""
+        """Store a batch whole; an OVER_BUDGET reply (stored too) when an unreserved LLM call went over a budget.
+
+        ``priced``: the reply lists the cost of each LLM call that has a span id (see log_events_request)."""
         now = self._now()
         received = iso(now)
         assert received is not None
@@ -603,9 +610,9 @@ class LedgerService:
             self._running(row, "events can only be added to")
             refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now)
             body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
-            priced = _priced(events)
-            if priced:
-                body["priced"] = priced
+            costs = _priced(events) if priced else None
+            if costs:
+                body["priced"] = costs
             if refusal is None:
                 reply = self._remember(tx, workspace, idempotency, Reply(Outcome.ACCEPTED, body), now)
             else:
