@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -133,15 +134,31 @@ class BackgroundServer:
 def log_requests() -> None:
     """Show the access log (one line per request, ``agent_ledger_sdk.local.access``) on stderr, unless the
     program configured that logger itself."""
-    import logging
 
     access = logging.getLogger("agent_ledger_sdk.local.access")
     if not access.handlers and access.level == logging.NOTSET:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.setFormatter(_AccessFormatter("%(asctime)s %(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)
         access.propagate = False
+
+
+class _AccessFormatter(logging.Formatter):
+    """``logging.Formatter`` whose time text is made once a second, not once a line: ``formatTime`` (local time,
+    strftime) was a third of the access log's cost, and the access log a tenth of a small request's."""
+
+    _second: Optional[int] = None
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:  # emit runs under the handler's lock: one thread at a time
+            self._text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = second
+        return f"{self._text},{int(record.msecs):03d}"
 
 
 def serve_forever(app: Any, host: str, port: int, announce: Any = print) -> None:
