@@ -650,3 +650,16 @@ def test_a_new_probe_runs_a_new_check_once_the_last_one_ended(metrics: Metrics) 
     down, up = call(build_app(metrics, Route("/ready", readiness(check))), ("GET", "/ready"), ("GET", "/ready"))
 
     assert (down.status_code, up.status_code) == (503, 200)
+
+
+def test_the_access_log_writes_the_time_as_logging_does() -> None:
+    """The serve command's access log makes its time text once a second: the same text as logging's own."""
+    import logging as logging_module
+
+    from agent_ledger_sdk.local.server import _AccessFormatter
+
+    ours, theirs = _AccessFormatter("%(asctime)s %(message)s"), logging_module.Formatter("%(asctime)s %(message)s")
+    for moment in (1_700_000_000.123, 1_700_000_000.999, 1_700_000_001.0004, 1_700_000_001.5, 1_700_003_600.25):
+        record = logging_module.LogRecord("access", logging_module.INFO, __file__, 1, "GET %s", ("/health",), None)
+        record.created, record.msecs = moment, (moment - int(moment)) * 1000
+        assert ours.format(record) == theirs.format(record)
