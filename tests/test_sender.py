@@ -95,6 +95,51 @@ def test_a_deep_queue_goes_in_few_large_requests_and_a_shallow_one_at_once(api: 
     ledger.close()
 
 
+def test_a_flood_is_encoded_while_its_requests_are_in_flight_one_at_a_time_in_order(api: respx.MockRouter) -> None:
+    """With a deep queue, the sender builds the next request while the ledger works on the one before: the
+    requests still go one at a time and in order, a failed one is sent again first (same key), none is lost."""
+    r = routes(api)
+    release = threading.Event()
+    in_flight, most, keys, threads = [0], [0], [], set()
+    lock = threading.Lock()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        release.wait(10)
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        keys.append(request.headers["idempotency-key"])
+        threads.add(threading.current_thread().name)
+        time.sleep(0.02)  # the ledger's time, during which the next batch is encoded
+        with lock:
+            in_flight[0] -= 1
+        if len(keys) == 2:
+            return httpx.Response(503, json={"error": "busy"})  # the second request fails once
+        return httpx.Response(202, json={"accepted": len(json.loads(request.content)["events"]), "costUsd": 0})
+
+    r["events"].mock(side_effect=slow)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, max_queue_size=100_000)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with ledger.session("flood"):
+        for i in range(5 * MAX_BATCH_SIZE):
+            work(i)
+    release.set()
+    assert ledger.flush(30) == 0
+    assert most[0] == 1  # never two requests at once
+    assert "agent-ledger-request" in threads  # some were made beside the encoding
+    assert keys[1] == keys[2]  # the failed one went again first, as it was
+    accepted = [json.loads(c.request.content)["events"] for c in r["events"].calls]
+    del accepted[1]  # the failed try
+    sent = [(e["stepIndex"], e["type"]) for batch in accepted for e in batch]
+    assert sent == [(i, kind) for i in range(5 * MAX_BATCH_SIZE) for kind in ("tool_call", "tool_result")]
+    assert ledger.stats.sent == 10 * MAX_BATCH_SIZE
+    ledger.close()
+
+
 def test_a_users_http_client_gets_the_whole_client_path_and_ours_the_transport(api: respx.MockRouter) -> None:
     """The user's http_client: its event hooks, auth and headers apply to every request. Our own client goes
     straight to its transport, with the client's timeout on each request."""

@@ -76,6 +76,10 @@ DEFAULT_RETRY_WINDOW = 60.0  # seconds of failures before the queue moves to the
 MAX_BACKOFF = 5.0
 SHUTDOWN_DRAIN = 2.0  # seconds a caller spends delivering its own events when no thread can start
 FORK_IMPORT_WAIT = 2.0  # seconds fork() waits for the sender thread to finish its first imports
+# Events queued behind the last built request that make the sender encode them while that request is in
+# flight (a thread of its own makes it): the ledger's time and the encoding overlap in a flood.
+OVERLAP_EVENTS = 500
+BUILD_EVENTS = 2 * MAX_BATCH_SIZE  # items a build takes from the queue at most: a flood is built as it is sent
 HANDOVER_WAIT = 1.0  # seconds the exit path waits for the sender to finish the request it is making
 ITEM_BYTES = 300  # what a queued item costs beyond its values: tuple, deque slot, event dict (measured)
 HANDLE_BYTES = 800  # a session handle kept alive by the queue (measured)
@@ -657,16 +661,18 @@ class Sender:
         with self._started_cond:
             self._started_cond.notify_all()
 
-    def _build_units(self) -> None:
-        """Turn what is queued now into requests: per session, in order, batches of at most ``limit`` events.
+    def _build_units(self, most: int = BUILD_EVENTS) -> None:
+        """Turn what is queued now (at most ``most`` items) into requests: per session, in order, batches of at
+        most ``limit`` events.
 
         The limit grows with the queue's depth (``batch_size`` when it is shallow, for latency; up to
-        ``MAX_BATCH_SIZE`` when it is deep), so a flood is sent in few requests.
+        ``MAX_BATCH_SIZE`` when it is deep), so a flood is sent in few requests; and a flood is built a few
+        requests at a time, each while the one before is in flight (see :meth:`_deliver_while_building`).
         """
         queue = self._queue
         encode = self._owner.pipeline.encode
-        depth = len(queue)
-        limit = min(MAX_BATCH_SIZE, max(self.batch_size, depth))
+        limit = min(MAX_BATCH_SIZE, max(self.batch_size, len(queue)))
+        depth = min(len(queue), most)
         pending: dict[SessionHandle, tuple[list[str], list[int]]] = {}  # a session's batch, and its bytes (boxed)
         built: list[_Unit] = []
         released = 0
@@ -721,10 +727,41 @@ class Sender:
             if self._handover:
                 raise _Handover
             unit = self._units[0]
-            self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
+            if len(self._units) == 1 and len(self._queue) >= OVERLAP_EVENTS and unit.kind == EVENT:
+                self._deliver_while_building(unit)
+            else:
+                self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
             with self._lock:
                 self._units.popleft()
                 self._unit_bytes -= unit.size
+
+    def _deliver_while_building(self, unit: _Unit) -> None:
+        """Deliver ``unit`` from a thread of its own while this one builds the next requests from the queue.
+
+        Requests still go one at a time and in order: the next is sent once this one is answered, and an
+        error is raised here as :meth:`_deliver` raises it (the unit stays first, the new ones after it).
+        Only the encoding overlaps the ledger's time (a flood: up to 2,000 events a request each way).
+        """
+        failure: list[BaseException] = []
+
+        def deliver() -> None:
+            try:
+                self._deliver(unit)
+            except BaseException as exc:  # handed to the sender thread, which raises it
+                failure.append(exc)
+
+        request = threading.Thread(target=deliver, name="agent-ledger-request", daemon=True)
+        try:
+            request.start()
+        except RuntimeError:  # the interpreter is shutting down: no new thread
+            self._deliver(unit)
+            return
+        try:
+            self._build_units()
+        finally:
+            request.join()
+        if failure:
+            raise failure[0]
 
     def _deliver(self, unit: _Unit) -> None:
         handle = unit.handle
