@@ -184,6 +184,74 @@ def test_32_threads_on_one_budget_never_over_grant(service: LedgerService) -> No
     assert (budget["spentTodayUsd"], budget["reservedUsd"]) == (Decimal("0.010"), Decimal("0"))
 
 
+def test_spend_adds_up_exactly_across_threads_and_store_instances(
+    db: Union[Path, str], now: list[datetime.datetime]
+) -> None:
+    """Each batch adds its cost to three spend totals in one statement: from two stores (two processes, as far as
+    the database knows) and many threads at once, with and without a budget to check, no addition is lost and
+    none is rounded (SQLite adds exact text in Python, PostgreSQL NUMERIC in the statement)."""
+    with (
+        LedgerService(open_store(db), clock=lambda: now[0]) as first,
+        LedgerService(open_store(db), clock=lambda: now[0]) as second,
+    ):
+        first.set_budget("ws", "budgeted", Decimal("1000"))
+        first.set_workspace_budget("ws", Decimal("1000"))
+        sessions = {agent: first.start_session("ws", agent).body["id"] for agent in ("budgeted", "free")}
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def work(number: int) -> None:
+            service = (first, second)[number % 2]
+            agent = ("budgeted", "free")[number // 4]
+            barrier.wait()
+            try:
+                for step in range(10):
+                    service.append_events(
+                        "ws", sessions[agent], [call("0.000000000000000001", step), call("0.1", step)]
+                    )
+            except BaseException as exc:  # pragma: no cover - the assertion below shows it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        each = Decimal("0.100000000000000001") * 40  # 4 threads of an agent, 10 batches each
+        budgets = {b["agentName"]: b for b in second.budgets("ws")}
+        assert budgets["budgeted"]["spentTodayUsd"] == budgets["budgeted"]["spentThisMonthUsd"] == each
+        assert budgets["free"]["spentTodayUsd"] == each
+        (workspace,) = second.workspace_budgets("ws")
+        assert workspace["spentTodayUsd"] == 2 * each
+        # A new day starts new daily totals; the month's goes on.
+        now[0] += datetime.timedelta(days=1)
+        first.append_events("ws", sessions["budgeted"], [call("0.25")])
+        budgets = {b["agentName"]: b for b in first.budgets("ws")}
+        assert budgets["budgeted"]["spentTodayUsd"] == Decimal("0.25")
+        assert budgets["budgeted"]["spentThisMonthUsd"] == each + Decimal("0.25")
+
+
+def test_a_priced_call_on_sqlite_writes_its_spend_in_one_statement_reading_it_once(tmp_path: Path) -> None:
+    """The spend totals that the budget check read are the ones added to (a SQLite write holds the file):
+    a batch reads them once and writes all three in one statement, whether or not they exist yet."""
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        service.set_budget("ws", "agent", Decimal("10"))
+        session = service.start_session("ws", "agent").body["id"]
+        assert isinstance(service.store, SQLiteStore)
+        for cost in ("0.1", "0.000000000000000001"):
+            statements: list[str] = []
+            service.store._writer.set_trace_callback(statements.append)
+            try:
+                service.append_events("ws", session, [call(cost)])
+            finally:
+                service.store._writer.set_trace_callback(None)
+            assert sum("FROM spend" in s for s in statements) == 1  # budget_state's read
+            assert sum("INTO spend" in s for s in statements) == 1
+        (budget,) = service.budgets("ws")
+        assert budget["spentTodayUsd"] == budget["spentThisMonthUsd"] == Decimal("0.100000000000000001")
+
+
 def test_one_idempotency_key_from_many_threads_is_applied_once(service: LedgerService) -> None:
     session = service.start_session("ws", "agent").body["id"]
     key = Idempotency("retry-1", "fingerprint")

@@ -8,7 +8,7 @@ runs it, so a budget is never over-granted and a retried request is never
 applied twice. Workspaces do not wait for one another. A batch of events takes
 the lock only when it needs it (``Tx.lock_workspace``: an idempotency key, a
 budget to check, a reservation to settle); otherwise its session's row lock
-orders it, and its spend is added in the statement (``Tx.add_spent``). Reads run at
+orders it, and its spend is added in the statement (``Tx.add_spends``). Reads run at
 ``REPEATABLE READ``: one snapshot, whatever commits meanwhile.
 
 Schema changes are versioned migrations (``MIGRATIONS``), applied in one

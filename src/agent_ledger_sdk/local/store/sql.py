@@ -159,6 +159,9 @@ class Tx:
     def __init__(self, connection: Any, dialect: Dialect) -> None:
         self._db = connection
         self._dialect = dialect
+        # SQLite: the spend amounts this transaction read (budget_state) or wrote, by (workspace, scope, subject, period);
+        # a write holds the whole file, so they stay current until the commit and add_spent need not read them.
+        self._spend: dict[tuple[str, str, str, str], Decimal] = {}
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -819,7 +822,7 @@ class Tx:
         unpriced), 'spend' (a: amount, b: scope, c: subject) and 'held' (a: amount, b: agent, c: session);
         every value as text (or NULL)."""
         spend = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in periods) or "1 = 0"
-        return self._all(
+        rows = self._all(
             "SELECT 'agent' AS kind, CAST(daily_limit AS TEXT) AS a, CAST(monthly_limit AS TEXT) AS b,"
             " CAST(warn_at_percent AS TEXT) AS c FROM agent_budgets WHERE workspace = ? AND agent_name = ?"
             " UNION ALL SELECT 'settings', CAST(daily_limit AS TEXT), CAST(warn_at_percent AS TEXT),"
@@ -837,8 +840,20 @@ class Tx:
                 now,
             ),
         )
+        if periods and self._dialect.name == "sqlite":
+            read = {(r["b"], r["c"]): r["a"] for r in rows if r["kind"] == "spend"}
+            self._remember_spend(workspace, periods, read)
+        return rows
 
     # -- spend --------------------------------------------------------------------------------
+
+    def _remember_spend(
+        self, workspace: str, periods: Sequence[tuple[str, str, str]], read: dict[tuple[str, str], Any]
+    ) -> None:
+        """Keep what the spend of ``periods`` was read to be (no row: 0). A scope and subject have one period each in
+        a read, so the rows are told apart by those two."""
+        for scope, subject, period in periods:
+            self._spend[(workspace, scope, subject, period)] = amount(read.get((scope, subject)))
 
     def spent(self, workspace: str, scope: str, subject: str, period: str) -> Decimal:
         row = self._one(
@@ -853,21 +868,49 @@ class Tx:
             " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
             (workspace, scope, subject, period, money.text(total)),
         )
+        self._spend.pop((workspace, scope, subject, period), None)
 
     def add_spent(self, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
-        """Add ``cost`` to a spend total. PostgreSQL adds in the statement (NUMERIC: exact), so that writes
-        that hold no workspace lock never lose one another's; SQLite (amounts as text) reads, adds and
-        writes, within its one write at a time."""
+        """Add ``cost`` to a spend total (see :meth:`add_spends`)."""
+        self.add_spends(workspace, [(scope, subject, period)], cost)
+
+    def add_spends(self, workspace: str, periods: Sequence[tuple[str, str, str]], cost: Decimal) -> None:
+        """Add ``cost`` to the spend totals of ``periods`` ((scope, subject, period) each, all different), in one
+        statement that writes them in that order.
+
+        PostgreSQL adds in the statement (NUMERIC: exact), so that writes that hold no workspace lock never lose
+        one another's. SQLite (amounts as exact text, no exact arithmetic in SQL) adds in Python, within its one
+        write at a time: the totals this transaction read already (``budget_state``) are not read again, the others
+        in one statement."""
+        if not periods:
+            return
+        values = ", ".join("(?, ?, ?, ?, ?)" for _ in periods)
         if self._dialect.name == "postgresql":
             self._run(
-                "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?::numeric)"
+                f"INSERT INTO spend (workspace, scope, subject, period, amount) VALUES {values}"
                 " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = spend.amount + excluded.amount",
-                (workspace, scope, subject, period, money.text(cost)),
+                [value for key in periods for value in (workspace, *key, money.text(cost))],
             )
             return
-        self.set_spent(
-            workspace, scope, subject, period, money.add(self.spent(workspace, scope, subject, period), cost)
+        keys = [(workspace, *key) for key in periods]
+        unread = [key[1:] for key in keys if key not in self._spend]
+        if unread:
+            where = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in unread)
+            rows = self._all(
+                f"SELECT scope, subject, period, amount FROM spend WHERE workspace = ? AND ({where})",
+                (workspace, *(value for key in unread for value in key)),
+            )
+            found = {(r["scope"], r["subject"], r["period"]): r["amount"] for r in rows}
+            for key in unread:
+                self._spend[(workspace, *key)] = amount(found.get(key))
+        totals = [money.add(self._spend[key], cost) for key in keys]
+        self._run(
+            f"INSERT INTO spend (workspace, scope, subject, period, amount) VALUES {values}"
+            " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
+            [value for key, total in zip(keys, totals) for value in (*key, money.text(total))],
         )
+        for key, total in zip(keys, totals):
+            self._spend[key] = total
 
     @property
     def locks_workspaces(self) -> bool:
