@@ -23,6 +23,7 @@ import pytest
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
 from agent_ledger_sdk.local.budgets import iso
+from agent_ledger_sdk.local.pricing import Rates
 from agent_ledger_sdk.local.records import (
     BudgetExceeded,
     Conflict,
@@ -232,6 +233,20 @@ def test_spend_adds_up_exactly_across_threads_and_store_instances(
         assert budgets["budgeted"]["spentThisMonthUsd"] == each + Decimal("0.25")
 
 
+def test_spend_added_without_reading_it_first_adds_to_what_is_stored(db: Union[Path, str]) -> None:
+    with open_store(db) as store:
+        periods = [("agent-daily", "a", "2026-06-01"), ("agent-monthly", "a", "2026-06"), ("workspace-daily", "", "d")]
+        for cost in ("0.1", "0.000000000000000002"):
+            with store.write("ws") as tx:
+                tx.add_spends("ws", periods, Decimal(cost))
+                tx.add_spends("ws", periods[:1], Decimal(cost))  # twice in one transaction
+        with store.read() as tx:
+            daily = tx.spend_by_subject("ws", "agent-daily", "2026-06-01")
+            monthly = tx.spend_by_subject("ws", "agent-monthly", "2026-06")
+        assert daily == {("ws", "a"): Decimal("0.200000000000000004")}
+        assert monthly == {("ws", "a"): Decimal("0.100000000000000002")}
+
+
 def test_a_priced_call_on_sqlite_writes_its_spend_in_one_statement_reading_it_once(tmp_path: Path) -> None:
     """The spend totals that the budget check read are the ones added to (a SQLite write holds the file):
     a batch reads them once and writes all three in one statement, whether or not they exist yet."""
@@ -285,6 +300,97 @@ def test_an_idempotency_key_is_honoured_for_24_hours_then_forgotten(
     assert not again.replayed and again.body["id"] != first.body["id"]  # a new request, not a replay
     now[0] += datetime.timedelta(hours=25)
     assert service.prune(datetime.timedelta(days=30))["idempotencyRecords"] == 1
+
+
+# -- prices are kept, never stale ------------------------------------------------------------------
+
+
+def _llm_call(step: int) -> dict[str, Any]:
+    return {
+        "type": "llm_call",
+        "stepIndex": step,
+        "provider": "test",
+        "model": "flat",
+        "tokensIn": 1000000,
+        "tokensOut": 0,
+    }
+
+
+def test_a_price_changed_by_another_store_applies_to_the_very_next_request(
+    db: Union[Path, str], now: list[datetime.datetime]
+) -> None:
+    """A server keeps a workspace's prices between requests, and each request's API key read says whether they
+    changed: a price set, changed or removed elsewhere (the CLI, another replica) prices the next request."""
+    with (
+        LedgerService(open_store(db), clock=lambda: now[0]) as server,
+        LedgerService(open_store(db), clock=lambda: now[0]) as cli,
+    ):
+        secret = cli.create_key("k", "ws").secret
+        cli.set_budget("ws", "agent", Decimal("1000"))
+        session = server.start_session("ws", "agent").body["id"]
+
+        def log(step: int) -> Decimal:
+            workspace = server.authenticate(secret)
+            assert workspace == "ws"
+            reply = server.log_events_request(workspace, {"sessionId": session, "events": [_llm_call(step)]}, None)
+            return Decimal(reply.body["costUsd"])
+
+        def reserve() -> Decimal:
+            workspace = server.authenticate(secret)
+            assert workspace is not None
+            body = {
+                "sessionId": session,
+                "provider": "test",
+                "model": "flat",
+                "estimate": {"tokensIn": 1000000, "tokensOut": 0},
+            }
+            reply = server.reserve_request(workspace, body, None)
+            server.release(workspace, reply.body["id"])
+            return Decimal(reply.body["reservedUsd"])
+
+        cli.set_price("ws", "test/flat", Rates(Decimal(2), Decimal(0), None, None))
+        assert (log(0), log(1), reserve()) == (Decimal(2), Decimal(2), Decimal(2))
+        for step, rate in enumerate(("3", "0.000001", "3")):  # even back to an earlier price: a new version
+            cli.set_price("ws", "test/flat", Rates(Decimal(rate), Decimal(0), None, None))
+            assert log(10 + step) == Decimal(rate)
+            assert reserve() == Decimal(rate)
+        cli.set_price("ws", "other/model", Rates(Decimal(5), Decimal(5), None, None))
+        assert log(20) == Decimal(3)
+        assert cli.remove_price("ws", "test/flat")
+        assert server.prices(server.authenticate(secret) or "") == {
+            "other/model": Rates(Decimal(5), Decimal(5), None, None)
+        }
+        body = {"sessionId": session, "events": [_llm_call(30)]}
+        with pytest.raises(Exception, match="price"):  # unpriced now, under a budget: refused
+            server.log_events_request(server.authenticate(secret) or "", body, None)
+        # A name that is not an authenticated request's reads the prices every time.
+        cli.set_price("ws", "test/flat", Rates(Decimal(7), Decimal(0), None, None))
+        assert server.prices("ws")["test/flat"].input_per_mtok == Decimal(7)
+
+
+def test_kept_prices_are_not_read_again_until_they_change(tmp_path: Path) -> None:
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(2), Decimal(0), None, None))
+        session = service.start_session("ws", "agent").body["id"]
+        assert isinstance(service.store, SQLiteStore)
+        reads: list[int] = []
+        for step in range(4):
+            if step == 2:
+                service.set_price("ws", "test/flat", Rates(Decimal(4), Decimal(0), None, None))
+            statements: list[str] = []
+            for connection in (service.store._writer, service.store._reader()):
+                connection.set_trace_callback(statements.append)
+            try:
+                workspace = service.authenticate(secret)
+                assert workspace is not None
+                service.log_events_request(workspace, {"sessionId": session, "events": [_llm_call(step)]}, None)
+            finally:
+                for connection in (service.store._writer, service.store._reader()):
+                    connection.set_trace_callback(None)
+            reads.append(sum("FROM prices" in s for s in statements))
+        assert reads == [1, 0, 1, 0]
+        assert service.get_session(session, "ws")["costUsd"] == Decimal(12)
 
 
 # -- reads ----------------------------------------------------------------------------------------

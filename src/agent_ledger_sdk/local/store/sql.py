@@ -203,6 +203,17 @@ class Tx:
     def key(self, key_id: str) -> Optional[dict[str, Any]]:
         return self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
 
+    def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
+        """A key, with ``prices_version``: its workspace's price version (:meth:`prices_version`), in one statement.
+        Every row read (not fetchone): on a SQLite connection outside a transaction, a statement left unfinished
+        would keep its snapshot."""
+        rows = self._all(
+            "SELECT k.*, COALESCE(v.version, 0) AS prices_version FROM api_keys k"
+            " LEFT JOIN price_versions v ON v.workspace = k.workspace WHERE k.id = ?",
+            (key_id,),
+        )
+        return rows[0] if rows else None
+
     def revoke_key(self, key_id: str, revoked_at: str) -> None:
         self._run("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (revoked_at, key_id))
 
@@ -892,17 +903,17 @@ class Tx:
                 [value for key in periods for value in (workspace, *key, money.text(cost))],
             )
             return
-        keys = [(workspace, *key) for key in periods]
-        unread = [key[1:] for key in keys if key not in self._spend]
+        keys = [(workspace, scope, subject, period) for scope, subject, period in periods]
+        unread = [key for key in keys if key not in self._spend]
         if unread:
             where = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in unread)
             rows = self._all(
-                f"SELECT scope, subject, period, amount FROM spend WHERE workspace = ? AND ({where})",
-                (workspace, *(value for key in unread for value in key)),
+                f"SELECT workspace, scope, subject, period, amount FROM spend WHERE workspace = ? AND ({where})",
+                (workspace, *(value for key in unread for value in key[1:])),
             )
-            found = {(r["scope"], r["subject"], r["period"]): r["amount"] for r in rows}
+            found = {(r["workspace"], r["scope"], r["subject"], r["period"]): r["amount"] for r in rows}
             for key in unread:
-                self._spend[(workspace, *key)] = amount(found.get(key))
+                self._spend[key] = amount(found.get(key))
         totals = [money.add(self._spend[key], cost) for key in keys]
         self._run(
             f"INSERT INTO spend (workspace, scope, subject, period, amount) VALUES {values}"
@@ -985,6 +996,18 @@ class Tx:
     def prices(self, workspace: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM prices WHERE workspace = ? ORDER BY name", (workspace,))
 
+    def prices_version(self, workspace: str) -> int:
+        """The version of the workspace's prices: one more at every change of them (0: never changed)."""
+        row = self._one("SELECT version FROM price_versions WHERE workspace = ?", (workspace,))
+        return 0 if row is None else int(row["version"])
+
+    def _prices_changed(self, workspace: str) -> None:
+        self._run(
+            "INSERT INTO price_versions (workspace, version) VALUES (?, 1)"
+            " ON CONFLICT (workspace) DO UPDATE SET version = price_versions.version + 1",
+            (workspace,),
+        )
+
     def put_price(self, workspace: str, name: str, rates: Sequence[Optional[Decimal]], updated_at: str) -> None:
         self._run(
             "INSERT INTO prices (workspace, name, input_per_mtok, output_per_mtok, cache_read_per_mtok,"
@@ -994,6 +1017,10 @@ class Tx:
             " cache_write_per_mtok = excluded.cache_write_per_mtok, updated_at = excluded.updated_at",
             (workspace, name, *(stored(rate) for rate in rates), updated_at),
         )
+        self._prices_changed(workspace)
 
     def remove_price(self, workspace: str, name: str) -> bool:
-        return bool(self._run("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount)
+        removed = bool(self._run("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount)
+        if removed:
+            self._prices_changed(workspace)
+        return removed
