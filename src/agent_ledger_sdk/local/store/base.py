@@ -82,6 +82,13 @@ class Store(abc.ABC):
         """A transaction that only reads, over a consistent snapshot."""
         yield  # type: ignore[misc]
 
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        """A read of ONE statement: no transaction around it (a statement reads one snapshot by itself), so it
+        costs the statement alone. Stores whose transactions cost nothing more may leave it to :meth:`read`."""
+        with self.read() as tx:
+            yield tx
+
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the schema the database has (0: empty)."""

@@ -233,6 +233,9 @@ CREATE TABLE otel_spans (
 CREATE INDEX otel_spans_by_session ON otel_spans (session_id)
 """
 
+# A version of each workspace's prices, one more at every change of them (see SQLite's version 8).
+_PRICE_VERSIONS = "CREATE TABLE price_versions (workspace TEXT PRIMARY KEY, version BIGINT NOT NULL)"
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
@@ -242,6 +245,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (5, "refused calls", _REFUSALS),
     (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _OTEL),
     (7, "session list indexes, session tags", _SESSION_LIST_INDEXES),
+    (8, "price versions", _PRICE_VERSIONS),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -327,6 +331,12 @@ class PostgresStore(Store):
             finally:
                 connection.isolation_level = None
                 connection.read_only = None
+
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        # Autocommit: one round trip (a transaction would add a BEGIN and a COMMIT).
+        with _refused_values(), self._pool.connection() as connection:
+            yield Tx(connection, POSTGRES)
 
     # -- schema ---------------------------------------------------------------------------
 

@@ -119,6 +119,13 @@ def _session_list_indexes(db: sqlite3.Connection) -> None:
     )
 
 
+def _price_versions(db: sqlite3.Connection) -> None:
+    """Version 8: a version of each workspace's prices, one more at every change of them (in the changing
+    transaction), read with the API key of each request: a server keeps the prices of a workspace until their
+    version changes, and a price set by the CLI or another server applies from the next request on."""
+    db.execute("CREATE TABLE price_versions (workspace TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID")
+
+
 SESSION_LIST_INDEXES = (
     "CREATE INDEX sessions_by_status ON sessions (workspace, status, seq)",
     "CREATE INDEX sessions_by_agent_status ON sessions (workspace, agent_name, status, seq)",
@@ -139,6 +146,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "refused calls", _refusals),
     (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _otel),
     (7, "session list indexes, session tags", _session_list_indexes),
+    (8, "price versions", _price_versions),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -225,6 +233,14 @@ class SQLiteStore(Store):
             yield Tx(db, SQLITE)
         finally:
             db.execute("COMMIT")
+
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        if self._memory:
+            with self.read() as tx:
+                yield tx
+            return
+        yield Tx(self._reader(), SQLITE)  # autocommit: the statement is its own read transaction
 
     # -- schema ---------------------------------------------------------------------------
 
