@@ -599,7 +599,7 @@ class LedgerService:
         # reservation to settle or a budget to check. Otherwise the session's row lock orders the writes
         # of a session, and spend is added in place, so that replicas ingest side by side. The lock is
         # always taken before the session's row, as every other write of the workspace takes them.
-        with self.store.write(workspace if idempotency is not None else None) as tx:
+        with self.store.pipelined_write(workspace if idempotency is not None else None) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
@@ -1087,7 +1087,7 @@ class LedgerService:
         pricing: Optional[Callable[[Mapping[str, Rates]], ReservationRequest]] = None,
     ) -> Reply:
         now = self._now()
-        with self.store.write(workspace) as tx:
+        with self.store.pipelined_write(workspace) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
@@ -1140,7 +1140,7 @@ class LedgerService:
 
     def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency] = None) -> Reply:
         now = self._now()
-        with self.store.write(workspace) as tx:
+        with self.store.pipelined_write(workspace) as tx:
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay

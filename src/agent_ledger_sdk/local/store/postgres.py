@@ -318,6 +318,20 @@ class PostgresStore(Store):
             yield Tx(connection, POSTGRES)
 
     @contextmanager
+    def pipelined_write(self, workspace: Optional[str]) -> Iterator[Tx]:
+        # BEGIN and the workspace's lock go out with the first statement whose rows are read, the writes
+        # with the COMMIT: a reservation is 4 round trips, not 7.
+        with (
+            _refused_values(),
+            self._pool.connection() as connection,
+            connection.pipeline(),
+            connection.transaction(),
+        ):
+            if workspace is not None:
+                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (workspace,))
+            yield Tx(connection, POSTGRES)
+
+    @contextmanager
     def read(self) -> Iterator[Tx]:
         from psycopg import IsolationLevel
 
