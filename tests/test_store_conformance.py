@@ -644,3 +644,34 @@ def test_the_tag_filter_finds_exactly_the_sessions_with_every_tag_and_forgets_de
     service.delete_session("ws", made[("a", "b")])
     assert listed("a") == [made[("a",)]]
     assert listed("b") == [made[("b",)]]
+
+
+def test_a_reservation_request_is_priced_once_and_a_refusal_still_names_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of genai-prices costs ~0.2 ms of CPU a pricing: a reservation prices its call once, in its
+    transaction, with the workspace's prices."""
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "agent", Decimal("0.5"))
+        session = service.start_session("ws", "agent").body["id"]
+        calls: list[tuple[str, str]] = []
+        price = service.price_book.price
+
+        def counted(provider: str, model: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append((provider, model))
+            return price(provider, model, *args, **kwargs)
+
+        monkeypatch.setattr(service.price_book, "price", counted)
+        body = {
+            "sessionId": session,
+            "provider": "test",
+            "model": "flat",
+            "estimate": {"tokensIn": 100000, "tokensOut": 0},
+        }
+        assert service.reserve_request("ws", body, None).body["reservedUsd"] == Decimal("0.1")
+        assert calls == [("test", "flat")]
+        with pytest.raises(BudgetExceeded):
+            service.reserve_request("ws", {**body, "estimate": {"tokensIn": 1000000, "tokensOut": 0}}, None)
+        (refusal,) = service.recent_refusals("ws")
+        assert (refusal["provider"], refusal["model"], refusal["costUsd"]) == ("test", "flat", Decimal(1))

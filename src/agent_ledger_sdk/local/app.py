@@ -155,7 +155,10 @@ class LedgerAPI:
 
     @staticmethod
     def _idempotency(request: Request, raw: bytes) -> Optional[Idempotency]:
-        return _idempotency_of(request.method, request.url.path, request.headers.get("idempotency-key"), raw)
+        key = request.headers.get("idempotency-key")
+        if not key:
+            return None  # the request's URL is not made (tens of µs on the path of every call)
+        return _idempotency_of(request.method, request.url.path, key, raw)
 
     # -- the published protocol ---------------------------------------------------
 
@@ -186,7 +189,7 @@ class LedgerAPI:
             await self._workspace(request)  # a bad key is a 401 first
             raise
         idempotency_key = request.headers.get("idempotency-key")
-        path = request.url.path
+        path = request.url.path if idempotency_key else ""  # only an idempotency key's fingerprint reads it
         return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path))
 
     def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str) -> Reply:
