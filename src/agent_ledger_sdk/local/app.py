@@ -111,7 +111,8 @@ def _reply(reply: Reply) -> Response:
 
 def _no_nul(request: Request) -> None:
     """Refuse U+0000 in the path and the query: no database text column can hold it (PostgreSQL refuses it)."""
-    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+    query = request.query_params.multi_items() if request.scope.get("query_string") else []  # none: not parsed
+    for name, value in [*request.path_params.items(), *query]:
         if isinstance(value, str) and "\x00" in value:
             raise BadInput(f"{name} contains U+0000 (a NUL character), which the ledger cannot store; remove it.")
 
