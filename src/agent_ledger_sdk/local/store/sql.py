@@ -151,6 +151,7 @@ def stored(value: Optional[Decimal]) -> Optional[str]:
 
 
 _IDENT = re.compile(r"[a-z_]+\Z")
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}  # the statement of Tx._insert, by table and columns
 
 
 class Tx:
@@ -176,13 +177,14 @@ class Tx:
         return [dict(row) for row in self._run(statement, params).fetchall()]
 
     def _insert(self, table: str, values: dict[str, Any]) -> None:
-        columns = list(values)
-        assert _IDENT.match(table)
-        assert all(_IDENT.match(c) for c in columns)
-        self._run(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [values[c] for c in columns],
-        )
+        columns = tuple(values)
+        statement = _INSERTS.get((table, columns))
+        if statement is None:  # made once for each table and set of columns (the code's, a handful)
+            assert _IDENT.match(table)
+            assert all(_IDENT.match(c) for c in columns)
+            statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            _INSERTS[(table, columns)] = statement
+        self._run(statement, [values[c] for c in columns])
 
     def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = [tuple(row) for row in rows]
