@@ -25,6 +25,7 @@ pytest.importorskip("starlette", reason="the local ledger needs the server extra
 from agent_ledger_sdk.local.budgets import iso
 from agent_ledger_sdk.local.pricing import Rates
 from agent_ledger_sdk.local.records import (
+    BadInput,
     BudgetExceeded,
     Conflict,
     Idempotency,
@@ -675,3 +676,26 @@ def test_a_reservation_request_is_priced_once_and_a_refusal_still_names_the_mode
             service.reserve_request("ws", {**body, "estimate": {"tokensIn": 1000000, "tokensOut": 0}}, None)
         (refusal,) = service.recent_refusals("ws")
         assert (refusal["provider"], refusal["model"], refusal["costUsd"]) == ("test", "flat", Decimal(1))
+
+
+def test_a_hot_path_write_that_fails_leaves_nothing_and_the_store_usable(db: Union[Path, str]) -> None:
+    """Store.pipelined_write (PostgreSQL: pipeline mode, its own BEGIN and COMMIT): an error in the block, or a
+    value the database refuses, rolls the whole transaction back, and the next write goes through."""
+    rates = (Decimal(1), Decimal(1), None, None)
+    with open_store(db) as store:
+        with pytest.raises(RuntimeError), store.pipelined_write("ws") as tx:
+            tx.put_price("ws", "a", rates, "t")
+            raise RuntimeError("refused in Python")
+        if not isinstance(store, SQLiteStore):  # SQLite stores a NUL
+            with pytest.raises(BadInput, match="cannot store a value"), store.pipelined_write("ws") as tx:
+                tx.put_price("ws", "b", rates, "t")
+                tx.put_price("ws", "c\x00", rates, "t")
+                tx.put_price("ws", "d", rates, "t")
+        for _ in range(3):  # a pool's connections are each reused
+            with store.pipelined_write("ws") as tx:
+                tx.put_price("ws", "e", rates, "t")
+            with store.pipelined_write(None) as tx:
+                assert [row["name"] for row in tx.prices("ws")] == ["e"]
+        with store.read() as tx:
+            assert [row["name"] for row in tx.prices("ws")] == ["e"]
+            assert tx.prices_version("ws") == 3
