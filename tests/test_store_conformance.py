@@ -23,7 +23,9 @@ import pytest
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
 from agent_ledger_sdk.local.budgets import iso
+from agent_ledger_sdk.local.pricing import Rates
 from agent_ledger_sdk.local.records import (
+    BadInput,
     BudgetExceeded,
     Conflict,
     Idempotency,
@@ -184,6 +186,88 @@ def test_32_threads_on_one_budget_never_over_grant(service: LedgerService) -> No
     assert (budget["spentTodayUsd"], budget["reservedUsd"]) == (Decimal("0.010"), Decimal("0"))
 
 
+def test_spend_adds_up_exactly_across_threads_and_store_instances(
+    db: Union[Path, str], now: list[datetime.datetime]
+) -> None:
+    """Each batch adds its cost to three spend totals in one statement: from two stores (two processes, as far as
+    the database knows) and many threads at once, with and without a budget to check, no addition is lost and
+    none is rounded (SQLite adds exact text in Python, PostgreSQL NUMERIC in the statement)."""
+    with (
+        LedgerService(open_store(db), clock=lambda: now[0]) as first,
+        LedgerService(open_store(db), clock=lambda: now[0]) as second,
+    ):
+        first.set_budget("ws", "budgeted", Decimal("1000"))
+        first.set_workspace_budget("ws", Decimal("1000"))
+        sessions = {agent: first.start_session("ws", agent).body["id"] for agent in ("budgeted", "free")}
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def work(number: int) -> None:
+            service = (first, second)[number % 2]
+            agent = ("budgeted", "free")[number // 4]
+            barrier.wait()
+            try:
+                for step in range(10):
+                    service.append_events(
+                        "ws", sessions[agent], [call("0.000000000000000001", step), call("0.1", step)]
+                    )
+            except BaseException as exc:  # pragma: no cover - the assertion below shows it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        each = Decimal("0.100000000000000001") * 40  # 4 threads of an agent, 10 batches each
+        budgets = {b["agentName"]: b for b in second.budgets("ws")}
+        assert budgets["budgeted"]["spentTodayUsd"] == budgets["budgeted"]["spentThisMonthUsd"] == each
+        assert budgets["free"]["spentTodayUsd"] == each
+        (workspace,) = second.workspace_budgets("ws")
+        assert workspace["spentTodayUsd"] == 2 * each
+        # A new day starts new daily totals; the month's goes on.
+        now[0] += datetime.timedelta(days=1)
+        first.append_events("ws", sessions["budgeted"], [call("0.25")])
+        budgets = {b["agentName"]: b for b in first.budgets("ws")}
+        assert budgets["budgeted"]["spentTodayUsd"] == Decimal("0.25")
+        assert budgets["budgeted"]["spentThisMonthUsd"] == each + Decimal("0.25")
+
+
+def test_spend_added_without_reading_it_first_adds_to_what_is_stored(db: Union[Path, str]) -> None:
+    with open_store(db) as store:
+        periods = [("agent-daily", "a", "2026-06-01"), ("agent-monthly", "a", "2026-06"), ("workspace-daily", "", "d")]
+        for cost in ("0.1", "0.000000000000000002"):
+            with store.write("ws") as tx:
+                tx.add_spends("ws", periods, Decimal(cost))
+                tx.add_spends("ws", periods[:1], Decimal(cost))  # twice in one transaction
+        with store.read() as tx:
+            daily = tx.spend_by_subject("ws", "agent-daily", "2026-06-01")
+            monthly = tx.spend_by_subject("ws", "agent-monthly", "2026-06")
+        assert daily == {("ws", "a"): Decimal("0.200000000000000004")}
+        assert monthly == {("ws", "a"): Decimal("0.100000000000000002")}
+
+
+def test_a_priced_call_on_sqlite_writes_its_spend_in_one_statement_reading_it_once(tmp_path: Path) -> None:
+    """The spend totals that the budget check read are the ones added to (a SQLite write holds the file):
+    a batch reads them once and writes all three in one statement, whether or not they exist yet."""
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        service.set_budget("ws", "agent", Decimal("10"))
+        session = service.start_session("ws", "agent").body["id"]
+        assert isinstance(service.store, SQLiteStore)
+        for cost in ("0.1", "0.000000000000000001"):
+            statements: list[str] = []
+            service.store._writer.set_trace_callback(statements.append)
+            try:
+                service.append_events("ws", session, [call(cost)])
+            finally:
+                service.store._writer.set_trace_callback(None)
+            assert sum("FROM spend" in s for s in statements) == 1  # budget_state's read
+            assert sum("INTO spend" in s for s in statements) == 1
+        (budget,) = service.budgets("ws")
+        assert budget["spentTodayUsd"] == budget["spentThisMonthUsd"] == Decimal("0.100000000000000001")
+
+
 def test_one_idempotency_key_from_many_threads_is_applied_once(service: LedgerService) -> None:
     session = service.start_session("ws", "agent").body["id"]
     key = Idempotency("retry-1", "fingerprint")
@@ -217,6 +301,97 @@ def test_an_idempotency_key_is_honoured_for_24_hours_then_forgotten(
     assert not again.replayed and again.body["id"] != first.body["id"]  # a new request, not a replay
     now[0] += datetime.timedelta(hours=25)
     assert service.prune(datetime.timedelta(days=30))["idempotencyRecords"] == 1
+
+
+# -- prices are kept, never stale ------------------------------------------------------------------
+
+
+def _llm_call(step: int) -> dict[str, Any]:
+    return {
+        "type": "llm_call",
+        "stepIndex": step,
+        "provider": "test",
+        "model": "flat",
+        "tokensIn": 1000000,
+        "tokensOut": 0,
+    }
+
+
+def test_a_price_changed_by_another_store_applies_to_the_very_next_request(
+    db: Union[Path, str], now: list[datetime.datetime]
+) -> None:
+    """A server keeps a workspace's prices between requests, and each request's API key read says whether they
+    changed: a price set, changed or removed elsewhere (the CLI, another replica) prices the next request."""
+    with (
+        LedgerService(open_store(db), clock=lambda: now[0]) as server,
+        LedgerService(open_store(db), clock=lambda: now[0]) as cli,
+    ):
+        secret = cli.create_key("k", "ws").secret
+        cli.set_budget("ws", "agent", Decimal("1000"))
+        session = server.start_session("ws", "agent").body["id"]
+
+        def log(step: int) -> Decimal:
+            workspace = server.authenticate(secret)
+            assert workspace == "ws"
+            reply = server.log_events_request(workspace, {"sessionId": session, "events": [_llm_call(step)]}, None)
+            return Decimal(reply.body["costUsd"])
+
+        def reserve() -> Decimal:
+            workspace = server.authenticate(secret)
+            assert workspace is not None
+            body = {
+                "sessionId": session,
+                "provider": "test",
+                "model": "flat",
+                "estimate": {"tokensIn": 1000000, "tokensOut": 0},
+            }
+            reply = server.reserve_request(workspace, body, None)
+            server.release(workspace, reply.body["id"])
+            return Decimal(reply.body["reservedUsd"])
+
+        cli.set_price("ws", "test/flat", Rates(Decimal(2), Decimal(0), None, None))
+        assert (log(0), log(1), reserve()) == (Decimal(2), Decimal(2), Decimal(2))
+        for step, rate in enumerate(("3", "0.000001", "3")):  # even back to an earlier price: a new version
+            cli.set_price("ws", "test/flat", Rates(Decimal(rate), Decimal(0), None, None))
+            assert log(10 + step) == Decimal(rate)
+            assert reserve() == Decimal(rate)
+        cli.set_price("ws", "other/model", Rates(Decimal(5), Decimal(5), None, None))
+        assert log(20) == Decimal(3)
+        assert cli.remove_price("ws", "test/flat")
+        assert server.prices(server.authenticate(secret) or "") == {
+            "other/model": Rates(Decimal(5), Decimal(5), None, None)
+        }
+        body = {"sessionId": session, "events": [_llm_call(30)]}
+        with pytest.raises(Exception, match="price"):  # unpriced now, under a budget: refused
+            server.log_events_request(server.authenticate(secret) or "", body, None)
+        # A name that is not an authenticated request's reads the prices every time.
+        cli.set_price("ws", "test/flat", Rates(Decimal(7), Decimal(0), None, None))
+        assert server.prices("ws")["test/flat"].input_per_mtok == Decimal(7)
+
+
+def test_kept_prices_are_not_read_again_until_they_change(tmp_path: Path) -> None:
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(2), Decimal(0), None, None))
+        session = service.start_session("ws", "agent").body["id"]
+        assert isinstance(service.store, SQLiteStore)
+        reads: list[int] = []
+        for step in range(4):
+            if step == 2:
+                service.set_price("ws", "test/flat", Rates(Decimal(4), Decimal(0), None, None))
+            statements: list[str] = []
+            for connection in (service.store._writer, service.store._reader()):
+                connection.set_trace_callback(statements.append)
+            try:
+                workspace = service.authenticate(secret)
+                assert workspace is not None
+                service.log_events_request(workspace, {"sessionId": session, "events": [_llm_call(step)]}, None)
+            finally:
+                for connection in (service.store._writer, service.store._reader()):
+                    connection.set_trace_callback(None)
+            reads.append(sum("FROM prices" in s for s in statements))
+        assert reads == [1, 0, 1, 0]
+        assert service.get_session(session, "ws")["costUsd"] == Decimal(12)
 
 
 # -- reads ----------------------------------------------------------------------------------------
@@ -470,3 +645,57 @@ def test_the_tag_filter_finds_exactly_the_sessions_with_every_tag_and_forgets_de
     service.delete_session("ws", made[("a", "b")])
     assert listed("a") == [made[("a",)]]
     assert listed("b") == [made[("b",)]]
+
+
+def test_a_reservation_request_is_priced_once_and_a_refusal_still_names_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of genai-prices costs ~0.2 ms of CPU a pricing: a reservation prices its call once, in its
+    transaction, with the workspace's prices."""
+    with LedgerService(SQLiteStore(tmp_path / "ledger.db")) as service:
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "agent", Decimal("0.5"))
+        session = service.start_session("ws", "agent").body["id"]
+        calls: list[tuple[str, str]] = []
+        price = service.price_book.price
+
+        def counted(provider: str, model: str, *args: Any, **kwargs: Any) -> Any:
+            calls.append((provider, model))
+            return price(provider, model, *args, **kwargs)
+
+        monkeypatch.setattr(service.price_book, "price", counted)
+        body = {
+            "sessionId": session,
+            "provider": "test",
+            "model": "flat",
+            "estimate": {"tokensIn": 100000, "tokensOut": 0},
+        }
+        assert service.reserve_request("ws", body, None).body["reservedUsd"] == Decimal("0.1")
+        assert calls == [("test", "flat")]
+        with pytest.raises(BudgetExceeded):
+            service.reserve_request("ws", {**body, "estimate": {"tokensIn": 1000000, "tokensOut": 0}}, None)
+        (refusal,) = service.recent_refusals("ws")
+        assert (refusal["provider"], refusal["model"], refusal["costUsd"]) == ("test", "flat", Decimal(1))
+
+
+def test_a_hot_path_write_that_fails_leaves_nothing_and_the_store_usable(db: Union[Path, str]) -> None:
+    """Store.pipelined_write (PostgreSQL: pipeline mode, its own BEGIN and COMMIT): an error in the block, or a
+    value the database refuses, rolls the whole transaction back, and the next write goes through."""
+    rates = (Decimal(1), Decimal(1), None, None)
+    with open_store(db) as store:
+        with pytest.raises(RuntimeError), store.pipelined_write("ws") as tx:
+            tx.put_price("ws", "a", rates, "t")
+            raise RuntimeError("refused in Python")
+        if not isinstance(store, SQLiteStore):  # SQLite stores a NUL
+            with pytest.raises(BadInput, match="cannot store a value"), store.pipelined_write("ws") as tx:
+                tx.put_price("ws", "b", rates, "t")
+                tx.put_price("ws", "c\x00", rates, "t")
+                tx.put_price("ws", "d", rates, "t")
+        for _ in range(3):  # a pool's connections are each reused
+            with store.pipelined_write("ws") as tx:
+                tx.put_price("ws", "e", rates, "t")
+            with store.pipelined_write(None) as tx:
+                assert [row["name"] for row in tx.prices("ws")] == ["e"]
+        with store.read() as tx:
+            assert [row["name"] for row in tx.prices("ws")] == ["e"]
+            assert tx.prices_version("ws") == 3

@@ -112,7 +112,8 @@ def _reply(reply: Reply) -> Response:
 
 def _no_nul(request: Request) -> None:
     """Refuse U+0000 in the path and the query: no database text column can hold it (PostgreSQL refuses it)."""
-    for name, value in [*request.path_params.items(), *request.query_params.multi_items()]:
+    query = request.query_params.multi_items() if request.scope.get("query_string") else []  # none: not parsed
+    for name, value in [*request.path_params.items(), *query]:
         if isinstance(value, str) and "\x00" in value:
             raise BadInput(f"{name} contains U+0000 (a NUL character), which the ledger cannot store; remove it.")
 
@@ -156,7 +157,10 @@ class LedgerAPI:
 
     @staticmethod
     def _idempotency(request: Request, raw: bytes) -> Optional[Idempotency]:
-        return _idempotency_of(request.method, request.url.path, request.headers.get("idempotency-key"), raw)
+        key = request.headers.get("idempotency-key")
+        if not key:
+            return None  # the request's URL is not made (tens of µs on the path of every call)
+        return _idempotency_of(request.method, request.url.path, key, raw)
 
     # -- the published protocol ---------------------------------------------------
 
@@ -187,7 +191,7 @@ class LedgerAPI:
             await self._workspace(request)  # a bad key is a 401 first
             raise
         idempotency_key = request.headers.get("idempotency-key")
-        path = request.url.path
+        path = request.url.path if idempotency_key else ""  # only an idempotency key's fingerprint reads it
         priced = request.headers.get(PRICED_HEADER, "").lower() == "true"  # the SDK's OpenTelemetry spans ask
         return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path, priced))
 

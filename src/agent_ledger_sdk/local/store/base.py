@@ -82,6 +82,22 @@ class Store(abc.ABC):
         """A transaction that only reads, over a consistent snapshot."""
         yield  # type: ignore[misc]
 
+    @contextmanager
+    def pipelined_write(self, workspace: Optional[str]) -> Iterator[Tx]:
+        """:meth:`write`, for the hot paths: a store over a network may send a statement whose result is not read
+        with the next one instead of waiting for it (PostgreSQL's pipeline mode). A database error then raises
+        at a later statement of the transaction, or at its end; and a statement's ``rowcount`` is not known
+        until then: only for transactions that read none."""
+        with self.write(workspace) as tx:
+            yield tx
+
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        """A read of ONE statement: no transaction around it (a statement reads one snapshot by itself), so it
+        costs the statement alone. Stores whose transactions cost nothing more may leave it to :meth:`read`."""
+        with self.read() as tx:
+            yield tx
+
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the schema the database has (0: empty)."""

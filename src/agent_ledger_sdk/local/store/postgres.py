@@ -8,7 +8,7 @@ runs it, so a budget is never over-granted and a retried request is never
 applied twice. Workspaces do not wait for one another. A batch of events takes
 the lock only when it needs it (``Tx.lock_workspace``: an idempotency key, a
 budget to check, a reservation to settle); otherwise its session's row lock
-orders it, and its spend is added in the statement (``Tx.add_spent``). Reads run at
+orders it, and its spend is added in the statement (``Tx.add_spends``). Reads run at
 ``REPEATABLE READ``: one snapshot, whatever commits meanwhile.
 
 Schema changes are versioned migrations (``MIGRATIONS``), applied in one
@@ -233,6 +233,9 @@ CREATE TABLE otel_spans (
 CREATE INDEX otel_spans_by_session ON otel_spans (session_id)
 """
 
+# A version of each workspace's prices, one more at every change of them (see SQLite's version 8).
+_PRICE_VERSIONS = "CREATE TABLE price_versions (workspace TEXT PRIMARY KEY, version BIGINT NOT NULL)"
+
 # The same versions as SQLite's: version N means the same tables on both.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "baseline", _BASELINE),
@@ -242,6 +245,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (5, "refused calls", _REFUSALS),
     (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _OTEL),
     (7, "session list indexes, session tags", _SESSION_LIST_INDEXES),
+    (8, "price versions", _PRICE_VERSIONS),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -314,6 +318,25 @@ class PostgresStore(Store):
             yield Tx(connection, POSTGRES)
 
     @contextmanager
+    def pipelined_write(self, workspace: Optional[str]) -> Iterator[Tx]:
+        # BEGIN and the workspace's lock go out with the first statement whose rows are read, the writes with
+        # the COMMIT and one Sync: a reservation waits on 3 round trips (4 with the key's read), not 7. The
+        # transaction is BEGIN ... COMMIT of its own: psycopg's transaction() waits on its BEGIN and on a Sync
+        # before its COMMIT. The lock is still the first statement after BEGIN.
+        with _refused_values(), self._pool.connection() as connection:
+            try:
+                with connection.pipeline():
+                    connection.execute("BEGIN")
+                    if workspace is not None:
+                        connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (workspace,))
+                    yield Tx(connection, POSTGRES)
+                    connection.execute("COMMIT")
+                # Leaving the pipeline read every result: an error of any statement, COMMIT's included, raised.
+            except BaseException:
+                connection.rollback()  # nothing if the transaction ended (a failed COMMIT rolls back)
+                raise
+
+    @contextmanager
     def read(self) -> Iterator[Tx]:
         from psycopg import IsolationLevel
 
@@ -327,6 +350,12 @@ class PostgresStore(Store):
             finally:
                 connection.isolation_level = None
                 connection.read_only = None
+
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        # Autocommit: one round trip (a transaction would add a BEGIN and a COMMIT).
+        with _refused_values(), self._pool.connection() as connection:
+            yield Tx(connection, POSTGRES)
 
     # -- schema ---------------------------------------------------------------------------
 

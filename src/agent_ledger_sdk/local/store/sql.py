@@ -151,6 +151,7 @@ def stored(value: Optional[Decimal]) -> Optional[str]:
 
 
 _IDENT = re.compile(r"[a-z_]+\Z")
+_INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}  # the statement of Tx._insert, by table and columns
 
 
 class Tx:
@@ -159,6 +160,9 @@ class Tx:
     def __init__(self, connection: Any, dialect: Dialect) -> None:
         self._db = connection
         self._dialect = dialect
+        # SQLite: the spend amounts this transaction read (budget_state) or wrote, by (workspace, scope, subject, period);
+        # a write holds the whole file, so they stay current until the commit and add_spent need not read them.
+        self._spend: dict[tuple[str, str, str, str], Decimal] = {}
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -173,13 +177,14 @@ class Tx:
         return [dict(row) for row in self._run(statement, params).fetchall()]
 
     def _insert(self, table: str, values: dict[str, Any]) -> None:
-        columns = list(values)
-        assert _IDENT.match(table)
-        assert all(_IDENT.match(c) for c in columns)
-        self._run(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [values[c] for c in columns],
-        )
+        columns = tuple(values)
+        statement = _INSERTS.get((table, columns))
+        if statement is None:  # made once for each table and set of columns (the code's, a handful)
+            assert _IDENT.match(table)
+            assert all(_IDENT.match(c) for c in columns)
+            statement = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+            _INSERTS[(table, columns)] = statement
+        self._run(statement, [values[c] for c in columns])
 
     def _many(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
         batch = [tuple(row) for row in rows]
@@ -199,6 +204,17 @@ class Tx:
 
     def key(self, key_id: str) -> Optional[dict[str, Any]]:
         return self._one("SELECT * FROM api_keys WHERE id = ?", (key_id,))
+
+    def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
+        """A key, with ``prices_version``: its workspace's price version (:meth:`prices_version`), in one statement.
+        Every row read (not fetchone): on a SQLite connection outside a transaction, a statement left unfinished
+        would keep its snapshot."""
+        rows = self._all(
+            "SELECT k.*, COALESCE(v.version, 0) AS prices_version FROM api_keys k"
+            " LEFT JOIN price_versions v ON v.workspace = k.workspace WHERE k.id = ?",
+            (key_id,),
+        )
+        return rows[0] if rows else None
 
     def revoke_key(self, key_id: str, revoked_at: str) -> None:
         self._run("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (revoked_at, key_id))
@@ -819,7 +835,7 @@ class Tx:
         unpriced), 'spend' (a: amount, b: scope, c: subject) and 'held' (a: amount, b: agent, c: session);
         every value as text (or NULL)."""
         spend = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in periods) or "1 = 0"
-        return self._all(
+        rows = self._all(
             "SELECT 'agent' AS kind, CAST(daily_limit AS TEXT) AS a, CAST(monthly_limit AS TEXT) AS b,"
             " CAST(warn_at_percent AS TEXT) AS c FROM agent_budgets WHERE workspace = ? AND agent_name = ?"
             " UNION ALL SELECT 'settings', CAST(daily_limit AS TEXT), CAST(warn_at_percent AS TEXT),"
@@ -837,8 +853,20 @@ class Tx:
                 now,
             ),
         )
+        if periods and self._dialect.name == "sqlite":
+            read = {(r["b"], r["c"]): r["a"] for r in rows if r["kind"] == "spend"}
+            self._remember_spend(workspace, periods, read)
+        return rows
 
     # -- spend --------------------------------------------------------------------------------
+
+    def _remember_spend(
+        self, workspace: str, periods: Sequence[tuple[str, str, str]], read: dict[tuple[str, str], Any]
+    ) -> None:
+        """Keep what the spend of ``periods`` was read to be (no row: 0). A scope and subject have one period each in
+        a read, so the rows are told apart by those two."""
+        for scope, subject, period in periods:
+            self._spend[(workspace, scope, subject, period)] = amount(read.get((scope, subject)))
 
     def spent(self, workspace: str, scope: str, subject: str, period: str) -> Decimal:
         row = self._one(
@@ -853,21 +881,49 @@ class Tx:
             " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
             (workspace, scope, subject, period, money.text(total)),
         )
+        self._spend.pop((workspace, scope, subject, period), None)
 
     def add_spent(self, workspace: str, scope: str, subject: str, period: str, cost: Decimal) -> None:
-        """Add ``cost`` to a spend total. PostgreSQL adds in the statement (NUMERIC: exact), so that writes
-        that hold no workspace lock never lose one another's; SQLite (amounts as text) reads, adds and
-        writes, within its one write at a time."""
+        """Add ``cost`` to a spend total (see :meth:`add_spends`)."""
+        self.add_spends(workspace, [(scope, subject, period)], cost)
+
+    def add_spends(self, workspace: str, periods: Sequence[tuple[str, str, str]], cost: Decimal) -> None:
+        """Add ``cost`` to the spend totals of ``periods`` ((scope, subject, period) each, all different), in one
+        statement that writes them in that order.
+
+        PostgreSQL adds in the statement (NUMERIC: exact), so that writes that hold no workspace lock never lose
+        one another's. SQLite (amounts as exact text, no exact arithmetic in SQL) adds in Python, within its one
+        write at a time: the totals this transaction read already (``budget_state``) are not read again, the others
+        in one statement."""
+        if not periods:
+            return
+        values = ", ".join("(?, ?, ?, ?, ?)" for _ in periods)
         if self._dialect.name == "postgresql":
             self._run(
-                "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?::numeric)"
+                f"INSERT INTO spend (workspace, scope, subject, period, amount) VALUES {values}"
                 " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = spend.amount + excluded.amount",
-                (workspace, scope, subject, period, money.text(cost)),
+                [value for key in periods for value in (workspace, *key, money.text(cost))],
             )
             return
-        self.set_spent(
-            workspace, scope, subject, period, money.add(self.spent(workspace, scope, subject, period), cost)
+        keys = [(workspace, scope, subject, period) for scope, subject, period in periods]
+        unread = [key for key in keys if key not in self._spend]
+        if unread:
+            where = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in unread)
+            rows = self._all(
+                f"SELECT workspace, scope, subject, period, amount FROM spend WHERE workspace = ? AND ({where})",
+                (workspace, *(value for key in unread for value in key[1:])),
+            )
+            found = {(r["workspace"], r["scope"], r["subject"], r["period"]): r["amount"] for r in rows}
+            for key in unread:
+                self._spend[key] = amount(found.get(key))
+        totals = [money.add(self._spend[key], cost) for key in keys]
+        self._run(
+            f"INSERT INTO spend (workspace, scope, subject, period, amount) VALUES {values}"
+            " ON CONFLICT (workspace, scope, subject, period) DO UPDATE SET amount = excluded.amount",
+            [value for key, total in zip(keys, totals) for value in (*key, money.text(total))],
         )
+        for key, total in zip(keys, totals):
+            self._spend[key] = total
 
     @property
     def locks_workspaces(self) -> bool:
@@ -942,6 +998,18 @@ class Tx:
     def prices(self, workspace: str) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM prices WHERE workspace = ? ORDER BY name", (workspace,))
 
+    def prices_version(self, workspace: str) -> int:
+        """The version of the workspace's prices: one more at every change of them (0: never changed)."""
+        row = self._one("SELECT version FROM price_versions WHERE workspace = ?", (workspace,))
+        return 0 if row is None else int(row["version"])
+
+    def _prices_changed(self, workspace: str) -> None:
+        self._run(
+            "INSERT INTO price_versions (workspace, version) VALUES (?, 1)"
+            " ON CONFLICT (workspace) DO UPDATE SET version = price_versions.version + 1",
+            (workspace,),
+        )
+
     def put_price(self, workspace: str, name: str, rates: Sequence[Optional[Decimal]], updated_at: str) -> None:
         self._run(
             "INSERT INTO prices (workspace, name, input_per_mtok, output_per_mtok, cache_read_per_mtok,"
@@ -951,6 +1019,10 @@ class Tx:
             " cache_write_per_mtok = excluded.cache_write_per_mtok, updated_at = excluded.updated_at",
             (workspace, name, *(stored(rate) for rate in rates), updated_at),
         )
+        self._prices_changed(workspace)
 
     def remove_price(self, workspace: str, name: str) -> bool:
-        return bool(self._run("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount)
+        removed = bool(self._run("DELETE FROM prices WHERE workspace = ? AND name = ?", (workspace, name)).rowcount)
+        if removed:
+            self._prices_changed(workspace)
+        return removed

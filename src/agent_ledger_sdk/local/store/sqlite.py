@@ -33,6 +33,7 @@ logger = logging.getLogger("agent_ledger_sdk")
 
 CHECKPOINT_INTERVAL = 0.05  # seconds between background checkpoints, while writes come
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
+BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
 CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
 BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's before "database is locked"
 
@@ -133,6 +134,13 @@ def _session_list_indexes(db: sqlite3.Connection) -> None:
     )
 
 
+def _price_versions(db: sqlite3.Connection) -> None:
+    """Version 8: a version of each workspace's prices, one more at every change of them (in the changing
+    transaction), read with the API key of each request: a server keeps the prices of a workspace until their
+    version changes, and a price set by the CLI or another server applies from the next request on."""
+    db.execute("CREATE TABLE price_versions (workspace TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID")
+
+
 SESSION_LIST_INDEXES = (
     "CREATE INDEX sessions_by_status ON sessions (workspace, status, seq)",
     "CREATE INDEX sessions_by_agent_status ON sessions (workspace, agent_name, status, seq)",
@@ -153,6 +161,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (5, "refused calls", _refusals),
     (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _otel),
     (7, "session list indexes, session tags", _session_list_indexes),
+    (8, "price versions", _price_versions),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -177,8 +186,12 @@ class SQLiteStore(Store):
         if not self._memory:
             # Checkpoints run on a thread of their own (_Checkpointer), not in the COMMIT of whichever write
             # takes the WAL past 1000 pages: that COMMIT copied the pages and waited for two fsyncs while it
-            # held the write lock (about 1.3 ms a batch of 100 events on average, measured).
-            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            # held the write lock (about 1.3 ms a batch of 100 events on average, measured). SQLite's own
+            # stays, far out, as a backstop: writes faster than the thread copies (or a thread starved of the
+            # GIL) make the write that takes the WAL to BACKSTOP_PAGES checkpoint, as before.
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
+            # A WAL that grew past this (a burst of writes) is cut back to it when it starts over, not kept.
+            self._writer.execute(f"PRAGMA journal_size_limit={BACKSTOP_PAGES * 4096}")
             self._checkpointer = _Checkpointer(self)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -216,6 +229,9 @@ class SQLiteStore(Store):
 
     @contextmanager
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.waiting:
+            checkpointer.let_in()
         with self._lock, self._between_processes():
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -269,6 +285,14 @@ class SQLiteStore(Store):
             yield Tx(db, SQLITE)
         finally:
             db.execute("COMMIT")
+
+    @contextmanager
+    def query(self) -> Iterator[Tx]:
+        if self._memory:
+            with self.read() as tx:
+                yield tx
+            return
+        yield Tx(self._reader(), SQLITE)  # autocommit: the statement is its own read transaction
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -335,6 +359,14 @@ class _Checkpointer:
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
+        # Set while it waits for the write lock: a write about to take it lets it in first (a lock is not
+        # fair: writes back to back would take it again and again, and the WAL would never start over).
+        self.waiting = False
+        self._in = threading.Event()
+
+    def let_in(self) -> None:
+        """A write waits (up to 50 ms) for the checkpoint waiting for the write lock to have it."""
+        self._in.wait(0.05)
 
     def written(self) -> None:
         """A write committed: a checkpoint is due at the next interval."""
@@ -392,10 +424,18 @@ class _Checkpointer:
             fresh, copied = now - copied, now
             if fresh < CATCH_UP_PAGES:
                 break
-        with self._store._lock:
-            if not self._store._closed:
-                with self._store._between_processes():  # no write of any process: the WAL can start over
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._in.clear()
+        self.waiting = True
+        try:
+            with self._store._lock:
+                self.waiting = False
+                self._in.set()
+                if not self._store._closed:
+                    with self._store._between_processes():  # no write of any process: the WAL can start over
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            self.waiting = False
+            self._in.set()
 
 
 class _WriteFileLock:
