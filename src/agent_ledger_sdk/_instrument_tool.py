@@ -319,23 +319,31 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
         if handle._otel is not None:
             return traced(handle, args, kwargs)
         span = new_span_id()
+        step = next(handle._steps)
+        started_at = wall_clock()
         event = {
             "type": TOOL_CALL,
-            "stepIndex": next(handle._steps),
+            "stepIndex": step,
             "toolName": name,
             "toolInput": NOT_CAPTURED,
-            "startedAt": wall_clock(),
+            "startedAt": started_at,
+            "spanId": span,
+        }
+        # Its twin, built from the same values now; a literal, not a copy of the call event: holding only
+        # strings and numbers, it is never tracked by the garbage collector while it waits in the queue.
+        result_event = {
+            "type": TOOL_RESULT,
+            "stepIndex": step,
+            "toolName": name,
+            "startedAt": started_at,
             "spanId": span,
         }
         parent = current_span_var.get()
         if parent is not None:
-            event["parentSpanId"] = parent
+            event["parentSpanId"] = result_event["parentSpanId"] = parent
         size = 0
         if capture_input:
             event["toolInput"], size = tool_input(args, kwargs)
-        result_event = event.copy()  # before the call event leaves: its twin, built from the same values
-        del result_event["toolInput"]
-        result_event["type"] = TOOL_RESULT
         try:
             handle._delivery.emit(handle, event, size)
         except Exception as exc:  # as emit_quietly: nothing stops the tool
@@ -357,7 +365,12 @@ def _wrap_tool(func: Callable[..., Any], name: str, capture_input: bool, capture
             result_event["toolOutput"], size = snapshot_sized(result)
         else:
             result_event["toolOutput"], size = NOT_CAPTURED, 0
-        emit_safely(handle, result_event, size)
+        try:  # as emit_safely: a guardrail refusal is raised, any other fault only reported
+            handle._delivery.emit(handle, result_event, size)
+        except BudgetGuardrailError:
+            raise
+        except Exception as exc:
+            internal_error("emit", exc)
         return result
 
     return wrapper
