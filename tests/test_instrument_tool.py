@@ -225,3 +225,35 @@ def test_a_tool_name_must_be_a_non_empty_string() -> None:
         ledger.tool(name="")
     with pytest.raises(TypeError, match="not both"):
         ledger.tool("a", name="b")
+
+
+def test_the_binder_fast_paths_give_what_signature_bind_gives() -> None:
+    import inspect
+
+    from agent_ledger_sdk._instrument_tool import _input_binder
+
+    def plain(query: Any, limit: Any = 3, *, mode: Any = "a", extra: Any = None) -> None: ...
+
+    def method(self: Any, x: Any, y: Any = (1, 2)) -> None: ...
+
+    def bare() -> None: ...
+
+    calls: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = [
+        (plain, ("q",), {}),
+        (plain, ("q", 5), {}),
+        (plain, ("q",), {"mode": "b"}),
+        (plain, (), {"query": "q", "extra": [1]}),
+        (method, (object(), 1), {}),
+        (method, (object(), 1, 2), {}),
+        (method, (object(),), {"y": 3, "x": 0}),
+        (bare, (), {}),
+    ]
+    for func, args, kwargs in calls:
+        bound = inspect.signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        expected = dict(bound.arguments)
+        expected.pop("self", None)
+        got = _input_binder(func)(args, kwargs)
+        assert got == expected, (func.__name__, args, kwargs)
+        if not kwargs:  # positional calls: the parameters' order (keywords come in the order they were passed)
+            assert list(got) == list(expected), (func.__name__, args)

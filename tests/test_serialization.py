@@ -188,3 +188,27 @@ def test_an_event_of_too_many_small_values_is_replaced_by_a_note() -> None:
     fitted = wire_event(event)
     assert fitted["type"] == "x" and fitted["stepIndex"] == 1
     assert "dropped" in fitted["truncated"]
+
+
+def test_start_times_are_written_as_they_always_were() -> None:
+    import time
+
+    from agent_ledger_sdk._spans import rfc3339
+
+    for moment in (0.0, 0.0005, 1764170837.123456, 1764170837.9999, 1764170838.0, 1764170837.001, -1.5):
+        seconds = int(moment)
+        expected = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{int((moment - seconds) * 1000):03d}Z"
+        assert rfc3339(moment) == expected
+
+
+def test_token_counts_are_checked_and_coerced_whatever_else_the_event_holds() -> None:
+    from agent_ledger_sdk._events import check_event
+
+    tool = {"type": "tool_result", "stepIndex": 2.0, "toolName": "t", "toolOutput": 1, "latencyMs": 3}
+    assert check_event(tool) is None and type(tool["stepIndex"]) is int
+    assert "stepIndex" in (check_event({"type": "tool_call", "stepIndex": -1}) or "")
+    llm = {"type": "llm_call", "stepIndex": 0, "provider": "p", "model": "m", "tokensIn": "12", "reasoningTokens": 3.0}
+    assert check_event(llm) is None and llm["tokensIn"] == 12 and type(llm["reasoningTokens"]) is int
+    assert "tokensOut" in (check_event({"type": "tool_call", "stepIndex": 0, "tokensOut": 1.5}) or "")
+    assert "latencyMs" in (check_event({"type": "tool_call", "stepIndex": 0, "latencyMs": -1}) or "")
+    assert "latencyMs" in (check_event({"type": "tool_call", "stepIndex": 0, "latencyMs": True}) or "")

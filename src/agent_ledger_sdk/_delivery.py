@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 from ._base_client import is_retryable
 from ._exceptions import BudgetGuardrailError
 from ._http import SESSION_KEY_PREFIX
-from ._sender import END, EVENT, new_key
+from ._sender import END, new_key
 
 if TYPE_CHECKING:
     from ._http import LedgerIO, LoopBridge
@@ -45,7 +45,7 @@ class BackgroundDelivery:
         self.owner = owner
 
     def emit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
-        self.owner.sender.submit(EVENT, handle, event, size)
+        self.owner.sender.submit_event(handle, event, size)
 
     def start(self, handle: SessionHandle) -> None:
         self.owner.sender.submit_start(handle)
@@ -55,7 +55,7 @@ class BackgroundDelivery:
         self.owner.sender.submit_start(handle)
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int) -> None:
-        self.owner.sender.submit(EVENT, handle, event, size)
+        self.owner.sender.submit_event(handle, event, size)
 
     def end(self, handle: SessionHandle, status: str, message: Optional[str]) -> None:
         self.owner.sender.submit(END, handle, (status, message), 0)

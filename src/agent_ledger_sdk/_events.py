@@ -42,6 +42,8 @@ KNOWN_SNAKE_KEYS = {
 
 # Whole-number fields: a lossless float (12.0) or digit string ("12") is coerced, anything else rejected.
 COUNT_FIELDS = ("stepIndex", "tokensIn", "tokensOut", "cacheReadTokens", "cacheWriteTokens", "reasoningTokens")
+_TOKEN_FIELDS = frozenset(COUNT_FIELDS[1:])  # a tool event has none: only its step is checked
+_STEP_FIELD = COUNT_FIELDS[:1]
 _COUNT_HINTS = {
     "stepIndex": "leave it out and the helpers number steps for you",
     "tokensIn": "pass the usage the provider returned, e.g. tokens_in=response.usage.prompt_tokens",
@@ -105,6 +107,11 @@ def _whole_number(value: Any) -> Any:
     return None
 
 
+def _is_duration(value: Any) -> bool:
+    """A finite number of milliseconds >= 0 (NaN is not)."""
+    return type(value) is not bool and isinstance(value, (int, float)) and value >= 0 and value != float("inf")
+
+
 def check_event(event: dict[str, Any]) -> Optional[str]:
     """Coerce what can be coerced without loss, in place; return what is wrong with the event, or None.
 
@@ -113,7 +120,7 @@ def check_event(event: dict[str, Any]) -> Optional[str]:
     kind = event.get("type")
     if not isinstance(kind, str) or not kind:
         return f"type must be a non-empty string such as 'llm_call', got {kind!r}"
-    for name in COUNT_FIELDS:
+    for name in COUNT_FIELDS if not _TOKEN_FIELDS.isdisjoint(event) else _STEP_FIELD:
         value = event.get(name, _ABSENT)
         if value is _ABSENT or (type(value) is int and value >= 0):
             continue  # absent, or already what the ledger takes (the usual case: nothing to coerce)
@@ -125,9 +132,7 @@ def check_event(event: dict[str, Any]) -> Optional[str]:
             return f"{name} must be a whole number >= 0, got {value!r}; {hint}"
         event[name] = number
     latency = event.get("latencyMs")
-    if latency is not None and (
-        type(latency) is bool or not isinstance(latency, (int, float)) or not latency >= 0 or latency == float("inf")
-    ):
+    if latency is not None and not (type(latency) is int and latency >= 0) and not _is_duration(latency):
         return f"latencyMs must be a finite number of milliseconds >= 0, got {latency!r}"
     if kind == LLM_CALL:
         for name in ("provider", "model"):

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._constants import REDACTED
 from ._events import check_event, describe_event, encode_event_exact
-from ._snapshot import Lazy
 from ._spans import rfc3339, span_hex
 from ._stats import Counters, RateLimitedWarnings
 
@@ -86,9 +85,6 @@ class Pipeline:
         parent = event.get("parentSpanId")
         if type(parent) is int:
             event["parentSpanId"] = span_hex(parent)
-        tool_input = event.get("toolInput")
-        if type(tool_input) is Lazy:
-            event["toolInput"] = tool_input.resolve()
         if not self.capture_content:
             for key in CONTENT_KEYS:
                 if key in event:

@@ -14,7 +14,7 @@ bytes the value holds, which the background queue uses for its memory bound.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ._constants import MAX_VALUE_DEPTH
 from ._serialization import DEPTH_MARKER, json_safe
@@ -121,31 +121,3 @@ class Lazy:
             return self.function(*self.args)
         except Exception as exc:  # a binder cannot fail the event
             return f"<could not capture: {type(exc).__name__}: {exc}>"
-
-
-def snapshot_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any], skip_first: bool
-) -> tuple[tuple[Any, ...], dict[str, Any], int]:
-    """A call's arguments as they are now: copies only where a value could change; and their size.
-
-    ``skip_first`` leaves ``self``/``cls`` as it is (it is not recorded).
-    """
-    size = CONTAINER_BYTES
-    start = 1 if skip_first else 0
-    copied_args: Optional[list[Any]] = None
-    for position in range(start, len(args)):
-        item = args[position]
-        kind = type(item)
-        if kind is str:
-            size += len(item) + SCALAR_BYTES
-        elif kind in _IMMUTABLE:
-            size += SCALAR_BYTES
-        else:
-            if copied_args is None:
-                copied_args = list(args)
-            copied_args[position], item_size = _copy(item, MAX_VALUE_DEPTH - 1)
-            size += item_size
-    if kwargs:
-        kwargs = dict(kwargs)
-        size += snapshot_values(kwargs)
-    return (tuple(copied_args) if copied_args is not None else args), kwargs, size
