@@ -127,9 +127,7 @@ def stamp(moment: datetime.datetime) -> str:
     """A fixed-width UTC time: such stamps compare as text in the order of time (``%Y-%m-%dT%H:%M:%S.%fZ``,
     written without strftime: a third of the time, and twice on the path of each request)."""
     m = moment.astimezone(datetime.timezone.utc)
-    return (
-        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
-    )
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}Z"
 
 
 def key_id_of(secret: str) -> Optional[str]:
