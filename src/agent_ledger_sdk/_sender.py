@@ -79,6 +79,7 @@ FORK_IMPORT_WAIT = 2.0  # seconds fork() waits for the sender thread to finish i
 # Events queued behind the last built request that make the sender encode them while that request is in
 # flight (a thread of its own makes it): the ledger's time and the encoding overlap in a flood.
 OVERLAP_EVENTS = 500
+OVERLAP_UNITS = 2  # ... and while at most this many requests are built and waiting (the one in flight counted)
 BUILD_EVENTS = 2 * MAX_BATCH_SIZE  # items a build takes from the queue at most: a flood is built as it is sent
 HANDOVER_WAIT = 1.0  # seconds the exit path waits for the sender to finish the request it is making
 ITEM_BYTES = 300  # what a queued item costs beyond its values: tuple, deque slot, event dict (measured)
@@ -727,7 +728,7 @@ class Sender:
             if self._handover:
                 raise _Handover
             unit = self._units[0]
-            if len(self._units) == 1 and len(self._queue) >= OVERLAP_EVENTS and unit.kind == EVENT:
+            if len(self._units) <= OVERLAP_UNITS and len(self._queue) >= OVERLAP_EVENTS and unit.kind == EVENT:
                 self._deliver_while_building(unit)
             else:
                 self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
