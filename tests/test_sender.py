@@ -374,6 +374,41 @@ def test_a_retried_batch_is_recorded_once(ledger_url_and_key: Any) -> None:
 
 
 @pytest.mark.integration
+def test_a_flood_past_a_small_queue_ends_each_session_after_its_last_event(
+    ledger_url_and_key: Any, tmp_path: Path
+) -> None:
+    """Four threads flood a 4 MiB queue (13,000 events or so), so that events spill to the journal while the sender builds a few
+    requests at a time: what stays queued is older than what was journaled, so it goes first. (It once went
+    after the journal, where the sessions' ends were: their last events were refused, the session ended.)"""
+    ledger = ledger_url_and_key
+    client = AgentLedgerClient(
+        api_key=ledger.api_key, base_url=ledger.url, max_queue_bytes=4 * 1024 * 1024, journal=tmp_path / "journal"
+    )
+
+    @client.tool
+    def work(i: int) -> int:
+        return i
+
+    def produce(k: int) -> None:
+        with client.session(f"spilling-{k}"):
+            for i in range(10_000):
+                work(i)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert client.flush(60) == 0
+    stats = client.stats
+    client.close()
+    assert (stats.failed, stats.dropped) == (0, 0)
+    for k in range(4):
+        (summary,) = ledger.sessions(f"spilling-{k}")
+        assert summary["eventCount"] == 20_000 and summary["status"] == "success"
+
+
+@pytest.mark.integration
 def test_nothing_queued_is_lost_at_a_normal_exit(ledger_url_and_key: Any) -> None:
     ledger = ledger_url_and_key
     result = run_script(

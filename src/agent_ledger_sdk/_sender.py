@@ -547,9 +547,16 @@ class Sender:
         try:
             self._deliver_starts()
             self._deliver_units()
-            self._build_units()
+            self._build_units(len(self._queue))  # all of it: a flood's later builds overlap its requests
             self._deliver_units()
             if self._spilling or (self.journal is not None and not self.journal.is_empty()):
+                # What a build left queued (new since, or behind an overlapped request) is older than what the
+                # journal took after it: it goes first, or a session's end could overtake its last events.
+                while self._queue and self._spilling:
+                    if self._handover:
+                        raise _Handover
+                    self._build_units(len(self._queue))
+                    self._deliver_units()
                 self._deliver_journal()
         except _Stall as stall:
             self._stalled(stall.cause)
