@@ -109,8 +109,7 @@ def parse_json_body(raw: bytes) -> tuple[dict[str, Any], bool]:
             pass
         else:
             if isinstance(body, dict):
-                if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
-                    raise BadInput(_too_deep(_deep_path(body, MAX_JSON_DEPTH)))
+                _check_depth(raw, body)
                 return body, True
     return _parse_with_json(raw), False
 
@@ -149,9 +148,14 @@ def _parse_with_json(raw: bytes) -> dict[str, Any]:
     if _SURROGATE_ESCAPE.search(text) is not None and _may_hold_a_lone_surrogate(text) and not _encodes_as_utf8(body):
         where = lone_surrogate_path(body, "")
         raise BadInput(lone_surrogate_message(f"Request body: {where or 'a string'}"))
+    _check_depth(raw, body)
+    return body
+
+
+def _check_depth(raw: bytes, body: dict[str, Any]) -> None:
+    """No body with fewer brackets than the limit can nest deeper: only the others are walked."""
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _deeper_than(body, MAX_JSON_DEPTH):
         raise BadInput(_too_deep(_deep_path(body, MAX_JSON_DEPTH)))
-    return body
 
 
 def _may_hold_a_lone_surrogate(text: str) -> bool:

@@ -155,11 +155,12 @@ class _GenaiModel:
 
     ``calc_price`` costs 100 to 500 µs a call (it resolves the model's price units through a registry, checks
     them and builds a calculation each time), more than the rest of ingesting the call. A model whose price is
-    one flat rate per token kind (no prices that change over time or by tiers of input, no fee per request,
-    nothing but tokens that a call's usage counts) costs exactly ``Rates.cost`` of those rates: ``rates``
-    holds them, and every call is priced from them. That they agree is checked when the model is first priced
-    (the rates against ``calc_price`` on three usages) and, for every model in the table, by
-    ``tests/test_local_pricing.py``. Any other model goes through ``calc_price`` each time.
+    a rate per token kind, flat or by tier of the input's size (no prices that change over time, no fee per
+    request, nothing but tokens that a call's usage counts) costs exactly ``Rates.cost`` of the rates its
+    input reaches: ``rates`` holds them, and every call is priced from them. That they agree is checked when
+    the model is first priced (against ``calc_price`` on probe usages, each tier's edges among them) and, for
+    every model in the table, by ``tests/test_local_pricing.py``. Any other model goes through ``calc_price``
+    each time.
     """
 
     def __init__(self, provider: Any, model: Any, snapshot: Any) -> None:
@@ -174,19 +175,7 @@ class _GenaiModel:
         return self.calc_price(usage)
 
     def calc_price(self, usage: TokenUsage) -> Decimal:
-        from genai_prices import Usage
-
-        calculation = self.model.calc_price(
-            Usage(
-                input_tokens=usage.tokens_in,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                output_tokens=usage.tokens_out,
-            ),
-            self.provider,
-        )
-        total: Decimal = calculation.total_price
-        return total
+        return _calc_price(self.provider, self.model, usage)
 
     def describe(self) -> str:
         return f"{self.provider.id}/{self.model.id} in genai-prices: {self.model.get_prices(_now())}"
@@ -270,14 +259,29 @@ def _flat_rates(provider: Any, model: Any) -> Union[Rates, _TieredRates, None]:
         probes = list(_PROBES)
         for start in starts:
             probes += [TokenUsage(start, 7, start // 3, start // 5), TokenUsage(start + 1, 7, start // 3, start // 5)]
-        probe = _GenaiModel.__new__(_GenaiModel)
-        probe.provider, probe.model = provider, model
-        if any(pricer.cost(usage) != probe.calc_price(usage) for usage in probes):
+        if any(pricer.cost(usage) != _calc_price(provider, model, usage) for usage in probes):
             return None
         return pricer
     except Exception as exc:  # a table or an API that changed: each call goes to calc_price, as before
         logger.debug("genai-prices: no flat rates for %r: %r", getattr(model, "id", model), exc)
         return None
+
+
+def _calc_price(provider: Any, model: Any, usage: TokenUsage) -> Decimal:
+    """genai-prices' own price of a call (100 to 500 µs: see _GenaiModel)."""
+    from genai_prices import Usage
+
+    calculation = model.calc_price(
+        Usage(
+            input_tokens=usage.tokens_in,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            output_tokens=usage.tokens_out,
+        ),
+        provider,
+    )
+    total: Decimal = calculation.total_price
+    return total
 
 
 _Pricer = Union[Rates, _GenaiModel]

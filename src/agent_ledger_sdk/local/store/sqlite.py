@@ -9,6 +9,7 @@ holds prompts, outputs and key hashes).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -35,7 +36,8 @@ CHECKPOINT_INTERVAL = 0.05  # seconds between background checkpoints, while writ
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
 BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
 CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
-BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's before "database is locked"
+BUSY_TIMEOUT = 30.0
+_UNLOCKED = contextlib.nullcontext()  # a database in memory: one connection, no other process  # seconds a write waits for another process's before "database is locked"
 
 
 def _create_private_file(path: Path) -> bool:
@@ -232,7 +234,7 @@ class SQLiteStore(Store):
         checkpointer = self._checkpointer
         if checkpointer is not None and checkpointer.waiting:
             checkpointer.let_in()
-        with self._lock, self._between_processes():
+        with self._lock, self._file_lock or _UNLOCKED:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 yield Tx(self._writer, SQLITE)
@@ -240,28 +242,8 @@ class SQLiteStore(Store):
                 self._writer.execute("ROLLBACK")
                 raise
             self._writer.execute("COMMIT")
-        if self._checkpointer is not None:
-            self._checkpointer.written()
-
-    @contextmanager
-    def _between_processes(self) -> Iterator[None]:
-        """The write lock of the processes that share the file (``serve --workers N``, the CLI), held by the
-        outermost write of this process (the caller holds ``_lock``)."""
-        lock = self._file_lock
-        if lock is None or lock.depth:
-            if lock is not None:
-                lock.depth += 1
-            try:
-                yield
-            finally:
-                if lock is not None:
-                    lock.depth -= 1
-            return
-        lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
+        if checkpointer is not None:
+            checkpointer.written()
 
     def _reader(self) -> sqlite3.Connection:
         if self._memory:
@@ -344,8 +326,8 @@ class _Checkpointer:
 
     While writes come, every CHECKPOINT_INTERVAL: a PASSIVE checkpoint on a connection of its own (it
     never blocks a write or a read: it copies what no reader still needs, and fsyncs the file), then,
-    when the WAL had CHECKPOINT_PAGES or more, a second one under the store's write lock, which finds
-    only the pages written meanwhile: with every page copied and no write running, the next write starts
+    when the WAL had CHECKPOINT_PAGES or more, more passes until few pages are new and one under the
+    store's write lock, which finds only those few: with every page copied and no write running, the next write starts
     the WAL over from its beginning (without that moment, steady writes would grow it without end). The
     thread starts with the first write and ends with the store; a checkpoint that fails is logged and
     tried again at the next interval (SQLite's own checkpoint at the last close still runs).
@@ -431,7 +413,7 @@ class _Checkpointer:
                 self.waiting = False
                 self._in.set()
                 if not self._store._closed:
-                    with self._store._between_processes():  # no write of any process: the WAL can start over
+                    with self._store._file_lock or _UNLOCKED:  # no write of any process: the WAL can start over
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         finally:
             self.waiting = False
@@ -440,17 +422,18 @@ class _Checkpointer:
 
 class _WriteFileLock:
     """An exclusive ``flock`` on ``<database>-lock``, taken around every write transaction of the ledger's
-    processes on one file.
+    processes on one file (``with lock:``; re-entrant: held from the outermost write of this process, whose
+    caller holds the store's own lock).
 
     SQLite orders writers of different processes by ``BEGIN IMMEDIATE`` and a busy handler that sleeps
     1, 2, 5, 10 ms and more between tries: two ``serve --workers`` processes each writing a batch every few
     milliseconds lose much of their time asleep while the file is free. A process waiting here tries again
-    every 50 µs to 1 ms instead, for at most BUSY_TIMEOUT (then SQLite's own lock and its 30 s wait decide:
+    every 50 to 200 µs instead, for at most BUSY_TIMEOUT (then SQLite's own lock and its 30 s wait decide:
     a stopped process never hangs the others). A process of an older version, which does not take this
-    lock, is still ordered by SQLite's."""
+    lock, is still ordered by SQLite's. Without ``flock`` (Windows), it locks nothing."""
 
     def __init__(self, path: Path) -> None:
-        self.depth = 0
+        self._depth = 0
         self._fd: Optional[int] = None
         if fcntl is None:
             return
@@ -459,31 +442,26 @@ class _WriteFileLock:
         except OSError as exc:  # a read-only directory: SQLite's own busy wait orders the writers
             logger.debug("agent-ledger: no write lock file %s (%s)", path, exc)
 
-    def acquire(self) -> None:
-        self.depth = 1
-        if self._fd is None:
+    def __enter__(self) -> None:
+        self._depth += 1
+        if self._depth > 1 or self._fd is None:
             return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
         deadline = time.monotonic() + BUSY_TIMEOUT
         pause = 0.00005
         while True:
-            time.sleep(pause)
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     return  # unlocked: BEGIN IMMEDIATE waits its own 30 s, then says "database is locked"
-                pause = min(pause * 2, 0.0002)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.0002)
 
-    def release(self) -> None:
-        self.depth = 0
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)  # a no-op when acquire gave up waiting
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # a no-op when __enter__ gave up waiting
 
     def close(self) -> None:
         if self._fd is not None:
