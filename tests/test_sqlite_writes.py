@@ -93,11 +93,13 @@ def test_closing_the_store_ends_the_thread_at_once(tmp_path: Path) -> None:
     with opened.write() as tx:
         tx._run("CREATE TABLE t (x)")
         tx._many("INSERT INTO t (x) VALUES (?)", [(n,) for n in range(100)])
-    assert any(t.name == "agent-ledger-checkpoint" for t in threading.enumerate())
+    assert opened._checkpointer is not None
+    thread = opened._checkpointer._thread  # this store's own: others (other tests' ledgers) may be running
+    assert thread is not None and thread.name == "agent-ledger-checkpoint" and thread.is_alive()
     began = time.perf_counter()
     opened.close()
     assert time.perf_counter() - began < 1.0
-    assert not any(t.name == "agent-ledger-checkpoint" for t in threading.enumerate())
+    assert not thread.is_alive()
     # The last connection's close checkpoints what is left: the file holds every row.
     with closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
         assert db.execute("SELECT count(*) FROM t").fetchone()[0] == 100
