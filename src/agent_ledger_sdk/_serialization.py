@@ -179,6 +179,18 @@ def _cap_strings(value: Any, cap: int) -> Any:
     return value
 
 
+def make_encoder(default: Callable[[Any], Any]) -> Callable[[Any, int], Any]:
+    """Compact JSON (``ensure_ascii=False``, no NaN) by the C encoder itself, made once; ``default`` as
+    ``json.dumps``'s. Used by the sender (below) and by the local ledger's checks of each event."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    string = getattr(json.encoder, "c_encode_basestring", None)
+    if make is not None and string is not None:
+        encoder: Callable[[Any, int], Any] = make(None, default, string, None, ":", ",", False, False, False)
+        return encoder
+    slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=default)
+    return lambda value, _level: (slow.encode(value),)
+
+
 def _make_encoder() -> Callable[[Any, int], Any]:
     """The C encoder itself, made once: ``JSONEncoder.encode`` makes one per call, which costs as much as
     encoding a small event (about 2 µs a call on the project's machine, measured in docs/performance.md).
@@ -188,13 +200,7 @@ def _make_encoder() -> Callable[[Any, int], Any]:
     recursion limit stops it (RecursionError), and :func:`encode` falls back to :func:`json_safe`,
     which marks it. Without the C accelerator (another interpreter), the pure-Python encoder.
     """
-    make = getattr(json.encoder, "c_make_encoder", None)
-    string = getattr(json.encoder, "c_encode_basestring", None)
-    if make is not None and string is not None:
-        encoder: Callable[[Any, int], Any] = make(None, _replacement, string, None, ":", ",", False, False, False)
-        return encoder
-    slow = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_replacement)
-    return lambda value, _level: (slow.encode(value),)
+    return make_encoder(_replacement)
 
 
 # Returns the JSON as a sequence of strings to join (a list or a tuple: it changed in Python 3.13).
