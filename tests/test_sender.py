@@ -17,7 +17,7 @@ import pytest
 import respx
 
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
-from agent_ledger_sdk._sender import MAX_BATCH_SIZE, WAKE_EVENTS
+from agent_ledger_sdk._sender import MAX_BATCH_SIZE, WAKE_EVENTS, _Stall
 
 from .conftest import BASE_URL
 from .subprocesses import free_port, run_script
@@ -97,14 +97,16 @@ def test_a_deep_queue_goes_in_few_large_requests_and_a_shallow_one_at_once(api: 
 
 def test_a_flood_is_encoded_while_its_requests_are_in_flight_one_at_a_time_in_order(api: respx.MockRouter) -> None:
     """With a deep queue, the sender builds the next request while the ledger works on the one before: the
-    requests still go one at a time and in order, a failed one is sent again first (same key), none is lost."""
+    requests still go one at a time and in order, a failed one is sent again first (same key), none is lost.
+
+    The test drives the delivery itself, with the sender's drain lock held, from the moment a flood is
+    queued and its first request built, as the sender thread does when events keep coming (whether they
+    arrive in time for a given request is the thread scheduler's to say)."""
     r = routes(api)
-    release = threading.Event()
     in_flight, most, keys, threads = [0], [0], [], set()
     lock = threading.Lock()
 
     def slow(request: httpx.Request) -> httpx.Response:
-        release.wait(10)
         with lock:
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
@@ -124,10 +126,19 @@ def test_a_flood_is_encoded_while_its_requests_are_in_flight_one_at_a_time_in_or
     def work(i: int) -> int:
         return i
 
-    with ledger.session("flood"):
-        for i in range(5 * MAX_BATCH_SIZE):
-            work(i)
-    release.set()
+    sender = ledger._instrumentation.sender
+    with sender._drain_lock:  # the sender thread waits for it: the flood is delivered from here
+        with ledger.session("flood"):
+            for i in range(5 * MAX_BATCH_SIZE):
+                work(i)
+        sender._build_units(MAX_BATCH_SIZE)  # one request built; the rest of the flood still queued
+        while sender._units or sender._queue:
+            try:
+                sender._deliver_units()
+            except _Stall:
+                pass  # the 503: its unit stays first, and goes again now
+            if not sender._units:
+                sender._build_units(len(sender._queue))
     assert ledger.flush(30) == 0
     assert most[0] == 1  # never two requests at once
     assert "agent-ledger-request" in threads  # some were made beside the encoding
