@@ -457,6 +457,16 @@ def test_failed_spans_record_their_errors_and_a_failed_root_ends_the_session_in_
     assert result["toolOutput"] == {"error": "amount too large", "errorType": "ValueError"}
 
 
+def test_a_failed_roots_error_holding_a_nul_ends_the_session_without_it(workspace: Workspace) -> None:
+    """The session's error message is a column of its own, where PostgreSQL refuses U+0000 (the fuzzer found it):
+    the span is recorded, its NULs left out of that column."""
+    trace, root = new_trace(), new_span()
+    body = request(agent(trace, root, **{"error.type": "\x00Boom"}) | {"status": {"code": 2, "message": "gave\x00 up"}})
+    assert workspace.post(body).status_code == 200
+    (session,) = workspace.sessions()
+    assert session["status"] == "error" and session["errorMessage"] == "Boom: gave up"
+
+
 def test_calls_over_a_budget_are_recorded_with_over_budget_never_refused(workspace: Workspace) -> None:
     assert workspace.http.put("/v1/budgets/json-service", json={"dailyLimitUsd": 0.001}).status_code == 200
     trace = new_trace()

@@ -568,7 +568,9 @@ def _ledger_span(span: Span, genai: bool, root: bool, conversation_id: Optional[
         record.agent_name = _name(span.attributes.get("gen_ai.agent.name") or span.attributes.get("agent.name"))
     error = _error(span)
     if root or role == "agent":
-        record.end = SessionEnd("error" if error else "success", _error_text(error), max(span.end_ns, span.start_ns))
+        message = _error_text(error)  # the session's own column, where PostgreSQL refuses a NUL: left out
+        message = message.replace("\x00", "") if message is not None else None
+        record.end = SessionEnd("error" if error else "success", message, max(span.end_ns, span.start_ns))
     common: dict[str, Any] = {"startedAt": started_at, "spanId": span.span_id, "traceId": span.trace_id}
     if span.parent_span_id:
         common["parentSpanId"] = span.parent_span_id
