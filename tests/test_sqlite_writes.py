@@ -189,3 +189,134 @@ def test_processes_that_read_then_write_never_lose_an_update(store: SQLiteStore)
     with store.read() as tx:
         row = tx._one("SELECT body FROM filler WHERE id = 1")
     assert row is not None and int(row["body"]) == 1000
+
+
+# -- write_now: a write on a thread that must not wait (the server's event loop) ---------------------------
+
+
+def test_write_now_holds_every_write_of_this_process_until_it_ends(store: SQLiteStore) -> None:
+    done = threading.Event()
+
+    def other_write() -> None:
+        with store.write() as tx:
+            tx._run("INSERT INTO filler (body) VALUES ('other')")
+        done.set()
+
+    with store.write_now() as now:
+        assert now is True
+        with store.write() as tx:  # within it, a write of this thread runs at once
+            tx._run("INSERT INTO filler (body) VALUES ('mine')")
+        other = threading.Thread(target=other_write)
+        other.start()
+        assert not done.wait(0.3), "another thread wrote while write_now held the lock"
+    assert done.wait(10), "the other thread's write did not go on once write_now ended"
+    other.join()
+    with store.read() as tx:
+        assert [r["body"] for r in tx._all("SELECT body FROM filler ORDER BY id")] == ["mine", "other"]
+
+
+def test_write_now_says_no_at_once_while_another_thread_writes(store: SQLiteStore) -> None:
+    held, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store.write() as tx:
+            tx._run("INSERT INTO filler (body) VALUES ('long')")
+            held.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert held.wait(10)
+        began = time.monotonic()
+        with store.write_now() as now:
+            assert now is False
+        assert time.monotonic() - began < 0.25, "write_now waited for the other write"
+    finally:
+        release.set()
+        writer.join()
+    with store.write_now() as now:  # free again
+        assert now is True
+
+
+@pytest.mark.skipif(sqlite_store.fcntl is None, reason="the lock file is POSIX flock")
+def test_write_now_says_no_at_once_while_another_process_writes(store: SQLiteStore) -> None:
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_the_write_lock, args=(str(store.path), held, release))
+    other.start()
+    try:
+        assert held.wait(60), "the other process never began its write"
+        with store.write_now() as now:
+            assert now is False
+        # Saying no let go of this process's lock too: another thread of it can queue for the file.
+        assert store._lock.acquire(timeout=5)
+        store._lock.release()
+    finally:
+        release.set()
+        other.join(30)
+    assert other.exitcode == 0
+    with store.write_now() as now:
+        assert now is True
+        with store.write() as tx:
+            tx._run("INSERT INTO filler (body) VALUES ('after')")
+    with store.read() as tx:
+        assert [r["body"] for r in tx._all("SELECT body FROM filler ORDER BY id")] == ["held", "after"]
+
+
+def test_write_now_lets_a_waiting_checkpoint_go_first_and_never_waits_for_one(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
+    checkpointer.waiting = True  # a checkpoint wants the write lock: write_now leaves it to the pool's writes
+    try:
+        with store.write_now() as now:
+            assert now is False
+    finally:
+        checkpointer.waiting = False
+
+    def stall() -> None:
+        raise AssertionError("a write within write_now waited for a checkpoint that cannot have the lock")
+
+    monkeypatch.setattr(checkpointer, "let_in", stall)
+    with store.write_now() as now:
+        assert now is True
+        checkpointer.waiting = True  # it began waiting once write_now had the lock
+        try:
+            with store.write() as tx:
+                tx._run("INSERT INTO filler (body) VALUES ('x')")
+        finally:
+            checkpointer.waiting = False
+
+
+def test_within_write_now_a_query_reads_the_committed_file_on_the_writer(store: SQLiteStore) -> None:
+    with store.write() as tx:
+        tx._run("INSERT INTO filler (body) VALUES ('committed')")
+    with store.write_now() as now:
+        assert now
+        with store.query() as tx:
+            assert tx._db is store._writer  # its page cache is current; a reader's was dropped by the write
+            assert tx._one("SELECT count(*) AS n FROM filler")["n"] == 1  # type: ignore[index]
+        with store.write() as tx:
+            tx._run("INSERT INTO filler (body) VALUES ('not yet')")
+            with store.query() as read:  # within a write: a reader, which sees only what is committed
+                assert read._db is not store._writer
+                assert read._one("SELECT count(*) AS n FROM filler")["n"] == 1  # type: ignore[index]
+    with store.query() as tx:  # outside write_now: a reader, as before
+        assert tx._db is not store._writer
+        assert tx._one("SELECT count(*) AS n FROM filler")["n"] == 2  # type: ignore[index]
+
+
+def test_write_now_in_memory() -> None:
+    opened = SQLiteStore(":memory:")
+    try:
+        with opened.write_now() as now:
+            assert now is True
+            with opened.write() as tx:
+                tx._run("CREATE TABLE t (x)")
+                tx._run("INSERT INTO t VALUES (1)")
+        with opened.read() as tx:
+            assert tx._one("SELECT x FROM t")["x"] == 1  # type: ignore[index]
+    finally:
+        opened.close()

@@ -80,6 +80,10 @@ logger = logging.getLogger("agent_ledger_sdk.local")
 
 KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
 MAX_LIST_LIMIT = 500
+# A write this small (a batch of a few events, a reservation: about 0.3 ms of work) runs on the event loop when the
+# store can write at once (Store.write_now: SQLite, no other write under way), instead of going to a thread of the
+# pool: the two hand-offs cost it about 80 µs of its 0.5 ms. Larger ones, and any that would wait, go to the pool.
+INLINE_BYTES = 4096
 _T = TypeVar("_T")
 
 __all__ = ["BadInput", "LedgerAPI", "TooLarge", "create_app"]
@@ -193,6 +197,12 @@ class LedgerAPI:
         idempotency_key = request.headers.get("idempotency-key")
         path = request.url.path if idempotency_key else ""  # only an idempotency key's fingerprint reads it
         priced = request.headers.get(PRICED_HEADER, "").lower() == "true"  # the SDK's OpenTelemetry spans ask
+        if len(raw) <= INLINE_BYTES:
+            with self.service.store.write_now() as now:
+                if now:
+                    reply = self._log_events(key, raw, idempotency_key, path, priced)
+            if now:
+                return _reply(reply)
         return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path, priced))
 
     def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str, priced: bool) -> Reply:
@@ -250,6 +260,12 @@ class LedgerAPI:
             body = parse_json_object(raw)
             return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
 
+        if len(raw) <= INLINE_BYTES:
+            with self.service.store.write_now() as now:
+                if now:
+                    reply = reserve()
+            if now:
+                return _reply(reply)
         return _reply(await run_off_loop(reserve))
 
     async def release(self, request: Request) -> Response:

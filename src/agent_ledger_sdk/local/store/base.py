@@ -92,6 +92,16 @@ class Store(abc.ABC):
             yield tx
 
     @contextmanager
+    def write_now(self) -> Iterator[bool]:
+        """Whether this thread may write at once, without waiting for any other: True while it holds what every
+        write takes (its writes within then run at once); False when a write would wait, or the store has no
+        such moment to give (a store over a network: its writes wait for a server).
+
+        For a caller that has a thread it must not block (an event loop) and a small write to make: on True
+        it writes on that thread and saves the hand-off to another; on False it hands the write off."""
+        yield False
+
+    @contextmanager
     def query(self) -> Iterator[Tx]:
         """A read of ONE statement: no transaction around it (a statement reads one snapshot by itself), so it
         costs the statement alone. Stores whose transactions cost nothing more may leave it to :meth:`read`."""

@@ -181,6 +181,7 @@ class SQLiteStore(Store):
             # SQLite gives its -wal and -shm files the mode of the database file.
             self._created = _create_private_file(self.path)
         self._lock = threading.RLock()  # one write at a time in this process (across processes: _WriteFileLock)
+        self._holder: Optional[int] = None  # the thread that holds _lock by write_now
         self._readers_lock = threading.Lock()  # never the write lock: a waiting write must not hold up reads
         self._writer = self._connect()
         self._file_lock = None if self._memory else _WriteFileLock(Path(f"{self.path}-lock"))
@@ -232,8 +233,8 @@ class SQLiteStore(Store):
     @contextmanager
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
         checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.waiting:
-            checkpointer.let_in()
+        if checkpointer is not None and checkpointer.waiting and self._holder != threading.get_ident():
+            checkpointer.let_in()  # (not within write_now: this thread holds the lock the checkpoint waits for)
         with self._lock, self._file_lock or _UNLOCKED:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -244,6 +245,29 @@ class SQLiteStore(Store):
             self._writer.execute("COMMIT")
         if checkpointer is not None:
             checkpointer.written()
+
+    @contextmanager
+    def write_now(self) -> Iterator[bool]:
+        """True holding the write lock of this process and of the file, when both were free; False at once
+        when either is held (a write of another thread or process) or a checkpoint waits for them."""
+        checkpointer = self._checkpointer
+        if (checkpointer is not None and checkpointer.waiting) or not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            file_lock = self._file_lock
+            if file_lock is not None and not file_lock.try_enter():
+                yield False
+                return
+            self._holder = threading.get_ident()
+            try:
+                yield True
+            finally:
+                self._holder = None
+                if file_lock is not None:
+                    file_lock.__exit__()
+        finally:
+            self._lock.release()
 
     def _reader(self) -> sqlite3.Connection:
         if self._memory:
@@ -273,6 +297,12 @@ class SQLiteStore(Store):
         if self._memory:
             with self.read() as tx:
                 yield tx
+            return
+        if self._holder == threading.get_ident() and not self._writer.in_transaction:
+            # Within write_now the writer is this thread's, and its page cache is current, where a reader's is
+            # dropped at every write of the file (WAL): a statement costs less there. (Not within a write: it
+            # would see what the write has not committed.)
+            yield Tx(self._writer, SQLITE)
             return
         yield Tx(self._reader(), SQLITE)  # autocommit: the statement is its own read transaction
 
@@ -457,6 +487,16 @@ class _WriteFileLock:
                     return  # unlocked: BEGIN IMMEDIATE waits its own 30 s, then says "database is locked"
             time.sleep(pause)
             pause = min(pause * 2, 0.0002)
+
+    def try_enter(self) -> bool:
+        """``__enter__`` if the file is free (or already this process's); False at once if another has it."""
+        if self._depth == 0 and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        self._depth += 1
+        return True
 
     def __exit__(self, *exc_info: object) -> None:
         self._depth -= 1

@@ -1,0 +1,129 @@
+"""Small writes on the server's event loop (``app.INLINE_BYTES``, ``Store.write_now``): a batch of a few events
+or a reservation runs on the loop when the SQLite store can write at once, saving the hand-off to a thread of
+the pool; anything larger, or any write that would wait, still goes to the pool, so the loop never waits."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette", reason="the local ledger needs the server extra")
+
+from agent_ledger_sdk.local.app import INLINE_BYTES, create_app
+from agent_ledger_sdk.local.server import BackgroundServer
+from agent_ledger_sdk.local.service import LedgerService
+
+from .ledger_fixtures import sqlite_service
+
+
+def tool_event(step: int, size: int = 10) -> dict[str, Any]:
+    return {"type": "tool_call", "stepIndex": step, "toolName": "search", "toolInput": {"q": "x" * size}}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[LedgerService, httpx.Client]]:
+    with sqlite_service(tmp_path / "ledger.db") as service:
+        key = service.create_key("loop").secret
+        with BackgroundServer(create_app(service)) as server:
+            with httpx.Client(base_url=server.url, headers={"x-api-key": key}, timeout=30) as http:
+                yield service, http
+
+
+def threads_of(service: LedgerService, name: str) -> list[str]:
+    """Record the thread each call of the service's ``name`` runs on (the call itself runs as it would)."""
+    seen: list[str] = []
+    original: Callable[..., Any] = getattr(service, name)
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        seen.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    setattr(service, name, spied)
+    return seen
+
+
+def events_in(http: httpx.Client, session_id: str) -> list[dict[str, Any]]:
+    return list(http.get(f"/v1/sessions/{session_id}").json()["events"])
+
+
+def test_a_small_batch_and_a_reservation_run_on_the_loop_and_a_large_batch_in_the_pool(
+    served: tuple[LedgerService, httpx.Client],
+) -> None:
+    service, http = served
+    batches = threads_of(service, "log_events_request")
+    reservations = threads_of(service, "reserve_request")
+    session_id = http.post("/v1/sessions", json={"agentName": "loop"}).json()["id"]
+    small = {"sessionId": session_id, "events": [tool_event(0)]}
+    assert len(json.dumps(small)) <= INLINE_BYTES
+    assert http.post("/v1/events", json=small).status_code == 202
+    large = {"sessionId": session_id, "events": [tool_event(1, size=INLINE_BYTES)]}
+    assert http.post("/v1/events", json=large).status_code == 202
+    answer = http.post(
+        "/v1/reservations", json={"sessionId": session_id, "provider": "openai", "model": "gpt-4o", "maxCostUsd": 1}
+    )
+    assert answer.status_code == 200 and answer.json()["budgeted"] is False  # no budget: nothing held
+    assert batches[0] == "agent-ledger-server"  # BackgroundServer's loop thread
+    assert batches[1].startswith("agent-ledger-worker-")
+    assert reservations == ["agent-ledger-server"]
+    assert [e["stepIndex"] for e in events_in(http, session_id)] == [0, 1]
+
+
+def test_errors_on_the_loop_are_the_same_answers(served: tuple[LedgerService, httpx.Client]) -> None:
+    _service, http = served
+    session_id = http.post("/v1/sessions", json={"agentName": "loop"}).json()["id"]
+    bad_key = http.post("/v1/events", json={"sessionId": session_id, "events": []}, headers={"x-api-key": "al_nope"})
+    assert bad_key.status_code == 401 and "Invalid or revoked API key" in bad_key.json()["error"]
+    not_json = http.post("/v1/events", content=b"{", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400
+    bad_event = http.post(
+        "/v1/events", json={"sessionId": session_id, "events": [{"type": "tool_call", "stepIndex": -1}]}
+    )
+    assert bad_event.status_code == 400 and bad_event.json()["rejected"][0]["index"] == 0
+    assert http.put("/v1/budgets/loop", json={"dailyLimitUsd": 0.001}).status_code == 200
+    over = {"sessionId": session_id, "provider": "openai", "model": "gpt-4o", "maxCostUsd": 0.002}
+    refused = http.post("/v1/reservations", json=over)
+    assert refused.status_code == 429
+    assert events_in(http, session_id) == []
+    # The refusals left the store free: the next small write runs (on the loop) and is recorded.
+    assert http.post("/v1/events", json={"sessionId": session_id, "events": [tool_event(0)]}).status_code == 202
+    assert len(events_in(http, session_id)) == 1
+
+
+def test_a_small_write_while_another_writes_goes_to_the_pool_and_the_loop_keeps_answering(
+    served: tuple[LedgerService, httpx.Client],
+) -> None:
+    service, http = served
+    batches = threads_of(service, "log_events_request")
+    session_id = http.post("/v1/sessions", json={"agentName": "loop"}).json()["id"]
+    held, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:  # a write of another thread (the CLI, a slow batch) holds the store
+        with service.store.write(None) as tx:
+            tx._run("SELECT 1")
+            held.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert held.wait(10)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            posted = pool.submit(http.post, "/v1/events", json={"sessionId": session_id, "events": [tool_event(0)]})
+            with httpx.Client(base_url=str(http.base_url), timeout=5) as other:
+                for _ in range(5):  # the loop answers while the batch waits for the store
+                    assert other.get("/health").status_code == 200
+            assert not posted.done(), "the batch was answered while another write held the store"
+            release.set()
+            assert posted.result(30).status_code == 202
+    finally:
+        release.set()
+        writer.join()
+    assert batches and batches[0].startswith("agent-ledger-worker-")
+    assert len(events_in(http, session_id)) == 1
