@@ -127,3 +127,53 @@ def test_a_small_write_while_another_writes_goes_to_the_pool_and_the_loop_keeps_
         writer.join()
     assert batches and batches[0].startswith("agent-ledger-worker-")
     assert len(events_in(http, session_id)) == 1
+
+
+# -- the key of a request, kept within write_now while the file has not changed ----------------------------
+
+
+def authenticate_now(service: LedgerService, secret: str) -> Any:
+    """What a request on the event loop sees: the key checked within write_now."""
+    with service.store.write_now() as now:
+        assert now
+        return service.authenticate(secret)
+
+
+def test_a_key_revoked_by_this_process_is_refused_by_the_next_request(tmp_path: Path) -> None:
+    with sqlite_service(tmp_path / "ledger.db") as service:
+        key = service.create_key("a")
+        assert authenticate_now(service, key.secret) == "default"
+        assert authenticate_now(service, key.secret) == "default"  # kept: the file did not change
+        service.revoke_key(key.key.id)
+        assert authenticate_now(service, key.secret) is None
+
+
+def test_a_key_revoked_or_made_by_another_process_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with sqlite_service(path) as service, sqlite_service(path) as cli:  # two connections: as two processes
+        key = service.create_key("a")
+        assert authenticate_now(service, key.secret) == "default"
+        later = cli.create_key("b", workspace="other")
+        assert authenticate_now(service, later.secret) == "other"
+        assert authenticate_now(service, later.secret) == "other"
+        cli.revoke_key(key.key.id)
+        assert authenticate_now(service, key.secret) is None
+        unknown = key.secret.replace(key.key.id, "k" * len(key.key.id))
+        assert authenticate_now(service, unknown) is None
+
+
+def test_a_price_set_by_either_process_is_what_the_next_request_pays(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    from agent_ledger_sdk.local.pricing import Rates
+
+    path = tmp_path / "ledger.db"
+    with sqlite_service(path) as service, sqlite_service(path) as cli:
+        key = service.create_key("a")
+        versions = []
+        for who in (service, cli, service):
+            who.set_price("default", "m", Rates(Decimal(len(versions) + 1), Decimal(1)))
+            workspace = authenticate_now(service, key.secret)
+            versions.append(workspace.prices_version)
+            assert service.prices(workspace)["m"].input_per_mtok == Decimal(len(versions))
+        assert versions == [1, 2, 3]

@@ -269,8 +269,7 @@ class LedgerService:
         key_id = key_id_of(secret)
         if key_id is None:
             return None
-        with self.store.query() as tx:
-            row = tx.key_of_request(key_id)
+        row = self.store.key_of_request(key_id)
         expected = row["key_hash"] if row is not None else _hash_secret("no such key")
         matches = hmac.compare_digest(expected, _hash_secret(secret))
         if row is None or not matches or row["revoked_at"] is not None:

@@ -18,7 +18,7 @@ import abc
 import datetime
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
 from typing_extensions import Self
 
@@ -90,6 +90,12 @@ class Store(abc.ABC):
         until then: only for transactions that read none."""
         with self.write(workspace) as tx:
             yield tx
+
+    def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
+        """:meth:`Tx.key_of_request` in a read of its own: the key of a request, with its workspace's price
+        version (a store may answer from what it read before, when it knows that nothing changed since)."""
+        with self.query() as tx:
+            return tx.key_of_request(key_id)
 
     @contextmanager
     def write_now(self) -> Iterator[bool]:

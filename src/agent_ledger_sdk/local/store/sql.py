@@ -163,6 +163,9 @@ class Tx:
         # SQLite: the spend amounts this transaction read (budget_state) or wrote, by (workspace, scope, subject, period);
         # a write holds the whole file, so they stay current until the commit and add_spent need not read them.
         self._spend: dict[tuple[str, str, str, str], Decimal] = {}
+        # Set by a change of what key_of_request reads (a key, a workspace's price version): a store that keeps
+        # those rows (SQLiteStore.key_of_request) forgets them when this transaction ends.
+        self.keys_changed = False
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Tx:
     # -- keys ----------------------------------------------------------------------------
 
     def insert_key(self, key_id: str, name: str, workspace: str, key_hash: str, created_at: str) -> None:
+        self.keys_changed = True
         self._run(
             "INSERT INTO api_keys (id, name, workspace, key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
             (key_id, name, workspace, key_hash, created_at),
@@ -217,6 +221,7 @@ class Tx:
         return rows[0] if rows else None
 
     def revoke_key(self, key_id: str, revoked_at: str) -> None:
+        self.keys_changed = True
         self._run("UPDATE api_keys SET revoked_at = ? WHERE id = ?", (revoked_at, key_id))
 
     # -- idempotency -------------------------------------------------------------------------
@@ -1004,6 +1009,7 @@ class Tx:
         return 0 if row is None else int(row["version"])
 
     def _prices_changed(self, workspace: str) -> None:
+        self.keys_changed = True  # key_of_request reads the version
         self._run(
             "INSERT INTO price_versions (workspace, version) VALUES (?, 1)"
             " ON CONFLICT (workspace) DO UPDATE SET version = price_versions.version + 1",

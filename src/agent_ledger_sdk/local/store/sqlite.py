@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import SQLITE, UNNUMBERED, Tx
@@ -37,6 +37,9 @@ CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write
 BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
 CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
 BUSY_TIMEOUT = 30.0
+MAX_KEPT_KEYS = (
+    1024  # key rows kept by key_of_request (a workspace has a few keys; ids sent at random are not kept long)
+)
 _UNLOCKED = contextlib.nullcontext()  # a database in memory: one connection, no other process  # seconds a write waits for another process's before "database is locked"
 
 
@@ -182,6 +185,9 @@ class SQLiteStore(Store):
             self._created = _create_private_file(self.path)
         self._lock = threading.RLock()  # one write at a time in this process (across processes: _WriteFileLock)
         self._holder: Optional[int] = None  # the thread that holds _lock by write_now
+        # Keys read within write_now, by id, with what the file was then: (data_version, _keys_generation).
+        self._keys: dict[str, tuple[tuple[int, int], Optional[dict[str, Any]]]] = {}
+        self._keys_generation = 0  # one more at every write of this process that changed a key or a price version
         self._readers_lock = threading.Lock()  # never the write lock: a waiting write must not hold up reads
         self._writer = self._connect()
         self._file_lock = None if self._memory else _WriteFileLock(Path(f"{self.path}-lock"))
@@ -237,11 +243,15 @@ class SQLiteStore(Store):
             checkpointer.let_in()  # (not within write_now: this thread holds the lock the checkpoint waits for)
         with self._lock, self._file_lock or _UNLOCKED:
             self._writer.execute("BEGIN IMMEDIATE")
+            tx = Tx(self._writer, SQLITE)
             try:
-                yield Tx(self._writer, SQLITE)
+                yield tx
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise
+            finally:
+                if tx.keys_changed:
+                    self._keys_generation += 1
             self._writer.execute("COMMIT")
         if checkpointer is not None:
             checkpointer.written()
@@ -268,6 +278,23 @@ class SQLiteStore(Store):
                     file_lock.__exit__()
         finally:
             self._lock.release()
+
+    def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
+        """Within write_now, the row read last for ``key_id`` when the file has not changed since: no other
+        connection committed (SQLite's ``data_version`` of the writer, read under the write lock of every
+        process) and no write of this one changed a key or a price version. A key revoked or a price set by
+        the CLI, another worker or this process is read again by the very next request."""
+        if self._holder != threading.get_ident() or self._writer.in_transaction:
+            return super().key_of_request(key_id)
+        version = (self._writer.execute("PRAGMA data_version").fetchone()[0], self._keys_generation)
+        kept = self._keys.get(key_id)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        row = Tx(self._writer, SQLITE).key_of_request(key_id)
+        if len(self._keys) >= MAX_KEPT_KEYS:
+            self._keys.clear()
+        self._keys[key_id] = (version, row)
+        return row
 
     def _reader(self) -> sqlite3.Connection:
         if self._memory:
