@@ -143,7 +143,8 @@ class PricedEvent:
     encoded: str = ""  # the payload's compact JSON, when the API layer already made it
 
     def __post_init__(self) -> None:
-        self.cost_usd = money.exact(self.cost_usd)
+        if type(self.cost_usd) is not Decimal:
+            self.cost_usd = money.exact(self.cost_usd)
         if self.type == "llm_call" and self.cost_status is None:
             self.cost_status = PRICED
 

@@ -210,7 +210,13 @@ def _count(where: str, name: str, value: Any, limit: int) -> int:
     )
 
 
+_valid_timestamp = ""  # the last timestamp found valid: a call's two events, and a batch's, often share one
+
+
 def _timestamp(where: str, name: str, value: Any) -> None:
+    global _valid_timestamp
+    if value == _valid_timestamp and type(value) is str:
+        return
     match = _RFC3339_UTC.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if match is not None:
         try:
@@ -223,6 +229,7 @@ def _timestamp(where: str, name: str, value: Any) -> None:
             name,
             f'{where}.{name} must be an RFC 3339 timestamp in UTC, such as "{TIMESTAMP_EXAMPLE}"; got {shown(value)}.',
         )
+    _valid_timestamp = value
 
 
 def _short_string(where: str, name: str, value: Any, limit: int, what: str) -> None:

@@ -686,6 +686,28 @@ class Tx:
     # -- events ---------------------------------------------------------------------------------
 
     def insert_events(self, session_id: str, received_at: str, events: Iterable[EventRow]) -> None:
+        if self._dialect.name == "sqlite":  # the rows as executemany takes them, in one pass
+            text = money.text
+            self._db.cursor().executemany(
+                "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
+                " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        session_id,
+                        e.step_index,
+                        UNNUMBERED if e.step_index is None else e.step_index,
+                        e.type,
+                        e.payload,
+                        "0" if e.cost is money.ZERO else text(e.cost),
+                        e.cost_status,
+                        int(e.over_budget),
+                        e.pricing_note,
+                        received_at,
+                    )
+                    for e in events
+                ],
+            )
+            return
         rows = [
             (
                 e.step_index,
