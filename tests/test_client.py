@@ -81,6 +81,36 @@ def test_every_request_carries_key_user_agent_json_and_idempotency_key(api: resp
     assert headers["idempotency-key"].startswith("agent-ledger-")
 
 
+def test_each_request_gets_headers_and_a_url_of_its_own_that_follow_the_client() -> None:
+    """Headers and URLs are made once and copied: a request never shares them with another, and a header or
+    base URL changed on the client is in the next request."""
+    client = AgentLedgerClient(api_key=API_KEY, base_url=BASE_URL, default_headers={"X-Team": "a"})
+    first = client._build_request("POST", "/v1/sessions", {"agentName": "bot"}, None, "k1")
+    first.headers["X-Team"] = "changed"
+    second = client._build_request("POST", "/v1/sessions", {"agentName": "bot"}, None, "k2")
+    assert second.headers["x-team"] == "a" and second.headers["idempotency-key"] == "k2"
+    assert [name for name, _ in second.headers.raw] == [
+        b"Host",
+        b"User-Agent",
+        b"Accept",
+        b"X-Team",
+        b"x-api-key",
+        b"Idempotency-Key",
+        b"Content-Type",
+        b"Content-Length",
+    ]
+    client._headers["Agent-Ledger-Priced"] = "true"
+    assert client._build_request("GET", "/v1/sessions")
+    assert client._build_request("GET", "/v1/sessions").headers["agent-ledger-priced"] == "true"
+    client.base_url = "http://127.0.0.1:9"
+    moved = client._build_request("GET", "/v1/sessions")
+    assert str(moved.url) == "http://127.0.0.1:9/v1/sessions" and moved.headers["host"] == "127.0.0.1:9"
+    for number in range(40):  # a session's end is one path each: kept only up to a bound
+        assert str(client._build_request("POST", f"/v1/sessions/s{number}/end", {}).url).endswith(f"s{number}/end")
+    assert len(client._urls) <= 16
+    client.close()
+
+
 def test_end_session_posts_status_and_error_message(api: respx.MockRouter, ledger_api: Any) -> None:
     route = api.post("/v1/sessions/s-9/end").respond(200)
     ledger_api.end_session("s-9", "success")
