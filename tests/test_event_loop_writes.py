@@ -21,6 +21,7 @@ from agent_ledger_sdk.local.server import BackgroundServer
 from agent_ledger_sdk.local.service import LedgerService
 
 from .ledger_fixtures import sqlite_service
+from .test_sqlite_writes import write_of_another_thread
 
 
 def tool_event(step: int, size: int = 10) -> dict[str, Any]:
@@ -102,29 +103,14 @@ def test_a_small_write_while_another_writes_goes_to_the_pool_and_the_loop_keeps_
     service, http = served
     batches = threads_of(service, "log_events_request")
     session_id = http.post("/v1/sessions", json={"agentName": "loop"}).json()["id"]
-    held, release = threading.Event(), threading.Event()
-
-    def long_write() -> None:  # a write of another thread (the CLI, a slow batch) holds the store
-        with service.store.write(None) as tx:
-            tx._run("SELECT 1")
-            held.set()
-            release.wait(30)
-
-    writer = threading.Thread(target=long_write)
-    writer.start()
-    try:
-        assert held.wait(10)
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            posted = pool.submit(http.post, "/v1/events", json={"sessionId": session_id, "events": [tool_event(0)]})
-            with httpx.Client(base_url=str(http.base_url), timeout=5) as other:
-                for _ in range(5):  # the loop answers while the batch waits for the store
-                    assert other.get("/health").status_code == 200
-            assert not posted.done(), "the batch was answered while another write held the store"
-            release.set()
-            assert posted.result(30).status_code == 202
-    finally:
+    with write_of_another_thread(service.store) as release, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(http.post, "/v1/events", json={"sessionId": session_id, "events": [tool_event(0)]})
+        with httpx.Client(base_url=str(http.base_url), timeout=5) as other:
+            for _ in range(5):  # the loop answers while the batch waits for the store
+                assert other.get("/health").status_code == 200
+        assert not posted.done(), "the batch was answered while another write held the store"
         release.set()
-        writer.join()
+        assert posted.result(30).status_code == 202
     assert batches and batches[0].startswith("agent-ledger-worker-")
     assert len(events_in(http, session_id)) == 1
 

@@ -9,8 +9,9 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,16 +140,50 @@ def _hold_the_write_lock(path: str, held: object, release: object) -> None:
         opened.close()
 
 
+@contextmanager
+def write_of_another_process(path: Path) -> Iterator[Any]:
+    """Another process's write of 'held' to ``filler``, under way for the block (or until the event it gives is
+    set); the process must then end cleanly."""
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_the_write_lock, args=(str(path), held, release))
+    other.start()
+    try:
+        assert held.wait(60), "the other process never began its write"
+        yield release
+    finally:
+        release.set()
+        other.join(30)
+    assert other.exitcode == 0
+
+
+@contextmanager
+def write_of_another_thread(store: Any) -> Iterator[threading.Event]:
+    """A write of another thread of this process (the CLI's, a slow batch's), under way for the block (or until
+    the event it gives is set)."""
+    held, release = threading.Event(), threading.Event()
+
+    def long_write() -> None:
+        with store.write(None) as tx:
+            tx._run("SELECT 1")
+            held.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert held.wait(10)
+        yield release
+    finally:
+        release.set()
+        writer.join()
+
+
 @pytest.mark.skipif(sqlite_store.fcntl is None, reason="the lock file is POSIX flock")
 def test_a_write_of_another_process_holds_up_this_one_until_it_commits(store: SQLiteStore) -> None:
     lock_file = Path(f"{store.path}-lock")
     assert stat.S_IMODE(lock_file.stat().st_mode) == 0o600  # beside a file of prompts: nobody else's
-    context = multiprocessing.get_context("spawn")
-    held, release = context.Event(), context.Event()
-    other = context.Process(target=_hold_the_write_lock, args=(str(store.path), held, release))
-    other.start()
-    try:
-        assert held.wait(60), "the other process never began its write"
+    with write_of_another_process(store.path) as release:
         done = threading.Event()
 
         def write() -> None:
@@ -162,10 +197,6 @@ def test_a_write_of_another_process_holds_up_this_one_until_it_commits(store: SQ
         release.set()
         assert done.wait(10), "the write did not go on once the other process committed"
         writer.join()
-    finally:
-        release.set()
-        other.join(30)
-    assert other.exitcode == 0
     with store.read() as tx:
         rows = [r["body"] for r in tx._all("SELECT body FROM filler ORDER BY id")]
     assert rows == ["held", "mine"]
@@ -226,46 +257,23 @@ def test_write_now_holds_every_write_of_this_process_until_it_ends(store: SQLite
 
 
 def test_write_now_says_no_at_once_while_another_thread_writes(store: SQLiteStore) -> None:
-    held, release = threading.Event(), threading.Event()
-
-    def long_write() -> None:
-        with store.write() as tx:
-            tx._run("INSERT INTO filler (body) VALUES ('long')")
-            held.set()
-            release.wait(30)
-
-    writer = threading.Thread(target=long_write)
-    writer.start()
-    try:
-        assert held.wait(10)
+    with write_of_another_thread(store):
         began = time.monotonic()
         with store.write_now() as now:
             assert now is False
         assert time.monotonic() - began < 0.25, "write_now waited for the other write"
-    finally:
-        release.set()
-        writer.join()
     with store.write_now() as now:  # free again
         assert now is True
 
 
 @pytest.mark.skipif(sqlite_store.fcntl is None, reason="the lock file is POSIX flock")
 def test_write_now_says_no_at_once_while_another_process_writes(store: SQLiteStore) -> None:
-    context = multiprocessing.get_context("spawn")
-    held, release = context.Event(), context.Event()
-    other = context.Process(target=_hold_the_write_lock, args=(str(store.path), held, release))
-    other.start()
-    try:
-        assert held.wait(60), "the other process never began its write"
+    with write_of_another_process(store.path):
         with store.write_now() as now:
             assert now is False
         # Saying no let go of this process's lock too: another thread of it can queue for the file.
         assert store._lock.acquire(timeout=5)
         store._lock.release()
-    finally:
-        release.set()
-        other.join(30)
-    assert other.exitcode == 0
     with store.write_now() as now:
         assert now is True
         with store.write() as tx:
