@@ -108,12 +108,17 @@ def test_an_event_too_large_is_refused_either_way() -> None:
             check_event(0, event, parsed_by_orjson=orjson_read)
 
 
-def test_a_timestamp_is_checked_whatever_was_checked_before() -> None:
+def test_a_timestamp_is_checked_whatever_was_checked_before(monkeypatch: pytest.MonkeyPatch) -> None:
     """The last valid timestamp is remembered (a call's two events share one): only that very text passes unread."""
+    from agent_ledger_sdk.local import validation
+
+    monkeypatch.setattr(validation, "_valid_timestamp", None)  # as a new process starts
+    with pytest.raises(Rejection, match="RFC 3339"):
+        check_event(0, {"type": "tool_call", "startedAt": ""})
     valid = "2026-11-26T06:14:28.309Z"
     for _ in range(2):
         assert check_event(0, {"type": "tool_call", "startedAt": valid}).payload["startedAt"] == valid
-    for wrong in ("2026-02-30T06:14:28.309Z", valid[:-1], valid + " ", valid.replace("T", " "), 1764137668):
+    for wrong in ("", "2026-02-30T06:14:28.309Z", valid[:-1], valid + " ", valid.replace("T", " "), 1764137668):
         with pytest.raises(Rejection, match="RFC 3339"):
             check_event(0, {"type": "tool_call", "startedAt": wrong})
         check_event(0, {"type": "tool_call", "startedAt": valid})  # and the valid one still passes after it

@@ -210,12 +210,12 @@ def _count(where: str, name: str, value: Any, limit: int) -> int:
     )
 
 
-_valid_timestamp = ""  # the last timestamp found valid: a call's two events, and a batch's, often share one
+_valid_timestamp: Optional[str] = None  # the last timestamp found valid: a call's two events often share one
 
 
 def _timestamp(where: str, name: str, value: Any) -> None:
     global _valid_timestamp
-    if value == _valid_timestamp and type(value) is str:
+    if type(value) is str and value == _valid_timestamp:
         return
     match = _RFC3339_UTC.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if match is not None:

@@ -36,11 +36,10 @@ CHECKPOINT_INTERVAL = 0.05  # seconds between background checkpoints, while writ
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
 BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
 CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
-BUSY_TIMEOUT = 30.0
-MAX_KEPT_KEYS = (
-    1024  # key rows kept by key_of_request (a workspace has a few keys; ids sent at random are not kept long)
-)
-_UNLOCKED = contextlib.nullcontext()  # a database in memory: one connection, no other process  # seconds a write waits for another process's before "database is locked"
+BUSY_TIMEOUT = 30.0  # seconds a write waits for another process's before "database is locked"
+# Key rows kept by key_of_request: a workspace has a few keys; ids sent at random are not kept long.
+MAX_KEPT_KEYS = 1024
+_UNLOCKED = contextlib.nullcontext()  # a database in memory: one connection, no other process
 
 
 def _create_private_file(path: Path) -> bool:
