@@ -436,3 +436,33 @@ def test_a_reservation_not_settled_in_ten_minutes_is_released(
     advance(24 * 3600 + 600)
     reserve(http, session_id, maxCostUsd=0.0)  # a budget check forgets reservations gone for a day
     assert http.delete(f"/v1/reservations/{held.json()['id']}").status_code == 404
+
+
+def test_every_held_reservation_counts_exactly_however_many_share_an_amount(ledger: LocalLedger) -> None:
+    """Held reservations are read summed by amount: each budget (agent, workspace, session) still sees exactly the
+    reservations that are its own, many of one amount and some of others, other agents' and sessions' too."""
+    key = ledger.service.create_key("held-sums", workspace="held-sums").secret
+    service, workspace = ledger.service, "held-sums"
+    service.set_budget(workspace, "a", Decimal("1"))
+    service.set_budget(workspace, "b", Decimal("1"))
+    service.set_workspace_budget(workspace, Decimal("2"))
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": key}) as http:
+        a1 = start(http, "a", maxCostUsd=0.5)
+        a2, b1 = start(http, "a"), start(http, "b")
+        amounts = {a1: ["0.01"] * 30 + ["0.003", "0.0007"], a2: ["0.01"] * 20 + ["0.02"], b1: ["0.05"] * 10}
+        for session_id, held in amounts.items():
+            for value in held:
+                assert reserve(http, session_id, maxCostUsd=float(value)).status_code == 201
+        released = reserve(http, a2, maxCostUsd=0.1)  # released: it no longer counts
+        assert http.delete(f"/v1/reservations/{released.json()['id']}").status_code == 204
+        total = {s: sum((Decimal(v) for v in held), Decimal(0)) for s, held in amounts.items()}
+        # Each refusal's details say what its budget counts as reserved: asked for more than any budget has left.
+        # Held: a1 0.3037 (its cap 0.5), agent a 0.5237 (limit 1), the workspace 1.0237 (limit 2).
+        by_session = exact(reserve(http, a1, maxCostUsd=0.2))["details"]
+        assert (by_session["budget"], by_session["reservedUsd"]) == ("session", total[a1])
+        by_agent = exact(reserve(http, a2, maxCostUsd=0.5))["details"]
+        assert (by_agent["budget"], by_agent["reservedUsd"]) == ("agent-daily", total[a1] + total[a2])
+        service.set_budget(workspace, "b", Decimal("10"))
+        by_workspace = exact(reserve(http, b1, maxCostUsd=1.0))["details"]
+        assert (by_workspace["budget"], by_workspace["reservedUsd"]) == ("workspace-daily", sum(total.values()))
+        assert reserve(http, b1, maxCostUsd=0.9763).status_code == 201  # exactly what the workspace has left

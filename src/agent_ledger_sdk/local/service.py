@@ -487,7 +487,9 @@ class LedgerService:
         agent = session["agent_name"]
         day, month = day_of(now), month_of(now)
         periods = [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month), (WORKSPACE_DAILY, "", day)]
-        state = tx.budget_state(workspace, agent, periods if spending else (), stamp(now))
+        state = tx.budget_state(
+            workspace, agent, periods if spending else (), stamp(now), session["id"] if spending else None
+        )
         agent_row = next((r for r in state if r["kind"] == "agent"), None)
         settings = next((r for r in state if r["kind"] == "settings"), None)
         found = _Limits(allow_unpriced=bool(int(settings["c"])) if settings is not None else False)
@@ -506,16 +508,24 @@ class LedgerService:
             return found
         self._forget_expired_reservations(tx, workspace, now)  # housekeeping where budgets are used (not read here)
         spent = {(r["b"], r["c"]): amount(r["a"]) for r in state if r["kind"] == "spend"}
-        held = [r for r in state if r["kind"] == "held"]
+        held = held_by_agent = held_by_session = money.ZERO  # the workspace's, the agent's, the session's
+        for r in state:
+            if r["kind"] == "held":
+                reserved = money.multiply(amount(r["a"]), Decimal(int(r["d"])))
+                held = money.add(held, reserved)
+                if r["b"]:
+                    held_by_agent = money.add(held_by_agent, reserved)
+                if r["c"]:
+                    held_by_session = money.add(held_by_session, reserved)
         for kind, limit, warn in wanted:
             resets: Optional[datetime.datetime]
             if kind == AGENT_DAILY:
                 used = spent.get((AGENT_DAILY, agent), money.ZERO)
-                reserved = [r for r in held if r["b"] == agent]
+                reserved = held_by_agent
                 resets, subject = next_utc_midnight(now), agent
             elif kind == AGENT_MONTHLY:
                 used = spent.get((AGENT_MONTHLY, agent), money.ZERO)
-                reserved = [r for r in held if r["b"] == agent]
+                reserved = held_by_agent
                 resets, subject = next_utc_month(now), agent
             elif kind == WORKSPACE_DAILY:
                 used = spent.get((WORKSPACE_DAILY, ""), money.ZERO)
@@ -523,14 +533,14 @@ class LedgerService:
                 resets, subject = next_utc_midnight(now), workspace
             else:
                 used = amount(session["cost"])
-                reserved = [r for r in held if r["c"] == session["id"]]
+                reserved = held_by_session
                 resets, subject = None, session["id"]
             found.budgets.append(
                 Budget(
                     kind=kind,
                     limit=amount(limit),
                     spent=used,
-                    reserved=money.add(*(amount(r["a"]) for r in reserved)),
+                    reserved=reserved,
                     warn_at_percent=optional_amount(warn),
                     resets_at=resets,
                     agent_name=agent,

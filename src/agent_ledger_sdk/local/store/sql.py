@@ -854,30 +854,47 @@ class Tx:
         return {row["id"]: row for row in rows}
 
     def budget_state(
-        self, workspace: str, agent_name: str, periods: Sequence[tuple[str, str, str]], now: str
+        self,
+        workspace: str,
+        agent_name: str,
+        periods: Sequence[tuple[str, str, str]],
+        now: str,
+        session_id: Optional[str] = None,
     ) -> list[dict[str, Any]]:
         """In one statement (one round trip): the agent's budget, the workspace's settings, the spend of
         ``periods`` ((scope, subject, period) each) and the reservations held now. Rows of ``kind`` 'agent'
         (a: daily limit, b: monthly limit, c: warn at), 'settings' (a: daily limit, b: warn at, c: allow
-        unpriced), 'spend' (a: amount, b: scope, c: subject) and 'held' (a: amount, b: agent, c: session);
-        every value as text (or NULL)."""
+        unpriced), 'spend' (a: amount, b: scope, c: subject) and 'held' (a: amount, b: 'agent' if they are
+        ``agent_name``'s, c: 'session' if they are ``session_id``'s, d: how many reservations hold that amount);
+        every value but d as text (or NULL).
+
+        The held reservations come summed by amount (exact: the caller multiplies), not one row each: an agent
+        whose calls are reserved faster than their events settle them holds hundreds at a time, and reading
+        each made every reservation cost more than the last (0.39 ms with none held, 0.81 with 150, 2.3 with 600).
+        ``session_id`` None: none are read."""
         spend = " OR ".join("(scope = ? AND subject = ? AND period = ?)" for _ in periods) or "1 = 0"
+        held = (
+            " UNION ALL SELECT 'held', CAST(amount AS TEXT),"
+            " CASE WHEN agent_name = ? THEN 'agent' ELSE '' END, CASE WHEN session_id = ? THEN 'session' ELSE '' END,"
+            " COUNT(*) FROM reservations WHERE workspace = ? AND state = 'held' AND expires_at > ? GROUP BY 2, 3, 4"
+            if session_id is not None
+            else ""
+        )
         rows = self._all(
             "SELECT 'agent' AS kind, CAST(daily_limit AS TEXT) AS a, CAST(monthly_limit AS TEXT) AS b,"
-            " CAST(warn_at_percent AS TEXT) AS c FROM agent_budgets WHERE workspace = ? AND agent_name = ?"
+            " CAST(warn_at_percent AS TEXT) AS c, CAST(NULL AS INTEGER) AS d FROM agent_budgets"
+            " WHERE workspace = ? AND agent_name = ?"
             " UNION ALL SELECT 'settings', CAST(daily_limit AS TEXT), CAST(warn_at_percent AS TEXT),"
-            " CAST(allow_unpriced AS TEXT) FROM workspace_settings WHERE workspace = ?"
-            f" UNION ALL SELECT 'spend', CAST(amount AS TEXT), scope, subject FROM spend WHERE workspace = ? AND ({spend})"
-            " UNION ALL SELECT 'held', CAST(amount AS TEXT), agent_name, session_id FROM reservations"
-            " WHERE workspace = ? AND state = 'held' AND expires_at > ?",
+            " CAST(allow_unpriced AS TEXT), NULL FROM workspace_settings WHERE workspace = ?"
+            " UNION ALL SELECT 'spend', CAST(amount AS TEXT), scope, subject, NULL FROM spend"
+            f" WHERE workspace = ? AND ({spend}){held}",
             (
                 workspace,
                 agent_name,
                 workspace,
                 workspace,
                 *(value for period in periods for value in period),
-                workspace,
-                now,
+                *((agent_name, session_id, workspace, now) if session_id is not None else ()),
             ),
         )
         if periods and self._dialect.name == "sqlite":
