@@ -97,11 +97,27 @@ async def _aexchange(
     return response
 
 
+def _on_awaiting_answer(call: Callable[[], None]) -> Callable[[str, dict[str, Any]], None]:
+    """An httpcore ``trace`` extension that calls ``call`` when the request is written and the answer awaited."""
+
+    def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".receive_response_headers.started"):
+            call()
+
+    return trace
+
+
 class LedgerIO(Protocol):
     """What delivery and budgets need from the ledger: idempotent calls."""
 
     def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started: ...
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any: ...
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any: ...
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any: ...
 
@@ -190,10 +206,15 @@ class SyncHTTP:
         idempotency_key: Optional[str] = None,
         max_retries: Optional[int] = None,
         method: str = "POST",
+        on_sent: Optional[Callable[[], None]] = None,
     ) -> httpx.Response:
+        """``on_sent``: called once the request is written and its answer awaited (by our own transport; with
+        the user's ``http_client``, never): another thread of ours may take the GIL from then on."""
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
         request = _request(config, self._user_client, method, path, body, content, idempotency_key)
+        if on_sent is not None and self._user_client is None:
+            request.extensions["trace"] = _on_awaiting_answer(on_sent)
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -309,11 +330,21 @@ class SyncLedgerIO:
         )
         return self.http.config._parse_success(response)
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any:
         """The ledger's answer (parsed JSON): the local ledger prices each LLM call in it (``priced``)."""
         content = events_body(session_id, encoded_events)
         response = self.http.post(
-            "/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries
+            "/v1/events",
+            content=content,
+            idempotency_key=idempotency_key,
+            max_retries=self.max_retries,
+            on_sent=on_sent,
         )
         return self.http.config._parse_success(response)
 
@@ -456,8 +487,14 @@ class LoopBridge:
         result: Started = self._run(lambda http: self._start_on(http, body, idempotency_key))
         return result
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
-        content = events_body(session_id, encoded_events)
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any:
+        content = events_body(session_id, encoded_events)  # on_sent: not told (the call runs on another loop)
         return self._run(lambda http: self._send_on(http, content, idempotency_key))
 
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:
