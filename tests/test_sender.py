@@ -594,7 +594,7 @@ def test_sessions_waiting_to_start_are_started_together_and_a_stalled_start_goes
             session = ledger.session(f"agent-{k}")
             session.__enter__().log("tick")
             sessions.append(session)
-    for session in sessions:
+    for session in reversed(sessions):  # nested: the last entered ends first
         session.__exit__(None, None, None)
     assert ledger.flush(20) == 0
     assert ledger.stats.sent == 4
@@ -649,7 +649,7 @@ def test_a_flood_from_agents_taking_turns_goes_in_full_batches_in_order(api: res
                 sender._deliver_units()
             except _Stall:
                 pass  # the 503: its unit stays first, and goes again now, as it was
-    for session in sessions:
+    for session in reversed(sessions):  # nested: the last entered ends first
         session.__exit__(None, None, None)
     assert ledger.flush(10) == 0
     assert bodies[1] == bodies[2]  # the failed request went again first: same key, same events
