@@ -588,14 +588,17 @@ def test_sessions_waiting_to_start_are_started_together_and_a_stalled_start_goes
 
     ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
     sender = ledger._instrumentation.sender
-    sessions = []
+
+    def agent(k: int) -> None:  # a thread each: four sessions, none within another
+        with ledger.session(f"agent-{k}") as session:
+            session.log("tick")
+
     with sender._drain_lock:  # the four starts are queued before the sender looks
-        for k in range(4):
-            session = ledger.session(f"agent-{k}")
-            session.__enter__().log("tick")
-            sessions.append(session)
-    for session in reversed(sessions):  # nested: the last entered ends first
-        session.__exit__(None, None, None)
+        threads = [threading.Thread(target=agent, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     assert ledger.flush(20) == 0
     assert ledger.stats.sent == 4
     names = [name for name, _ in keys]
@@ -746,3 +749,32 @@ def test_a_request_says_when_it_is_written_and_its_answer_awaited() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_session_started_within_another_waits_for_its_parents_start() -> None:
+    """Starts made together: a child's start carries its parent's id, so it is made after the parent's."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            bodies.append(body)
+            time.sleep(0.05)  # a child made at the same time would not know the parent's id yet
+            return httpx.Response(201, json={"id": f"id-{body['agentName']}"})
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+    sender = ledger._instrumentation.sender
+    with sender._drain_lock:  # all three starts are queued before the sender looks
+        with ledger.session("sibling") as sibling, ledger.session("parent") as parent:
+            with ledger.session("child") as child:
+                child.log("tick")
+            parent.log("tick")
+        sibling.log("tick")
+    assert ledger.flush(10) == 0
+    assert {body["agentName"]: body.get("parentSessionId") for body in bodies} == {
+        "sibling": None,
+        "parent": "id-sibling",
+        "child": "id-parent",
+    }
+    ledger.close()

@@ -667,12 +667,19 @@ class Sender:
 
         A start is a round trip, and with busy agent threads each return of the sender from its socket
         waits for the GIL: one after the other, sixteen starts took half a second; together, about one's
-        time. Each start is its own request with its own key, so their order does not matter. Those that
+        time. Each start is its own request with its own key, so their order does not matter, but for a
+        session started within another: it goes after its parent's (its start carries the id). Those that
         ended are taken off the front (a session whose start failed for good is failed); one that stalled
         stays, in its place, and the stall is raised as :meth:`_ensure_started` raises it. 0 if no thread
         could be started (interpreter shutdown): the caller starts them one at a time.
         """
-        batch = list(itertools.islice(self._starts, most))
+        batch: list[SessionHandle] = []
+        for handle in itertools.islice(self._starts, most):
+            if handle.parent is not None and any(handle.parent is other for other in batch):
+                break  # a child's start carries its parent's id: it waits for the next round
+            batch.append(handle)
+        if len(batch) < 2:
+            return 0
         waiting = [handle for handle in batch if handle._state == PENDING]
         stalls: list[BaseException] = []
 
