@@ -778,3 +778,37 @@ def test_a_session_started_within_another_waits_for_its_parents_start() -> None:
         "child": "id-parent",
     }
     ledger.close()
+
+
+def test_tasks_taking_turns_in_short_runs_keep_each_sessions_order() -> None:
+    """Sixteen sessions in runs of 100 events (asyncio tasks), delivered by the sender thread: whichever
+    request goes first, each session's events arrive in order, once."""
+    sent: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            return httpx.Response(201, json={"id": body["agentName"]})
+        if request.url.path == "/v1/events":
+            time.sleep(0.002)
+            with lock:
+                sent.setdefault(body["sessionId"], []).extend(e["i"] for e in body["events"])
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+
+    async def task(k: int) -> None:
+        async with ledger.session(f"task-{k}") as session:
+            for i in range(3000):
+                session.log("tick", i=i)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(task(k) for k in range(16)))
+
+    asyncio.run(main())
+    assert ledger.flush(30) == 0
+    assert sent == {f"task-{k}": list(range(3000)) for k in range(16)}
+    ledger.close()
