@@ -812,3 +812,39 @@ def test_tasks_taking_turns_in_short_runs_keep_each_sessions_order() -> None:
     assert ledger.flush(30) == 0
     assert sent == {f"task-{k}": list(range(3000)) for k in range(16)}
     ledger.close()
+
+
+def test_one_sessions_flood_is_built_a_request_or_two_ahead_not_more(api: respx.MockRouter) -> None:
+    """What is built ahead is encoded while the agent's threads want the GIL: one session needs its next
+    request ready, not the lookahead that turn-taking sessions need to fill theirs."""
+    from agent_ledger_sdk._sender import BUILD_EVENTS
+
+    r = routes(api)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, max_queue_size=100_000)
+    sender = ledger._instrumentation.sender
+    ahead: list[int] = []
+
+    def events(request: httpx.Request) -> httpx.Response:
+        ahead.append(sum(len(u.encoded or ()) for u in list(sender._units)[1:]))
+        time.sleep(0.01)  # the ledger's time, during which the next requests are built
+        return httpx.Response(202, json={})
+
+    r["events"].mock(side_effect=events)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with sender._drain_lock:  # the flood is delivered from here, as the sender thread does
+        with ledger.session("flood"):
+            for i in range(10 * MAX_BATCH_SIZE):
+                work(i)
+        sender._build_units()
+        while sender._units:
+            sender._deliver_units()
+            if not sender._units and sender._queue:
+                sender._build_units()
+    assert ledger.flush(30) == 0
+    assert ledger.stats.sent == 20 * MAX_BATCH_SIZE
+    assert max(ahead) <= 2 * MAX_BATCH_SIZE + BUILD_EVENTS, ahead
+    ledger.close()

@@ -840,7 +840,7 @@ class Sender:
             if self._starts:
                 self._deliver_starts()  # a session started meanwhile waits for one request, not for a flood
             unit = self._units[0]
-            if unit.kind == EVENT and len(self._queue) >= OVERLAP_EVENTS and self._lookahead() < LOOKAHEAD_EVENTS:
+            if unit.kind == EVENT and len(self._queue) >= OVERLAP_EVENTS and self._room_ahead():
                 self._deliver_while_building(unit)
             else:
                 self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
@@ -848,9 +848,17 @@ class Sender:
                 self._units.popleft()
                 self._unit_bytes -= unit.size
 
-    def _lookahead(self) -> int:
-        """Events built behind the first unit: what the next requests hold already."""
-        return sum(len(unit.encoded or ()) for unit in itertools.islice(self._units, 1, None))
+    def _room_ahead(self) -> bool:
+        """True while fewer events are built behind the first unit than are worth building ahead: a request's
+        worth for each session with one waiting, and one more (turn-taking sessions' requests fill up while
+        they wait), up to ``LOOKAHEAD_EVENTS``. Not more: what is built ahead is encoded while the agent's
+        threads want the GIL, and one session's next request is all it needs."""
+        events = 0
+        sessions = set()
+        for unit in itertools.islice(self._units, 1, None):
+            events += len(unit.encoded or ())
+            sessions.add(unit.handle)
+        return events < min(LOOKAHEAD_EVENTS, MAX_BATCH_SIZE * (len(sessions) + 1))
 
     def _deliver_while_building(self, unit: _Unit) -> None:
         """Deliver ``unit`` from a thread of its own while this one builds the next requests from the queue.
