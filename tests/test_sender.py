@@ -560,3 +560,291 @@ def test_a_flood_from_one_session_does_not_hold_back_another() -> None:
     assert "quiet" in delivered, "the quiet session's event never went out during the flood"
     assert delivered["quiet"] - queued_at < 3.0  # a pass or two, not the whole flood
     ledger.close(timeout=30)
+
+
+def test_sessions_waiting_to_start_are_started_together_and_a_stalled_start_goes_again() -> None:
+    """Starts queued together are made at once (a thread each): a start is a round trip, and with busy agent
+    threads each return of the sender from its socket waits for the GIL. One that fails (503) stays and is
+    made again, with its key; the others are not made twice."""
+    arrived = threading.Barrier(4, timeout=5)  # four starts at once, or it breaks
+    keys: list[tuple[str, str]] = []
+    failed_once: set[str] = set()
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            name = body["agentName"]
+            with lock:
+                keys.append((name, request.headers["idempotency-key"]))
+                first = name == "agent-2" and name not in failed_once
+                failed_once.add(name)
+            if len(keys) <= 4:
+                arrived.wait()
+            if first:
+                return httpx.Response(503, json={"error": "busy"})
+            return httpx.Response(201, json={"id": name})
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+    sender = ledger._instrumentation.sender
+
+    def agent(k: int) -> None:  # a thread each: four sessions, none within another
+        with ledger.session(f"agent-{k}") as session:
+            session.log("tick")
+
+    with sender._drain_lock:  # the four starts are queued before the sender looks
+        threads = [threading.Thread(target=agent, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert ledger.flush(20) == 0
+    assert ledger.stats.sent == 4
+    names = [name for name, _ in keys]
+    assert sorted(names[:4]) == [f"agent-{k}" for k in range(4)]  # all four at once: the barrier held
+    assert names[4:] == ["agent-2"]  # only the failed one went again...
+    assert keys[4][1] == next(key for name, key in keys[:4] if name == "agent-2")  # ...with its key
+    ledger.close()
+
+
+def test_a_flood_from_agents_taking_turns_goes_in_full_batches_in_order(api: respx.MockRouter) -> None:
+    """Agents that take turns queue their events in runs; a flood built a few thousand items at a time still
+    goes in full batches (a session's request built and not sent takes its next events), in each session's
+    order. The first request is never extended: a 503 on it sends it again as it was, with its key."""
+    r = routes(api)
+    r["start"].mock(
+        side_effect=lambda request: httpx.Response(201, json={"id": json.loads(request.content)["agentName"]})
+    )
+    bodies: list[tuple[str, bytes]] = []
+
+    def events(request: httpx.Request) -> httpx.Response:
+        bodies.append((request.headers["idempotency-key"], request.content))
+        if len(bodies) == 2:
+            return httpx.Response(503, json={"error": "busy"})
+        return httpx.Response(202, json={})
+
+    r["events"].mock(side_effect=events)
+    api.post(url__regex=r"/v1/sessions/.*/end").respond(200)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+    sender = ledger._instrumentation.sender
+    runs, run = 4 * MAX_BATCH_SIZE // 250, 250  # each session: 4 full batches, queued in runs of 250 events
+    with sender._drain_lock:
+        sessions = [ledger.session(f"turns-{k}") for k in range(4)]
+        handles = [session.__enter__() for session in sessions]
+        for i in range(runs):
+            for k, handle in enumerate(handles):
+                for j in range(run):
+                    handle.log("tick", k=k, i=i * run + j)
+        sender._deliver_starts()
+        sender._build_units(1000)
+        first = sender._units[0]
+        frozen = (first.key, list(first.encoded or ()))
+        while sender._queue:
+            sender._build_units(1000)  # a run of each session at a time: each extends its own request
+        assert (first.key, first.encoded) == frozen  # the first request took nothing more
+        sizes = [len(unit.encoded or ()) for unit in sender._units]
+        # 32 builds of four runs each: without extending, 128 requests of 250 events.
+        assert sizes[0] == 250 and max(sizes) == MAX_BATCH_SIZE and len(sizes) <= 24, sizes
+        assert sizes.count(MAX_BATCH_SIZE) >= 12, sizes  # the last ones smaller: the limit falls with the queue
+        while sender._units:
+            try:
+                sender._deliver_units()
+            except _Stall:
+                pass  # the 503: its unit stays first, and goes again now, as it was
+    for session in reversed(sessions):  # nested: the last entered ends first
+        session.__exit__(None, None, None)
+    assert ledger.flush(10) == 0
+    assert bodies[1] == bodies[2]  # the failed request went again first: same key, same events
+    del bodies[1]
+    sent: dict[str, list[int]] = {}
+    for _, content in bodies:
+        body = json.loads(content)
+        assert len(body["events"]) <= MAX_BATCH_SIZE
+        sent.setdefault(body["sessionId"], []).extend(e["i"] for e in body["events"])
+    assert sent == {f"turns-{k}": list(range(4 * MAX_BATCH_SIZE)) for k in range(4)}
+    assert ledger.stats.sent == 16 * MAX_BATCH_SIZE
+    ledger.close()
+
+
+def test_the_first_request_of_a_flood_goes_before_the_flood_is_encoded(api: respx.MockRouter) -> None:
+    """A deep queue is built a few thousand items at a time, the rest while the requests are in flight: the
+    ledger gets its first batch at once, not after the whole queue is encoded."""
+    r = routes(api)
+    left_at_first: list[int] = []
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL)
+    sender = ledger._instrumentation.sender
+
+    def events(request: httpx.Request) -> httpx.Response:
+        if not left_at_first:
+            left_at_first.append(len(sender._queue))
+        return httpx.Response(202, json={})
+
+    r["events"].mock(side_effect=events)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with sender._drain_lock:
+        with ledger.session("flood"):
+            for i in range(10 * MAX_BATCH_SIZE):
+                work(i)
+    assert ledger.flush(30) == 0
+    assert ledger.stats.sent == 20 * MAX_BATCH_SIZE
+    assert left_at_first and left_at_first[0] >= 10 * MAX_BATCH_SIZE  # most of the flood was still queued
+    ledger.close()
+
+
+def test_a_request_says_when_it_is_written_and_its_answer_awaited() -> None:
+    """``on_sent`` is called once the request is on the wire and its answer awaited (the sender then encodes
+    the next request without taking the GIL from the request's own writes): before the ledger answers."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from agent_ledger_sdk._base_client import BaseClient
+    from agent_ledger_sdk._http import SyncHTTP, SyncLedgerIO
+
+    told = threading.Event()
+    seen: list[bool] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(told.wait(5))  # the answer waits until the client said it awaits it
+            body = b'{"accepted":1}'
+            self.send_response(202)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = BaseClient(api_key="k", base_url=f"http://127.0.0.1:{server.server_address[1]}")
+        calls: list[str] = []
+
+        def on_sent() -> None:
+            calls.append(threading.current_thread().name)
+            told.set()
+
+        ours = SyncHTTP(config)
+        try:
+            assert SyncLedgerIO(ours, 0).send_events("s", ['{"type":"x"}'], "key-1", on_sent) == {"accepted": 1}
+        finally:
+            ours.close()
+        assert seen == [True] and calls == [threading.current_thread().name]
+        told.clear()
+        with httpx.Client() as http:  # the user's client: its own path, no trace hook of ours
+            user = SyncLedgerIO(SyncHTTP(config, http_client=http), 0)
+            quiet: list[int] = []
+            threading.Timer(0.2, told.set).start()
+            user.send_events("s", ['{"type":"x"}'], "key-2", lambda: quiet.append(1))
+            assert quiet == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_session_started_within_another_waits_for_its_parents_start() -> None:
+    """Starts made together: a child's start carries its parent's id, so it is made after the parent's."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            bodies.append(body)
+            time.sleep(0.05)  # a child made at the same time would not know the parent's id yet
+            return httpx.Response(201, json={"id": f"id-{body['agentName']}"})
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+    sender = ledger._instrumentation.sender
+    with sender._drain_lock:  # all three starts are queued before the sender looks
+        with ledger.session("sibling") as sibling, ledger.session("parent") as parent:
+            with ledger.session("child") as child:
+                child.log("tick")
+            parent.log("tick")
+        sibling.log("tick")
+    assert ledger.flush(10) == 0
+    assert {body["agentName"]: body.get("parentSessionId") for body in bodies} == {
+        "sibling": None,
+        "parent": "id-sibling",
+        "child": "id-parent",
+    }
+    ledger.close()
+
+
+def test_tasks_taking_turns_in_short_runs_keep_each_sessions_order() -> None:
+    """Sixteen sessions in runs of 100 events (asyncio tasks), delivered by the sender thread: whichever
+    request goes first, each session's events arrive in order, once."""
+    sent: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/v1/sessions":
+            return httpx.Response(201, json={"id": body["agentName"]})
+        if request.url.path == "/v1/events":
+            time.sleep(0.002)
+            with lock:
+                sent.setdefault(body["sessionId"], []).extend(e["i"] for e in body["events"])
+        return httpx.Response(202, json={})
+
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, transport=httpx.MockTransport(handler))
+
+    async def task(k: int) -> None:
+        async with ledger.session(f"task-{k}") as session:
+            for i in range(3000):
+                session.log("tick", i=i)
+                if i % 100 == 99:
+                    await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(*(task(k) for k in range(16)))
+
+    asyncio.run(main())
+    assert ledger.flush(30) == 0
+    assert sent == {f"task-{k}": list(range(3000)) for k in range(16)}
+    ledger.close()
+
+
+def test_one_sessions_flood_is_built_a_request_or_two_ahead_not_more(api: respx.MockRouter) -> None:
+    """What is built ahead is encoded while the agent's threads want the GIL: one session needs its next
+    request ready, not the lookahead that turn-taking sessions need to fill theirs."""
+    from agent_ledger_sdk._sender import BUILD_EVENTS
+
+    r = routes(api)
+    ledger = AgentLedgerClient(api_key="k", base_url=BASE_URL, max_queue_size=100_000)
+    sender = ledger._instrumentation.sender
+    ahead: list[int] = []
+
+    def events(request: httpx.Request) -> httpx.Response:
+        ahead.append(sum(len(u.encoded or ()) for u in list(sender._units)[1:]))
+        time.sleep(0.01)  # the ledger's time, during which the next requests are built
+        return httpx.Response(202, json={})
+
+    r["events"].mock(side_effect=events)
+
+    @ledger.tool
+    def work(i: int) -> int:
+        return i
+
+    with sender._drain_lock:  # the flood is delivered from here, as the sender thread does
+        with ledger.session("flood"):
+            for i in range(10 * MAX_BATCH_SIZE):
+                work(i)
+        sender._build_units()
+        while sender._units:
+            sender._deliver_units()
+            if not sender._units and sender._queue:
+                sender._build_units()
+    assert ledger.flush(30) == 0
+    assert ledger.stats.sent == 20 * MAX_BATCH_SIZE
+    assert max(ahead) <= 2 * MAX_BATCH_SIZE + BUILD_EVENTS, ahead
+    ledger.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
@@ -97,11 +98,219 @@ async def _aexchange(
     return response
 
 
+def _on_awaiting_answer(call: Callable[[], None]) -> Callable[[str, dict[str, Any]], None]:
+    """An httpcore ``trace`` extension that calls ``call`` when the request is written and the answer awaited."""
+
+    def trace(name: str, info: dict[str, Any]) -> None:
+        if name.endswith(".receive_response_headers.started"):
+            call()
+
+    return trace
+
+
+class _NothingReceived(Exception):
+    """The connection ended before any byte of an answer (a kept-alive connection the server had closed)."""
+
+
+_HEAD_END = b"\r\n\r\n"
+_NO_BODY = (204, 304)
+
+
+def _timeval(seconds: Optional[float]) -> bytes:
+    whole = 0.0 if seconds is None else max(seconds, 0.001)
+    return struct.pack("ll", int(whole), int((whole - int(whole)) * 1_000_000))
+
+
+class PlainTransport(httpx.BaseTransport):
+    """HTTP/1.1 over plain TCP for the ledger's idempotent POSTs (those with an ``Idempotency-Key``): the
+    request in one write, the answer in blocking reads; everything else goes to ``fallback`` (httpcore).
+
+    Why: a thread leaves the GIL at each socket call and waits for it to come back, up to the switch
+    interval behind a busy agent thread. httpcore makes twelve such calls a request (two readability
+    polls, a poll before each write and read, headers and body written apart); this makes two or three
+    (the write, the answer's head and its body). The timeouts are the kernel's (``SO_RCVTIMEO``,
+    ``SO_SNDTIMEO``) on a blocking socket, so that Python polls nothing. A connection kept alive that the
+    server closed meanwhile fails before any byte of the answer: the request goes once more on a new one
+    (the ledger records a key once).
+    """
+
+    def __init__(self, fallback: httpx.BaseTransport, timeouts: dict[str, Any]) -> None:
+        self._fallback = fallback
+        self._timeouts = timeouts
+        self._idle: list[tuple[str, int, socket.socket]] = []
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http" or request.method != "POST" or "idempotency-key" not in request.headers:
+            return self._fallback.handle_request(request)
+        timeouts = request.extensions.get("timeout") or self._timeouts
+        content = request.read()
+        head = [b"POST ", url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"\r\n")
+        data = b"".join(head) + content
+        trace = request.extensions.get("trace")
+        host, port = url.host, url.port or 80
+        while True:
+            sock, reused = self._connection(host, port, timeouts, request)
+            try:
+                try:
+                    sock.sendall(data)
+                except BlockingIOError as exc:
+                    raise httpx.WriteTimeout(str(exc) or "write timed out", request=request) from exc
+                except OSError as exc:
+                    if reused:
+                        raise _NothingReceived from exc
+                    raise httpx.WriteError(str(exc), request=request) from exc
+                if trace is not None:
+                    trace("http11.receive_response_headers.started", {"request": request})
+                status, headers, body, keep = _read_answer(sock, request)
+            except _NothingReceived as exc:
+                sock.close()
+                if reused:
+                    continue  # a kept-alive connection the server had closed: once more on a new one
+                raise httpx.RemoteProtocolError(
+                    "Server disconnected without sending a response.", request=request
+                ) from exc
+            except BaseException:
+                sock.close()
+                raise
+            if keep:
+                with self._lock:
+                    self._idle.append((host, port, sock))
+            else:
+                sock.close()
+            return httpx.Response(
+                status,
+                headers=headers,
+                stream=httpx.ByteStream(body),
+                request=request,
+                extensions={"http_version": b"HTTP/1.1"},
+            )
+
+    def _connection(
+        self, host: str, port: int, timeouts: dict[str, Any], request: httpx.Request
+    ) -> tuple[socket.socket, bool]:
+        with self._lock:
+            for position in range(len(self._idle) - 1, -1, -1):
+                if self._idle[position][:2] == (host, port):
+                    return self._idle.pop(position)[2], True
+        try:
+            sock = socket.create_connection((host, port), timeout=timeouts.get("connect"))
+        except socket.timeout as exc:
+            raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeouts.get("read")))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeouts.get("write")))
+        sock.settimeout(None)  # blocking: the kernel keeps the time, Python polls nothing
+        return sock, False
+
+    def forget(self) -> None:
+        """After fork(): the parent's sockets are not ours to use (nor to close)."""
+        self._idle = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, _, sock in idle:
+            sock.close()
+        self._fallback.close()
+
+
+def _read_answer(sock: socket.socket, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    """Status, headers, body (as sent: chunked decoded, not decompressed), and whether the connection stays open."""
+
+    def receive() -> bytes:
+        try:
+            return sock.recv(65536)
+        except BlockingIOError as exc:
+            raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+        except OSError as exc:
+            if not buffer:
+                raise _NothingReceived from exc
+            raise httpx.ReadError(str(exc), request=request) from exc
+
+    buffer = b""
+    while True:
+        chunk = receive()
+        if not chunk:
+            if not buffer:
+                raise _NothingReceived
+            raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
+        buffer += chunk
+        end = buffer.find(_HEAD_END)
+        if end >= 0:
+            break
+    lines = buffer[:end].split(b"\r\n")
+    try:
+        version, code = lines[0].split(b" ", 2)[:2]
+        status = int(code)
+        headers = [(name.strip(), value.strip()) for name, value in (line.split(b":", 1) for line in lines[1:])]
+    except ValueError as exc:
+        raise httpx.RemoteProtocolError(f"Malformed answer: {lines[0][:100]!r}", request=request) from exc
+    fields = {name.lower(): value for name, value in headers}
+    keep = version == b"HTTP/1.1" and fields.get(b"connection", b"").lower() != b"close"
+    rest = buffer[end + 4 :]
+    if status in _NO_BODY or 100 <= status < 200:
+        return status, headers, b"", keep
+    length = fields.get(b"content-length")
+    if length is not None and b"chunked" not in fields.get(b"transfer-encoding", b"").lower():
+        size = int(length)
+        parts = [rest]
+        got = len(rest)
+        while got < size:
+            chunk = receive()
+            if not chunk:
+                raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
+            parts.append(chunk)
+            got += len(chunk)
+        body = b"".join(parts)
+        return status, headers, body[:size], keep and got == size
+    if b"chunked" in fields.get(b"transfer-encoding", b"").lower():
+        data = rest
+        body_parts: list[bytes] = []
+        while True:
+            while b"\r\n" not in data:
+                chunk = receive()
+                if not chunk:
+                    raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
+                data += chunk
+            line, data = data.split(b"\r\n", 1)
+            size = int(line.split(b";", 1)[0], 16)
+            while len(data) < size + 2:
+                chunk = receive()
+                if not chunk:
+                    raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
+                data += chunk
+            if size == 0:
+                # Trailers, if any, end with an empty line; we kept none: close rather than read them.
+                return status, headers, b"".join(body_parts), keep and data.startswith(b"\r\n") and len(data) == 2
+            body_parts.append(data[:size])
+            data = data[size + 2 :]
+    parts = [rest]  # no length: the body ends with the connection
+    while True:
+        chunk = receive()
+        if not chunk:
+            return status, headers, b"".join(parts), False
+        parts.append(chunk)
+
+
 class LedgerIO(Protocol):
     """What delivery and budgets need from the ledger: idempotent calls."""
 
     def start_session(self, body: dict[str, Any], idempotency_key: str) -> Started: ...
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any: ...
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any: ...
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None: ...
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any: ...
 
@@ -144,9 +353,11 @@ class SyncHTTP:
             with self._lock:
                 http = self._http
                 if http is None:
-                    transport = self._transport or httpx.HTTPTransport(
-                        socket_options=NO_DELAY, verify=self._ssl_context or True
-                    )
+                    transport = self._transport
+                    if transport is None:
+                        transport = httpx.HTTPTransport(socket_options=NO_DELAY, verify=self._ssl_context or True)
+                        if self.config.base_url.startswith("http://"):
+                            transport = PlainTransport(transport, self._timeouts)
                     self._direct = transport  # before the client: a thread that sees the client sees it too
                     http = self._http = httpx.Client(timeout=self.config.timeout, transport=transport)
         return http
@@ -170,6 +381,8 @@ class SyncHTTP:
 
     def forget_connections(self) -> None:
         """After fork(): the parent's sockets are not ours to use (nor to close)."""
+        if isinstance(self._direct, PlainTransport):
+            self._direct.forget()
         self._http = None
         self._direct = None
         self._lock = threading.Lock()
@@ -190,10 +403,15 @@ class SyncHTTP:
         idempotency_key: Optional[str] = None,
         max_retries: Optional[int] = None,
         method: str = "POST",
+        on_sent: Optional[Callable[[], None]] = None,
     ) -> httpx.Response:
+        """``on_sent``: called once the request is written and its answer awaited (by our own transport; with
+        the user's ``http_client``, never): another thread of ours may take the GIL from then on."""
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
         request = _request(config, self._user_client, method, path, body, content, idempotency_key)
+        if on_sent is not None and self._user_client is None:
+            request.extensions["trace"] = _on_awaiting_answer(on_sent)
         attempt = 0
         while True:
             error: AgentLedgerError
@@ -309,11 +527,21 @@ class SyncLedgerIO:
         )
         return self.http.config._parse_success(response)
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any:
         """The ledger's answer (parsed JSON): the local ledger prices each LLM call in it (``priced``)."""
         content = events_body(session_id, encoded_events)
         response = self.http.post(
-            "/v1/events", content=content, idempotency_key=idempotency_key, max_retries=self.max_retries
+            "/v1/events",
+            content=content,
+            idempotency_key=idempotency_key,
+            max_retries=self.max_retries,
+            on_sent=on_sent,
         )
         return self.http.config._parse_success(response)
 
@@ -456,8 +684,14 @@ class LoopBridge:
         result: Started = self._run(lambda http: self._start_on(http, body, idempotency_key))
         return result
 
-    def send_events(self, session_id: str, encoded_events: list[str], idempotency_key: str) -> Any:
-        content = events_body(session_id, encoded_events)
+    def send_events(
+        self,
+        session_id: str,
+        encoded_events: list[str],
+        idempotency_key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> Any:
+        content = events_body(session_id, encoded_events)  # on_sent: not told (the call runs on another loop)
         return self._run(lambda http: self._send_on(http, content, idempotency_key))
 
     def end_session(self, session_id: str, body: dict[str, Any], idempotency_key: str) -> None:

@@ -79,8 +79,12 @@ FORK_IMPORT_WAIT = 2.0  # seconds fork() waits for the sender thread to finish i
 # Events queued behind the last built request that make the sender encode them while that request is in
 # flight (a thread of its own makes it): the ledger's time and the encoding overlap in a flood.
 OVERLAP_EVENTS = 500
-OVERLAP_UNITS = 2  # ... and while at most this many requests are built and waiting (the one in flight counted)
+# ... and while fewer than this many events are built behind the request in flight: agents that take turns queue
+# their events in runs (a thread's time slice), and a session's request takes its next runs while it waits.
+LOOKAHEAD_EVENTS = 8 * MAX_BATCH_SIZE
 BUILD_EVENTS = 2 * MAX_BATCH_SIZE  # items a build takes from the queue at most: a flood is built as it is sent
+PARALLEL_STARTS = 16  # sessions waiting to start that the sender starts at once, a thread each
+SENT_WAIT = 0.005  # seconds the sender waits for a request to be written before it builds the next (see above)
 HANDOVER_WAIT = 1.0  # seconds the exit path waits for the sender to finish the request it is making
 ITEM_BYTES = 300  # what a queued item costs beyond its values: tuple, deque slot, event dict (measured)
 HANDLE_BYTES = 800  # a session handle kept alive by the queue (measured)
@@ -547,7 +551,7 @@ class Sender:
         try:
             self._deliver_starts()
             self._deliver_units()
-            self._build_units(len(self._queue))  # all of it: a flood's later builds overlap its requests
+            self._build_units()  # a flood's first requests: the rest is built while they are in flight
             self._deliver_units()
             if self._spilling or (self.journal is not None and not self.journal.is_empty()):
                 # What a build left queued (new since, or behind an overlapped request) is older than what the
@@ -639,15 +643,83 @@ class Sender:
     # -- delivering -------------------------------------------------------
 
     def _deliver_starts(self) -> None:
-        while self._starts:
+        """Start the sessions waiting now; those that come meanwhile wait for the next look (between two
+        requests), so that agent threads starting one after the other cannot hold back the events queued."""
+        left = len(self._starts)
+        while self._starts and left > 0:
             if self._handover:
                 raise _Handover
+            if left > 1 and self._stall_since is None:  # a failing ledger is probed with one request at a time
+                tried = self._start_together(min(left, PARALLEL_STARTS))
+                if tried:
+                    left -= tried
+                    continue
+            left -= 1
             handle = self._starts[0]
             if handle._state == PENDING:
                 self._ensure_started(handle)
             with self._lock:
                 self._starts.popleft()
                 self._bytes = max(0, self._bytes - HANDLE_BYTES)
+
+    def _start_together(self, most: int) -> int:
+        """Start the first ``most`` sessions waiting each on a thread of its own, at once; return how many.
+
+        A start is a round trip, and with busy agent threads each return of the sender from its socket
+        waits for the GIL: one after the other, sixteen starts took half a second; together, about one's
+        time. Each start is its own request with its own key, so their order does not matter, but for a
+        session started within another: it goes after its parent's (its start carries the id). Those that
+        ended are taken off the front (a session whose start failed for good is failed); one that stalled
+        stays, in its place, and the stall is raised as :meth:`_ensure_started` raises it. 0 if no thread
+        could be started (interpreter shutdown): the caller starts them one at a time.
+        """
+        batch: list[SessionHandle] = []
+        for handle in itertools.islice(self._starts, most):
+            if handle.parent is not None and any(handle.parent is other for other in batch):
+                break  # a child's start carries its parent's id: it waits for the next round
+            batch.append(handle)
+        if len(batch) < 2:
+            return 0
+        waiting = [handle for handle in batch if handle._state == PENDING]
+        stalls: list[BaseException] = []
+
+        def start(handle: SessionHandle) -> None:
+            try:
+                self._ensure_started(handle)
+            except BaseException as exc:  # handed to the sender thread, which raises it
+                stalls.append(exc)
+
+        if len(waiting) > 1:
+            threads = []
+            for handle in waiting[1:]:
+                thread = threading.Thread(target=start, args=(handle,), name="agent-ledger-start", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # the interpreter is shutting down: no new thread
+                    break
+                threads.append(thread)
+            if not threads:
+                return 0
+            start(waiting[0])
+            for thread in threads:
+                thread.join()
+        else:
+            for handle in waiting:
+                start(handle)
+        with self._lock:
+            kept = []
+            for _ in batch:
+                handle = self._starts.popleft()
+                if handle._state == PENDING:
+                    kept.append(handle)  # it stalled, or no thread was left to try it: it stays, in its place
+                else:
+                    self._bytes = max(0, self._bytes - HANDLE_BYTES)
+            self._starts.extendleft(reversed(kept))
+        if stalls:
+            raise stalls[0]
+        if kept:  # pragma: no cover - not tried: a thread could not start midway
+            raise _Stall(RuntimeError("no thread to start a session"))
+        return len(batch)
 
     def _ensure_started(self, handle: SessionHandle) -> Optional[str]:
         if handle._state != PENDING:
@@ -676,17 +748,34 @@ class Sender:
         The limit grows with the queue's depth (``batch_size`` when it is shallow, for latency; up to
         ``MAX_BATCH_SIZE`` when it is deep), so a flood is sent in few requests; and a flood is built a few
         requests at a time, each while the one before is in flight (see :meth:`_deliver_while_building`).
+        A session's last request built and not sent yet takes its next events, up to the limit: agents that
+        take turns (threads, tasks) queue their events in runs of a thousand or so, and a flood built a few
+        thousand items at a time still goes in full batches. The first request is never extended: it may be
+        in flight, or have been tried (it goes again as it was, under its key).
         """
         queue = self._queue
         encode = self._owner.pipeline.encode
         limit = min(MAX_BATCH_SIZE, max(self.batch_size, len(queue)))
         depth = min(len(queue), most)
-        pending: dict[SessionHandle, tuple[list[str], list[int]]] = {}  # a session's batch, and its bytes (boxed)
-        built: list[_Unit] = []
+        # A session's batch: [the unit it extends (None: a new one), its new events, events in all, bytes in all,
+        # the session].
+        pending: dict[SessionHandle, list[Any]] = {}
+        with self._lock:
+            for unit in itertools.islice(self._units, 1, None):
+                if (
+                    unit.kind == EVENT
+                    and unit.encoded is not None
+                    and len(unit.encoded) < limit
+                    and unit.size < MAX_BATCH_BYTES
+                ):
+                    pending[unit.handle] = [unit, [], len(unit.encoded), unit.size, unit.handle]
+                else:
+                    pending.pop(unit.handle, None)  # its end, or a full batch: the next events go after it
+        built: list[Any] = []  # batches closed, and ends (units), in order
         released = 0
         last: Optional[SessionHandle] = None
+        entry: list[Any] = []
         batch: list[str] = []
-        size_box = [0]
         # One pass takes what is queued now, so that a flood of new events cannot
         # hold back another session's partial batch (or a guardrail's answer).
         for _ in range(depth):
@@ -702,46 +791,74 @@ class Sender:
                 if encoded is None:
                     continue
                 if handle is not last:  # most runs of the queue are one session's: one lookup per run
-                    entry = pending.get(handle)
-                    if entry is None:
-                        entry = pending[handle] = ([], [0])
-                    batch, size_box = entry
+                    found = pending.get(handle)
+                    if found is None:
+                        found = pending[handle] = [None, [], 0, 0, handle]
+                    entry = found
+                    batch = entry[1]
                     last = handle
                 batch.append(encoded)
-                size_box[0] += len(encoded)
-                if len(batch) >= limit or size_box[0] >= MAX_BATCH_BYTES:
-                    built.append(_Unit(EVENT, handle, new_key(), encoded=batch, size=size_box[0]))
+                entry[2] += 1
+                entry[3] += len(encoded)
+                if entry[2] >= limit or entry[3] >= MAX_BATCH_BYTES:
+                    built.append(entry)
                     del pending[handle]
                     last = None
             else:
-                entry = pending.pop(handle, None)
-                if entry is not None and entry[0]:
-                    built.append(_Unit(EVENT, handle, new_key(), encoded=entry[0], size=entry[1][0]))
+                found = pending.pop(handle, None)
+                if found is not None:
+                    built.append(found)
                 if handle is last:
                     last = None
                 status, message = payload
                 built.append(_Unit(END, handle, new_key(), body={"status": status, "errorMessage": message}))
-        for handle, (events, box) in pending.items():
-            if events:
-                built.append(_Unit(EVENT, handle, new_key(), encoded=events, size=box[0]))
+        built.extend(pending.values())
         with self._lock:
             self._bytes = max(0, self._bytes - released)
-            for unit in built:
-                self._units.append(unit)
-                self._unit_bytes += unit.size
+            units = self._units
+            # Normally all still there: only journal_everything, at exit, takes units from under a build.
+            growable = {id(unit) for unit in itertools.islice(units, 1, None)}
+            for item in built:
+                if type(item) is _Unit:
+                    units.append(item)
+                    continue
+                unit, events, _, size, handle = item
+                if not events:
+                    continue  # a unit that took nothing new
+                added = size if unit is None else size - unit.size
+                if unit is not None and id(unit) in growable:
+                    unit.encoded.extend(events)
+                    unit.size = size
+                else:
+                    units.append(_Unit(EVENT, handle, new_key(), encoded=events, size=added))
+                self._unit_bytes += added
 
     def _deliver_units(self) -> None:
         while self._units:
             if self._handover:
                 raise _Handover
+            if self._starts:
+                self._deliver_starts()  # a session started meanwhile waits for one request, not for a flood
             unit = self._units[0]
-            if len(self._units) <= OVERLAP_UNITS and len(self._queue) >= OVERLAP_EVENTS and unit.kind == EVENT:
+            if unit.kind == EVENT and len(self._queue) >= OVERLAP_EVENTS and self._room_ahead():
                 self._deliver_while_building(unit)
             else:
                 self._deliver(unit)  # raises _Stall: the unit stays first, to be retried as it is
             with self._lock:
                 self._units.popleft()
                 self._unit_bytes -= unit.size
+
+    def _room_ahead(self) -> bool:
+        """True while fewer events are built behind the first unit than are worth building ahead: a request's
+        worth for each session with one waiting, and one more (turn-taking sessions' requests fill up while
+        they wait), up to ``LOOKAHEAD_EVENTS``. Not more: what is built ahead is encoded while the agent's
+        threads want the GIL, and one session's next request is all it needs."""
+        events = 0
+        sessions = set()
+        for unit in itertools.islice(self._units, 1, None):
+            events += len(unit.encoded or ())
+            sessions.add(unit.handle)
+        return events < min(LOOKAHEAD_EVENTS, MAX_BATCH_SIZE * (len(sessions) + 1))
 
     def _deliver_while_building(self, unit: _Unit) -> None:
         """Deliver ``unit`` from a thread of its own while this one builds the next requests from the queue.
@@ -751,12 +868,15 @@ class Sender:
         Only the encoding overlaps the ledger's time (a flood: up to 2,000 events a request each way).
         """
         failure: list[BaseException] = []
+        sent = threading.Event()
 
         def deliver() -> None:
             try:
-                self._deliver(unit)
+                self._deliver(unit, sent.set)
             except BaseException as exc:  # handed to the sender thread, which raises it
                 failure.append(exc)
+            finally:
+                sent.set()
 
         request = threading.Thread(target=deliver, name="agent-ledger-request", daemon=True)
         try:
@@ -765,13 +885,16 @@ class Sender:
             self._deliver(unit)
             return
         try:
+            # Build once the request is written: each return of the request thread from its socket waits for
+            # the GIL while this one encodes (up to the switch interval), and writing a request takes several.
+            sent.wait(SENT_WAIT)
             self._build_units()
         finally:
             request.join()
         if failure:
             raise failure[0]
 
-    def _deliver(self, unit: _Unit) -> None:
+    def _deliver(self, unit: _Unit, on_sent: Optional[Callable[[], None]] = None) -> None:
         handle = unit.handle
         session_id = self._ensure_started(handle)
         if session_id is None:
@@ -788,11 +911,18 @@ class Sender:
                 self._owner.end_failed(handle, exc)
             return
         assert unit.encoded is not None
-        self._send(handle, session_id, unit.encoded, unit.key)
+        self._send(handle, session_id, unit.encoded, unit.key, on_sent)
 
-    def _send(self, handle: SessionHandle, session_id: str, encoded: list[str], key: str) -> None:
+    def _send(
+        self,
+        handle: SessionHandle,
+        session_id: str,
+        encoded: list[str],
+        key: str,
+        on_sent: Optional[Callable[[], None]] = None,
+    ) -> None:
         try:
-            answer = self._io().send_events(session_id, encoded, key)
+            answer = self._io().send_events(session_id, encoded, key, on_sent)
         except BudgetGuardrailError as exc:
             if len(encoded) > 1:
                 # The ledger takes a batch whole or not at all: send one by one so that
