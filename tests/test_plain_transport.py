@@ -175,3 +175,24 @@ def test_other_requests_and_a_users_transport_go_through_httpx() -> None:
         http = SyncHTTP(BaseClient(api_key="k", base_url="http://127.0.0.1:1"), transport=users)
         assert http.client() is not None and http._direct is users  # the user's transport, as it is
         http.close()
+
+
+def test_a_test_double_of_httpcore_sees_every_request_as_before() -> None:
+    """respx (and the like) fake httpx by patching how httpcore sends: our own transport then sends that way too,
+    so that a user's tests that fake the ledger see what the SDK sends (nothing listens on this port)."""
+    import respx
+
+    from agent_ledger_sdk import AgentLedgerClient
+
+    url = f"http://127.0.0.1:{free_port()}"
+    with respx.mock(base_url=url, assert_all_called=False) as fake:
+        started = fake.post("/v1/sessions").respond(201, json={"id": "s1"})
+        logged = fake.post("/v1/events").respond(202, json={"accepted": 1})
+        client = AgentLedgerClient(api_key="al_local_abcdefabcdef_secret", base_url=url, max_retries=0)
+        try:
+            assert client.start_session("bot") == "s1"
+            client.log_tool_call("s1", {"stepIndex": 0, "toolName": "search", "toolInput": {"q": "x"}})
+        finally:
+            client.close()
+    assert started.call_count == 1 and logged.call_count == 1
+    assert started.calls.last.request.headers["idempotency-key"].startswith("agent-ledger-")

@@ -14,9 +14,11 @@ user's async transport or ``http_client`` carries everything the client sends.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
@@ -121,6 +123,18 @@ def _timeval(seconds: Optional[float]) -> bytes:
     return struct.pack("ll", int(whole), int((whole - int(whole)) * 1_000_000))
 
 
+def _sending_is_faked() -> bool:
+    """Whether a test double replaced how httpx sends (respx, pytest-httpx and the like patch httpcore's
+    ``ConnectionPool.handle_request`` or httpx's ``HTTPTransport.handle_request``): then every request goes that
+    way, so that a user's tests that fake the ledger see what the SDK sends, as they did before this transport."""
+    pool = sys.modules.get("httpcore._sync.connection_pool")
+    if pool is not None and getattr(pool.ConnectionPool.handle_request, "__module__", None) != pool.__name__:
+        return True
+    # (A name, not the module seen at import: a double in place before this module is imported is seen too; if
+    # httpx ever moves it, requests only lose this transport's speed.)
+    return getattr(httpx.HTTPTransport.handle_request, "__module__", None) != "httpx._transports.default"
+
+
 class PlainTransport(httpx.BaseTransport):
     """HTTP/1.1 over plain TCP for the ledger's idempotent POSTs (those with an ``Idempotency-Key``): the
     request in one write, the answer in blocking reads; everything else goes to ``fallback`` (httpcore).
@@ -142,7 +156,12 @@ class PlainTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        if url.scheme != "http" or request.method != "POST" or "idempotency-key" not in request.headers:
+        if (
+            url.scheme != "http"
+            or request.method != "POST"
+            or "idempotency-key" not in request.headers
+            or _sending_is_faked()
+        ):
             return self._fallback.handle_request(request)
         timeouts = request.extensions.get("timeout") or self._timeouts
         content = request.read()
@@ -356,7 +375,8 @@ class SyncHTTP:
                     transport = self._transport
                     if transport is None:
                         transport = httpx.HTTPTransport(socket_options=NO_DELAY, verify=self._ssl_context or True)
-                        if self.config.base_url.startswith("http://"):
+                        # (POSIX: SO_RCVTIMEO takes a timeval there; Windows' takes milliseconds.)
+                        if self.config.base_url.startswith("http://") and os.name == "posix":
                             transport = PlainTransport(transport, self._timeouts)
                     self._direct = transport  # before the client: a thread that sees the client sees it too
                     http = self._http = httpx.Client(timeout=self.config.timeout, transport=transport)
