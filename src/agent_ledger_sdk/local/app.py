@@ -141,6 +141,15 @@ class LedgerAPI:
     async def _off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await run_off_loop(function, *args, **kwargs)
 
+    async def _write(self, raw: bytes, function: Callable[..., Reply], *args: Any) -> Reply:
+        """``function(*args)`` for a request whose body is ``raw``: here, on the event loop, when the body is
+        small and the store can write at once (INLINE_BYTES, ``Store.write_now``); else in a thread of the pool."""
+        if len(raw) <= INLINE_BYTES:
+            with self.service.store.write_now() as now:
+                if now:
+                    return function(*args)
+        return await run_off_loop(function, *args)
+
     async def _workspace(self, request: Request) -> str:
         return await self._off_loop(self._authenticated, self._key(request))
 
@@ -197,13 +206,7 @@ class LedgerAPI:
         idempotency_key = request.headers.get("idempotency-key")
         path = request.url.path if idempotency_key else ""  # only an idempotency key's fingerprint reads it
         priced = request.headers.get(PRICED_HEADER, "").lower() == "true"  # the SDK's OpenTelemetry spans ask
-        if len(raw) <= INLINE_BYTES:
-            with self.service.store.write_now() as now:
-                if now:
-                    reply = self._log_events(key, raw, idempotency_key, path, priced)
-            if now:
-                return _reply(reply)
-        return _reply(await self._off_loop(self._log_events, key, raw, idempotency_key, path, priced))
+        return _reply(await self._write(raw, self._log_events, key, raw, idempotency_key, path, priced))
 
     def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str, priced: bool) -> Reply:
         workspace = self.service.authenticate(key)
@@ -260,13 +263,7 @@ class LedgerAPI:
             body = parse_json_object(raw)
             return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
 
-        if len(raw) <= INLINE_BYTES:
-            with self.service.store.write_now() as now:
-                if now:
-                    reply = reserve()
-            if now:
-                return _reply(reply)
-        return _reply(await run_off_loop(reserve))
+        return _reply(await self._write(raw, reserve))
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)

@@ -238,7 +238,7 @@ class SQLiteStore(Store):
     @contextmanager
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
         checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.waiting and self._holder != threading.get_ident():
+        if checkpointer is not None and checkpointer.waiting and not self._within_write_now():
             checkpointer.let_in()  # (not within write_now: this thread holds the lock the checkpoint waits for)
         with self._lock, self._file_lock or _UNLOCKED:
             self._writer.execute("BEGIN IMMEDIATE")
@@ -278,12 +278,16 @@ class SQLiteStore(Store):
         finally:
             self._lock.release()
 
+    def _within_write_now(self) -> bool:
+        """Whether this thread holds the write lock by :meth:`write_now`."""
+        return self._holder == threading.get_ident()
+
     def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
         """Within write_now, the row read last for ``key_id`` when the file has not changed since: no other
         connection committed (SQLite's ``data_version`` of the writer, read under the write lock of every
         process) and no write of this one changed a key or a price version. A key revoked or a price set by
         the CLI, another worker or this process is read again by the very next request."""
-        if self._holder != threading.get_ident() or self._writer.in_transaction:
+        if not self._within_write_now() or self._writer.in_transaction:
             return super().key_of_request(key_id)
         version = (self._writer.execute("PRAGMA data_version").fetchone()[0], self._keys_generation)
         kept = self._keys.get(key_id)
@@ -324,7 +328,7 @@ class SQLiteStore(Store):
             with self.read() as tx:
                 yield tx
             return
-        if self._holder == threading.get_ident() and not self._writer.in_transaction:
+        if self._within_write_now() and not self._writer.in_transaction:
             # Within write_now the writer is this thread's, and its page cache is current, where a reader's is
             # dropped at every write of the file (WAL): a statement costs less there. (Not within a write: it
             # would see what the write has not committed.)
