@@ -1,6 +1,8 @@
 """Small writes on the server's event loop (``app.INLINE_BYTES``, ``Store.write_now``): a batch of a few events
-or a reservation runs on the loop when the SQLite store can write at once, saving the hand-off to a thread of
-the pool; anything larger, or any write that would wait, still goes to the pool, so the loop never waits."""
+or a reservation runs on the loop when the SQLite store can write at once, saving the hand-off to another
+thread; anything larger, or any write that would wait, goes to the store's writer thread (SQLite: one write at
+a time, ``offload.WriterThread``) or, for a store that writes side by side (PostgreSQL), to the pool, so that
+the loop never waits."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from agent_ledger_sdk.local.app import INLINE_BYTES, create_app
 from agent_ledger_sdk.local.server import BackgroundServer
 from agent_ledger_sdk.local.service import LedgerService
 
-from .ledger_fixtures import sqlite_service
+from .ledger_fixtures import database, sqlite_service
 from .test_sqlite_writes import write_of_another_thread
 
 
@@ -54,7 +56,7 @@ def events_in(http: httpx.Client, session_id: str) -> list[dict[str, Any]]:
     return list(http.get(f"/v1/sessions/{session_id}").json()["events"])
 
 
-def test_a_small_batch_and_a_reservation_run_on_the_loop_and_a_large_batch_in_the_pool(
+def test_a_small_batch_and_a_reservation_run_on_the_loop_and_a_large_batch_on_the_writer_thread(
     served: tuple[LedgerService, httpx.Client],
 ) -> None:
     service, http = served
@@ -71,7 +73,7 @@ def test_a_small_batch_and_a_reservation_run_on_the_loop_and_a_large_batch_in_th
     )
     assert answer.status_code == 200 and answer.json()["budgeted"] is False  # no budget: nothing held
     assert batches[0] == "agent-ledger-server"  # BackgroundServer's loop thread
-    assert batches[1].startswith("agent-ledger-worker-")
+    assert batches[1].startswith("agent-ledger-writer-")
     assert reservations == ["agent-ledger-server"]
     assert [e["stepIndex"] for e in events_in(http, session_id)] == [0, 1]
 
@@ -97,7 +99,7 @@ def test_errors_on_the_loop_are_the_same_answers(served: tuple[LedgerService, ht
     assert len(events_in(http, session_id)) == 1
 
 
-def test_a_small_write_while_another_writes_goes_to_the_pool_and_the_loop_keeps_answering(
+def test_a_small_write_while_another_writes_goes_to_the_writer_thread_and_the_loop_keeps_answering(
     served: tuple[LedgerService, httpx.Client],
 ) -> None:
     service, http = served
@@ -111,8 +113,54 @@ def test_a_small_write_while_another_writes_goes_to_the_pool_and_the_loop_keeps_
         assert not posted.done(), "the batch was answered while another write held the store"
         release.set()
         assert posted.result(30).status_code == 202
-    assert batches and batches[0].startswith("agent-ledger-worker-")
+    assert batches and batches[0].startswith("agent-ledger-writer-")
     assert len(events_in(http, session_id)) == 1
+
+
+def test_large_batches_from_many_clients_are_written_one_after_another_on_one_thread(
+    served: tuple[LedgerService, httpx.Client],
+) -> None:
+    """SQLite makes one write at a time: the app hands every large batch to the same one thread, never to
+    several that would wait for each other at the store's lock, and every batch is recorded whole."""
+    service, http = served
+    batches = threads_of(service, "log_events_request")
+    sessions = [http.post("/v1/sessions", json={"agentName": f"many-{n}"}).json()["id"] for n in range(4)]
+
+    def post(session_id: str, first: int) -> int:
+        events = [tool_event(step, size=INLINE_BYTES // 8) for step in range(first, first + 10)]
+        return http.post("/v1/events", json={"sessionId": session_id, "events": events}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(post, s, 10 * n) for s in sessions for n in range(5)]
+        assert [a.result(60) for a in answers] == [202] * 20
+    assert len(batches) == 20 and len(set(batches)) == 1 and batches[0].startswith("agent-ledger-writer-")
+    for session_id in sessions:
+        assert sorted(e["stepIndex"] for e in events_in(http, session_id)) == list(range(50))
+
+
+def test_a_store_that_writes_side_by_side_gets_its_writes_in_the_pool(request: pytest.FixtureRequest) -> None:
+    """PostgreSQL's writes wait on a server, and run side by side: they go to the pool, not to one thread."""
+    from agent_ledger_sdk.local.store import open_store
+
+    with database(request, "postgresql") as url:
+        store = open_store(url)
+        assert store.one_writer is False
+        service = LedgerService(store)
+        try:
+            key = service.create_key("pool").secret
+            batches = threads_of(service, "log_events_request")
+            with (
+                BackgroundServer(create_app(service)) as server,
+                httpx.Client(base_url=server.url, headers={"x-api-key": key}, timeout=30) as http,
+            ):
+                session_id = http.post("/v1/sessions", json={"agentName": "pool"}).json()["id"]
+                for step in range(2):  # small and large: no write on the loop either
+                    event = tool_event(step, size=INLINE_BYTES * step)
+                    assert http.post("/v1/events", json={"sessionId": session_id, "events": [event]}).status_code == 202
+                assert [e["stepIndex"] for e in events_in(http, session_id)] == [0, 1]
+        finally:
+            store.close()
+    assert len(batches) == 2 and all(name.startswith("agent-ledger-worker-") for name in batches)
 
 
 # -- the key of a request, kept within write_now while the file has not changed ----------------------------

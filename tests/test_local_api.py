@@ -449,32 +449,3 @@ def test_an_async_client_guardrail_stops_the_call_that_would_go_over_before_it_r
     assert ran == [0]  # the second call's reservation was refused: it never ran
     (summary,) = ledger.sessions("async-capped")
     assert summary["costUsd"] == Decimal("0.001")  # what ran, and only that
-
-
-def test_the_ledger_s_thread_pool_works_in_a_child_forked_after_it_ran() -> None:
-    """A forked child inherits the pool's count of threads but not the threads: it must start its own."""
-    import asyncio
-    import os
-    import sys
-
-    from agent_ledger_sdk.local.offload import run_off_loop
-
-    if not hasattr(os, "fork"):  # pragma: no cover - POSIX only
-        pytest.skip("no fork on this platform")
-    assert asyncio.run(run_off_loop(lambda: 1)) == 1  # the parent's pool has a thread now
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        try:
-            answer = asyncio.run(asyncio.wait_for(run_off_loop(lambda: 41 + 1), 5))
-            os.write(write, str(answer).encode())
-        except BaseException as exc:
-            os.write(write, repr(exc).encode())
-        finally:
-            sys.stdout.flush()
-            os._exit(0)
-    os.close(write)
-    _, status = os.waitpid(pid, 0)
-    with os.fdopen(read, "rb") as answer:
-        assert answer.read() == b"42"
-    assert status == 0

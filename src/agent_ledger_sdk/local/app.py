@@ -56,7 +56,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._constants import PRICED_HEADER
 from . import money
 from .body import MAX_BODY_BYTES, parse_json_body, parse_json_object, read_body, read_json_object
-from .offload import run_off_loop
+from .offload import WriterThread, run_off_loop
 from .pricing import PriceBook
 from .records import (
     BadInput,
@@ -136,6 +136,8 @@ class LedgerAPI:
 
     def __init__(self, service: LedgerService) -> None:
         self.service = service
+        # The writes of a store that makes one at a time go to one thread of their own (offload.WriterThread).
+        self._writer = WriterThread() if service.store.one_writer else None
 
     @staticmethod
     async def _off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -143,11 +145,14 @@ class LedgerAPI:
 
     async def _write(self, raw: bytes, function: Callable[..., Reply], *args: Any) -> Reply:
         """``function(*args)`` for a request whose body is ``raw``: here, on the event loop, when the body is
-        small and the store can write at once (INLINE_BYTES, ``Store.write_now``); else in a thread of the pool."""
+        small and the store can write at once (INLINE_BYTES, ``Store.write_now``); else on the store's writer
+        thread (a store that makes one write at a time), or in a thread of the pool."""
         if len(raw) <= INLINE_BYTES:
             with self.service.store.write_now() as now:
                 if now:
                     return function(*args)
+        if self._writer is not None:
+            return await self._writer.run(function, *args)
         return await run_off_loop(function, *args)
 
     async def _workspace(self, request: Request) -> str:

@@ -70,6 +70,10 @@ class Store(abc.ABC):
     #: What the store is, for logs and ``--db`` echoes (a path, or a URL without its password).
     description: str
 
+    #: Whether the store makes one write at a time (SQLite: one writer for the file), so that a server hands
+    #: its writes to one thread rather than to many that would wait for each other (``offload.run_in_writer``).
+    one_writer: bool = False
+
     @abc.abstractmethod
     @contextmanager
     def write(self, workspace: Optional[str]) -> Iterator[Tx]:

@@ -173,6 +173,8 @@ LATEST = MIGRATIONS[-1][0]
 class SQLiteStore(Store):
     """The ledger in one SQLite file (or ``:memory:``)."""
 
+    one_writer = True  # one write at a time for the file
+
     def __init__(self, path: Union[str, Path], *, migrate: bool = True) -> None:
         self.path = Path(path)
         self.description = str(path)
