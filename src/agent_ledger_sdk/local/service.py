@@ -69,7 +69,17 @@ from .records import (
     utc_now,
 )
 from .store.base import Store
-from .store.sql import EventRow, RollupRow, SessionFilter, SessionSearch, Tx, amount, like_pattern, optional_amount
+from .store.sql import (
+    UNNUMBERED,
+    RollupRow,
+    SessionFilter,
+    SessionSearch,
+    StoredEvent,
+    Tx,
+    amount,
+    like_pattern,
+    optional_amount,
+)
 from .validation import (
     MAX_SAFE_INTEGER,
     MAX_TOKENS,
@@ -622,6 +632,7 @@ class LedgerService:
         now = self._now()
         received = iso(now)
         assert received is not None
+        batch = _Batch.of(session_id, received, events)  # before the write: its lock is held for less
         # The workspace's lock (PostgreSQL) only when money or a retry is at stake: an idempotency key, a
         # reservation to settle or a budget to check. Otherwise the session's row lock orders the writes
         # of a session, and spend is added in place, so that replicas ingest side by side. The lock is
@@ -634,7 +645,7 @@ class LedgerService:
                 tx.lock_workspace(workspace)
             row = self._session_row(tx, workspace, session_id, for_update=True)
             self._running(row, "events can only be added to")
-            refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now)
+            refusal, stored, cost = self._store_events(tx, workspace, row, events, received, now, batch=batch)
             body: dict[str, Any] = {"accepted": len(events), "costUsd": cost}
             costs = _priced(events) if priced else None
             if costs:
@@ -674,49 +685,41 @@ class LedgerService:
         now: datetime.datetime,
         *,
         refuse_unpriced: bool = True,
+        batch: Optional[_Batch] = None,
     ) -> tuple[Optional[dict[str, Any]], list[PricedEvent], Decimal]:
         """Charge a batch's LLM calls, store its events (with any budget warnings) and add to the session's totals.
 
-        Returns the guardrail body of a call over a budget (None: none was), what was stored, and the batch's cost.
+        ``batch``: the events' rows and totals, made before the transaction; made again here if charging
+        changed an event. Returns the guardrail body of a call over a budget (None: none was), what was stored,
+        and the batch's cost.
         """
         session_id = row["id"]
         refusal: Optional[dict[str, Any]] = None
         warnings: dict[int, list[PricedEvent]] = {}
+        changed = False
         if any(e.type == "llm_call" for e in events):
-            refusal, warnings = self._charge(tx, workspace, row, events, now, refuse_unpriced=refuse_unpriced)
-        stored: list[PricedEvent] = []
-        for position, event in enumerate(events):
-            stored.append(event)
-            stored.extend(warnings.get(position, ()))
-        tx.insert_events(
-            session_id,
-            received,
-            (
-                EventRow(
-                    e.step_index,
-                    e.type,
-                    e.payload_json(),
-                    e.cost_usd,
-                    e.cost_status,
-                    e.over_budget,
-                    e.pricing_note,
-                )
-                for e in stored
-            ),
-        )
-        cost = money.add(*(e.cost_usd for e in events))
+            refusal, warnings, changed = self._charge(tx, workspace, row, events, now, refuse_unpriced=refuse_unpriced)
+        stored: list[PricedEvent] = list(events)
+        if warnings:
+            stored = []
+            for position, event in enumerate(events):
+                stored.append(event)
+                stored.extend(warnings.get(position, ()))
+        if batch is None or changed or warnings or batch.session_id != session_id:
+            batch = _Batch.of(session_id, received, events, stored)
+        tx.insert_event_rows(batch.rows)
         tx.add_to_session(
             session_id,
-            cost=money.add(amount(row["cost"]), cost),
-            tokens_in=sum(e.tokens_in for e in events),
-            tokens_out=sum(e.tokens_out for e in events),
-            events=len(stored),
-            unpriced=sum(1 for e in events if e.cost_status == UNPRICED),
-            estimated=sum(1 for e in events if e.cost_status == ESTIMATED),
+            cost=money.add(amount(row["cost"]), batch.cost),
+            tokens_in=batch.tokens_in,
+            tokens_out=batch.tokens_out,
+            events=len(batch.rows),
+            unpriced=batch.unpriced,
+            estimated=batch.estimated,
             over_budget=sum(1 for e in events if e.over_budget),
         )
-        self._count_spend(tx, workspace, row["agent_name"], cost, now)  # last: see _count_spend
-        return refusal, stored, cost
+        self._count_spend(tx, workspace, row["agent_name"], batch.cost, now)  # last: see _count_spend
+        return refusal, stored, batch.cost
 
     def _money_at_stake(self, tx: Tx, workspace: str, session_id: str, events: Sequence[PricedEvent]) -> bool:
         """Whether a batch settles a reservation or has a budget to check (then it takes the workspace's lock)."""
@@ -737,12 +740,12 @@ class LedgerService:
         now: datetime.datetime,
         *,
         refuse_unpriced: bool = True,
-    ) -> tuple[Optional[dict[str, Any]], dict[int, list[PricedEvent]]]:
+    ) -> tuple[Optional[dict[str, Any]], dict[int, list[PricedEvent]], bool]:
         """Settle reservations, check budgets and count the spend of a batch's LLM calls, in order.
 
         Returns the guardrail body of the first unreserved call that went over a budget (None if
-        none did), and the ``budget_warning`` events to store after each call that crossed a
-        soft threshold. ``refuse_unpriced`` False: calls that ran already (OpenTelemetry spans) are
+        none did), the ``budget_warning`` events to store after each call that crossed a
+        soft threshold, and whether it changed an event (its cost, or over a budget). ``refuse_unpriced`` False: calls that ran already (OpenTelemetry spans) are
         recorded unpriced, never refused, under a budget.
         """
         limits = self._limits(tx, workspace, session, now, spending=True)
@@ -757,6 +760,9 @@ class LedgerService:
                 raise self._unpriced(session["agent_name"], unpriced)
         refusal: Optional[dict[str, Any]] = None
         warnings: dict[int, list[PricedEvent]] = {}
+        changed = False
+        if not limits.budgets and not held:
+            return refusal, warnings, changed  # nothing to settle, check or warn about
         for position, event in calls:
             reservation = held.pop(event.reservation_id, None) if event.reservation_id else None
             if reservation is not None:
@@ -767,10 +773,11 @@ class LedgerService:
                     why = "usage missing" if event.usage_missing else "no price for the model"
                     event.cost_usd, event.cost_status = reserved, ESTIMATED
                     event.pricing_note = f"{why}: charged the ${money.text(reserved)} it reserved"
+                    changed = True
                 tx.set_reservation_state(reservation["id"], "settled")
             over = [budget for budget in limits.budgets if not budget.fits(event.cost_usd)]
             if over:
-                event.over_budget = True
+                event.over_budget = changed = True
                 if reservation is None and refusal is None:
                     refusal = over[0].refusal(event.cost_usd)
             for budget in limits.budgets:
@@ -781,7 +788,7 @@ class LedgerService:
                     warnings.setdefault(position, []).append(
                         PricedEvent(warning, "budget_warning", event.step_index, encoded=money.dumps(warning))
                     )
-        return refusal, warnings
+        return refusal, warnings, changed
 
     def _count_spend(self, tx: Tx, workspace: str, agent: str, cost: Decimal, now: datetime.datetime) -> None:
         """Add a batch's cost to its agent's and workspace's spend. The last writes of the batch: on PostgreSQL
@@ -1976,6 +1983,54 @@ def _estimate(estimate: Any) -> TokenUsage:
             )
         counts.append(value)
     return TokenUsage(counts[0], counts[1])
+
+
+@dataclass
+class _Batch:
+    """A batch's event rows and totals, as ``_store_events`` writes them."""
+
+    session_id: str
+    rows: list[StoredEvent]
+    cost: Decimal
+    tokens_in: int
+    tokens_out: int
+    unpriced: int
+    estimated: int
+
+    @classmethod
+    def of(
+        cls,
+        session_id: str,
+        received: str,
+        events: Sequence[PricedEvent],
+        stored: Optional[Sequence[PricedEvent]] = None,
+    ) -> _Batch:
+        """``events``' totals and the rows of ``stored`` (``events`` and their budget warnings; default: ``events``)."""
+        text, zero = money.text, money.ZERO
+        rows: list[StoredEvent] = [
+            (
+                session_id,
+                e.step_index,
+                UNNUMBERED if e.step_index is None else e.step_index,
+                e.type,
+                e.payload_json(),
+                "0" if e.cost_usd is zero else text(e.cost_usd),
+                e.cost_status,
+                int(e.over_budget),
+                e.pricing_note,
+                received,
+            )
+            for e in (events if stored is None else stored)
+        ]
+        return cls(
+            session_id,
+            rows,
+            money.add(*(e.cost_usd for e in events)),
+            sum(e.tokens_in for e in events),
+            sum(e.tokens_out for e in events),
+            sum(1 for e in events if e.cost_status == UNPRICED),
+            sum(1 for e in events if e.cost_status == ESTIMATED),
+        )
 
 
 def _priced(events: Sequence[PricedEvent]) -> list[dict[str, Any]]:

@@ -34,7 +34,18 @@ RANGE_PROBE = 1000
 # Events without a step index sort after those with one: their position is this.
 UNNUMBERED = 2**62
 
-__all__ = ["UNNUMBERED", "Dialect", "EventRow", "RollupRow", "SessionFilter", "SessionSearch", "Tx", "like_pattern"]
+__all__ = [
+    "UNNUMBERED",
+    "Dialect",
+    "EventRow",
+    "RollupRow",
+    "SessionFilter",
+    "SessionSearch",
+    "StoredEvent",
+    "Tx",
+    "like_pattern",
+    "stored_event",
+]
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,38 @@ class EventRow:
     cost_status: Optional[str]
     over_budget: bool
     pricing_note: Optional[str]
+
+
+#: An event row as :meth:`Tx.insert_event_rows` takes it: session id, step index, position, type, payload (JSON
+#: text), cost (canonical text), cost status, over budget (0 or 1), pricing note, received at.
+StoredEvent = tuple[str, Optional[int], int, str, str, str, Optional[str], int, Optional[str], str]
+
+
+def stored_event(
+    session_id: str,
+    received_at: str,
+    step_index: Optional[int],
+    type: str,
+    payload: str,
+    cost: Decimal,
+    cost_status: Optional[str],
+    over_budget: bool,
+    pricing_note: Optional[str],
+) -> StoredEvent:
+    """One event's row for :meth:`Tx.insert_event_rows` (a hot caller may build the same tuple inline)."""
+    position = UNNUMBERED if step_index is None else step_index
+    return (
+        session_id,
+        step_index,
+        position,
+        type,
+        payload,
+        money.text(cost),
+        cost_status,
+        int(over_budget),
+        pricing_note,
+        received_at,
+    )
 
 
 @dataclass
@@ -686,60 +729,51 @@ class Tx:
     # -- events ---------------------------------------------------------------------------------
 
     def insert_events(self, session_id: str, received_at: str, events: Iterable[EventRow]) -> None:
-        if self._dialect.name == "sqlite":  # the rows as executemany takes them, in one pass
-            text = money.text
+        self.insert_event_rows(
+            [
+                stored_event(
+                    session_id,
+                    received_at,
+                    e.step_index,
+                    e.type,
+                    e.payload,
+                    e.cost,
+                    e.cost_status,
+                    e.over_budget,
+                    e.pricing_note,
+                )
+                for e in events
+            ]
+        )
+
+    def insert_event_rows(self, rows: Sequence[StoredEvent]) -> None:
+        """Insert events as :func:`stored_event` makes them (a caller may make them before its transaction)."""
+        if not rows:
+            return
+        if self._dialect.name == "sqlite":  # the rows are what executemany takes
             self._db.cursor().executemany(
                 "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
                 " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        session_id,
-                        e.step_index,
-                        UNNUMBERED if e.step_index is None else e.step_index,
-                        e.type,
-                        e.payload,
-                        "0" if e.cost is money.ZERO else text(e.cost),
-                        e.cost_status,
-                        int(e.over_budget),
-                        e.pricing_note,
-                        received_at,
-                    )
-                    for e in events
-                ],
+                rows,
             )
-            return
-        rows = [
-            (
-                e.step_index,
-                UNNUMBERED if e.step_index is None else e.step_index,
-                e.type,
-                e.payload,
-                money.text(e.cost),
-                e.cost_status,
-                int(e.over_budget),
-                e.pricing_note,
-            )
-            for e in events
-        ]
-        if not rows:
             return
         if self._dialect.name == "postgresql" and len(rows) > 1:
             # One statement and one round trip for the batch (executemany: one INSERT per row): each
             # column goes as an array, and unnest turns the arrays back into rows, in their order.
-            steps, positions, types, payloads, costs, statuses, over, notes = (list(c) for c in zip(*rows))
+            columns = [list(c) for c in zip(*rows)]
             self._run(
                 "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status,"
                 " over_budget, pricing_note, received_at)"
                 " SELECT ?, s, p, t, d, c, cs, o, n, ? FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::text[],"
                 " ?::numeric[], ?::text[], ?::integer[], ?::text[]) WITH ORDINALITY AS r (s, p, t, d, c, cs, o, n, i)"
                 " ORDER BY i",
-                (session_id, received_at, steps, positions, types, payloads, costs, statuses, over, notes),
+                (rows[0][0], rows[0][9], *columns[1:9]),
             )
             return
         self._many(
             "INSERT INTO events (session_id, step_index, position, type, payload, cost, cost_status, over_budget,"
             " pricing_note, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ((session_id, *row[:8], received_at) for row in rows),
+            rows,
         )
 
     def events(self, session_id: str, after: Optional[tuple[int, int]], limit: int) -> list[dict[str, Any]]:
