@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,47 @@ def test_interleaved_sessions_journaled_go_out_in_a_few_requests_each_in_its_ord
     assert event_count(ledger.db_path) == SESSIONS * STEPS
     assert client.stats.sent == SESSIONS * STEPS
     assert not list(journal.glob("*.jsonl"))
+
+
+class SlowEvents(Recording):
+    """The real transport, each batch of events answered ``delay`` seconds later; ``first_batch`` is set at the first."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.first_batch = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/events":
+            self.first_batch.set()
+            time.sleep(self.delay)
+        return super().handle_request(request)
+
+
+@pytest.mark.integration
+def test_events_queued_before_a_spill_go_before_it_while_an_older_journal_is_delivered(
+    ledger: Any, tmp_path: Path
+) -> None:
+    """An older process's journal is being delivered (slowly) when this process's queue fills: the events queued
+    before the spill go out before the spilled ones, the session's end among them. (They once went after: the
+    ledger refused them, the session had ended.)"""
+    journal = tmp_path / "journal"
+    write_interleaved(journal)
+    transport = SlowEvents(0.05)
+    client = ledger.client(journal=journal, transport=transport, max_queue_bytes=32 * 1024)
+    with client.session("now") as session:
+        assert transport.first_batch.wait(10)  # the sender is delivering the older journal now
+        for _ in range(1_000):
+            session.log("step")
+    assert client.flush(60) == 0
+    stats = client.stats
+    client.close()
+    transport.close()
+    assert (stats.failed, stats.dropped) == (0, 0)
+    (now,) = ledger.sessions("now")
+    assert arrival_steps(ledger.db_path, now["id"]) == list(range(1_000))
+    assert now["status"] == "success"
+    assert_each_session_whole_and_in_order(ledger)
 
 
 @pytest.mark.integration

@@ -554,13 +554,7 @@ class Sender:
             self._build_units()  # a flood's first requests: the rest is built while they are in flight
             self._deliver_units()
             if self._spilling or (self.journal is not None and not self.journal.is_empty()):
-                # What a build left queued (new since, or behind an overlapped request) is older than what the
-                # journal took after it: it goes first, or a session's end could overtake its last events.
-                while self._queue and self._spilling:
-                    if self._handover:
-                        raise _Handover
-                    self._build_units(len(self._queue))
-                    self._deliver_units()
+                self._deliver_memory_first()
                 self._deliver_journal()
         except _Stall as stall:
             self._stalled(stall.cause)
@@ -964,6 +958,16 @@ class Sender:
         if rest:
             self._send(handle, session_id, rest, f"{key}-r")
 
+    def _deliver_memory_first(self) -> None:
+        """While spilling, what memory holds (left queued by a build, or behind an overlapped request) is older
+        than what the journal took after it: it goes first, or a session's end could overtake its last events."""
+        while self._queue and self._spilling:
+            if self._handover:
+                raise _Handover
+            self._build_units(len(self._queue))
+            self._deliver_units()
+        self._deliver_units()
+
     def _deliver_journal(self) -> None:
         """Deliver the journal a window at a time, each window's records grouped by session (see _grouped).
 
@@ -982,6 +986,9 @@ class Sender:
                         self._spilling = False
                         logger.info("agent-ledger: the journal is delivered; events go through memory again")
                 return
+            # Spilling may have started since the last window (an older process's journal is slow to deliver):
+            # this window may hold what this process spilled, newer than what it still has in memory.
+            self._deliver_memory_first()
             ident = window.ident
             if self._journal_done is None or self._journal_done[0] != ident:
                 self._journal_done = (ident, set())
