@@ -70,7 +70,6 @@ from .records import (
 )
 from .store.base import Store
 from .store.sql import (
-    UNNUMBERED,
     RollupRow,
     SessionFilter,
     SessionSearch,
@@ -79,6 +78,7 @@ from .store.sql import (
     amount,
     like_pattern,
     optional_amount,
+    stored_event,
 )
 from .validation import (
     MAX_SAFE_INTEGER,
@@ -2006,19 +2006,17 @@ class _Batch:
         stored: Optional[Sequence[PricedEvent]] = None,
     ) -> _Batch:
         """``events``' totals and the rows of ``stored`` (``events`` and their budget warnings; default: ``events``)."""
-        text, zero = money.text, money.ZERO
-        rows: list[StoredEvent] = [
-            (
+        rows = [
+            stored_event(
                 session_id,
+                received,
                 e.step_index,
-                UNNUMBERED if e.step_index is None else e.step_index,
                 e.type,
                 e.payload_json(),
-                "0" if e.cost_usd is zero else text(e.cost_usd),
+                e.cost_usd,
                 e.cost_status,
-                int(e.over_budget),
+                e.over_budget,
                 e.pricing_note,
-                received,
             )
             for e in (events if stored is None else stored)
         ]

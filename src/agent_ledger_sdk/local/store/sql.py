@@ -100,7 +100,7 @@ def stored_event(
     over_budget: bool,
     pricing_note: Optional[str],
 ) -> StoredEvent:
-    """One event's row for :meth:`Tx.insert_event_rows` (a hot caller may build the same tuple inline)."""
+    """One event's row for :meth:`Tx.insert_event_rows`."""
     position = UNNUMBERED if step_index is None else step_index
     return (
         session_id,
