@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -136,6 +137,49 @@ def test_large_batches_from_many_clients_are_written_one_after_another_on_one_th
     assert len(batches) == 20 and len(set(batches)) == 1 and batches[0].startswith("agent-ledger-writer-")
     for session_id in sessions:
         assert sorted(e["stepIndex"] for e in events_in(http, session_id)) == list(range(50))
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_a_reservation_goes_before_the_batches_waiting_for_the_writer(tmp_path: Path) -> None:
+    """An LLM call waits for its reservation, a batch of events for nobody: on the writer thread, a reservation
+    goes before the batches already waiting (not before the write under way)."""
+    with sqlite_service(tmp_path / "ledger.db") as service:
+        key = service.create_key("urgent").secret
+        app = create_app(service)
+        waiting = app.state.api._writer._pool  # the writer thread's queues
+        order: list[str] = []
+        for name, label in (("log_events_request", "batch"), ("reserve_request", "reservation")):
+            original = getattr(service, name)
+
+            def spied(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
+                order.append(_label)
+                return _original(*args, **kwargs)
+
+            setattr(service, name, spied)
+        with (
+            BackgroundServer(app) as server,
+            httpx.Client(base_url=server.url, headers={"x-api-key": key}, timeout=30) as http,
+        ):
+            session_id = http.post("/v1/sessions", json={"agentName": "urgent"}).json()["id"]
+            batch = {"sessionId": session_id, "events": [tool_event(0, size=INLINE_BYTES)]}
+            reservation = {"sessionId": session_id, "provider": "openai", "model": "gpt-4o", "maxCostUsd": 1}
+            with write_of_another_thread(service.store) as release, concurrent.futures.ThreadPoolExecutor(4) as pool:
+                batches = [pool.submit(http.post, "/v1/events", json=batch)]
+                wait_for(lambda: order == ["batch"], "the first batch to hold the writer thread")
+                batches += [pool.submit(http.post, "/v1/events", json=batch) for _ in range(2)]
+                wait_for(lambda: waiting._jobs.qsize() == 2, "two batches waiting for the writer thread")
+                reserved = pool.submit(http.post, "/v1/reservations", json=reservation)
+                wait_for(lambda: waiting._urgent.qsize() == 1, "the reservation waiting for the writer thread")
+                release.set()
+                assert reserved.result(30).status_code == 200
+                assert [b.result(30).status_code for b in batches] == [202] * 3
+        assert order == ["batch", "reservation", "batch", "batch"]
 
 
 def test_a_store_that_writes_side_by_side_gets_its_writes_in_the_pool(request: pytest.FixtureRequest) -> None:

@@ -43,6 +43,29 @@ def test_the_writer_runs_calls_one_at_a_time_on_one_thread_in_the_order_given() 
     assert len({name for _, name in seen}) == 1 and seen[0][1].startswith("agent-ledger-writer-")
 
 
+def test_an_urgent_call_goes_before_the_calls_waiting_not_before_the_one_under_way() -> None:
+    writer = WriterThread()
+    started, go = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def first() -> None:
+        started.set()
+        go.wait(10)
+        ran.append("first")
+
+    async def main() -> None:
+        under_way = asyncio.ensure_future(writer.run(first))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        waiting = [asyncio.ensure_future(writer.run(ran.append, f"normal-{n}")) for n in range(3)]
+        urgent = [asyncio.ensure_future(writer.run(ran.append, f"urgent-{n}", urgent=True)) for n in range(2)]
+        await asyncio.sleep(0.05)  # every call handed over before the first ends
+        go.set()
+        await asyncio.gather(under_way, *waiting, *urgent)
+
+    asyncio.run(main())
+    assert ran == ["first", "urgent-0", "urgent-1", "normal-0", "normal-1", "normal-2"]
+
+
 def test_an_error_reaches_its_caller_and_the_writer_goes_on() -> None:
     writer = WriterThread()
 

@@ -143,16 +143,17 @@ class LedgerAPI:
     async def _off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         return await run_off_loop(function, *args, **kwargs)
 
-    async def _write(self, raw: bytes, function: Callable[..., Reply], *args: Any) -> Reply:
+    async def _write(self, raw: bytes, function: Callable[..., Reply], *args: Any, urgent: bool = False) -> Reply:
         """``function(*args)`` for a request whose body is ``raw``: here, on the event loop, when the body is
         small and the store can write at once (INLINE_BYTES, ``Store.write_now``); else on the store's writer
-        thread (a store that makes one write at a time), or in a thread of the pool."""
+        thread (a store that makes one write at a time; ``urgent``: before the batches waiting there), or in a
+        thread of the pool."""
         if len(raw) <= INLINE_BYTES:
             with self.service.store.write_now() as now:
                 if now:
                     return function(*args)
         if self._writer is not None:
-            return await self._writer.run(function, *args)
+            return await self._writer.run(function, *args, urgent=urgent)
         return await run_off_loop(function, *args)
 
     async def _workspace(self, request: Request) -> str:
@@ -268,7 +269,7 @@ class LedgerAPI:
             body = parse_json_object(raw)
             return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
 
-        return _reply(await self._write(raw, reserve))
+        return _reply(await self._write(raw, reserve, urgent=True))  # the LLM call waits for it: before batches
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)

@@ -57,7 +57,8 @@ class _Pool:
     def __init__(
         self, max_threads: int = MAX_THREADS, name: str = "agent-ledger-worker", idle_seconds: Optional[float] = None
     ) -> None:
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Optional[_Job]] = queue.SimpleQueue()  # None: wake up, take an urgent job
+        self._urgent: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
         self._threads = 0
@@ -66,7 +67,10 @@ class _Pool:
         self._idle_seconds = idle_seconds
         _POOLS.add(self)
 
-    def submit(self, loop: asyncio.AbstractEventLoop, function: Callable[[], Any]) -> asyncio.Future[Any]:
+    def submit(
+        self, loop: asyncio.AbstractEventLoop, function: Callable[[], Any], urgent: bool = False
+    ) -> asyncio.Future[Any]:
+        """Run ``function`` in a thread of the pool; ``urgent``: before the jobs waiting that are not."""
         future = loop.create_future()
         with self._lock:
             if self._idle:
@@ -75,21 +79,35 @@ class _Pool:
                 self._threads += 1
                 threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
             # else: every thread is busy; the job waits on the queue for the first that is free
-        self._jobs.put((loop, future, function, contextvars.copy_context()))
+        job = (loop, future, function, contextvars.copy_context())
+        if urgent:
+            self._urgent.put(job)
+            self._jobs.put(None)  # wakes a thread, which takes the urgent jobs first
+        else:
+            self._jobs.put(job)
         return future
 
     def _work(self) -> None:
-        jobs = self._jobs
+        jobs, urgent = self._jobs, self._urgent
         while True:
-            try:
-                loop, future, function, context = jobs.get(timeout=self._idle_seconds)
-            except queue.Empty:
-                with self._lock:
-                    if self._idle:  # no job counts on this thread (submit takes its count under the lock)
-                        self._idle -= 1
-                        self._threads -= 1
-                        return
-                continue  # a job was handed to it just now: it is on the queue
+            if urgent.empty():
+                try:
+                    job = jobs.get(timeout=self._idle_seconds)
+                except queue.Empty:
+                    with self._lock:
+                        if self._idle:  # no job counts on this thread (submit takes its count under the lock)
+                            self._idle -= 1
+                            self._threads -= 1
+                            return
+                    continue  # a job was handed to it just now: it is on the queue
+                if job is None:
+                    continue  # an urgent job's wake-up: it is taken first (unless another thread took it)
+            else:
+                try:
+                    job = urgent.get_nowait()
+                except queue.Empty:  # another thread took it
+                    continue
+            loop, future, function, context = job
             result: Any = None
             error: Optional[BaseException] = None
             try:
@@ -100,7 +118,7 @@ class _Pool:
                 self._idle += 1
             with contextlib.suppress(RuntimeError):  # a loop closed while the call ran: nobody waits for it
                 loop.call_soon_threadsafe(_settle, future, result, error)
-            del loop, future, function, context, result, error
+            del job, loop, future, function, context, result, error
 
     def forget_threads(self) -> None:
         """In a forked child: the parent's threads are not there; jobs get threads of the child's own."""
@@ -128,14 +146,15 @@ async def run_off_loop(function: Callable[..., _T], *args: Any, **kwargs: Any) -
 class WriterThread:
     """One thread for the writes of one store that makes one write at a time (see the module's docstring).
 
-    Calls run in the order they were handed over. The thread starts with the first call and ends after
-    WRITER_IDLE_SECONDS without one (the next call starts another)."""
+    Calls run in the order they were handed over, the urgent ones first. The thread starts with the first call
+    and ends after WRITER_IDLE_SECONDS without one (the next call starts another)."""
 
     def __init__(self) -> None:
         self._pool = _Pool(1, "agent-ledger-writer", WRITER_IDLE_SECONDS)
 
-    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
-        """``function(*args)`` on the writer's thread; its result, or its exception raised here."""
+    async def run(self, function: Callable[..., _T], *args: Any, urgent: bool = False) -> _T:
+        """``function(*args)`` on the writer's thread; its result, or its exception raised here. ``urgent``: before
+        the calls waiting that are not (a reservation, which an LLM call waits for, before a batch of events)."""
         call = functools.partial(function, *args) if args else function
-        result: _T = await self._pool.submit(asyncio.get_running_loop(), call)
+        result: _T = await self._pool.submit(asyncio.get_running_loop(), call, urgent)
         return result
