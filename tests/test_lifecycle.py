@@ -19,6 +19,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -603,6 +604,66 @@ def test_sigterm_that_interrupts_the_thread_while_it_queues_an_event_still_deliv
     (summary,) = ledger.sessions("interrupted")
     assert (summary["eventCount"], summary["status"]) == (3000, "error")
     assert summary["errorMessage"] == "Terminated by SIGTERM"
+
+
+# A SIGTERM taken by another thread (or landing just before the main thread blocks) while the main thread waits
+# in sem_wait, as a multiprocessing pool's worker does between tasks: the handler stays pending. It once hung
+# Pool.terminate() (tests/test_budget_end_to_end.py's 32 processes, about one run in 25).
+SIGTERM_WHILE_THE_MAIN_THREAD_WAITS = """
+    import multiprocessing, signal, threading, time
+    import agent_ledger_sdk
+
+    def taken_by_another_thread():
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    with agent_ledger_sdk.session(NAME) as session:
+        session.log("tick")
+        agent_ledger_sdk.flush()
+        threading.Thread(target=taken_by_another_thread, daemon=True).start()
+        multiprocessing.Semaphore(0).acquire()  # no task will come
+    """
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_sigterm_taken_while_the_main_thread_waits_in_sem_wait_still_ends_the_process(ledger: Any) -> None:
+    result = run_script(SIGTERM_WHILE_THE_MAIN_THREAD_WAITS.replace("NAME", repr("waiting")), ledger.env(), timeout=30)
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    (summary,) = ledger.sessions("waiting")
+    assert (summary["eventCount"], summary["status"]) == (1, "error")
+    assert summary["errorMessage"] == "Terminated by SIGTERM"
+
+
+@pytest.mark.integration
+@needs_sigterm
+def test_a_forked_child_has_a_sigterm_watchdog_of_its_own_and_the_parent_lives_on(ledger: Any) -> None:
+    child = textwrap.indent(textwrap.dedent(SIGTERM_WHILE_THE_MAIN_THREAD_WAITS), " " * 16)
+    code = f"""
+        import os, signal, sys, time
+        import agent_ledger_sdk
+        from agent_ledger_sdk import _lifecycle
+
+        with agent_ledger_sdk.session("parent") as session:
+            session.log("tick")
+            agent_ledger_sdk.flush()
+            pid = os.fork()
+            if pid == 0:
+{child.replace("NAME", repr("child"))}
+                os._exit(0)  # not reached: SIGTERM ends the child
+            _, status = os.waitpid(pid, 0)
+            print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, flush=True)
+            os.write(_lifecycle._watchdog_fds[1], bytes([signal.SIGTERM]))  # a stray byte: only a SIGURG
+            time.sleep(2 * _lifecycle.SIGTERM_NUDGE + 0.5)
+            print("alive", flush=True)
+        """
+    result = run_script(code, ledger.env(), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "alive"]
+    (child_session,) = ledger.sessions("child")
+    assert (child_session["status"], child_session["errorMessage"]) == ("error", "Terminated by SIGTERM")
+    (parent_session,) = ledger.sessions("parent")
+    assert parent_session["status"] == "success"
 
 
 @pytest.mark.integration

@@ -16,6 +16,20 @@
   ``SIGTERM_FLUSH_TIMEOUT`` seconds, journals the rest, restores the default
   and re-sends SIGTERM to the process: it still dies of SIGTERM, with the
   same exit status.
+
+  A handler of Python's runs on the main thread, between two bytecodes. A
+  SIGTERM that lands just before the main thread enters a wait that only a
+  signal ends (a ``multiprocessing`` pool's worker taking its next task, in
+  ``sem_wait``), or that another thread takes, leaves the handler pending while
+  the thread waits on: with the default disposition the process would have
+  died, with ours it lived, and ``Pool.terminate()`` (the end of ``with
+  Pool(...)``) hung joining it. So a watchdog thread hears of every signal
+  through the wakeup fd (written by the C-level handler, whatever the thread)
+  and, if the handler has not started after ``SIGTERM_NUDGE`` seconds, sends
+  the main thread a SIGURG, whose handler does nothing: its wait ends with
+  EINTR and the pending handler runs. A stray byte only costs a harmless SIGURG.
+  Only where no wakeup fd is set (an event loop's is left alone) and SIGURG has
+  its default disposition.
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ if TYPE_CHECKING:
 
 EXIT_FLUSH_TIMEOUT = 5.0
 SIGTERM_FLUSH_TIMEOUT = 2.0
+SIGTERM_NUDGE = 0.5  # seconds the watchdog gives the SIGTERM handler to start before it nudges the main thread
+SIGTERM_NUDGES = 20  # then it gives up (a main thread that no signal interrupts)
 
 live: weakref.WeakSet[Instrumentation] = weakref.WeakSet()
 exit_hook_ran = False  # after it, callers deliver what they record (see Sender.after_exit_hook)
@@ -101,6 +117,7 @@ def _after_fork_in_child() -> None:
             instrumentation.after_fork_in_child()
         except Exception as exc:  # pragma: no cover - the child must live on regardless
             internal_error("fork", exc)
+    _watchdog_after_fork()
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
         # multiprocessing clears its finalizers in the child, then runs its after-fork hooks: register there.
@@ -140,11 +157,86 @@ def install_sigterm_handler() -> None:
         try:
             if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
                 signal.signal(signal.SIGTERM, _on_sigterm)
+                _start_watchdog()
         except (ValueError, OSError):  # pragma: no cover - not the main interpreter
             pass
 
 
+_sigterm_started = False  # the handler has started: the watchdog has nothing to do
+_watchdog_fds: Optional[tuple[int, int]] = None  # its pipe: (read, write); write is the wakeup fd
+
+
+def _nothing(signum: int, frame: Optional[Any]) -> None:
+    """SIGURG's handler while the watchdog may nudge: it only ends the main thread's wait (EINTR)."""
+
+
+def _start_watchdog() -> None:
+    """Set the wakeup fd and start the watchdog (see the module's docstring). On the main thread."""
+    global _watchdog_fds
+    if not hasattr(signal, "SIGURG") or not hasattr(signal, "pthread_kill"):
+        return  # pragma: no cover - not POSIX
+    if signal.getsignal(signal.SIGURG) is not signal.SIG_DFL:
+        return  # the program's own: a nudge would run it
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(write_fd, False)
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        if previous != -1:  # an event loop's, or another library's: theirs
+            signal.set_wakeup_fd(previous)
+            raise OSError("a wakeup fd is set")
+        signal.signal(signal.SIGURG, _nothing)
+        threading.Thread(target=_watch, args=(read_fd,), name="agent-ledger-sigterm", daemon=True).start()
+    except (OSError, ValueError, RuntimeError):
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _watchdog_fds = (read_fd, write_fd)
+
+
+def _watch(read_fd: int) -> None:
+    main = threading.main_thread()
+    while True:
+        try:
+            received = os.read(read_fd, 512)
+        except OSError:
+            return
+        if not received:
+            return
+        if signal.SIGTERM not in received:
+            continue
+        for _ in range(SIGTERM_NUDGES):
+            time.sleep(SIGTERM_NUDGE)
+            if _sigterm_started or signal.getsignal(signal.SIGTERM) is not _on_sigterm or not main.is_alive():
+                break
+            try:
+                signal.pthread_kill(main.ident, signal.SIGURG)  # type: ignore[arg-type]
+            except (OSError, ValueError):  # pragma: no cover - the main thread is gone
+                return
+
+
+def _watchdog_after_fork() -> None:
+    """In a forked child: the parent's pipe is shared, its thread is not here. The child gets its own."""
+    global _watchdog_fds
+    if _watchdog_fds is None:
+        return
+    read_fd, write_fd = _watchdog_fds
+    _watchdog_fds = None
+    try:
+        previous = signal.set_wakeup_fd(-1)
+        if previous not in (-1, write_fd):
+            signal.set_wakeup_fd(previous)  # set since by someone else
+        os.close(read_fd)
+        os.close(write_fd)
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm and signal.getsignal(signal.SIGURG) is _nothing:
+            signal.signal(signal.SIGURG, signal.SIG_DFL)
+            _start_watchdog()
+    except (OSError, ValueError) as exc:  # pragma: no cover - not the main thread of the child
+        internal_error("fork", exc)
+
+
 def _on_sigterm(signum: int, frame: Optional[Any]) -> None:
+    global _sigterm_started
+    _sigterm_started = True
     released = _release_interrupted_locks()
     try:
         shut_down("Terminated by SIGTERM", SIGTERM_FLUSH_TIMEOUT)
