@@ -668,6 +668,27 @@ def test_a_forked_child_has_a_sigterm_watchdog_of_its_own_and_the_parent_lives_o
 
 @pytest.mark.integration
 @needs_sigterm
+def test_a_wakeup_fd_already_set_is_left_alone_and_no_watchdog_starts(ledger: Any) -> None:
+    code = """
+        import os, signal, threading
+        import agent_ledger_sdk
+
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd)  # as an event loop's add_signal_handler does
+        with agent_ledger_sdk.session("own-wakeup-fd") as session:
+            session.log("tick")
+            agent_ledger_sdk.flush()
+            print(signal.set_wakeup_fd(-1) == write_fd, signal.getsignal(signal.SIGURG) is signal.SIG_DFL, flush=True)
+            print(any(t.name == "agent-ledger-sigterm" for t in threading.enumerate()), flush=True)
+        """
+    result = run_script(code, ledger.env(), timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.integration
+@needs_sigterm
 def test_a_process_with_its_own_sigterm_handler_keeps_it(ledger: Any) -> None:
     code = """
         import signal, sys, time

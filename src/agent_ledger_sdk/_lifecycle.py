@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sys
@@ -178,15 +179,18 @@ def _start_watchdog() -> None:
     if signal.getsignal(signal.SIGURG) is not signal.SIG_DFL:
         return  # the program's own: a nudge would run it
     read_fd, write_fd = os.pipe()
+    previous = -1
     try:
         os.set_blocking(write_fd, False)
         previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         if previous != -1:  # an event loop's, or another library's: theirs
-            signal.set_wakeup_fd(previous)
             raise OSError("a wakeup fd is set")
         signal.signal(signal.SIGURG, _nothing)
         threading.Thread(target=_watch, args=(read_fd,), name="agent-ledger-sigterm", daemon=True).start()
-    except (OSError, ValueError, RuntimeError):
+    except (OSError, ValueError, RuntimeError):  # as it was: no watchdog
+        with contextlib.suppress(OSError, ValueError):
+            signal.set_wakeup_fd(previous)
+            signal.signal(signal.SIGURG, signal.SIG_DFL)
         os.close(read_fd)
         os.close(write_fd)
         return
