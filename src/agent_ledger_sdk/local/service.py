@@ -745,7 +745,8 @@ class LedgerService:
 
         Returns the guardrail body of the first unreserved call that went over a budget (None if
         none did), the ``budget_warning`` events to store after each call that crossed a
-        soft threshold, and whether it changed an event (its cost, or over a budget). ``refuse_unpriced`` False: calls that ran already (OpenTelemetry spans) are
+        soft threshold, and whether it changed an event (its cost, or over a budget).
+        ``refuse_unpriced`` False: calls that ran already (OpenTelemetry spans) are
         recorded unpriced, never refused, under a budget.
         """
         limits = self._limits(tx, workspace, session, now, spending=True)
