@@ -38,7 +38,13 @@ from agent_ledger_sdk.local.records import (
 from agent_ledger_sdk.local.schema import create_or_upgrade
 from agent_ledger_sdk.local.service import MAX_EVENTS_PAGE, LedgerService
 from agent_ledger_sdk.local.store import MigrationError, SQLiteStore, Store, open_store
-from agent_ledger_sdk.local.store.sql import UNNUMBERED
+from agent_ledger_sdk.local.store.sql import (
+    KEY_COLUMNS,
+    RESERVATION_COLUMNS,
+    SESSION_COLUMNS,
+    UNNUMBERED,
+    stored_event,
+)
 
 from .ledger_fixtures import BACKENDS, database, raw_rows
 
@@ -713,3 +719,154 @@ def test_a_stamp_is_strftimes_text() -> None:
         zone = datetime.timezone(datetime.timedelta(minutes=chance.randint(-900, 900)))
         moment = datetime.datetime.fromtimestamp(chance.uniform(-3e10, 2.5e11), zone)
         assert stamp(moment) == moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# -- prepared statements (PostgreSQL) and the columns writes read -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "columns"),
+    [("sessions", SESSION_COLUMNS), ("reservations", RESERVATION_COLUMNS), ("api_keys", KEY_COLUMNS)],
+)
+def test_the_columns_writes_read_by_name_are_the_tables_columns(db: Union[Path, str], table: str, columns: str) -> None:
+    """Writes read these rows with their columns named (a prepared ``SELECT *`` breaks when a column is added):
+    the names must be every column of the table, in both schemas, or a migration forgot them."""
+    with open_store(db):
+        pass
+    if isinstance(db, Path):
+        found = [row[1] for row in raw_rows(db, f"PRAGMA table_info({table})")]
+    else:
+        found = [
+            row[0]
+            for row in raw_rows(
+                db,
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                (table,),
+            )
+        ]
+    assert columns.split(", ") == found
+
+
+def _hot_path_work(service: LedgerService, secret: str) -> None:
+    """A request's key, a reservation, a batch that settles it, a release, an ended session."""
+    workspace = service.authenticate(secret)
+    assert workspace is not None
+    session_id = service.start_session_request(workspace, {"agentName": "bot"}, None).body["id"]
+    reserved = service.reserve_request(
+        workspace, {"sessionId": session_id, "provider": "test", "model": "flat", "maxCostUsd": 0.5}, None
+    ).body["id"]
+    events = [
+        {
+            "type": "llm_call",
+            "stepIndex": 1,
+            "provider": "test",
+            "model": "flat",
+            "tokensIn": 2,
+            "tokensOut": 1,
+            "reservationId": reserved,
+        },
+        {"type": "tool_call", "stepIndex": 2, "toolName": "t", "input": {"q": 1}, "output": "ok"},
+    ]
+    assert (
+        service.log_events_request(workspace, {"sessionId": session_id, "events": events}, None).body["accepted"] == 2
+    )
+    other = service.reserve_request(
+        workspace, {"sessionId": session_id, "provider": "test", "model": "flat", "maxCostUsd": 0.5}, None
+    ).body["id"]
+    service.release(workspace, other)
+    service.end_session_request(workspace, session_id, {"status": "success"}, None)
+
+
+def _prepared(store: Any) -> list[str]:
+    with store._pool.connection() as connection:  # the pool's one connection (pool_size=1)
+        return [row["statement"] for row in connection.execute("SELECT statement FROM pg_prepared_statements")]
+
+
+def test_postgresql_writes_run_prepared_and_survive_a_newer_replicas_added_columns(postgres_url: str) -> None:
+    """The hot path's statements are prepared once per connection (none of them ``SELECT *``), and a column
+    that a later version's migration adds while this replica runs breaks none of them."""
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, pool_size=1)
+    with LedgerService(store) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "bot", Decimal(100))
+        _hot_path_work(service, secret)
+        prepared = _prepared(store)
+        assert any("FROM api_keys k" in s for s in prepared), prepared
+        assert any(s.startswith("SELECT pg_advisory_xact_lock") for s in prepared), prepared
+        assert any("FROM sessions WHERE id = $1 AND workspace = $2 FOR UPDATE" in s for s in prepared), prepared
+        assert any(s.startswith("INSERT INTO reservations") for s in prepared), prepared
+        assert any("unnest" in s for s in prepared), prepared
+        assert not [s for s in prepared if "SELECT *" in s or ".*" in s]
+        for table in ("sessions", "reservations", "api_keys", "events"):
+            raw_rows(postgres_url, f"SELECT 1 FROM {table} LIMIT 0", setup=f"ALTER TABLE {table} ADD COLUMN later TEXT")
+        _hot_path_work(service, secret)  # the same prepared statements, on the same connection
+    assert raw_rows(postgres_url, "SELECT status, event_count FROM sessions") == [("success", 2), ("success", 2)]
+    assert raw_rows(postgres_url, "SELECT state FROM reservations ORDER BY state") == [
+        ("released",),
+        ("released",),
+        ("settled",),
+        ("settled",),
+    ]
+
+
+def test_prepared_statements_off_in_the_url_prepares_none_and_a_bad_value_says_what_to_write(postgres_url: str) -> None:
+    """For a pooler that cannot keep prepared statements: ``?prepared_statements=off`` (libpq never sees it)."""
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    joiner = "&" if "?" in postgres_url else "?"
+    store = PostgresStore(f"{postgres_url}{joiner}prepared_statements=off", pool_size=1)
+    with LedgerService(store) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "bot", Decimal(100))
+        _hot_path_work(service, secret)
+        assert _prepared(store) == []
+    with pytest.raises(ValueError, match=r"prepared_statements='maybe'.*prepared_statements=off"):
+        PostgresStore(f"{postgres_url}{joiner}prepared_statements=maybe")
+
+
+PAYLOADS = [
+    '{"q":"a \\"quoted\\" word, a back\\\\slash, {braces}, NULL, (1,2)"}',
+    "",
+    "NULL",
+    '"ünïcödé ✓ 🚀 \\u0001"',
+    "{}",
+    "x" * 70_000,
+]
+
+
+def test_a_batchs_rows_are_stored_byte_for_byte_whatever_they_hold(db: Union[Path, str]) -> None:
+    """PostgreSQL takes a batch as binary arrays (no quoting): quotes, backslashes, braces, commas, the text
+    NULL, empty and long text, NULLs, large positions and amounts come back as they went in, in order."""
+    with open_store(db) as store:
+        with store.write(None) as tx:
+            tx.insert_session(
+                {"id": "s1", "workspace": "ws", "agent_name": "a", "status": "running", "started_at": "t"}
+            )
+        rows = [
+            stored_event("s1", "r", step, kind, payload, cost, status, over, note)
+            for step, kind, payload, cost, status, over, note in [
+                (5, "llm_call", PAYLOADS[0], Decimal("0.000000000000000001"), "priced", 0, None),
+                (None, "custom", PAYLOADS[1], Decimal(0), None, 1, 'no "price", sorry'),
+                (2**53 - 1, "tool_call", PAYLOADS[2], Decimal("123456789012.123456789"), "estimated", 0, ""),
+                (0, "llm_call", PAYLOADS[3], Decimal("1E-30"), None, 0, None),
+                (1, "custom", PAYLOADS[4], Decimal(0), None, 0, None),
+                (None, "custom", PAYLOADS[5], Decimal(0), None, 0, None),
+            ]
+        ]
+        with store.write(None) as tx:
+            tx.insert_event_rows(rows)
+        with store.read() as tx:
+            stored = tx.events("s1", None, 100)
+    by_payload = {row["payload"]: row for row in stored}
+    assert sorted(by_payload) == sorted(PAYLOADS)
+    for row in rows:
+        found = by_payload[row[4]]
+        assert Decimal(found["cost"]) == Decimal(row[5])
+        assert (found["cost_status"], found["over_budget"], found["pricing_note"]) == (row[6], row[7], row[8])
+        assert found["position"] == row[2]
+    unnumbered = [row["payload"] for row in stored if row["position"] == UNNUMBERED]
+    assert unnumbered == [PAYLOADS[1], PAYLOADS[5]]  # as received

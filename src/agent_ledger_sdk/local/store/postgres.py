@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import POSTGRES, UNNUMBERED, Tx
@@ -250,6 +251,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 LATEST = MIGRATIONS[-1][0]
 
 
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"  # a write transaction's lock on its workspace
+_PREPARE_PARAMETER = "prepared_statements"
+_ONLY_WHEN_ASKED = 2**62  # psycopg's prepare_threshold: no statement runs that often
+_SWITCH = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
+
+
+def _prepare_option(url: str) -> tuple[str, bool]:
+    """``url`` without its ``prepared_statements`` parameter (libpq refuses parameters it does not know), and
+    what that said (absent: True)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    said = [value for name, value in pairs if name == _PREPARE_PARAMETER]
+    if not said:
+        return url, True
+    value = said[-1].strip().lower()
+    if value not in _SWITCH:
+        raise ValueError(
+            f"{_PREPARE_PARAMETER}={said[-1]!r} in the database URL: use {_PREPARE_PARAMETER}=off (for a pooler that "
+            f"cannot keep prepared statements) or {_PREPARE_PARAMETER}=on (the default)."
+        )
+    kept = urlencode([(name, v) for name, v in pairs if name != _PREPARE_PARAMETER])
+    return urlunsplit(parts._replace(query=kept)), _SWITCH[value]
+
+
 def _without_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
@@ -271,7 +296,20 @@ def _refused_values() -> Iterator[None]:
 class PostgresStore(Store):
     """The ledger in a PostgreSQL database, through a pool of connections."""
 
-    def __init__(self, url: str, *, migrate: bool = True, pool_size: int = 10, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        pool_size: int = 10,
+        timeout: float = 30.0,
+        prepare: Optional[bool] = None,
+    ) -> None:
+        """``prepare``: writes and the keys' reads run as prepared statements (on by default; off for a pooler
+        that cannot keep them, such as PgBouncer before 1.21 in transaction mode). None: the URL's
+        ``prepared_statements=off|on`` says (taken out of the URL; absent: on)."""
+        url, from_url = _prepare_option(url)
+        self._prepare = prepare if prepare is not None else from_url
         try:
             from psycopg.rows import dict_row
             from psycopg_pool import ConnectionPool
@@ -285,7 +323,13 @@ class PostgresStore(Store):
             min_size=1,
             max_size=pool_size,
             timeout=timeout,
-            kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+            # psycopg prepares a statement only when asked (execute(prepare=True), Tx(prepare=True)): never by
+            # counting its runs (a read keeps plans made for its own values); None would refuse even when asked.
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "prepare_threshold": _ONLY_WHEN_ASKED if self._prepare else None,
+            },
             open=False,
             name="agent-ledger",
         )
@@ -314,8 +358,8 @@ class PostgresStore(Store):
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
         with _refused_values(), self._pool.connection() as connection, connection.transaction():
             if workspace is not None:
-                connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (workspace,))
-            yield Tx(connection, POSTGRES)
+                connection.execute(_LOCK, (workspace,), prepare=self._prepare)
+            yield Tx(connection, POSTGRES, prepare=self._prepare)
 
     @contextmanager
     def pipelined_write(self, workspace: Optional[str]) -> Iterator[Tx]:
@@ -328,8 +372,8 @@ class PostgresStore(Store):
                 with connection.pipeline():
                     connection.execute("BEGIN")
                     if workspace is not None:
-                        connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (workspace,))
-                    yield Tx(connection, POSTGRES)
+                        connection.execute(_LOCK, (workspace,), prepare=self._prepare)
+                    yield Tx(connection, POSTGRES, prepare=self._prepare)
                     connection.execute("COMMIT")
                 # Leaving the pipeline read every result: an error of any statement, COMMIT's included, raised.
             except BaseException:
@@ -356,6 +400,11 @@ class PostgresStore(Store):
         # Autocommit: one round trip (a transaction would add a BEGIN and a COMMIT).
         with _refused_values(), self._pool.connection() as connection:
             yield Tx(connection, POSTGRES)
+
+    def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
+        # The statement of every request: prepared, as the writes' are.
+        with _refused_values(), self._pool.connection() as connection:
+            return Tx(connection, POSTGRES, prepare=self._prepare).key_of_request(key_id)
 
     # -- schema ---------------------------------------------------------------------------
 
