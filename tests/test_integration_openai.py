@@ -1565,3 +1565,36 @@ def test_importing_the_sdk_does_not_import_openai() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_field_reads_dicts_other_mappings_and_objects_whichever_it_met_first() -> None:
+    """``_calls.field`` remembers per type whether it is a Mapping: a Mapping that is not a dict reads by key,
+    an object (a pydantic model) by attribute, a model's own ``get`` never mistaken for a Mapping's."""
+    from collections.abc import Mapping
+
+    class Body(Mapping[str, Any]):
+        def __init__(self, **values: Any) -> None:
+            self._values = values
+
+        def __getitem__(self, key: str) -> Any:
+            return self._values[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self._values)
+
+        def __len__(self) -> int:
+            return len(self._values)
+
+    class Model(pydantic.BaseModel):
+        content: str = "from the attribute"
+
+        def get(self, name: str) -> str:  # not a Mapping: field must not call this
+            return "from get"
+
+    for _ in range(2):  # the first read of each type, then the remembered answer
+        assert _calls.field({"content": "a dict"}, "content") == "a dict"
+        assert _calls.field(Body(content="a mapping"), "content") == "a mapping"
+        assert _calls.field(Body(), "content") is None
+        assert _calls.field(Model(), "content") == "from the attribute"
+        assert _calls.field(Model(), "absent") is None
+        assert _calls.field(None, "content") is None
