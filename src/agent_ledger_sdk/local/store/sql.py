@@ -250,6 +250,8 @@ class Tx:
         if self._prepare:
             preparable = _PREPARABLE.get(statement)
             if preparable is None:
+                if len(_PREPARABLE) >= 4096:  # statements with IN lists of every length: kept bounded
+                    _PREPARABLE.clear()
                 preparable = _PREPARABLE[statement] = _SELECTS_STAR.search(statement) is None
             if preparable:
                 return self._db.execute(self._dialect.sql(statement), tuple(params), prepare=True)
