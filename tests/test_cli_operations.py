@@ -194,6 +194,9 @@ def test_migrate_on_postgresql_and_only_migrate_and_serve_change_its_schema(
     assert migrated.out == f"schema version 0 -> {POSTGRES_LATEST}\n"
     assert main(capsys, "migrate", "--db", postgres_url).out == f"already at version {POSTGRES_LATEST}\n"
     assert main(capsys, "sessions", "--json", "--db", postgres_url).json() == {"sessions": [], "nextCursor": None}
+    unprepared = postgres_url + ("&" if "?" in postgres_url else "?") + "prepared_statements=off"  # libpq never sees it
+    assert main(capsys, "migrate", "--db", unprepared).out == f"already at version {POSTGRES_LATEST}\n"
+    assert main(capsys, "sessions", "--json", "--db", unprepared).json() == {"sessions": [], "nextCursor": None}
     raw_rows(postgres_url, "INSERT INTO schema_migrations VALUES (?, ?, ?) RETURNING version", (99, "future", "x"))
     one_line_error(main(capsys, "migrate", "--db", postgres_url), "schema version 99", "newer than this code knows")
 

@@ -112,8 +112,10 @@ def _schema_version(db: Union[Path, str]) -> int:
     if is_url(db):
         import psycopg
 
+        from .local.store.postgres import libpq_url
+
         try:
-            with psycopg.connect(str(db), autocommit=True, connect_timeout=30) as connection:
+            with psycopg.connect(libpq_url(str(db)), autocommit=True, connect_timeout=30) as connection:
                 found = connection.execute("SELECT to_regclass('schema_migrations')").fetchone()
                 if found is None or found[0] is None:
                     return 0

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import POSTGRES, UNNUMBERED, Tx
 
-__all__ = ["MIGRATIONS", "PostgresStore"]
+__all__ = ["MIGRATIONS", "PostgresStore", "libpq_url"]
 
 _MIGRATION_LOCK = 0x41474C47  # "AGLG": the advisory lock migrations hold
 
@@ -273,6 +273,11 @@ def _prepare_option(url: str) -> tuple[str, bool]:
         )
     kept = urlencode([(name, v) for name, v in pairs if name != _PREPARE_PARAMETER])
     return urlunsplit(parts._replace(query=kept)), _SWITCH[value]
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq takes it: without the ledger's own ``prepared_statements`` parameter."""
+    return _prepare_option(url)[0]
 
 
 def _without_password(url: str) -> str:
