@@ -870,3 +870,32 @@ def test_a_batchs_rows_are_stored_byte_for_byte_whatever_they_hold(db: Union[Pat
         assert found["position"] == row[2]
     unnumbered = [row["payload"] for row in stored if row["position"] == UNNUMBERED]
     assert unnumbered == [PAYLOADS[1], PAYLOADS[5]]  # as received
+
+
+def test_a_column_type_a_newer_release_changed_costs_one_failed_request_per_connection(postgres_url: str) -> None:
+    """A prepared statement whose result type changed fails at every run on its connection until the statement
+    is dropped: a write's ROLLBACK drops them all (psycopg does), and the key's read (no transaction) closes
+    its connection, so the pool replaces it. The request that met it fails (a client retries it); the next
+    one prepares anew."""
+    import psycopg
+
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    stale = pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type")
+    store = PostgresStore(postgres_url, pool_size=1)
+    with LedgerService(store) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "bot", Decimal(100))
+        _hot_path_work(service, secret)
+        raw_rows(postgres_url, "SELECT 1", setup="ALTER TABLE sessions ALTER COLUMN error_message TYPE varchar(5000)")
+        with stale:
+            _hot_path_work(service, secret)  # a write: its transaction rolls back
+        _hot_path_work(service, secret)
+        raw_rows(postgres_url, "SELECT 1", setup="ALTER TABLE api_keys ALTER COLUMN name TYPE varchar(500)")
+        with stale:
+            service.authenticate(secret)  # the key's read, outside a transaction
+        assert service.authenticate(secret) is not None
+        _hot_path_work(service, secret)
+    # The failed write was the start of a session, which reads its row back: its transaction rolled back.
+    assert raw_rows(postgres_url, "SELECT status, COUNT(*) FROM sessions GROUP BY status") == [("success", 3)]

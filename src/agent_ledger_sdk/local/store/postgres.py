@@ -285,6 +285,22 @@ def _without_password(url: str) -> str:
 
 
 @contextmanager
+def _stale_plans_dropped(connection: Any) -> Iterator[None]:
+    """A statement prepared on ``connection`` whose result changed shape since (a newer release's migration
+    changed the type of a column it reads, while this process ran) fails with "cached plan must not change
+    result type", and would at every later run on that connection: the connection is closed, so the pool
+    replaces it and its next user prepares the statement anew. The request that met it fails (a client
+    retries it). (After a write's ROLLBACK psycopg drops its prepared statements itself; the key's read runs
+    outside a transaction, and psycopg's habit is not a promise.)"""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == "0A000" and "cached plan" in str(exc):
+            connection.close()
+        raise
+
+
+@contextmanager
 def _refused_values() -> Iterator[None]:
     """A value PostgreSQL cannot hold (a NUL in text, say) that got past validation: the caller's bad input,
     not a crash; the transaction has rolled back."""
@@ -361,7 +377,13 @@ class PostgresStore(Store):
 
     @contextmanager
     def write(self, workspace: Optional[str] = None) -> Iterator[Tx]:
-        with _refused_values(), self._pool.connection() as connection, connection.transaction():
+        # The transaction ends (rolls back) before a stale plan's connection is closed.
+        with (
+            _refused_values(),
+            self._pool.connection() as connection,
+            _stale_plans_dropped(connection),
+            connection.transaction(),
+        ):
             if workspace is not None:
                 connection.execute(_LOCK, (workspace,), prepare=self._prepare)
             yield Tx(connection, POSTGRES, prepare=self._prepare)
@@ -372,7 +394,7 @@ class PostgresStore(Store):
         # the COMMIT and one Sync: a reservation waits on 3 round trips (4 with the key's read), not 7. The
         # transaction is BEGIN ... COMMIT of its own: psycopg's transaction() waits on its BEGIN and on a Sync
         # before its COMMIT. The lock is still the first statement after BEGIN.
-        with _refused_values(), self._pool.connection() as connection:
+        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
             try:
                 with connection.pipeline():
                     connection.execute("BEGIN")
@@ -408,7 +430,7 @@ class PostgresStore(Store):
 
     def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
         # The statement of every request: prepared, as the writes' are.
-        with _refused_values(), self._pool.connection() as connection:
+        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
             return Tx(connection, POSTGRES, prepare=self._prepare).key_of_request(key_id)
 
     # -- schema ---------------------------------------------------------------------------
