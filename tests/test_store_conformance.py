@@ -747,6 +747,14 @@ def test_the_columns_writes_read_by_name_are_the_tables_columns(db: Union[Path, 
     assert columns.split(", ") == found
 
 
+def _hot_path_ready(service: LedgerService) -> str:
+    """A key of workspace "ws", whose agent "bot" has a budget and whose model "test/flat" a price."""
+    secret = service.create_key("k", "ws").secret
+    service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+    service.set_budget("ws", "bot", Decimal(100))
+    return secret
+
+
 def _hot_path_work(service: LedgerService, secret: str) -> None:
     """A request's key, a reservation, a batch that settles it, a release, an ended session."""
     workspace = service.authenticate(secret)
@@ -789,9 +797,7 @@ def test_postgresql_writes_run_prepared_and_survive_a_newer_replicas_added_colum
 
     store = PostgresStore(postgres_url, pool_size=1)
     with LedgerService(store) as service:
-        secret = service.create_key("k", "ws").secret
-        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
-        service.set_budget("ws", "bot", Decimal(100))
+        secret = _hot_path_ready(service)
         _hot_path_work(service, secret)
         prepared = _prepared(store)
         assert any("FROM api_keys k" in s for s in prepared), prepared
@@ -819,9 +825,7 @@ def test_prepared_statements_off_in_the_url_prepares_none_and_a_bad_value_says_w
     joiner = "&" if "?" in postgres_url else "?"
     store = PostgresStore(f"{postgres_url}{joiner}prepared_statements=off", pool_size=1)
     with LedgerService(store) as service:
-        secret = service.create_key("k", "ws").secret
-        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
-        service.set_budget("ws", "bot", Decimal(100))
+        secret = _hot_path_ready(service)
         _hot_path_work(service, secret)
         assert _prepared(store) == []
     with pytest.raises(ValueError, match=r"prepared_statements='maybe'.*prepared_statements=off"):
@@ -884,9 +888,7 @@ def test_a_column_type_a_newer_release_changed_costs_one_failed_request_per_conn
     stale = pytest.raises(psycopg.errors.FeatureNotSupported, match="cached plan must not change result type")
     store = PostgresStore(postgres_url, pool_size=1)
     with LedgerService(store) as service:
-        secret = service.create_key("k", "ws").secret
-        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
-        service.set_budget("ws", "bot", Decimal(100))
+        secret = _hot_path_ready(service)
         _hot_path_work(service, secret)
         raw_rows(postgres_url, "SELECT 1", setup="ALTER TABLE sessions ALTER COLUMN error_message TYPE varchar(5000)")
         with stale:
