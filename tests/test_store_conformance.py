@@ -901,3 +901,24 @@ def test_a_column_type_a_newer_release_changed_costs_one_failed_request_per_conn
         _hot_path_work(service, secret)
     # The failed write was the start of a session, which reads its row back: its transaction rolled back.
     assert raw_rows(postgres_url, "SELECT status, COUNT(*) FROM sessions GROUP BY status") == [("success", 3)]
+
+
+def test_the_prepared_statements_parameter_leaves_the_rest_of_the_url_as_libpq_reads_it(postgres_url: str) -> None:
+    """Taking ``prepared_statements`` out keeps the other parameters' meaning: a space stays %20 (libpq reads
+    "+" as itself), so ``options=-c search_path=...`` still sets the search path."""
+    import psycopg
+
+    from agent_ledger_sdk.local.store.postgres import libpq_url
+
+    joiner = "&" if "?" in postgres_url else "?"
+    url = (
+        f"{postgres_url}{joiner}prepared_statements=off&options=-c%20search_path%3Dledger_schema&application_name=a%2Bb"
+    )
+    kept = libpq_url(url)
+    assert "prepared_statements" not in kept
+    with psycopg.connect(kept) as connection:
+        row = connection.execute(
+            "SELECT current_setting('search_path'), current_setting('application_name')"
+        ).fetchone()
+    assert row == ("ledger_schema", "a+b")
+    assert libpq_url(postgres_url) == postgres_url  # without the parameter: untouched

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import POSTGRES, UNNUMBERED, Tx
@@ -271,7 +271,8 @@ def _prepare_option(url: str) -> tuple[str, bool]:
             f"{_PREPARE_PARAMETER}={said[-1]!r} in the database URL: use {_PREPARE_PARAMETER}=off (for a pooler that "
             f"cannot keep prepared statements) or {_PREPARE_PARAMETER}=on (the default)."
         )
-    kept = urlencode([(name, v) for name, v in pairs if name != _PREPARE_PARAMETER])
+    # %20 for a space, not "+": libpq reads a "+" as itself (options=-c%20search_path%3Dledger).
+    kept = urlencode([(name, v) for name, v in pairs if name != _PREPARE_PARAMETER], quote_via=quote)
     return urlunsplit(parts._replace(query=kept)), _SWITCH[value]
 
 
