@@ -904,16 +904,14 @@ def test_a_column_type_a_newer_release_changed_costs_one_failed_request_per_conn
 
 
 def test_the_prepared_statements_parameter_leaves_the_rest_of_the_url_as_libpq_reads_it(postgres_url: str) -> None:
-    """Taking ``prepared_statements`` out keeps the other parameters' meaning: a space stays %20 (libpq reads
-    "+" as itself), so ``options=-c search_path=...`` still sets the search path."""
+    """Taking ``prepared_statements`` out keeps the other parameters as written: a space stays %20 and a "+"
+    stays a plus (libpq reads it as itself), so ``options=-c search_path=...`` still sets the search path."""
     import psycopg
 
     from agent_ledger_sdk.local.store.postgres import libpq_url
 
     joiner = "&" if "?" in postgres_url else "?"
-    url = (
-        f"{postgres_url}{joiner}prepared_statements=off&options=-c%20search_path%3Dledger_schema&application_name=a%2Bb"
-    )
+    url = f"{postgres_url}{joiner}options=-c%20search_path%3Dledger_schema&prepared_statements=off&application_name=a+b"
     kept = libpq_url(url)
     assert "prepared_statements" not in kept
     with psycopg.connect(kept) as connection:

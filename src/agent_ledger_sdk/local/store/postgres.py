@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
 from .sql import POSTGRES, UNNUMBERED, Tx
@@ -259,10 +259,17 @@ _SWITCH = {"on": True, "true": True, "1": True, "yes": True, "off": False, "fals
 
 def _prepare_option(url: str) -> tuple[str, bool]:
     """``url`` without its ``prepared_statements`` parameter (libpq refuses parameters it does not know), and
-    what that said (absent: True)."""
+    what that said (absent: True). The other parameters are kept as written, byte for byte: libpq reads a
+    "+" as itself, where a form decoder (parse_qsl) would make it a space."""
     parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    said = [value for name, value in pairs if name == _PREPARE_PARAMETER]
+    kept: list[str] = []
+    said: list[str] = []
+    for item in parts.query.split("&") if parts.query else ():
+        name, _, value = item.partition("=")
+        if unquote(name) == _PREPARE_PARAMETER:
+            said.append(unquote(value))
+        else:
+            kept.append(item)
     if not said:
         return url, True
     value = said[-1].strip().lower()
@@ -271,9 +278,7 @@ def _prepare_option(url: str) -> tuple[str, bool]:
             f"{_PREPARE_PARAMETER}={said[-1]!r} in the database URL: use {_PREPARE_PARAMETER}=off (for a pooler that "
             f"cannot keep prepared statements) or {_PREPARE_PARAMETER}=on (the default)."
         )
-    # %20 for a space, not "+": libpq reads a "+" as itself (options=-c%20search_path%3Dledger).
-    kept = urlencode([(name, v) for name, v in pairs if name != _PREPARE_PARAMETER], quote_via=quote)
-    return urlunsplit(parts._replace(query=kept)), _SWITCH[value]
+    return urlunsplit(parts._replace(query="&".join(kept))), _SWITCH[value]
 
 
 def libpq_url(url: str) -> str:
