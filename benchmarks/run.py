@@ -238,15 +238,25 @@ CHAT_BODY = {
 }
 
 
-def _chat_stream_body() -> bytes:
-    chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1764000000, "model": "gpt-4o-mini"}
+def _chat_stream_body(usage: bool = True) -> bytes:
+    """A streamed chat completion as OpenAI sends it: with ``usage`` (``stream_options={"include_usage": true}``
+    asked for it), every chunk carries ``"usage": null`` and a last, usage-only chunk follows."""
+    chunk: dict[str, Any] = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1764000000,
+        "model": "gpt-4o-mini",
+    }
     events = [
         {**chunk, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
         for word in ["Refunds", "take", "five", "business", "days."]
     ]
     events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    events.append({**chunk, "choices": [], "usage": CHAT_BODY["usage"]})
-    return ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n").encode()
+    if usage:
+        events = [{**event, "usage": None} for event in events]
+        events.append({**chunk, "choices": [], "usage": CHAT_BODY["usage"]})
+    # Compact JSON, as the API writes it.
+    return ("".join(f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events) + "data: [DONE]\n\n").encode()
 
 
 def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
@@ -267,11 +277,13 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     from agent_ledger_sdk.integrations import openai as integration
 
     plain = json.dumps(CHAT_BODY).encode()
-    streamed = _chat_stream_body()
+    streamed, streamed_with_usage = _chat_stream_body(usage=False), _chat_stream_body(usage=True)
 
     def answer(request: httpx.Request) -> httpx.Response:
         if b'"stream":true' in request.content:
-            return httpx.Response(200, content=streamed, headers={"content-type": "text/event-stream"})
+            # As the API does: the usage chunk only when the request asks for it (the instrumented call does).
+            content = streamed_with_usage if b'"include_usage":true' in request.content else streamed
+            return httpx.Response(200, content=content, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, content=plain, headers={"content-type": "application/json"})
 
     client = openai.OpenAI(api_key="sk-bench", http_client=httpx.Client(transport=httpx.MockTransport(answer)))

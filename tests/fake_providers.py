@@ -188,7 +188,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _events(self, events: Any) -> None:
         parts = []
         for name, event in events:
-            parts.append((f"event: {name}\n" if name else "") + f"data: {json.dumps(event)}\n\n")
+            # Compact JSON, as both APIs write it.
+            parts.append((f"event: {name}\n" if name else "") + f"data: {json.dumps(event, separators=(',', ':'))}\n\n")
         if self.path.split("?", 1)[0].endswith("/chat/completions"):
             parts.append("data: [DONE]\n\n")  # OpenAI ends a chat stream so; Anthropic with message_stop
         data = "".join(parts).encode()

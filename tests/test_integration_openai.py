@@ -20,6 +20,7 @@ import json
 import struct
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, Callable, Optional
@@ -356,9 +357,11 @@ def embeddings(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def chat_sse(body: dict[str, Any]) -> list[bytes]:
-    """``data: {...}`` per chunk, then ``data: [DONE]``: the chat completions wire format."""
-    return [b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chat_chunks(body)] + [b"data: [DONE]\n\n"]
+def chat_sse(body: dict[str, Any], separators: tuple[str, str] = (",", ":")) -> list[bytes]:
+    """``data: {...}`` per chunk, then ``data: [DONE]``: the chat completions wire format. The API writes its
+    JSON compact; ``separators=(", ", ": ")``: as a proxy that writes it again might."""
+    events = [json.dumps(chunk, separators=separators).encode() for chunk in chat_chunks(body)]
+    return [b"data: " + event + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
 def response_sse(body: dict[str, Any]) -> list[bytes]:
@@ -859,6 +862,64 @@ def test_stream_usage_is_asked_for_and_its_chunk_hidden_from_the_user(
     assert instrumented == {**uninstrumented, "stream_options": {"include_usage": True}}
     assert seen == plain  # the same chunks, to the fields the API set
     assert stable(the_call(captured), streamed=True) == chat_event(stream=True)
+
+
+@pytest.mark.parametrize("written", ["compact", "spaced"])
+def test_the_usage_chunk_asked_for_is_read_before_the_client_parses_it(
+    api: FakeOpenAI, ledger: AgentLedgerClient, written: str
+) -> None:
+    """The client parses each chunk into a model (about 0.1 ms): the usage chunk the integration asked for
+    is read from its text and never reaches the client's parser, so the instrumented stream costs the client
+    no more parsing than the plain one. JSON written with spaces (not the API's) is hidden after parsing."""
+    separators = (",", ":") if written == "compact" else (", ", ": ")
+    api.respond = lambda request, body: api.stream_response(chat_sse(body, separators))
+    client = api.client()
+    parsed: list[Any] = []
+    process = client._process_response_data
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        parsed.append(kwargs.get("data"))
+        return process(*args, **kwargs)
+
+    client._process_response_data = counting
+
+    def read() -> list[Any]:
+        parsed.clear()
+        return dumped(api.items(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))))
+
+    plain, plain_parsed = read(), len(parsed)
+    ledger.instrument_openai()
+    with capture() as captured:
+        seen = read()
+    assert seen == plain
+    assert "stream_options" in api.requests[-1]["body"]
+    if written == "compact":
+        assert len(parsed) == plain_parsed  # the usage chunk was not parsed
+    else:
+        assert len(parsed) == plain_parsed + 1
+        assert parsed[-1]["choices"] == [] and parsed[-1]["usage"] is not None
+    assert stable(the_call(captured), streamed=True) == chat_event(stream=True)
+
+
+@pytest.mark.parametrize("instrumented", [False, True])
+def test_a_stream_read_to_its_end_is_freed_at_once(ledger: AgentLedgerClient, instrumented: bool) -> None:
+    """Without the garbage collector, as it would be uninstrumented: hiding the usage chunk makes no cycle."""
+    api = FakeOpenAI("sync")
+    client = api.client()
+    if instrumented:
+        ledger.instrument_openai()
+    gc.collect()
+    gc.disable()
+    try:
+        stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        raw = weakref.ref(getattr(stream, "__wrapped__", stream))
+        chunks = list(stream)
+        del stream
+        assert raw() is None
+    finally:
+        gc.enable()
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == ANSWER
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk was the integration's
 
 
 def test_a_usage_chunk_the_user_asked_for_is_theirs(api: FakeOpenAI, ledger: AgentLedgerClient) -> None:

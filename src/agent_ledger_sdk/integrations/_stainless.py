@@ -61,6 +61,15 @@ class StreamReader:
         """Observe one item; False hides it from the user (an item the integration asked for)."""
         return True
 
+    # A text that every server-sent event the reader hides holds (None: it hides none): events without it
+    # pass with no call to hidden_event().
+    hides: Optional[str] = None
+
+    def hidden_event(self, event: Any) -> bool:
+        """Whether ``event``, a server-sent event of the stream before the client parses it, is one the
+        integration asked for and reads itself: the client never parses it into an item (see :func:`_hide_events`)."""
+        return False
+
     def end(self) -> None:
         """Record what arrived on the call (its usage, text, finish reason)."""
 
@@ -293,7 +302,10 @@ class StainlessIntegration:
     ) -> Any:
         try:
             if kwargs.get("stream") and type(result).__name__ in ("Stream", "AsyncStream"):
-                return proxy(result, call, endpoint.reader(call, plan))
+                reader = endpoint.reader(call, plan)
+                if plan.options is not None:  # the request asked for more than the user did
+                    _hide_events(result, reader)
+                return proxy(result, call, reader)
             body = _body_of(call.raw)
             if body is not None:
                 # The bytes the provider sent are read off the agent's thread: exact, and the
@@ -377,6 +389,45 @@ def _parsed(result: Any) -> Any:
 
 
 # -- streams ------------------------------------------------------------------
+
+
+def _hide_events(stream: Any, reader: StreamReader) -> None:
+    """Let ``reader`` take the server-sent events it asked for before the client parses them: a chunk the
+    client parses costs about 0.1 ms (a pydantic model), and is one the user would not have had.
+
+    The client's ``Stream`` reads its events from its own decoder (``self._decoder``, made for it, in every
+    1.x-3.x version), which is wrapped here. The wrapper holds no reference to the stream: a stream read to
+    its end is freed at once, as it would be uninstrumented. Without a decoder, the reader hides the parsed
+    item instead (``StreamReader.item``)."""
+    decoder = getattr(stream, "_decoder", None)
+    if reader.hides is None or decoder is None or not hasattr(decoder, "iter_bytes"):
+        return
+    stream._decoder = _HidingDecoder(decoder, reader)
+
+
+class _HidingDecoder:
+    """A stream's server-sent event decoder, less the events its reader takes."""
+
+    __slots__ = ("_decoder", "_reader")
+
+    def __init__(self, decoder: Any, reader: StreamReader) -> None:
+        self._decoder = decoder
+        self._reader = reader
+
+    def iter_bytes(self, iterator: Any) -> Any:
+        hides, hidden = self._reader.hides, self._reader.hidden_event
+        for event in self._decoder.iter_bytes(iterator):
+            if hides not in event.data or not hidden(event):
+                yield event
+
+    async def aiter_bytes(self, iterator: Any) -> Any:
+        hides, hidden = self._reader.hides, self._reader.hidden_event
+        async for event in self._decoder.aiter_bytes(iterator):
+            if hides not in event.data or not hidden(event):
+                yield event
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._decoder, name)
 
 
 def _relay(stream: Any, call: ProviderCall, reader: StreamReader) -> Any:

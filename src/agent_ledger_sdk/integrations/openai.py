@@ -14,6 +14,7 @@ exactly the chunks it would have seen uninstrumented.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any, Optional
 
 from ._calls import ProviderCall, Resolver, field
@@ -129,6 +130,7 @@ class _ChatStream(StreamReader):
     def __init__(self, call: ProviderCall, hide_usage: bool) -> None:
         super().__init__(call)
         self.hide_usage = hide_usage
+        self.hides = '"choices":[]' if hide_usage else None
         self.texts: dict[int, list[str]] = {}
         self.tool_calls: dict[tuple[int, int], dict[str, Any]] = {}
         self.finish_reasons: dict[int, Any] = {}
@@ -160,6 +162,21 @@ class _ChatStream(StreamReader):
         except AttributeError:
             pass
         return self._any_item(item)
+
+    def hidden_event(self, event: Any) -> bool:
+        # The usage-only chunk we asked for (choices empty, usage set; the API writes its JSON compact), read
+        # here from its text: the client never parses it. Any other event is parsed, and item() hides a usage
+        # chunk that this let through.
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            return False
+        if type(chunk) is not dict or chunk.get("choices") != [] or type(chunk.get("usage")) is not dict:
+            return False
+        self.usage = chunk["usage"]
+        if self.model is None:
+            self.model = chunk.get("model")
+        return True
 
     def _first(self, item: Any) -> None:
         self.first = False
