@@ -36,6 +36,7 @@ import pydantic
 import agent_ledger_sdk
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient, BudgetGuardrailError
 from agent_ledger_sdk.integrations import _calls
+from agent_ledger_sdk.integrations import _stainless as stainless
 from agent_ledger_sdk.integrations import openai as integration
 from agent_ledger_sdk.testing import Capture, capture
 
@@ -849,9 +850,14 @@ def test_an_httpx_client_given_to_any_openai_version(api: FakeOpenAI, ledger: Ag
 # -- stream usage: asked for, and hidden unless the user asked ----------------------------------
 
 
+@pytest.mark.parametrize("read", ["events", "items"])
 def test_stream_usage_is_asked_for_and_its_chunk_hidden_from_the_user(
-    api: FakeOpenAI, ledger: AgentLedgerClient
+    api: FakeOpenAI, ledger: AgentLedgerClient, monkeypatch: pytest.MonkeyPatch, read: str
 ) -> None:
+    """``events``: the chunks' text is read from the stream's decoder; ``items``: a client whose stream has no
+    decoder to wrap, where the client's chunk objects are read and the usage chunk hidden after parsing."""
+    if read == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     client = api.client()
     plain = dumped(api.items(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))))
     ledger.instrument_openai()
@@ -920,6 +926,42 @@ def test_a_stream_read_to_its_end_is_freed_at_once(ledger: AgentLedgerClient, in
         gc.enable()
     assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks) == ANSWER
     assert all(chunk.choices for chunk in chunks)  # the usage chunk was the integration's
+
+
+def test_a_long_stream_counts_the_chunks_it_keeps_in_the_queues_bound(
+    ledger: AgentLedgerClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks' text is kept until the event is made, off the agent's thread: the queue counts it."""
+    api = FakeOpenAI("sync")
+    words = ["word"] * 2000
+    api.respond = lambda request, body: api.stream_response(
+        [b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n" for chunk in long_chunks(body, words)]
+        + [b"data: [DONE]\n\n"]
+    )
+    sizes: list[int] = []
+    emit = _calls.emit_quietly
+    monkeypatch.setattr(
+        _calls, "emit_quietly", lambda handle, event, size: (sizes.append(size), emit(handle, event, size))
+    )
+    ledger.instrument_openai()
+    with capture() as captured:
+        list(api.client().chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+    sent = sum(len(json.dumps(chunk, separators=(",", ":"))) for chunk in long_chunks({"model": MODEL}, words))
+    assert sizes and sizes[0] >= sent
+    assert the_call(captured)["response"] == " ".join(words)
+
+
+def long_chunks(body: dict[str, Any], words: list[str]) -> list[dict[str, Any]]:
+    base = {"id": "chatcmpl-long", "object": "chat.completion.chunk", "created": CREATED, "model": SNAPSHOTS[MODEL]}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"content": word if n == 0 else " " + word}, "finish_reason": None}]}
+        for n, word in enumerate(words)
+    ]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks = [{**chunk, "usage": None} for chunk in chunks]
+        chunks.append({**base, "choices": [], "usage": chat_usage(MODEL)})
+    return chunks
 
 
 def test_a_usage_chunk_the_user_asked_for_is_theirs(api: FakeOpenAI, ledger: AgentLedgerClient) -> None:

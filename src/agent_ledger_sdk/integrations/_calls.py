@@ -263,7 +263,11 @@ class ProviderCall:
             self._first_token_ms = ms_since(self._perf_started)
 
     def _event(
-        self, error: Optional[BaseException], billed: bool, complete: Optional[Callable[[], Any]] = None
+        self,
+        error: Optional[BaseException],
+        billed: bool,
+        complete: Optional[Callable[[], Any]] = None,
+        held: int = 0,
     ) -> Optional[tuple[dict[str, Any], int]]:
         if self._finished:
             return None
@@ -278,7 +282,7 @@ class ProviderCall:
         # path), from what the caller handed over: the provider's bytes or the stream's own accumulation.
         event: dict[str, Any] = {}
         event[COMPLETE_KEY] = Lazy(self._complete, event, complete, error, billed, latency_ms)
-        return event, self._prompt_size + self._size_hint() + DEFERRED_EVENT_BYTES
+        return event, self._prompt_size + self._size_hint() + held + DEFERRED_EVENT_BYTES
 
     def _size_hint(self) -> int:
         """The bytes of a prompt not copied (so not sized) on the caller's thread: its request's body."""
@@ -340,12 +344,14 @@ class ProviderCall:
         *,
         billed: bool = False,
         complete: Optional[Callable[[], Any]] = None,
+        held: int = 0,
     ) -> None:
         """:meth:`finish` where nothing may be raised: a stream closed or collected, a response.
 
         ``complete``, when given, records the answer (with :meth:`outcome`) where the event
         is encoded, off the caller's thread; it must read only what cannot change any more.
+        ``held``: the bytes ``complete`` keeps until then (a stream's chunks), counted in the queue's bound.
         """
-        built = self._event(error, billed, complete)
+        built = self._event(error, billed, complete, held)
         if built is not None:
             emit_quietly(self.handle, *built)

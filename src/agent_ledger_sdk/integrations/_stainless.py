@@ -64,6 +64,14 @@ class StreamReader:
     # A text that every server-sent event the reader hides holds (None: it hides none): events without it
     # pass with no call to hidden_event().
     hides: Optional[str] = None
+    # Whether the reader takes the text of every server-sent event (``raw``) and reads it in end(), off the
+    # agent's thread, rather than reading each item the client made. None: it does not, or could not.
+    reads_raw = False
+    raw: Optional[list[str]] = None
+
+    def held(self) -> int:
+        """The bytes this reader keeps until end() runs (the events' text)."""
+        return 0 if self.raw is None else sum(map(len, self.raw))
 
     def hidden_event(self, event: Any) -> bool:
         """Whether ``event``, a server-sent event of the stream before the client parses it, is one the
@@ -303,8 +311,7 @@ class StainlessIntegration:
         try:
             if kwargs.get("stream") and type(result).__name__ in ("Stream", "AsyncStream"):
                 reader = endpoint.reader(call, plan)
-                if plan.options is not None:  # the request asked for more than the user did
-                    _hide_events(result, reader)
+                _read_events(result, reader)
                 return proxy(result, call, reader)
             body = _body_of(call.raw)
             if body is not None:
@@ -391,22 +398,27 @@ def _parsed(result: Any) -> Any:
 # -- streams ------------------------------------------------------------------
 
 
-def _hide_events(stream: Any, reader: StreamReader) -> None:
-    """Let ``reader`` take the server-sent events it asked for before the client parses them: a chunk the
-    client parses costs about 0.1 ms (a pydantic model), and is one the user would not have had.
+def _read_events(stream: Any, reader: StreamReader) -> None:
+    """Hand ``reader`` the stream's server-sent events before the client parses them: their text, when it
+    reads that (``reads_raw``), and the events it asked for (``hides``), which the client then never parses
+    (a chunk the client parses costs about 0.1 ms, a pydantic model, and is one the user would not have had).
 
     The client's ``Stream`` reads its events from its own decoder (``self._decoder``, made for it, in every
     1.x-3.x version), which is wrapped here. The wrapper holds no reference to the stream: a stream read to
-    its end is freed at once, as it would be uninstrumented. Without a decoder, the reader hides the parsed
-    item instead (``StreamReader.item``)."""
-    decoder = getattr(stream, "_decoder", None)
-    if reader.hides is None or decoder is None or not hasattr(decoder, "iter_bytes"):
+    its end is freed at once, as it would be uninstrumented. Without a decoder, the reader reads and hides
+    the parsed items instead (``StreamReader.item``)."""
+    if reader.hides is None and not reader.reads_raw:
         return
-    stream._decoder = _HidingDecoder(decoder, reader)
+    decoder = getattr(stream, "_decoder", None)
+    if decoder is None or not hasattr(decoder, "iter_bytes"):
+        return
+    if reader.reads_raw:
+        reader.raw = []
+    stream._decoder = _ReadingDecoder(decoder, reader)
 
 
-class _HidingDecoder:
-    """A stream's server-sent event decoder, less the events its reader takes."""
+class _ReadingDecoder:
+    """A stream's server-sent event decoder, whose events its reader sees first."""
 
     __slots__ = ("_decoder", "_reader")
 
@@ -415,16 +427,26 @@ class _HidingDecoder:
         self._reader = reader
 
     def iter_bytes(self, iterator: Any) -> Any:
-        hides, hidden = self._reader.hides, self._reader.hidden_event
+        reader = self._reader
+        hides, hidden, raw = reader.hides, reader.hidden_event, reader.raw
         for event in self._decoder.iter_bytes(iterator):
-            if hides not in event.data or not hidden(event):
-                yield event
+            data = event.data
+            if hides is not None and hides in data and hidden(event):
+                continue
+            if raw is not None:
+                raw.append(data)
+            yield event
 
     async def aiter_bytes(self, iterator: Any) -> Any:
-        hides, hidden = self._reader.hides, self._reader.hidden_event
+        reader = self._reader
+        hides, hidden, raw = reader.hides, reader.hidden_event, reader.raw
         async for event in self._decoder.aiter_bytes(iterator):
-            if hides not in event.data or not hidden(event):
-                yield event
+            data = event.data
+            if hides is not None and hides in data and hidden(event):
+                continue
+            if raw is not None:
+                raw.append(data)
+            yield event
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._decoder, name)
@@ -565,7 +587,7 @@ def _ended(call: ProviderCall, reader: StreamReader, error: Optional[BaseExcepti
         return
     # What the stream's items said is put together off the agent's thread (the reader keeps its own
     # record of them). Output may have begun: usage, if it did not arrive, is owed.
-    call.finish_quietly(error, billed=True, complete=reader.end)
+    call.finish_quietly(error, billed=True, complete=reader.end, held=reader.held())
 
 
 def _abandoned(call: ProviderCall, reader: StreamReader) -> None:

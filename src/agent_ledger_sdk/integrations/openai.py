@@ -138,10 +138,24 @@ class _ChatStream(StreamReader):
         self.usage: Any = None
         self.first = True  # no content yet: the next one is the first token
 
+    reads_raw = True  # the chunks' text is read in end(), off the agent's thread (see _read_events)
+
     def item(self, item: Any) -> bool:
-        # Every chunk of every stream passes here: the SDK's chunk objects are read attribute by
-        # attribute, the usual chunk (one choice, some text) in a few steps; anything else (a dict,
-        # another version's shape) takes the general path.
+        # Every chunk of every stream passes here. With the chunks' text kept (raw), only the first token's
+        # time is taken here, and the usage chunk asked for hidden if the decoder let it through.
+        if self.raw is not None:
+            try:
+                if self.hide_usage:
+                    if item.usage is not None and not item.choices:
+                        return False  # its text is kept: end() reads its usage
+                    item.__pydantic_fields_set__.discard("usage")  # see _forget_field
+                if self.first:
+                    self._first_of_raw(item)
+                return True
+            except AttributeError:  # another version's shape
+                return self._any_item(item)
+        # Without it, the SDK's chunk objects are read attribute by attribute, the usual chunk (one choice,
+        # some text) in a few steps; anything else (a dict, another version's shape) takes the general path.
         try:
             choices = item.choices
             usage = item.usage
@@ -177,6 +191,14 @@ class _ChatStream(StreamReader):
         if self.model is None:
             self.model = chunk.get("model")
         return True
+
+    def _first_of_raw(self, item: Any) -> None:
+        for choice in field(item, "choices") or ():
+            delta = field(choice, "delta")
+            if field(delta, "content") or field(delta, "refusal") or field(delta, "tool_calls"):
+                self.first = False
+                self.call.first_token()
+                return
 
     def _first(self, item: Any) -> None:
         self.first = False
@@ -224,6 +246,17 @@ class _ChatStream(StreamReader):
         return True
 
     def end(self) -> None:
+        if self.raw is not None:
+            self.first = False  # its time was taken as it arrived
+            for data in self.raw:
+                if data.startswith("[DONE]"):
+                    continue
+                try:
+                    chunk = json.loads(data)
+                except ValueError:  # the client raised on it too
+                    continue
+                if type(chunk) is dict:
+                    self._any_item(chunk)
         indexes = sorted(set(self.texts) | set(self.finish_reasons)) or [0]
         texts = ["".join(self.texts.get(index, ())) for index in indexes]
         tool_calls = [self.tool_calls[key] for key in sorted(self.tool_calls)]
