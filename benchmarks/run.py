@@ -238,9 +238,13 @@ CHAT_BODY = {
 }
 
 
-def _chat_stream_body(usage: bool = True) -> bytes:
-    """A streamed chat completion as OpenAI sends it: with ``usage`` (``stream_options={"include_usage": true}``
-    asked for it), every chunk carries ``"usage": null`` and a last, usage-only chunk follows."""
+LONG_STREAM = 100  # chunks of text in the long stream of provider_overhead
+
+
+def _chat_stream_body(usage: bool = True, words: int = 5) -> bytes:
+    """A streamed chat completion as OpenAI sends it, ``words`` chunks of text: with ``usage``
+    (``stream_options={"include_usage": true}`` asked for it), every chunk carries ``"usage": null`` and a
+    last, usage-only chunk follows."""
     chunk: dict[str, Any] = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
@@ -249,7 +253,7 @@ def _chat_stream_body(usage: bool = True) -> bytes:
     }
     events = [
         {**chunk, "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]}
-        for word in ["Refunds", "take", "five", "business", "days."]
+        for word in (["Refunds", "take", "five", "business", "days."] * (words // 5 + 1))[:words]
     ]
     events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     if usage:
@@ -277,12 +281,15 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     from agent_ledger_sdk.integrations import openai as integration
 
     plain = json.dumps(CHAT_BODY).encode()
-    streamed, streamed_with_usage = _chat_stream_body(usage=False), _chat_stream_body(usage=True)
+    bodies = {
+        (words, usage): _chat_stream_body(usage=usage, words=words) for words in (5, LONG_STREAM) for usage in (0, 1)
+    }
 
     def answer(request: httpx.Request) -> httpx.Response:
         if b'"stream":true' in request.content:
             # As the API does: the usage chunk only when the request asks for it (the instrumented call does).
-            content = streamed_with_usage if b'"include_usage":true' in request.content else streamed
+            words = LONG_STREAM if b'"max_tokens":1000' in request.content else 5
+            content = bodies[(words, int(b'"include_usage":true' in request.content))]
             return httpx.Response(200, content=content, headers={"content-type": "text/event-stream"})
         return httpx.Response(200, content=plain, headers={"content-type": "application/json"})
 
@@ -296,6 +303,10 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
         for _ in client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True):
             pass
 
+    def long_stream() -> None:
+        for _ in client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True, max_tokens=1000):
+            pass
+
     def burst(function: Callable[[], Any], calls: int = 10) -> float:
         started = time.thread_time()
         for _ in range(calls):
@@ -306,15 +317,19 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     results: dict[str, float] = {}
     try:
         with ledger_client.session("bench-openai"):
-            for name, function in (("create", create), ("stream", stream)):
+            for name, function, pairs, calls in (
+                ("create", create, bursts, 10),
+                ("stream", stream, bursts, 10),
+                ("stream_long", long_stream, bursts // 5 + 3, 3),
+            ):
                 bare, differences = [], []
-                for _ in range(bursts):
+                for _ in range(pairs):
                     # Bare, instrumented, instrumented, bare: what drifts (caches after a flush) cancels out.
-                    first = burst(function)
+                    first = burst(function, calls)
                     ledger_client.instrument_openai()
-                    instrumented = burst(function) + burst(function)
+                    instrumented = burst(function, calls) + burst(function, calls)
                     ledger_client.uninstrument_openai()
-                    last = burst(function)
+                    last = burst(function, calls)
                     differences.append((instrumented - first - last) / 2)
                     bare.append((first + last) / 2)
                     ledger_client.flush(60)
@@ -828,6 +843,14 @@ def main() -> None:
                 f"({provider['stream_bare']:.0f} µs bare)",
                 _us(provider["stream"]),
                 "<= 20 µs",
+            )
+        )
+        rows.append(
+            (
+                f"OpenAI streamed chat completion of {LONG_STREAM} chunks read to the end, instrumented over "
+                f"uninstrumented ({provider['stream_long_bare']:.0f} µs bare)",
+                _us(provider["stream_long"]),
+                "-",
             )
         )
         rows.append(
