@@ -263,6 +263,56 @@ def _chat_stream_body(usage: bool = True, words: int = 5) -> bytes:
     return ("".join(f"data: {json.dumps(e, separators=(',', ':'))}\n\n" for e in events) + "data: [DONE]\n\n").encode()
 
 
+def _anthropic_stream() -> Callable[[], None]:
+    """A streamed Anthropic message of LONG_STREAM text deltas read to the end, its HTTP answered in memory."""
+    import anthropic
+    import anthropic._base_client
+    import httpx
+
+    http: Any = getattr(anthropic._base_client, "httpx2", None) or httpx  # the HTTP package it is built on
+
+    def event(data: dict[str, Any]) -> str:
+        return f"event: {data['type']}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+    message = {
+        "id": "msg_bench",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 120, "output_tokens": 1},
+    }
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "word "}}
+    body = "".join(
+        [
+            event({"type": "message_start", "message": message}),
+            event({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            *(event(delta) for _ in range(LONG_STREAM)),
+            event({"type": "content_block_stop", "index": 0}),
+            event(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": LONG_STREAM},
+                }
+            ),
+            event({"type": "message_stop"}),
+        ]
+    ).encode()
+    headers = {"content-type": "text/event-stream"}
+    transport = http.MockTransport(lambda request: http.Response(200, content=body, headers=headers))
+    client = anthropic.Anthropic(api_key="sk-ant-bench", http_client=http.Client(transport=transport))
+    messages = [{"role": "user", "content": "How long do refunds take?"}]
+
+    def stream() -> None:
+        for _ in client.messages.create(model="claude-haiku-4-5", max_tokens=1000, messages=messages, stream=True):
+            pass
+
+    return stream
+
+
 def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     """Caller-side µs an instrumented OpenAI call adds over the same call uninstrumented (mocked transport).
 
@@ -317,18 +367,21 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     results: dict[str, float] = {}
     try:
         with ledger_client.session("bench-openai"):
-            for name, function, pairs, calls in (
-                ("create", create, bursts, 10),
-                ("stream", stream, bursts, 10),
-                ("stream_long", long_stream, bursts // 5 + 3, 3),
+            openai_on = (ledger_client.instrument_openai, ledger_client.uninstrument_openai)
+            anthropic_on = (ledger_client.instrument_anthropic, ledger_client.uninstrument_anthropic)
+            for name, function, pairs, calls, (instrument, uninstrument) in (
+                ("create", create, bursts, 10, openai_on),
+                ("stream", stream, bursts, 10, openai_on),
+                ("stream_long", long_stream, bursts // 5 + 3, 3, openai_on),
+                ("anthropic_stream_long", _anthropic_stream(), bursts // 5 + 3, 3, anthropic_on),
             ):
                 bare, differences = [], []
                 for _ in range(pairs):
                     # Bare, instrumented, instrumented, bare: what drifts (caches after a flush) cancels out.
                     first = burst(function, calls)
-                    ledger_client.instrument_openai()
+                    instrument()
                     instrumented = burst(function, calls) + burst(function, calls)
-                    ledger_client.uninstrument_openai()
+                    uninstrument()
                     last = burst(function, calls)
                     differences.append((instrumented - first - last) / 2)
                     bare.append((first + last) / 2)
@@ -850,6 +903,14 @@ def main() -> None:
                 f"OpenAI streamed chat completion of {LONG_STREAM} chunks read to the end, instrumented over "
                 f"uninstrumented ({provider['stream_long_bare']:.0f} µs bare)",
                 _us(provider["stream_long"]),
+                "-",
+            )
+        )
+        rows.append(
+            (
+                f"Anthropic streamed message of {LONG_STREAM} text deltas read to the end, instrumented over "
+                f"uninstrumented ({provider['anthropic_stream_long_bare']:.0f} µs bare)",
+                _us(provider["anthropic_stream_long"]),
                 "-",
             )
         )

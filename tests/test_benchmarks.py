@@ -40,6 +40,7 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
         "OpenAI `chat.completions.create`, instrumented over uninstrumented",
         "OpenAI streamed chat completion read to the end, instrumented over uninstrumented",
         "OpenAI streamed chat completion of 100 chunks read to the end, instrumented over uninstrumented",
+        "Anthropic streamed message of 100 text deltas read to the end, instrumented over uninstrumented",
     ):
         assert any(m.startswith(prefix) for m in measures), prefix
     burst = {m.split(": ")[-1]: row for m, row in zip(measures, rows) if m.startswith("burst of 10,000 tool events")}

@@ -23,6 +23,7 @@ import pytest
 
 import agent_ledger_sdk
 from agent_ledger_sdk import AgentLedgerClient, BudgetGuardrailError
+from agent_ledger_sdk.integrations import _stainless as stainless
 from agent_ledger_sdk.testing import Capture, capture
 
 from .conftest import RFC3339_MS, SPAN_ID
@@ -452,10 +453,15 @@ APIS: dict[str, tuple[Callable[[], Reply], bool, Callable[[Driver, Any], Any]]] 
 }
 
 
+@pytest.mark.parametrize("read", ["events", "items"])
 @pytest.mark.parametrize("api_name", list(APIS))
 def test_a_call_is_recorded_exactly_and_the_user_gets_what_they_would_have(
-    driver: Driver, ledger: AgentLedgerClient, api_name: str
+    driver: Driver, ledger: AgentLedgerClient, api_name: str, read: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``read``: a stream's events read from their text, as the client's decoder hands it over (``events``),
+    or from the event objects the client made, for a stream whose decoder could not be wrapped (``items``)."""
+    if read == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     reply, streamed, use = APIS[api_name]
     plain_api = FakeAPI(reply())
     plain = driver.client(plain_api)

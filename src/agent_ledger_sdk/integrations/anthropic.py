@@ -12,6 +12,7 @@ cache_creation_input_tokens``, with the two cache counts beside it.
 from __future__ import annotations
 
 import importlib
+import json
 from typing import Any, Optional
 
 import wrapt
@@ -100,6 +101,8 @@ class Messages(Endpoint):
 class _MessageStream(StreamReader):
     """Server-sent events of a streamed message: its start, content deltas, the closing delta with usage."""
 
+    reads_raw = True  # the events' text is read in end(), off the agent's thread (see _read_events)
+
     def __init__(self, call: ProviderCall) -> None:
         super().__init__(call)
         self.usage = _Usage()
@@ -107,13 +110,24 @@ class _MessageStream(StreamReader):
         self.text: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.stop_reason: Optional[str] = None
+        self.first = True  # no content delta yet
 
     def item(self, item: Any) -> bool:
+        if self.raw is None:  # the client's decoder could not be wrapped: read the event objects
+            self._read(item)
+        elif self.first and field(item, "type") == "content_block_delta":
+            self.first = False
+            self.call.first_token()
+        return True
+
+    def _read(self, item: Any) -> None:
         kind = field(item, "type")
         if kind == "content_block_delta":
             delta = field(item, "delta")
             delta_kind = field(delta, "type")
-            self.call.first_token()
+            if self.first:
+                self.first = False
+                self.call.first_token()
             if delta_kind == "text_delta":
                 self.text.append(field(delta, "text") or "")
             elif delta_kind == "input_json_delta":
@@ -137,9 +151,17 @@ class _MessageStream(StreamReader):
             reason = field(field(item, "delta"), "stop_reason")
             if reason is not None:
                 self.stop_reason = reason
-        return True
 
     def end(self) -> None:
+        if self.raw is not None:
+            self.first = False  # its time was taken as it arrived
+            for data in self.raw:
+                try:
+                    event = json.loads(data)
+                except ValueError:  # not an event the client made an item of
+                    continue
+                if type(event) is dict:
+                    self._read(event)
         call = self.call
         if self.model:
             call.record(model=self.model)
