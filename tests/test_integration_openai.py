@@ -1701,3 +1701,35 @@ def test_field_reads_dicts_other_mappings_and_objects_whichever_it_met_first() -
         assert _calls.field(Model(), "content") == "from the attribute"
         assert _calls.field(Model(), "absent") is None
         assert _calls.field(None, "content") is None
+
+
+def test_a_chunk_of_another_shape_is_still_hidden_and_timed_when_the_text_is_read() -> None:
+    """Chunks as dicts (another version's shape, no pydantic fields): the usage chunk asked for is hidden, the
+    first content is timed once, and end() reads the kept text, each chunk once."""
+
+    class Call:
+        def __init__(self) -> None:
+            self.first_tokens = 0
+            self.recorded: list[tuple[Any, ...]] = []
+
+        def first_token(self) -> None:
+            self.first_tokens += 1
+
+        def outcome(self, *args: Any, **kwargs: Any) -> None:
+            self.recorded.append(args)
+
+    call = Call()
+    reader = integration._ChatStream(call, hide_usage=True)  # type: ignore[arg-type]
+    reader.raw = []
+    chunks = chat_chunks({"model": MODEL, "stream": True, "stream_options": {"include_usage": True}})
+    shown = []
+    for chunk in chunks:
+        reader.raw.append(json.dumps(chunk))
+        if reader.item(dict(chunk)):
+            shown.append(chunk)
+    assert shown == chunks[:-1]  # all but the usage chunk
+    assert call.first_tokens == 1
+    reader.end()
+    [(model, response, tokens_in, tokens_out)] = call.recorded
+    assert (model, response) == (SNAPSHOTS[MODEL], ANSWER)
+    assert (tokens_in, tokens_out) == (USAGES[MODEL][0], USAGES[MODEL][2])

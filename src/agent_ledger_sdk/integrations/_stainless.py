@@ -75,7 +75,7 @@ class StreamReader:
 
     def hidden_event(self, event: Any) -> bool:
         """Whether ``event``, a server-sent event of the stream before the client parses it, is one the
-        integration asked for and reads itself: the client never parses it into an item (see :func:`_hide_events`)."""
+        integration asked for and reads itself: the client never parses it into an item (see :func:`_read_events`)."""
         return False
 
     def end(self) -> None:

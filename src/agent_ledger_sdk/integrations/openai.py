@@ -144,16 +144,20 @@ class _ChatStream(StreamReader):
         # Every chunk of every stream passes here. With the chunks' text kept (raw), only the first token's
         # time is taken here, and the usage chunk asked for hidden if the decoder let it through.
         if self.raw is not None:
-            try:
-                if self.hide_usage:
-                    if item.usage is not None and not item.choices:
-                        return False  # its text is kept: end() reads its usage
-                    item.__pydantic_fields_set__.discard("usage")  # see _forget_field
-                if self.first:
-                    self._first_of_raw(item)
-                return True
-            except AttributeError:  # another version's shape
-                return self._any_item(item)
+            if self.hide_usage:
+                try:
+                    usage, choices, fields_set = item.usage, item.choices, item.__pydantic_fields_set__
+                except AttributeError:  # another version's shape (pydantic 1, a dict)
+                    usage, choices, fields_set = field(item, "usage"), field(item, "choices"), None
+                if usage is not None and not choices:
+                    return False  # its text is kept: end() reads its usage
+                if fields_set is not None:
+                    fields_set.discard("usage")  # see _forget_field
+                else:
+                    _forget_field(item, "usage")
+            if self.first:
+                self._first_of_raw(item)
+            return True
         # Without it, the SDK's chunk objects are read attribute by attribute, the usual chunk (one choice,
         # some text) in a few steps; anything else (a dict, another version's shape) takes the general path.
         try:
