@@ -328,6 +328,7 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
     from openai.types.chat import ChatCompletion
 
     from agent_ledger_sdk import AgentLedgerClient
+    from agent_ledger_sdk.integrations import _stainless as stainless
     from agent_ledger_sdk.integrations import openai as integration
 
     plain = json.dumps(CHAT_BODY).encode()
@@ -396,10 +397,17 @@ def provider_overhead(ledger: Ledger, bursts: int) -> dict[str, float]:
                     json_data={"model": "gpt-4o-mini", "messages": messages, "max_tokens": 100},
                 )
                 response = ChatCompletion.model_validate(CHAT_BODY)
+                request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions", content=b"{}")
+                http_response = httpx.Response(200, content=plain, request=request)
                 wrapper = integration.INTEGRATION._sync_request
+                active = stainless._active
+
+                def answer_ready(*args: Any, **kwargs: Any) -> Any:
+                    active.get().raw = http_response  # as the client's _process_response hands it over
+                    return response
 
                 def wrapped_alone() -> None:
-                    wrapper(lambda *args, **kwargs: response, client, (ChatCompletion, options), {"stream": False})
+                    wrapper(answer_ready, client, (ChatCompletion, options), {"stream": False})
 
                 results["wrapper"] = per_call_us(
                     wrapped_alone, BURST, bursts // 10 + 3, lambda: ledger_client.flush(60)
