@@ -890,38 +890,24 @@ def main() -> None:
         )
         rows.append(("`llm_call` block over the plain call, background, `otel=` on", _us(traced["llm_call"]), "-"))
         provider = provider_overhead(ledger, 30 if quick else 200)
-        rows.append(
-            (
-                f"OpenAI `chat.completions.create`, instrumented over uninstrumented (mocked transport, "
-                f"{provider['create_bare']:.0f} µs bare)",
-                _us(provider["create"]),
-                "<= 20 µs",
-            )
-        )
-        rows.append(
-            (
-                f"OpenAI streamed chat completion read to the end, instrumented over uninstrumented "
-                f"({provider['stream_bare']:.0f} µs bare)",
-                _us(provider["stream"]),
-                "<= 20 µs",
-            )
-        )
-        rows.append(
+        for what, key, target in (
+            ("OpenAI `chat.completions.create`, instrumented over uninstrumented (mocked transport, ", "create", 20),
+            ("OpenAI streamed chat completion read to the end, instrumented over uninstrumented (", "stream", 20),
             (
                 f"OpenAI streamed chat completion of {LONG_STREAM} chunks read to the end, instrumented over "
-                f"uninstrumented ({provider['stream_long_bare']:.0f} µs bare)",
-                _us(provider["stream_long"]),
-                "-",
-            )
-        )
-        rows.append(
+                "uninstrumented (",
+                "stream_long",
+                None,
+            ),
             (
                 f"Anthropic streamed message of {LONG_STREAM} text deltas read to the end, instrumented over "
-                f"uninstrumented ({provider['anthropic_stream_long_bare']:.0f} µs bare)",
-                _us(provider["anthropic_stream_long"]),
-                "-",
-            )
-        )
+                "uninstrumented (",
+                "anthropic_stream_long",
+                None,
+            ),
+        ):
+            label = f"{what}{provider[f'{key}_bare']:.0f} µs bare)"
+            rows.append((label, _us(provider[key]), f"<= {target} µs" if target else "-"))
         rows.append(
             ("OpenAI integration's request wrapper alone, around a ready response", _us(provider["wrapper"]), "-")
         )
