@@ -907,6 +907,25 @@ def test_the_usage_chunk_asked_for_is_read_before_the_client_parses_it(
     assert stable(the_call(captured), streamed=True) == chat_event(stream=True)
 
 
+def test_chunks_changed_by_the_user_as_they_arrive_are_recorded_as_the_api_sent_them(
+    api: FakeOpenAI, ledger: AgentLedgerClient
+) -> None:
+    """What the API sent is recorded, whatever the user's loop does to the chunk objects it gets."""
+    ledger.instrument_openai()
+    client = api.client()
+
+    def change(chunk: Any) -> bool:  # as each chunk arrives, in the user's loop
+        for choice in chunk.choices:
+            choice.delta.content = "changed"
+            choice.finish_reason = "changed"
+        chunk.model = "changed"
+        return False  # read on to the end
+
+    with capture() as captured:
+        api.first(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)), change)
+    assert stable(the_call(captured), streamed=True) == chat_event(stream=True)
+
+
 @pytest.mark.parametrize("instrumented", [False, True])
 def test_a_stream_read_to_its_end_is_freed_at_once(ledger: AgentLedgerClient, instrumented: bool) -> None:
     """Without the garbage collector, as it would be uninstrumented: hiding the usage chunk makes no cycle."""
