@@ -707,7 +707,13 @@ def test_a_response(api: FakeOpenAI, ledger: AgentLedgerClient) -> None:
     assert stable(the_call(captured)) == response_event(temperature=0.2, maxTokens=200)
 
 
-def test_a_streamed_response(api: FakeOpenAI, ledger: AgentLedgerClient) -> None:
+@pytest.mark.parametrize("read", ["events", "items"])
+def test_a_streamed_response(
+    api: FakeOpenAI, ledger: AgentLedgerClient, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """``read``: as in test_stream_usage_is_asked_for_and_its_chunk_hidden_from_the_user."""
+    if read == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     ledger.instrument_openai()
     client = api.client()
     with capture() as captured:
@@ -1367,6 +1373,26 @@ def test_a_chat_call_with_cached_tokens_is_priced_exactly_end_to_end(
     assert event["costStatus"] == "priced"
     assert Decimal(event["costUsd"]) == genai_price(SNAPSHOTS[MODEL], tokens_in, tokens_out, cached)
     assert Decimal(event["costUsd"]) < genai_price(SNAPSHOTS[MODEL], tokens_in, tokens_out)  # the cache counted
+
+
+@needs_server
+@pytest.mark.integration
+def test_a_streamed_response_changed_by_the_user_at_its_end_is_recorded_as_the_api_sent_it(
+    api: FakeOpenAI, local_ledger: Any, local_clients: Callable[..., AgentLedgerClient]
+) -> None:
+    """The event is made on the sender thread, after the stream ended: from the text the API sent, not from
+    the response object the user holds (and here changes at once)."""
+    local_clients(agent_name="changing-bot").instrument_openai()
+    client = api.client()
+    stream = api(client.responses.create(model=MODEL, instructions=INSTRUCTIONS, input=QUESTION, stream=True))
+    final = api.items(stream)[-1].response
+    final.usage.input_tokens = final.usage.output_tokens = 999_999
+    final.output[0].content[0].text = "changed"
+    final.model = "changed"
+    (event,) = ledger_events(local_ledger, "changing-bot")
+    tokens_in, _, tokens_out, _ = USAGES[MODEL]
+    assert (event["model"], event["response"]) == (SNAPSHOTS[MODEL], ANSWER)
+    assert (event["tokensIn"], event["tokensOut"]) == (tokens_in, tokens_out)
 
 
 @needs_server

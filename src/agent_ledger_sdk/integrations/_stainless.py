@@ -24,6 +24,7 @@ import importlib
 import json
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 import wrapt
@@ -72,6 +73,16 @@ class StreamReader:
     def held(self) -> int:
         """The bytes this reader keeps until end() runs (the events' text)."""
         return 0 if self.raw is None else sum(map(len, self.raw))
+
+    def raw_events(self) -> Iterator[dict[str, Any]]:
+        """The JSON objects of the events kept (``raw``), in order; text that is not one (``[DONE]``) skipped."""
+        for data in self.raw or ():
+            try:
+                event = json.loads(data)
+            except ValueError:
+                continue
+            if type(event) is dict:
+                yield event
 
     def hidden_event(self, event: Any) -> bool:
         """Whether ``event``, a server-sent event of the stream before the client parses it, is one the

@@ -12,7 +12,6 @@ cache_creation_input_tokens``, with the two cache counts beside it.
 from __future__ import annotations
 
 import importlib
-import json
 from typing import Any, Optional
 
 import wrapt
@@ -155,13 +154,8 @@ class _MessageStream(StreamReader):
     def end(self) -> None:
         if self.raw is not None:
             self.first = False  # its time was taken as it arrived
-            for data in self.raw:
-                try:
-                    event = json.loads(data)
-                except ValueError:  # not an event the client made an item of
-                    continue
-                if type(event) is dict:
-                    self._read(event)
+            for event in self.raw_events():
+                self._read(event)
         call = self.call
         if self.model:
             call.record(model=self.model)

@@ -252,15 +252,8 @@ class _ChatStream(StreamReader):
     def end(self) -> None:
         if self.raw is not None:
             self.first = False  # its time was taken as it arrived
-            for data in self.raw:
-                if data.startswith("[DONE]"):
-                    continue
-                try:
-                    chunk = json.loads(data)
-                except ValueError:  # the client raised on it too
-                    continue
-                if type(chunk) is dict:
-                    self._any_item(chunk)
+            for chunk in self.raw_events():
+                self._any_item(chunk)
         indexes = sorted(set(self.texts) | set(self.finish_reasons)) or [0]
         texts = ["".join(self.texts.get(index, ())) for index in indexes]
         tool_calls = [self.tool_calls[key] for key in sorted(self.tool_calls)]
@@ -321,27 +314,44 @@ class _ResponsesStream(StreamReader):
 
     _FINAL = ("response.completed", "response.incomplete", "response.failed")
 
+    _OUTPUT = ("response.output_text.delta", "response.function_call_arguments.delta")
+    reads_raw = True  # the events' text is read in end(), off the agent's thread (see _read_events)
+
     def __init__(self, call: ProviderCall, endpoint: Responses) -> None:
         super().__init__(call)
         self.endpoint = endpoint
         self.text: list[str] = []
         self.final: Any = None
         self.model: Optional[str] = None
+        self.first = True  # no output yet
 
     def item(self, item: Any) -> bool:
+        if self.raw is None:  # the client's decoder could not be wrapped: read the event objects
+            self._read(item)
+        elif self.first and field(item, "type") in self._OUTPUT:
+            self.first = False
+            self.call.first_token()
+        return True
+
+    def _read(self, item: Any) -> None:
         kind = field(item, "type")
-        if kind == "response.output_text.delta":
-            self.call.first_token()
-            self.text.append(field(item, "delta") or "")
-        elif kind == "response.function_call_arguments.delta":
-            self.call.first_token()
+        if kind in self._OUTPUT:
+            if self.first:
+                self.first = False
+                self.call.first_token()
+            if kind == "response.output_text.delta":
+                self.text.append(field(item, "delta") or "")
         elif kind in self._FINAL:
             self.final = field(item, "response")
         elif kind == "response.created":
             self.model = field(field(item, "response"), "model")
-        return True
 
     def end(self) -> None:
+        if self.raw is not None:
+            # The final response as the API sent it: not the user's object, which they may have changed since.
+            self.first = False  # its time was taken as it arrived
+            for event in self.raw_events():
+                self._read(event)
         if self.final is not None:
             self.endpoint.read(self.call, self.final)
             return
