@@ -1377,11 +1377,18 @@ def test_a_chat_call_with_cached_tokens_is_priced_exactly_end_to_end(
 
 @needs_server
 @pytest.mark.integration
+@pytest.mark.parametrize("read", ["events", "items"])
 def test_a_streamed_response_changed_by_the_user_at_its_end_is_recorded_as_the_api_sent_it(
-    api: FakeOpenAI, local_ledger: Any, local_clients: Callable[..., AgentLedgerClient]
+    api: FakeOpenAI,
+    local_ledger: Any,
+    local_clients: Callable[..., AgentLedgerClient],
+    monkeypatch: pytest.MonkeyPatch,
+    read: str,
 ) -> None:
-    """The event is made on the sender thread, after the stream ended: from the text the API sent, not from
-    the response object the user holds (and here changes at once)."""
+    """The event is made on the sender thread, after the stream ended: from the text the API sent, or a copy
+    of the final response (``items``), not from the response object the user holds (and here changes at once)."""
+    if read == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     local_clients(agent_name="changing-bot").instrument_openai()
     client = api.client()
     stream = api(client.responses.create(model=MODEL, instructions=INSTRUCTIONS, input=QUESTION, stream=True))
@@ -1393,6 +1400,34 @@ def test_a_streamed_response_changed_by_the_user_at_its_end_is_recorded_as_the_a
     tokens_in, _, tokens_out, _ = USAGES[MODEL]
     assert (event["model"], event["response"]) == (SNAPSHOTS[MODEL], ANSWER)
     assert (event["tokensIn"], event["tokensOut"]) == (tokens_in, tokens_out)
+
+
+@needs_server
+@pytest.mark.integration
+@pytest.mark.parametrize("read", ["events", "items"])
+def test_a_usage_chunk_changed_by_the_user_at_its_end_is_recorded_as_the_api_sent_it(
+    api: FakeOpenAI,
+    local_ledger: Any,
+    local_clients: Callable[..., AgentLedgerClient],
+    monkeypatch: pytest.MonkeyPatch,
+    read: str,
+) -> None:
+    """The usage chunk the user asked for is theirs to change; what the API sent is recorded."""
+    if read == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
+    local_clients(agent_name="changing-chat-bot").instrument_openai()
+    client = api.client()
+    stream = api(
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usage = api.items(stream)[-1].usage
+    usage.prompt_tokens = usage.completion_tokens = 999_999
+    usage.prompt_tokens_details.cached_tokens = 0
+    (event,) = ledger_events(local_ledger, "changing-chat-bot")
+    tokens_in, cached, tokens_out, _ = USAGES[MODEL]
+    assert (event["tokensIn"], event["cacheReadTokens"], event["tokensOut"]) == (tokens_in, cached, tokens_out)
 
 
 @needs_server

@@ -63,6 +63,12 @@ def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
     return attributes
 
 
+def _kept(value: Any) -> Any:
+    """A copy of an SDK object read later, off the agent's thread: the user may change theirs meanwhile."""
+    dump = getattr(value, "model_dump", None) if type(value) is not dict else None
+    return dump() if dump is not None else value
+
+
 def _forget_field(item: Any, name: str) -> None:
     """Unmark a field the API sent only because we asked: ``to_dict()`` / ``to_json()`` show it unsent again."""
     fields_set = getattr(item, "__pydantic_fields_set__", None)  # pydantic 2
@@ -217,7 +223,7 @@ class _ChatStream(StreamReader):
         if self.model is None:
             self.model = field(item, "model")
         if usage is not None:
-            self.usage = usage
+            self.usage = _kept(usage)
             if not choices and self.hide_usage:
                 return False  # the chunk we asked for: not the user's
         elif self.hide_usage:
@@ -342,7 +348,7 @@ class _ResponsesStream(StreamReader):
             if kind == "response.output_text.delta":
                 self.text.append(field(item, "delta") or "")
         elif kind in self._FINAL:
-            self.final = field(item, "response")
+            self.final = _kept(field(item, "response"))
         elif kind == "response.created":
             self.model = field(field(item, "response"), "model")
 
