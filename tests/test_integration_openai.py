@@ -563,6 +563,15 @@ def stable(event: dict[str, Any], streamed: bool = False) -> dict[str, Any]:
     return rest
 
 
+@pytest.fixture(params=["events", "items"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a stream is read: ``events``, its events' text as the client's decoder hands it over (read in
+    end()); ``items``, the client's objects one by one, as for a stream whose decoder cannot be wrapped."""
+    if request.param == "items":
+        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
+    return str(request.param)
+
+
 def the_call(captured: Capture) -> dict[str, Any]:
     """The one llm_call recorded."""
     calls = captured.events_of("llm_call")
@@ -707,13 +716,7 @@ def test_a_response(api: FakeOpenAI, ledger: AgentLedgerClient) -> None:
     assert stable(the_call(captured)) == response_event(temperature=0.2, maxTokens=200)
 
 
-@pytest.mark.parametrize("read", ["events", "items"])
-def test_a_streamed_response(
-    api: FakeOpenAI, ledger: AgentLedgerClient, monkeypatch: pytest.MonkeyPatch, read: str
-) -> None:
-    """``read``: as in test_stream_usage_is_asked_for_and_its_chunk_hidden_from_the_user."""
-    if read == "items":
-        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
+def test_a_streamed_response(api: FakeOpenAI, ledger: AgentLedgerClient, reading: str) -> None:
     ledger.instrument_openai()
     client = api.client()
     with capture() as captured:
@@ -856,14 +859,9 @@ def test_an_httpx_client_given_to_any_openai_version(api: FakeOpenAI, ledger: Ag
 # -- stream usage: asked for, and hidden unless the user asked ----------------------------------
 
 
-@pytest.mark.parametrize("read", ["events", "items"])
 def test_stream_usage_is_asked_for_and_its_chunk_hidden_from_the_user(
-    api: FakeOpenAI, ledger: AgentLedgerClient, monkeypatch: pytest.MonkeyPatch, read: str
+    api: FakeOpenAI, ledger: AgentLedgerClient, reading: str
 ) -> None:
-    """``events``: the chunks' text is read from the stream's decoder; ``items``: a client whose stream has no
-    decoder to wrap, where the client's chunk objects are read and the usage chunk hidden after parsing."""
-    if read == "items":
-        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     client = api.client()
     plain = dumped(api.items(api(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))))
     ledger.instrument_openai()
@@ -1377,18 +1375,11 @@ def test_a_chat_call_with_cached_tokens_is_priced_exactly_end_to_end(
 
 @needs_server
 @pytest.mark.integration
-@pytest.mark.parametrize("read", ["events", "items"])
 def test_a_streamed_response_changed_by_the_user_at_its_end_is_recorded_as_the_api_sent_it(
-    api: FakeOpenAI,
-    local_ledger: Any,
-    local_clients: Callable[..., AgentLedgerClient],
-    monkeypatch: pytest.MonkeyPatch,
-    read: str,
+    api: FakeOpenAI, local_ledger: Any, local_clients: Callable[..., AgentLedgerClient], reading: str
 ) -> None:
     """The event is made on the sender thread, after the stream ended: from the text the API sent, or a copy
-    of the final response (``items``), not from the response object the user holds (and here changes at once)."""
-    if read == "items":
-        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
+    of the final response (read item by item), not from the response object the user holds (and here changes at once)."""
     local_clients(agent_name="changing-bot").instrument_openai()
     client = api.client()
     stream = api(client.responses.create(model=MODEL, instructions=INSTRUCTIONS, input=QUESTION, stream=True))
@@ -1404,17 +1395,10 @@ def test_a_streamed_response_changed_by_the_user_at_its_end_is_recorded_as_the_a
 
 @needs_server
 @pytest.mark.integration
-@pytest.mark.parametrize("read", ["events", "items"])
 def test_a_usage_chunk_changed_by_the_user_at_its_end_is_recorded_as_the_api_sent_it(
-    api: FakeOpenAI,
-    local_ledger: Any,
-    local_clients: Callable[..., AgentLedgerClient],
-    monkeypatch: pytest.MonkeyPatch,
-    read: str,
+    api: FakeOpenAI, local_ledger: Any, local_clients: Callable[..., AgentLedgerClient], reading: str
 ) -> None:
     """The usage chunk the user asked for is theirs to change; what the API sent is recorded."""
-    if read == "items":
-        monkeypatch.setattr(stainless, "_read_events", lambda stream, reader: None)
     local_clients(agent_name="changing-chat-bot").instrument_openai()
     client = api.client()
     stream = api(
