@@ -65,8 +65,10 @@ def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
 
 def _kept(value: Any) -> Any:
     """A copy of an SDK object read later, off the agent's thread: the user may change theirs meanwhile."""
-    dump = getattr(value, "model_dump", None) if type(value) is not dict else None
-    return dump() if dump is not None else value
+    if value is None or type(value) is dict:
+        return value
+    dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)  # pydantic 2, pydantic 1
+    return dump() if callable(dump) else value
 
 
 def _forget_field(item: Any, name: str) -> None:
@@ -133,6 +135,8 @@ class ChatCompletions(Endpoint):
 class _ChatStream(StreamReader):
     """Chunks of a streamed chat completion: text and tool-call deltas, the finish, the usage chunk."""
 
+    reads_raw = True  # the chunks' text is read in end(), off the agent's thread (see _read_events)
+
     def __init__(self, call: ProviderCall, hide_usage: bool) -> None:
         super().__init__(call)
         self.hide_usage = hide_usage
@@ -143,8 +147,6 @@ class _ChatStream(StreamReader):
         self.model: Optional[str] = None
         self.usage: Any = None
         self.first = True  # no content yet: the next one is the first token
-
-    reads_raw = True  # the chunks' text is read in end(), off the agent's thread (see _read_events)
 
     def item(self, item: Any) -> bool:
         # Every chunk of every stream passes here. With the chunks' text kept (raw), only the first token's
@@ -319,7 +321,6 @@ class _ResponsesStream(StreamReader):
     """Events of a streamed response: the text deltas, then the final response with its usage."""
 
     _FINAL = ("response.completed", "response.incomplete", "response.failed")
-
     _OUTPUT = ("response.output_text.delta", "response.function_call_arguments.delta")
     reads_raw = True  # the events' text is read in end(), off the agent's thread (see _read_events)
 
