@@ -1797,23 +1797,3 @@ def test_a_chunk_of_another_shape_is_still_hidden_and_timed_when_the_text_is_rea
     [(model, response, tokens_in, tokens_out)] = call.recorded
     assert (model, response) == (SNAPSHOTS[MODEL], ANSWER)
     assert (tokens_in, tokens_out) == (USAGES[MODEL][0], USAGES[MODEL][2])
-
-
-def test_a_kept_copy_is_a_copy_for_either_pydantic() -> None:
-    class Two:
-        def model_dump(self) -> dict[str, Any]:
-            return {"prompt_tokens": 2}
-
-    class One:
-        def dict(self) -> dict[str, Any]:
-            return {"prompt_tokens": 1}
-
-    already = {"prompt_tokens": 3}
-    assert integration._kept(Two()) == {"prompt_tokens": 2}
-    assert integration._kept(One()) == {"prompt_tokens": 1}
-    assert integration._kept(already) is already
-    assert integration._kept(None) is None
-    usage = openai.types.CompletionUsage(prompt_tokens=4, completion_tokens=5, total_tokens=9)
-    kept = integration._kept(usage)
-    usage.prompt_tokens = 0
-    assert kept["prompt_tokens"] == 4

@@ -55,20 +55,21 @@ class Plan:
 class StreamReader:
     """Reads one stream's items as they pass; records the outcome on its call at the end."""
 
+    # A text that every server-sent event the reader hides holds (None: it hides none): events without it
+    # pass with no call to hidden_event().
+    hides: Optional[str] = None
+    # Whether the reader would rather take the text of every server-sent event and read it in end(), off the
+    # agent's thread, than read each item the client made. ``raw``: that text, once _read_events could hand
+    # it over (None: it reads the items).
+    reads_raw = False
+    raw: Optional[list[str]] = None
+
     def __init__(self, call: ProviderCall) -> None:
         self.call = call
 
     def item(self, item: Any) -> bool:
         """Observe one item; False hides it from the user (an item the integration asked for)."""
         return True
-
-    # A text that every server-sent event the reader hides holds (None: it hides none): events without it
-    # pass with no call to hidden_event().
-    hides: Optional[str] = None
-    # Whether the reader takes the text of every server-sent event (``raw``) and reads it in end(), off the
-    # agent's thread, rather than reading each item the client made. None: it does not, or could not.
-    reads_raw = False
-    raw: Optional[list[str]] = None
 
     def held(self) -> int:
         """The bytes this reader keeps until end() runs (the events' text)."""

@@ -17,6 +17,7 @@ import base64
 import json
 from typing import Any, Optional
 
+from .._snapshot import snapshot
 from ._calls import ProviderCall, Resolver, field
 from ._stainless import Endpoint, Plan, StainlessIntegration, StreamReader, given, with_body
 
@@ -61,14 +62,6 @@ def _request_attributes(body: dict[str, Any], *names: str) -> dict[str, Any]:
         if given(value):
             attributes[name] = value
     return attributes
-
-
-def _kept(value: Any) -> Any:
-    """A copy of an SDK object read later, off the agent's thread: the user may change theirs meanwhile."""
-    if value is None or type(value) is dict:
-        return value
-    dump = getattr(value, "model_dump", None) or getattr(value, "dict", None)  # pydantic 2, pydantic 1
-    return dump() if callable(dump) else value
 
 
 def _forget_field(item: Any, name: str) -> None:
@@ -225,7 +218,7 @@ class _ChatStream(StreamReader):
         if self.model is None:
             self.model = field(item, "model")
         if usage is not None:
-            self.usage = _kept(usage)
+            self.usage = snapshot(usage)  # read later, off the agent's thread: a copy
             if not choices and self.hide_usage:
                 return False  # the chunk we asked for: not the user's
         elif self.hide_usage:
@@ -349,7 +342,7 @@ class _ResponsesStream(StreamReader):
             if kind == "response.output_text.delta":
                 self.text.append(field(item, "delta") or "")
         elif kind in self._FINAL:
-            self.final = _kept(field(item, "response"))
+            self.final = snapshot(field(item, "response"))  # likewise
         elif kind == "response.created":
             self.model = field(field(item, "response"), "model")
 
