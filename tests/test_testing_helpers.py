@@ -57,6 +57,62 @@ def test_clear_forgets_what_was_captured(ledger_capture: Capture) -> None:
     assert ledger_capture.events == []
 
 
+def test_the_capture_encodes_an_event_when_it_is_read_as_a_sender_would_not_as_the_call_returns() -> None:
+    # A client's sender thread encodes an event some time after the call. A helper that
+    # keeps a reference to the user's value instead of a copy is wrong in production; the
+    # capture must show that too, so it encodes as late as the sender could. The event is
+    # emitted by hand with such a reference, as a buggy helper would.
+    ledger = agent_ledger_sdk.AgentLedgerClient(api_key="k")
+    shared = ["as sent"]
+    with capture() as captured:
+        with ledger.session("late") as session:
+            event, size = session._custom_event("kept_by_reference", {})
+            event["items"] = shared  # not copied: the bug this capture must be able to show
+            session._delivery.emit(session, event, size)
+            shared.append("changed after the call")
+        assert captured.events[0]["items"] == ["as sent", "changed after the call"]
+        shared.append("changed after it was read")  # once encoded, it stays as it was then
+        assert captured.session("late").events[0]["items"] == ["as sent", "changed after the call"]
+
+
+def test_the_capture_keeps_record_order_across_sessions() -> None:
+    ledger = agent_ledger_sdk.AgentLedgerClient(api_key="k")
+    with capture() as captured:
+        with ledger.session("first") as first, ledger.session("second") as second:
+            for n in range(3):
+                first.log("note", text=f"first {n}")
+                second.log("note", text=f"second {n}")
+        held = captured.session("first")  # read before the events below are encoded
+        with ledger.session("third") as third:
+            third.log("note", text="later")
+            first.log("note", text="after its end")
+    assert [e["text"] for e in captured.events] == [
+        "first 0",
+        "second 0",
+        "first 1",
+        "second 1",
+        "first 2",
+        "second 2",
+        "later",
+        "after its end",
+    ]
+    assert [e["text"] for e in held.events] == ["first 0", "first 1", "first 2", "after its end"]
+    assert [s.agent_name for s in captured.sessions] == ["first", "second", "third"]
+    assert [e["stepIndex"] for e in captured.session("third").events] == [0]
+
+
+def test_what_is_not_read_in_the_block_is_encoded_as_it_ends_as_a_clients_flush_at_exit() -> None:
+    ledger = agent_ledger_sdk.AgentLedgerClient(api_key="k")
+    shared = ["in the block"]
+    with capture() as captured:
+        with ledger.session("unread") as session:
+            event, size = session._custom_event("kept_by_reference", {})
+            event["items"] = shared
+            session._delivery.emit(session, event, size)
+    shared.append("after the block")
+    assert captured.events[0]["items"] == ["in the block"]
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("starlette") is None, reason="needs the server extra")
 def test_the_local_ledger_fixture_gives_a_real_ledger(local_ledger: Any) -> None:

@@ -31,7 +31,11 @@ carried on) fails the test that met it.
 
 The capture behaves like production: values are snapshotted when the call
 starts or returns, and each event goes through the same processors,
-checks and JSON encoding as one sent to a ledger.
+checks and JSON encoding as one sent to a ledger. It is also encoded as
+late as a client's sender thread could encode it: when the test reads what
+was captured (``events``, ``sessions``, ``session()``, ``events_of()``) or
+the block ends, not when the call returns. So a value your code changes after
+a call, which the SDK failed to copy, shows up here as it would in a ledger.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,7 +63,15 @@ class CapturedSession:
     agent_name: str
     status: Optional[str] = None
     error_message: Optional[str] = None
-    events: list[dict[str, Any]] = field(default_factory=list)
+    _events: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _capture: Optional[Capture] = field(default=None, repr=False, compare=False)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The session's events, in record order (encoding what is still pending first)."""
+        if self._capture is not None:
+            self._capture.deliver()
+        return self._events
 
     @property
     def ended(self) -> bool:
@@ -66,14 +79,30 @@ class CapturedSession:
 
 
 class Capture:
-    """What :func:`capture` collected: ``sessions`` in start order, ``events`` in record order."""
+    """What :func:`capture` collected: ``sessions`` in start order, ``events`` in record order.
+
+    Events are kept as the helpers built them and encoded, in record order, when
+    they are read or the block ends: what a client's sender thread does some
+    time after the call, never on the caller's thread as the call returns.
+    """
 
     def __init__(self) -> None:
-        self.sessions: list[CapturedSession] = []
-        self.events: list[dict[str, Any]] = []
+        self._sessions: list[CapturedSession] = []
+        self._events: list[dict[str, Any]] = []
+        self._pending: deque[tuple[SessionHandle, Optional[CapturedSession], dict[str, Any]]] = deque()
         self._by_handle: dict[int, CapturedSession] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an encoding can emit (a processor that logs through the SDK)
         self._ids = itertools.count(1)
+
+    @property
+    def sessions(self) -> list[CapturedSession]:
+        self.deliver()
+        return self._sessions
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        self.deliver()
+        return self._events
 
     def events_of(self, type: str) -> list[dict[str, Any]]:
         """The captured events of one ``type``."""
@@ -86,21 +115,41 @@ class Capture:
                 return captured
         raise LookupError(
             f"no session of agent {agent_name!r} was captured; agents seen: "
-            f"{sorted({s.agent_name for s in self.sessions})}"
+            f"{sorted({s.agent_name for s in self._sessions})}"
         )
 
     def clear(self) -> None:
         with self._lock:
-            self.sessions.clear()
-            self.events.clear()
+            self._sessions.clear()
+            self._events.clear()
+            self._pending.clear()
             self._by_handle.clear()
+
+    def deliver(self) -> None:
+        """Encode the events still pending, as a client's sender would (reading them does this)."""
+        with self._lock:
+            pending = self._pending
+            while pending:  # one at a time: an encoding that raises leaves the rest pending
+                self._encode(*pending.popleft())
+
+    def _encode(self, handle: SessionHandle, captured: Optional[CapturedSession], event: dict[str, Any]) -> None:
+        encoded = handle._instrumentation.pipeline.encode(event)
+        if encoded is None:
+            return
+        prepared = json.loads(encoded)
+        if captured is not None:
+            captured._events.append(prepared)
+        self._events.append(prepared)
+        otel = handle._otel
+        if otel is not None:  # what a ledger's acceptance tells the OpenTelemetry spans, without a price
+            otel.delivered(handle, [encoded], None)
 
     # -- the sink ---------------------------------------------------------
 
     def start(self, handle: SessionHandle) -> None:
         with self._lock:
-            captured = CapturedSession(id=f"captured-{next(self._ids)}", agent_name=handle.agent_name)
-            self.sessions.append(captured)
+            captured = CapturedSession(id=f"captured-{next(self._ids)}", agent_name=handle.agent_name, _capture=self)
+            self._sessions.append(captured)
             self._by_handle[id(handle)] = captured
         handle._resolve(captured.id)
 
@@ -108,18 +157,8 @@ class Capture:
         self.start(handle)
 
     def emit(self, handle: SessionHandle, event: dict[str, Any], size: int = 0) -> None:
-        encoded = handle._instrumentation.pipeline.encode(event)
-        if encoded is None:
-            return
-        prepared = json.loads(encoded)
         with self._lock:
-            captured = self._by_handle.get(id(handle))
-            if captured is not None:
-                captured.events.append(prepared)
-            self.events.append(prepared)
-        otel = handle._otel
-        if otel is not None:  # what a ledger's acceptance tells the OpenTelemetry spans, without a price
-            otel.delivered(handle, [encoded], None)
+            self._pending.append((handle, self._by_handle.get(id(handle)), event))
 
     async def aemit(self, handle: SessionHandle, event: dict[str, Any], size: int = 0) -> None:
         self.emit(handle, event, size)
@@ -153,6 +192,7 @@ def capture() -> Iterator[Capture]:
         yield captured
     finally:
         _instrumentation.capture_override = previous
+        captured.deliver()  # as a client's flush at exit: what was recorded is encoded now
 
 
 try:
