@@ -22,6 +22,8 @@ from agent_ledger_sdk.local.app import create_app
 from agent_ledger_sdk.local.pricing import PriceBook
 from agent_ledger_sdk.local.records import BudgetExceeded, ReservationRequest
 from agent_ledger_sdk.local.server import BackgroundServer
+from agent_ledger_sdk.local.service import LedgerService
+from agent_ledger_sdk.local.store import open_store
 
 from .ledger_fixtures import backend_ledger, sqlite_service
 
@@ -214,6 +216,31 @@ def test_an_unknown_or_ended_session_cannot_reserve(http: httpx.Client, ledger: 
     ended = reserve(http, session_id)
     assert ended.status_code == 409
     assert "already ended" in ended.json()["error"]
+
+
+@pytest.mark.parametrize("second", ["valid body", "bad body"])
+def test_a_key_revoked_elsewhere_after_it_reserved_is_refused_before_anything_is_written(
+    ledger: LocalLedger, second: str
+) -> None:
+    # On PostgreSQL the server reads a key it has seen in the reservation's own transaction (one round trip
+    # less): a key revoked by another process (a replica, the CLI) since must still be refused, first of all.
+    new_key = ledger.service.create_key("short-lived", ledger.workspace)
+    agent = f"revoked-reserver-{second}"
+    ledger.set_budget(agent, 1)
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": new_key.secret}) as http:
+        session_id = start(http, agent)
+        assert reserve(http, session_id, maxCostUsd=0.25).status_code == 201
+        with LedgerService(open_store(ledger.db_path)) as elsewhere:
+            elsewhere.revoke_key(new_key.key.id)
+        body: dict[str, Any] = {"maxCostUsd": 0.25} if second == "valid body" else {"maxCostUsd": "lots"}
+        refused = reserve(http, session_id, key=f"after-revocation-{second}", **body)
+    assert refused.status_code == 401, refused.text
+    assert "Invalid or revoked API key" in refused.json()["error"]
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+        assert reserved_of(http, agent) == Decimal("0.25")  # the first one only
+        retried = reserve(http, session_id, key=f"after-revocation-{second}", maxCostUsd=0.25)
+        assert retried.status_code == 201, retried.text  # nothing was remembered under that key either
+        assert reserved_of(http, agent) == Decimal("0.5")
 
 
 # -- settling ------------------------------------------------------------------------------------------

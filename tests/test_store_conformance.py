@@ -31,6 +31,7 @@ from agent_ledger_sdk.local.records import (
     Idempotency,
     IdempotencyMismatch,
     NotFound,
+    Outcome,
     PricedEvent,
     ReservationRequest,
     SessionQuery,
@@ -705,6 +706,66 @@ def test_a_hot_path_write_that_fails_leaves_nothing_and_the_store_usable(db: Uni
         with store.read() as tx:
             assert [row["name"] for row in tx.prices("ws")] == ["e"]
             assert tx.prices_version("ws") == 3
+
+
+def test_reads_sent_ahead_are_read_later_as_they_were_when_they_ran(db: Union[Path, str]) -> None:
+    """Tx.ahead (PostgreSQL's pipeline mode): reads sent in one go and taken later, by the same read with the same
+    values, give what they would have given then; a read sent ahead and never taken is harmless; a store that
+    cannot send reads ahead says so."""
+    rates = (Decimal(1), Decimal(1), None, None)
+    with open_store(db) as store:
+        with store.pipelined_write("ws") as tx:
+            tx.put_price("ws", "a", rates, "t")
+        with store.pipelined_write("ws") as tx:
+            if not store.sends_ahead:
+                assert not tx.sends_ahead
+                with pytest.raises(RuntimeError, match="cannot send reads ahead"), tx.ahead():
+                    pass
+                return
+            with tx.ahead():
+                assert tx.prices("ws") == []  # sent, not waited for
+                assert tx.prices_version("ws") == 0
+                tx.prices("another workspace")  # never taken
+            tx.put_price("ws", "b", rates, "t")
+            assert [row["name"] for row in tx.prices("ws")] == ["a"]  # as it was when it ran, before "b"
+            assert [row["name"] for row in tx.prices("ws")] == ["a", "b"]  # read again: now
+            assert tx.prices_version("ws") == 1
+            assert tx.prices_version("ws") == 2
+        with store.read() as tx:
+            assert [row["name"] for row in tx.prices("ws")] == ["a", "b"]
+
+
+def test_a_postgresql_reservation_waits_on_two_round_trips_with_its_key(postgres_url: str, tmp_path: Path) -> None:
+    """Its key, idempotency record, session and budgets in the first (sent ahead); its writes and COMMIT in the
+    second. Counted in libpq's trace of the connection: each change from what the client sends to what the
+    server answers is one wait."""
+    pytest.importorskip("psycopg", reason="needs the postgres extra")
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    with LedgerService(PostgresStore(postgres_url, pool_size=1)) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "agent", Decimal(1))
+        session = service.start_session("ws", "agent").body["id"]
+        body = {"sessionId": session, "provider": "test", "model": "flat", "maxCostUsd": 0.001}
+
+        def reserve(key: str) -> Any:
+            return service.reserve_with_key(secret, lambda: (body, Idempotency(key, "fingerprint")))
+
+        assert reserve("first").status == Outcome.CREATED  # the key and the session's agent are known from now on
+        trace = tmp_path / "trace.txt"
+        pool = service.store._pool  # type: ignore[attr-defined]
+        with trace.open("w") as out:
+            with pool.connection() as connection:
+                connection.pgconn.trace(out.fileno())
+            try:
+                assert reserve("second").status == Outcome.CREATED
+            finally:
+                with pool.connection() as connection:
+                    connection.pgconn.untrace()
+        sides = [line.split("\t")[1] for line in trace.read_text().splitlines() if "\t" in line]
+        waits = sum(1 for before, after in zip(sides, sides[1:]) if (before, after) == ("F", "B"))
+        assert waits == 2, trace.read_text()
 
 
 def test_a_stamp_is_strftimes_text() -> None:

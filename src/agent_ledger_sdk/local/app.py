@@ -59,6 +59,7 @@ from .body import MAX_BODY_BYTES, parse_json_body, parse_json_object, read_body,
 from .offload import WriterThread, run_off_loop
 from .pricing import PriceBook
 from .records import (
+    KEY_HINT,
     BadInput,
     BudgetExceeded,
     Conflict,
@@ -78,7 +79,6 @@ from .validation import query_int
 
 logger = logging.getLogger("agent_ledger_sdk.local")
 
-KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
 MAX_LIST_LIMIT = 500
 # A write this small (a batch of a few events, a reservation: about 0.3 ms of work) runs on the event loop when the
 # store can write at once (Store.write_now: SQLite, no other write under way), instead of going to a thread of the
@@ -265,9 +265,7 @@ class LedgerAPI:
         raw = await read_body(request)
 
         def reserve() -> Reply:
-            workspace = self._authenticated(key)
-            body = parse_json_object(raw)
-            return self.service.reserve_request(workspace, body, self._idempotency(request, raw))
+            return self.service.reserve_with_key(key, lambda: (parse_json_object(raw), self._idempotency(request, raw)))
 
         return _reply(await self._write(raw, reserve, urgent=True))  # the LLM call waits for it: before batches
 

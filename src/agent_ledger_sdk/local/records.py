@@ -77,6 +77,9 @@ class Unauthorized(LedgerError):
     """A missing, unknown or revoked API key."""
 
 
+KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
+
+
 class IdempotencyMismatch(LedgerError):
     pass
 

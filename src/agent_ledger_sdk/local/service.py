@@ -46,6 +46,7 @@ from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUs
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
+    KEY_HINT,
     RESERVATION_TTL_SECONDS,
     UNSET,
     Amount,
@@ -65,6 +66,7 @@ from .records import (
     SessionContext,
     SessionQuery,
     TooLarge,
+    Unauthorized,
     UnpricedModel,
     utc_now,
 )
@@ -207,6 +209,21 @@ class Workspace(str):
 _PRICES_KEPT = 1024
 
 
+_KEPT = 4096  # the keys' workspaces and the sessions' agents one service keeps at most (beyond, it starts over)
+
+
+def _keep(kept: dict[str, str], key: str, value: str) -> None:
+    if len(kept) >= _KEPT:
+        kept.clear()
+    kept[key] = value
+
+
+def _periods(agent: str, now: datetime.datetime) -> list[tuple[str, str, str]]:
+    """The spend periods a budget check of ``agent`` reads at ``now``: (scope, subject, period) each."""
+    day = day_of(now)
+    return [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month_of(now)), (WORKSPACE_DAILY, "", day)]
+
+
 class LedgerService:
     """The ledger's rules over one :class:`~.store.Store` and one price book."""
 
@@ -233,6 +250,10 @@ class LedgerService:
         self._reservations_forgotten: dict[str, datetime.datetime] = {}
         # Each workspace's own prices as last read, with their version (Tx.prices_version).
         self._prices: dict[str, tuple[int, dict[str, Rates]]] = {}
+        # What never changes and lets a reservation send its reads ahead (Store.sends_ahead): the workspace of
+        # each key this process authenticated, and the agent of each session it reserved for.
+        self._key_workspaces: dict[str, str] = {}
+        self._session_agents: dict[str, str] = {}
 
     def _now(self) -> datetime.datetime:
         return self._clock()
@@ -279,13 +300,19 @@ class LedgerService:
         key_id = key_id_of(secret)
         if key_id is None:
             return None
-        row = self.store.key_of_request(key_id)
+        return self._checked_key(key_id, secret, self.store.key_of_request(key_id))
+
+    def _checked_key(self, key_id: str, secret: str, row: Optional[Mapping[str, Any]]) -> Optional[Workspace]:
+        """The workspace of ``secret`` if ``row`` (``Tx.key_of_request``) is its valid, unrevoked key."""
         expected = row["key_hash"] if row is not None else _hash_secret("no such key")
         matches = hmac.compare_digest(expected, _hash_secret(secret))
         if row is None or not matches or row["revoked_at"] is not None:
+            self._key_workspaces.pop(key_id, None)
             return None
         workspace = Workspace(row["workspace"])
         workspace.prices_version = int(row["prices_version"])
+        if key_id not in self._key_workspaces:
+            _keep(self._key_workspaces, key_id, workspace)
         return workspace
 
     # -- idempotency -------------------------------------------------------------------------
@@ -495,10 +522,8 @@ class LedgerService:
         One statement reads them all (``Tx.budget_state``): the agent's and the workspace's limits, the
         spend of today and this month, and the reservations held now."""
         agent = session["agent_name"]
-        day, month = day_of(now), month_of(now)
-        periods = [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month), (WORKSPACE_DAILY, "", day)]
         state = tx.budget_state(
-            workspace, agent, periods if spending else (), stamp(now), session["id"] if spending else None
+            workspace, agent, _periods(agent, now) if spending else (), stamp(now), session["id"] if spending else None
         )
         agent_row = next((r for r in state if r["kind"] == "agent"), None)
         settings = next((r for r in state if r["kind"] == "settings"), None)
@@ -795,13 +820,8 @@ class LedgerService:
         """Add a batch's cost to its agent's and workspace's spend. The last writes of the batch: on PostgreSQL
         they lock rows every write of the workspace shares, until the commit."""
         if cost:
-            day = day_of(now)
             # One statement, the rows in this order (as budget_state reads them: on SQLite, not read again).
-            tx.add_spends(
-                workspace,
-                [(AGENT_DAILY, agent, day), (AGENT_MONTHLY, agent, month_of(now)), (WORKSPACE_DAILY, "", day)],
-                cost,
-            )
+            tx.add_spends(workspace, _periods(agent, now), cost)
 
     @staticmethod
     def _unpriced(agent: str, calls: Sequence[tuple[int, PricedEvent]]) -> UnpricedModel:
@@ -1021,8 +1041,42 @@ class LedgerService:
 
     # -- reservations ------------------------------------------------------------------------
 
+    def reserve_with_key(
+        self, secret: str, read: Callable[[], tuple[Mapping[str, Any], Optional[Idempotency]]]
+    ) -> Reply:
+        """``POST /v1/reservations`` with its key and ``read()``, which gives its body and idempotency: what
+        :meth:`authenticate` then :meth:`reserve_request` do, with the errors in that order (a bad key first).
+
+        On a store that sends reads ahead (PostgreSQL), the key of a workspace this process saw before is read
+        in the reservation's own transaction, with its first reads, not in a round trip before it; a key no
+        longer valid then is refused before anything is written, as it would have been before."""
+        key_id = key_id_of(secret)
+        known = self._key_workspaces.get(key_id) if key_id is not None and self.store.sends_ahead else None
+        if known is None:
+            workspace = self.authenticate(secret)
+            if workspace is None:
+                raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+            body, idempotency = read()
+            return self.reserve_request(workspace, body, idempotency)
+        try:
+            body, idempotency = read()
+            unpriced, pricing = self._reservation_request(body)
+        except LedgerError:
+            if self.authenticate(secret) is None:  # the key's error first, as when it is read before
+                raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}") from None
+            raise
+        assert key_id is not None
+        return self.reserve(known, unpriced, idempotency, pricing=pricing, key=(key_id, secret))
+
     def reserve_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
         """``POST /v1/reservations``: check and price the request, then reserve."""
+        unpriced, pricing = self._reservation_request(body)
+        return self.reserve(workspace, unpriced, idempotency, pricing=pricing)
+
+    def _reservation_request(
+        self, body: Mapping[str, Any]
+    ) -> tuple[ReservationRequest, Callable[[Mapping[str, Rates]], ReservationRequest]]:
+        """The body of ``POST /v1/reservations`` checked: the request not yet priced, and how to price it."""
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise BadInput('"sessionId" is required: the id that POST /v1/sessions returned.')
@@ -1066,8 +1120,7 @@ class LedgerService:
 
         # Priced once, in the reservation's transaction, with the workspace's prices (kept, or read there): a
         # model priced by genai-prices costs ~0.2 ms of CPU a pricing. Until then the request is not priced.
-        unpriced = ReservationRequest(session_id, provider, model, None, max_cost, step)
-        return self.reserve(workspace, unpriced, idempotency, pricing=priced)
+        return ReservationRequest(session_id, provider, model, None, max_cost, step), priced
 
     def reserve(
         self,
@@ -1076,11 +1129,14 @@ class LedgerService:
         idempotency: Optional[Idempotency] = None,
         *,
         pricing: Optional[Callable[[Mapping[str, Rates]], ReservationRequest]] = None,
+        key: Optional[tuple[str, str]] = None,
     ) -> Reply:
         """Reserve ``request``'s amount; ``pricing``: the request priced with the workspace's own prices
-        (read in the reservation's transaction), which replaces ``request``."""
+        (read in the reservation's transaction), which replaces ``request``. ``key``: (id, secret) of the
+        request's key, to check in the transaction (see :meth:`reserve_with_key`; ``workspace`` is then the
+        one that key had)."""
         try:
-            return self._reserve(workspace, request, idempotency, pricing)
+            return self._reserve(workspace, request, idempotency, pricing, key)
         except (BudgetExceeded, UnpricedModel) as refused:
             reason = "budget_exceeded" if isinstance(refused, BudgetExceeded) else "unpriced_model"
             if self.metrics is not None:
@@ -1122,9 +1178,20 @@ class LedgerService:
         request: ReservationRequest,
         idempotency: Optional[Idempotency],
         pricing: Optional[Callable[[Mapping[str, Rates]], ReservationRequest]] = None,
+        key: Optional[tuple[str, str]] = None,
     ) -> Reply:
         now = self._now()
         with self.store.pipelined_write(workspace) as tx:
+            if tx.sends_ahead:
+                self._send_reservation_reads_ahead(tx, workspace, request, idempotency, now, key)
+            if key is not None:
+                key_id, secret = key
+                checked = self._checked_key(key_id, secret, tx.key_of_request(key_id))
+                if checked is None:
+                    raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+                if checked != workspace:  # pragma: no cover - a key's workspace never changes
+                    raise LedgerError("The API key's workspace changed; send the request again.")
+                workspace = checked
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
                 return replay
@@ -1132,6 +1199,8 @@ class LedgerService:
                 request = pricing(self._prices_in(tx, workspace))
             session = self._session_row(tx, workspace, request.session_id, for_update=True)
             self._running(session, "reservations are made for")
+            if request.session_id not in self._session_agents:
+                _keep(self._session_agents, request.session_id, session["agent_name"])
             limits = self._limits(tx, workspace, session, now, spending=True)
             if not limits.budgets:
                 body: dict[str, Any] = {"budgeted": False, "ttlSeconds": BUDGET_CACHE_SECONDS}
@@ -1174,6 +1243,27 @@ class LedgerService:
                 "ttlSeconds": BUDGET_CACHE_SECONDS,
             }
             return self._remember(tx, workspace, idempotency, Reply(Outcome.CREATED, body), now)
+
+    def _send_reservation_reads_ahead(
+        self,
+        tx: Tx,
+        workspace: str,
+        request: ReservationRequest,
+        idempotency: Optional[Idempotency],
+        now: datetime.datetime,
+        key: Optional[tuple[str, str]],
+    ) -> None:
+        """Send what :meth:`_reserve` reads first, so that it costs one round trip: the key, the idempotency
+        record, the session's row (locked) and, when this process knows the session's agent, its budgets."""
+        with tx.ahead():
+            if key is not None:
+                tx.key_of_request(key[0])
+            if idempotency is not None:
+                tx.idempotency(workspace, idempotency.key)
+            tx.session(workspace, request.session_id, for_update=True)
+            agent = self._session_agents.get(request.session_id)
+            if agent is not None:
+                tx.budget_state(workspace, agent, _periods(agent, now), stamp(now), request.session_id)
 
     def release(self, workspace: str, reservation_id: str, idempotency: Optional[Idempotency] = None) -> Reply:
         now = self._now()

@@ -74,6 +74,11 @@ class Store(abc.ABC):
     #: its writes to one thread rather than to many that would wait for each other (``offload.run_in_writer``).
     one_writer: bool = False
 
+    #: Whether :meth:`pipelined_write` gives transactions that send reads ahead (``Tx.ahead``): several reads in
+    #: one round trip to a database over a network. A caller that knows what it will read may then send it
+    #: first, and a key a request carries may be read in the transaction rather than before it.
+    sends_ahead: bool = False
+
     @abc.abstractmethod
     @contextmanager
     def write(self, workspace: Optional[str]) -> Iterator[Tx]:

@@ -323,6 +323,8 @@ def _refused_values() -> Iterator[None]:
 class PostgresStore(Store):
     """The ledger in a PostgreSQL database, through a pool of connections."""
 
+    sends_ahead = True
+
     def __init__(
         self,
         url: str,
@@ -406,7 +408,9 @@ class PostgresStore(Store):
                     connection.execute("BEGIN")
                     if workspace is not None:
                         connection.execute(_LOCK, (workspace,), prepare=self._prepare)
-                    yield Tx(connection, POSTGRES, prepare=self._prepare)
+                    tx = Tx(connection, POSTGRES, prepare=self._prepare)
+                    tx.sends_ahead = True
+                    yield tx
                     connection.execute("COMMIT")
                 # Leaving the pipeline read every result: an error of any statement, COMMIT's included, raised.
             except BaseException:

@@ -12,7 +12,8 @@ import decimal
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Optional
@@ -242,6 +243,10 @@ class Tx:
         # Set by a change of what key_of_request reads (a key, a workspace's price version): a store that keeps
         # those rows (SQLiteStore.key_of_request) forgets them when this transaction ends.
         self.keys_changed = False
+        #: Whether reads can be sent ahead (:meth:`ahead`): set by a store whose transaction is pipelined.
+        self.sends_ahead = False
+        self._sending_ahead = False
+        self._ahead: dict[tuple[str, tuple[Any, ...]], Any] = {}  # cursors of reads sent ahead, by statement and values
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -256,12 +261,40 @@ class Tx:
                 return self._db.execute(self._dialect.sql(statement), tuple(params), prepare=True)
         return self._db.execute(self._dialect.sql(statement), tuple(params))
 
+    @contextmanager
+    def ahead(self) -> Iterator[None]:
+        """Within the block, the reads called are sent and not waited for (they return None or no rows);
+        the same read, with the same values, later in the transaction takes its result from then. On a
+        store that sends them ahead (``sends_ahead``: PostgreSQL's pipeline mode) several reads that do not
+        depend on one another cost one round trip, and they run in the order sent, as they would have."""
+        if not self.sends_ahead:
+            raise RuntimeError("this transaction cannot send reads ahead (Tx.sends_ahead is False)")
+        self._sending_ahead = True
+        try:
+            yield
+        finally:
+            self._sending_ahead = False
+
+    def _cursor(self, statement: str, params: Sequence[Any]) -> Any:
+        """The cursor of a read: the one sent ahead for it, or a new one (None: sent ahead now)."""
+        if self._ahead or self._sending_ahead:
+            key = (statement, tuple(params))
+            cursor = self._ahead.pop(key, None)
+            if cursor is not None:
+                return cursor
+            if self._sending_ahead:
+                self._ahead[key] = self._run(statement, params)
+                return None
+        return self._run(statement, params)
+
     def _one(self, statement: str, params: Sequence[Any] = ()) -> Optional[dict[str, Any]]:
-        row = self._run(statement, params).fetchone()
+        cursor = self._cursor(statement, params)
+        row = None if cursor is None else cursor.fetchone()
         return None if row is None else dict(row)
 
     def _all(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(row) for row in self._run(statement, params).fetchall()]
+        cursor = self._cursor(statement, params)
+        return [] if cursor is None else [dict(row) for row in cursor.fetchall()]
 
     def _insert(self, table: str, values: dict[str, Any]) -> None:
         columns = tuple(values)
