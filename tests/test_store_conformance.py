@@ -12,13 +12,16 @@ import datetime
 import json
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
@@ -34,6 +37,7 @@ from agent_ledger_sdk.local.records import (
     Outcome,
     PricedEvent,
     ReservationRequest,
+    SessionContext,
     SessionQuery,
 )
 from agent_ledger_sdk.local.schema import create_or_upgrade
@@ -735,10 +739,14 @@ def test_reads_sent_ahead_are_read_later_as_they_were_when_they_ran(db: Union[Pa
             assert [row["name"] for row in tx.prices("ws")] == ["a", "b"]
 
 
-def test_a_postgresql_reservation_waits_on_two_round_trips_with_its_key(postgres_url: str, tmp_path: Path) -> None:
-    """Its key, idempotency record, session and budgets in the first (sent ahead); its writes and COMMIT in the
-    second. Counted in libpq's trace of the connection: each change from what the client sends to what the
-    server answers is one wait."""
+@pytest.mark.parametrize("path", ["at once", "general"])
+def test_a_postgresql_reservation_waits_on_one_round_trip_two_on_the_general_path(
+    postgres_url: str, tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At once (Tx.reserve_at_once): BEGIN, the lock, the statement and COMMIT go together. On the general path
+    (a refusal, a replay, an error: here forced) its key, idempotency record, session and budgets go in the
+    first (sent ahead), its writes and COMMIT in the second. Counted in libpq's trace of the connection: each
+    change from what the client sends to what the server answers is one wait."""
     pytest.importorskip("psycopg", reason="needs the postgres extra")
     from agent_ledger_sdk.local.store.postgres import PostgresStore
 
@@ -753,6 +761,8 @@ def test_a_postgresql_reservation_waits_on_two_round_trips_with_its_key(postgres
             return service.reserve_with_key(secret, lambda: (body, Idempotency(key, "fingerprint")))
 
         assert reserve("first").status == Outcome.CREATED  # the key and the session's agent are known from now on
+        if path == "general":
+            monkeypatch.setattr(service, "_reserve_at_once", lambda *args: None)
         trace = tmp_path / "trace.txt"
         pool = service.store._pool  # type: ignore[attr-defined]
         with trace.open("w") as out:
@@ -765,7 +775,114 @@ def test_a_postgresql_reservation_waits_on_two_round_trips_with_its_key(postgres
                     connection.pgconn.untrace()
         sides = [line.split("\t")[1] for line in trace.read_text().splitlines() if "\t" in line]
         waits = sum(1 for before, after in zip(sides, sides[1:]) if (before, after) == ("F", "B"))
-        assert waits == 2, trace.read_text()
+        assert waits == (1 if path == "at once" else 2), trace.read_text()
+
+
+SLACKS = st.one_of(st.none(), st.integers(-2, 2))  # a budget not set, or its limit this close to what it needs
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    slacks=st.tuples(*[SLACKS] * 4),
+    spent=st.tuples(*[st.integers(0, 6)] * 4),
+    held=st.tuples(*[st.integers(0, 4)] * 3),
+    cost=st.integers(0, 8),
+    version_changed=st.booleans(),
+)
+def test_the_one_statement_reservation_grants_exactly_when_the_general_path_would(
+    postgres_url: str,
+    slacks: tuple[Optional[int], Optional[int], Optional[int], Optional[int]],
+    spent: tuple[int, int, int, int],
+    held: tuple[int, int, int],
+    cost: int,
+    version_changed: bool,
+) -> None:
+    """Budgets of every kind, set or not, with what was spent in their periods and what is held (by this session,
+    by another of the agent, by another agent), each limit at most two thousandths of a dollar from what the call
+    needs (so that a sum lands on a limit often): Tx.reserve_at_once grants if and only if LedgerService's
+    general path grants (it leaves everything else to that path, which then refuses with its words)."""
+    pytest.importorskip("psycopg", reason="needs the postgres extra")
+    from agent_ledger_sdk.local.service import key_id_of
+
+    milli = Decimal("0.001")
+    needed = (  # what each budget needs for the call to fit: agent daily, agent monthly, workspace daily, session
+        spent[0] + held[0] + held[1] + cost,
+        spent[1] + held[0] + held[1] + cost,
+        spent[2] + sum(held) + cost,
+        spent[3] + held[0] + cost,
+    )
+    agent_daily, agent_monthly, workspace_daily, session_cap = (
+        None if slack is None else max(0, need + slack) for need, slack in zip(needed, slacks)
+    )
+    moment = datetime.datetime(2026, 6, 1, 12, tzinfo=datetime.timezone.utc)
+    with LedgerService(open_store(postgres_url), clock=lambda: moment) as service:
+        workspace = f"ws-{uuid.uuid4().hex[:12]}"
+        secret = service.create_key("k", workspace).secret
+        service.set_price(workspace, "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        prices_version = 1
+        if agent_daily is not None or agent_monthly is not None:
+            service.set_budget(
+                workspace,
+                "agent",
+                None if agent_daily is None else agent_daily * milli,
+                monthly_limit_usd=None if agent_monthly is None else agent_monthly * milli,
+            )
+        if workspace_daily is not None:
+            service.set_workspace_budget(workspace, workspace_daily * milli)
+        cap = None if session_cap is None else session_cap * milli
+        session = service.start_session(workspace, "agent", context=SessionContext(max_cost_usd=cap)).body["id"]
+        other = service.start_session(workspace, "agent").body["id"]
+        stranger = service.start_session(workspace, "another agent").body["id"]
+        with service.store.write(workspace) as tx:
+            for scope, subject, period, amount in zip(
+                ("agent-daily", "agent-monthly", "workspace-daily"),
+                ("agent", "agent", ""),
+                ("2026-06-01", "2026-06", "2026-06-01"),
+                spent,
+            ):
+                tx._run(
+                    "INSERT INTO spend (workspace, scope, subject, period, amount) VALUES (?, ?, ?, ?, ?)",
+                    (workspace, scope, subject, period, str(amount * milli)),
+                )
+            tx._run("UPDATE sessions SET cost = ? WHERE id = ?", (str(spent[3] * milli), session))
+            for number, (owner, agent, amount) in enumerate(
+                zip((session, other, stranger), ("agent", "agent", "another agent"), held)
+            ):
+                tx.insert_reservation(
+                    {
+                        "id": f"held-{workspace}-{number}",
+                        "workspace": workspace,
+                        "session_id": owner,
+                        "agent_name": agent,
+                        "provider": "test",
+                        "model": "flat",
+                        "amount": str(amount * milli),
+                        "state": "held",
+                        "created_at": "2026-06-01T11:59:00.000000Z",
+                        "expires_at": "2026-06-01T12:09:00.000000Z",
+                    }
+                )
+        if version_changed:  # the prices changed since this process read them: decided by the general path
+            service.set_price(workspace, "test/other", Rates(Decimal(2), Decimal(2), None, None))
+        service._prices[workspace] = (prices_version, {})  # as kept: the pricing below reads no rates
+        unpriced = ReservationRequest(session, "test", "flat", None, cost * milli, None)
+
+        def pricing(rates: Any) -> ReservationRequest:
+            return dataclasses.replace(unpriced, amount=cost * milli)
+
+        key_id = key_id_of(secret)
+        assert key_id is not None
+        at_once = service._reserve_at_once(workspace, unpriced, None, pricing, key_id, secret)
+        if at_once is not None:
+            with service.store.write(workspace) as tx:
+                tx._run("DELETE FROM reservations WHERE id = ?", (at_once.body["id"],))
+        try:
+            general = service.reserve(workspace, unpriced, None, pricing=pricing)
+        except BudgetExceeded:
+            granted = False
+        else:
+            granted = general.status == Outcome.CREATED
+        assert (at_once is not None) == (granted and not version_changed)
 
 
 def test_a_stamp_is_strftimes_text() -> None:

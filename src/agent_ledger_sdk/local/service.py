@@ -344,12 +344,16 @@ class LedgerService:
                 money.dumps(reply.body),
                 stamp(now),
             )
-            with self._writes_lock:
-                self._writes += 1
-                sweep = self._writes % _FORGET_EVERY == 0
-            if sweep:
-                tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+            self._remembered(tx, now)
         return reply
+
+    def _remembered(self, tx: Tx, now: datetime.datetime) -> None:
+        """Count a reply remembered under an idempotency key; every _FORGET_EVERY, forget those past their lifetime."""
+        with self._writes_lock:
+            self._writes += 1
+            sweep = self._writes % _FORGET_EVERY == 0
+        if sweep:
+            tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -1066,7 +1070,67 @@ class LedgerService:
                 raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}") from None
             raise
         assert key_id is not None
+        granted = self._reserve_at_once(known, unpriced, idempotency, pricing, key_id, secret)
+        if granted is not None:
+            return granted
         return self.reserve(known, unpriced, idempotency, pricing=pricing, key=(key_id, secret))
+
+    def _reserve_at_once(
+        self,
+        workspace: str,
+        request: ReservationRequest,
+        idempotency: Optional[Idempotency],
+        pricing: Callable[[Mapping[str, Rates]], ReservationRequest],
+        key_id: str,
+        secret: str,
+    ) -> Optional[Reply]:
+        """A reservation in one statement, sent with its transaction's BEGIN, lock and COMMIT: one round trip
+        (``Tx.reserve_at_once``), priced with the workspace's prices as this process keeps them. Granted there
+        only in the plain case: a key still valid, prices unchanged, a new idempotency key, a running session,
+        budgets that apply and fit. None when it was not granted there: nothing was written, and the general
+        path (:meth:`reserve`) decides, and words a refusal, a replay or an error, as it always did."""
+        kept = self._prices.get(workspace)
+        if kept is None:
+            return None
+        version, rates = kept
+        priced = pricing(rates)
+        if priced.amount is None:
+            return None
+        now = self._now()
+        reservation_id = f"res_{secrets.token_hex(12)}"
+        expires = stamp(now + self.reservation_ttl)
+        body: dict[str, Any] = {
+            "budgeted": True,
+            "id": reservation_id,
+            "reservedUsd": priced.amount,
+            "expiresAt": expires,
+            "ttlSeconds": BUDGET_CACHE_SECONDS,
+        }
+        with self.store.pipelined_write(workspace) as tx:
+            self._forget_expired_reservations(tx, workspace, now)
+            if idempotency is not None:
+                self._remembered(tx, now)  # counted whether it is granted here or not: only the sweeps' pace
+            granted = tx.reserve_at_once(
+                key_id=key_id,
+                key_hash=_hash_secret(secret),
+                workspace=workspace,
+                prices_version=version,
+                reservation={
+                    "id": reservation_id,
+                    "session_id": priced.session_id,
+                    "provider": priced.provider,
+                    "model": priced.model,
+                    "amount": money.text(priced.amount),
+                    "created_at": stamp(now),
+                    "expires_at": expires,
+                },
+                idempotency=None
+                if idempotency is None
+                else (idempotency.key, idempotency.fingerprint, money.dumps(body)),
+                day=day_of(now),
+                month=month_of(now),
+            )
+        return Reply(Outcome.CREATED, body) if granted() else None
 
     def reserve_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
         """``POST /v1/reservations``: check and price the request, then reserve."""
