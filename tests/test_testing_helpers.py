@@ -57,6 +57,13 @@ def test_clear_forgets_what_was_captured(ledger_capture: Capture) -> None:
     assert ledger_capture.events == []
 
 
+def emit_by_reference(session: Any, items: list[str]) -> None:
+    """Emit an event that holds ``items`` itself, not a copy: what a buggy helper would do."""
+    event, size = session._custom_event("kept_by_reference", {})
+    event["items"] = items
+    session._delivery.emit(session, event, size)
+
+
 def test_the_capture_encodes_an_event_when_it_is_read_as_a_sender_would_not_as_the_call_returns() -> None:
     # A client's sender thread encodes an event some time after the call. A helper that
     # keeps a reference to the user's value instead of a copy is wrong in production; the
@@ -66,9 +73,7 @@ def test_the_capture_encodes_an_event_when_it_is_read_as_a_sender_would_not_as_t
     shared = ["as sent"]
     with capture() as captured:
         with ledger.session("late") as session:
-            event, size = session._custom_event("kept_by_reference", {})
-            event["items"] = shared  # not copied: the bug this capture must be able to show
-            session._delivery.emit(session, event, size)
+            emit_by_reference(session, shared)  # not copied: the bug this capture must be able to show
             shared.append("changed after the call")
         assert captured.events[0]["items"] == ["as sent", "changed after the call"]
         shared.append("changed after it was read")  # once encoded, it stays as it was then
@@ -106,9 +111,7 @@ def test_what_is_not_read_in_the_block_is_encoded_as_it_ends_as_a_clients_flush_
     shared = ["in the block"]
     with capture() as captured:
         with ledger.session("unread") as session:
-            event, size = session._custom_event("kept_by_reference", {})
-            event["items"] = shared
-            session._delivery.emit(session, event, size)
+            emit_by_reference(session, shared)
     shared.append("after the block")
     assert captured.events[0]["items"] == ["in the block"]
 
