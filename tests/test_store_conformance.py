@@ -788,6 +788,7 @@ SLACKS = st.one_of(st.none(), st.integers(-2, 2))  # a budget not set, or its li
     held=st.tuples(*[st.integers(0, 4)] * 3),
     cost=st.integers(0, 8),
     version_changed=st.booleans(),
+    idempotency_key=st.sampled_from(["none", "new", "used"]),
 )
 def test_the_one_statement_reservation_grants_exactly_when_the_general_path_would(
     postgres_url: str,
@@ -796,6 +797,7 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
     held: tuple[int, int, int],
     cost: int,
     version_changed: bool,
+    idempotency_key: str,
 ) -> None:
     """Budgets of every kind, set or not, with what was spent in their periods and what is held (by this session,
     by another of the agent, by another agent), each limit at most two thousandths of a dollar from what the call
@@ -870,18 +872,27 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
         def pricing(rates: Any) -> ReservationRequest:
             return dataclasses.replace(unpriced, amount=cost * milli)
 
+        idempotency = None if idempotency_key == "none" else Idempotency(f"key-{workspace}", "fingerprint")
+        if idempotency_key == "used":  # a retry: the general path replays what was answered
+            with service.store.write(workspace) as tx:
+                tx.remember(workspace, f"key-{workspace}", "fingerprint", 201, "{}", "2026-06-01T11:59:00.000000Z")
         key_id = key_id_of(secret)
         assert key_id is not None
-        at_once = service._reserve_at_once(workspace, unpriced, None, pricing, key_id, secret)
+        at_once = service._reserve_at_once(workspace, unpriced, idempotency, pricing, key_id, secret)
         if at_once is not None:
             with service.store.write(workspace) as tx:
                 tx._run("DELETE FROM reservations WHERE id = ?", (at_once.body["id"],))
+                (remembered,) = tx._all("SELECT body FROM idempotency WHERE workspace = ?", (workspace,)) or [None]
+                assert (remembered is not None) == (idempotency is not None)
+                if remembered is not None:
+                    assert json.loads(remembered["body"])["id"] == at_once.body["id"]
+                tx._run("DELETE FROM idempotency WHERE workspace = ?", (workspace,))
         try:
-            general = service.reserve(workspace, unpriced, None, pricing=pricing)
+            general = service.reserve(workspace, unpriced, idempotency, pricing=pricing)
         except BudgetExceeded:
             granted = False
         else:
-            granted = general.status == Outcome.CREATED
+            granted = general.status == Outcome.CREATED and not general.replayed
         assert (at_once is not None) == (granted and not version_changed)
 
 

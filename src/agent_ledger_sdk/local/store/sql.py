@@ -64,7 +64,8 @@ _KEY_OF_REQUEST = (
 
 # Tx.reserve_at_once: the key, the price version, the idempotency key, the session (locked), its budgets, what they
 # spent in their periods and what is held now; the reservation and its idempotency record written only if every
-# budget that applies fits (the rules of LedgerService._reserve and Budget.fits), else nothing.
+# budget that applies fits (the rules of LedgerService._reserve and Budget.fits), else nothing. (The workspace's
+# lock keeps its idempotency keys from changing meanwhile; were one written since, nothing is written here either.)
 _RESERVE_AT_ONCE = f"""
 WITH s AS (
     SELECT id, agent_name, cost, max_cost FROM sessions
@@ -99,17 +100,19 @@ WITH s AS (
       AND (b.monthly_limit IS NULL OR p.agent_month + h.agent + CAST(%(r_amount)s AS NUMERIC) <= b.monthly_limit)
       AND (w.daily_limit IS NULL OR p.workspace_day + h.everyone + CAST(%(r_amount)s AS NUMERIC) <= w.daily_limit)
       AND (s.max_cost IS NULL OR s.cost + h.session + CAST(%(r_amount)s AS NUMERIC) <= s.max_cost)
+), remembered AS (
+    INSERT INTO idempotency (workspace, key, fingerprint, status, body, created_at)
+    SELECT %(ws)s, %(idem)s, %(fingerprint)s, 201, %(body)s, %(r_created_at)s FROM granted
+    WHERE CAST(%(idem)s AS TEXT) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING 1
 ), reserved AS (
     INSERT INTO reservations (id, workspace, session_id, agent_name, provider, model, amount, state, created_at,
                               expires_at)
     SELECT %(r_id)s, %(ws)s, id, agent_name, %(r_provider)s, %(r_model)s, CAST(%(r_amount)s AS NUMERIC), 'held',
            %(r_created_at)s, %(r_expires_at)s
     FROM granted
-    RETURNING 1
-), remembered AS (
-    INSERT INTO idempotency (workspace, key, fingerprint, status, body, created_at)
-    SELECT %(ws)s, %(idem)s, %(fingerprint)s, 201, %(body)s, %(r_created_at)s FROM granted
-    WHERE CAST(%(idem)s AS TEXT) IS NOT NULL
+    WHERE CAST(%(idem)s AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM remembered)
     RETURNING 1
 )
 SELECT (SELECT COUNT(*) FROM reserved) AS granted, (SELECT COUNT(*) FROM remembered) AS remembered
