@@ -513,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="server processes sharing the port (default: 1); for several, use a PostgreSQL database (SQLite "
-        "serialises writes)",
+        help="server processes sharing the port (default: 1); on a SQLite file, up to one per core (its writes "
+        "take turns); for more, or several machines, a PostgreSQL database",
     )
     serve.set_defaults(handler=_cmd_serve)
 
