@@ -59,6 +59,7 @@ from .body import MAX_BODY_BYTES, parse_json_body, parse_json_object, read_body,
 from .offload import WriterThread, run_off_loop
 from .pricing import PriceBook
 from .records import (
+    INVALID_KEY,
     KEY_HINT,
     BadInput,
     BudgetExceeded,
@@ -171,7 +172,7 @@ class LedgerAPI:
         """The key's workspace (in a thread of the pool: it reads the database)."""
         workspace = self.service.authenticate(key)
         if workspace is None:
-            raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+            raise Unauthorized(INVALID_KEY)
         return workspace
 
     @staticmethod
@@ -217,7 +218,7 @@ class LedgerAPI:
     def _log_events(self, key: str, raw: bytes, idempotency_key: Optional[str], path: str, priced: bool) -> Reply:
         workspace = self.service.authenticate(key)
         if workspace is None:
-            raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+            raise Unauthorized(INVALID_KEY)
         body, parsed_by_orjson = parse_json_body(raw)
         idempotency = _idempotency_of("POST", path, idempotency_key, raw)
         return self.service.log_events_request(

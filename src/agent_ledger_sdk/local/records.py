@@ -78,6 +78,7 @@ class Unauthorized(LedgerError):
 
 
 KEY_HINT = "Create a key with `agent-ledger keys create --name NAME` and send it in the x-api-key header."
+INVALID_KEY = f"Invalid or revoked API key. {KEY_HINT}"
 
 
 class IdempotencyMismatch(LedgerError):

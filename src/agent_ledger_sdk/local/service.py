@@ -46,7 +46,7 @@ from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUs
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
-    KEY_HINT,
+    INVALID_KEY,
     RESERVATION_TTL_SECONDS,
     UNSET,
     Amount,
@@ -1059,7 +1059,7 @@ class LedgerService:
         if known is None:
             workspace = self.authenticate(secret)
             if workspace is None:
-                raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
+                raise Unauthorized(INVALID_KEY)
             body, idempotency = read()
             return self.reserve_request(workspace, body, idempotency)
         try:
@@ -1067,7 +1067,7 @@ class LedgerService:
             unpriced, pricing = self._reservation_request(body)
         except LedgerError:
             if self.authenticate(secret) is None:  # the key's error first, as when it is read before
-                raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}") from None
+                raise Unauthorized(INVALID_KEY) from None
             raise
         assert key_id is not None
         granted = self._reserve_at_once(known, unpriced, idempotency, pricing, key_id, secret)
@@ -1097,15 +1097,7 @@ class LedgerService:
         if priced.amount is None:
             return None
         now = self._now()
-        reservation_id = f"res_{secrets.token_hex(12)}"
-        expires = stamp(now + self.reservation_ttl)
-        body: dict[str, Any] = {
-            "budgeted": True,
-            "id": reservation_id,
-            "reservedUsd": priced.amount,
-            "expiresAt": expires,
-            "ttlSeconds": BUDGET_CACHE_SECONDS,
-        }
+        reservation_id, expires, body = self._granted(now, priced.amount)
         with self.store.pipelined_write(workspace) as tx:
             self._forget_expired_reservations(tx, workspace, now)
             if idempotency is not None:
@@ -1251,10 +1243,8 @@ class LedgerService:
             if key is not None:
                 key_id, secret = key
                 checked = self._checked_key(key_id, secret, tx.key_of_request(key_id))
-                if checked is None:
-                    raise Unauthorized(f"Invalid or revoked API key. {KEY_HINT}")
-                if checked != workspace:  # pragma: no cover - a key's workspace never changes
-                    raise LedgerError("The API key's workspace changed; send the request again.")
+                if checked is None or checked != workspace:  # (a key's workspace never changes)
+                    raise Unauthorized(INVALID_KEY)
                 workspace = checked
             replay = self._replay(tx, workspace, idempotency, now)
             if replay is not None:
@@ -1283,8 +1273,7 @@ class LedgerService:
             for budget in limits.budgets:
                 if not budget.fits(cost):
                     raise BudgetExceeded(budget.refusal(cost))
-            reservation_id = f"res_{secrets.token_hex(12)}"
-            expires = stamp(now + self.reservation_ttl)
+            reservation_id, expires, body = self._granted(now, cost)
             tx.insert_reservation(
                 {
                     "id": reservation_id,
@@ -1299,14 +1288,20 @@ class LedgerService:
                     "expires_at": expires,
                 }
             )
-            body = {
-                "budgeted": True,
-                "id": reservation_id,
-                "reservedUsd": cost,
-                "expiresAt": expires,
-                "ttlSeconds": BUDGET_CACHE_SECONDS,
-            }
             return self._remember(tx, workspace, idempotency, Reply(Outcome.CREATED, body), now)
+
+    def _granted(self, now: datetime.datetime, cost: Decimal) -> tuple[str, str, dict[str, Any]]:
+        """A new reservation's id, its expiry, and the reply that grants it ``cost``."""
+        reservation_id = f"res_{secrets.token_hex(12)}"
+        expires = stamp(now + self.reservation_ttl)
+        body = {
+            "budgeted": True,
+            "id": reservation_id,
+            "reservedUsd": cost,
+            "expiresAt": expires,
+            "ttlSeconds": BUDGET_CACHE_SECONDS,
+        }
+        return reservation_id, expires, body
 
     def _send_reservation_reads_ahead(
         self,
