@@ -349,11 +349,13 @@ class LedgerService:
 
     def _remembered(self, tx: Tx, now: datetime.datetime) -> None:
         """Count a reply remembered under an idempotency key; every _FORGET_EVERY, forget those past their lifetime."""
+        if self._idempotency_sweep_due():
+            tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+
+    def _idempotency_sweep_due(self) -> bool:
         with self._writes_lock:
             self._writes += 1
-            sweep = self._writes % _FORGET_EVERY == 0
-        if sweep:
-            tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+            return self._writes % _FORGET_EVERY == 0
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -511,12 +513,16 @@ class LedgerService:
         """Forget the workspace's reservations that expired over RESERVATION_MEMORY ago: at most once a
         FORGET_RESERVATIONS per workspace and process (they are never read as held: this is only
         housekeeping, amortised off the path of each budgeted call)."""
+        if self._reservations_sweep_due(workspace, now):
+            tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
+
+    def _reservations_sweep_due(self, workspace: str, now: datetime.datetime) -> bool:
         with self._writes_lock:
             last = self._reservations_forgotten.get(workspace)
             if last is not None and datetime.timedelta(0) <= now - last < FORGET_RESERVATIONS:
-                return
+                return False
             self._reservations_forgotten[workspace] = now
-        tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
+            return True
 
     def _limits(
         self, tx: Tx, workspace: str, session: Mapping[str, Any], now: datetime.datetime, *, spending: bool
@@ -1084,11 +1090,12 @@ class LedgerService:
         key_id: str,
         secret: str,
     ) -> Optional[Reply]:
-        """A reservation in one statement, sent with its transaction's BEGIN, lock and COMMIT: one round trip
-        (``Tx.reserve_at_once``), priced with the workspace's prices as this process keeps them. Granted there
-        only in the plain case: a key still valid, prices unchanged, a new idempotency key, a running session,
-        budgets that apply and fit. None when it was not granted there: nothing was written, and the general
-        path (:meth:`reserve`) decides, and words a refusal, a replay or an error, as it always did."""
+        """A reservation in one call, a transaction of its own (``Tx.reserve_at_once``): one round trip, priced
+        with the workspace's prices as this process keeps them. Granted there only in the plain case: a key still
+        valid, prices unchanged, a new idempotency key, a running session, budgets that apply and fit. None when
+        it was not granted there: nothing was written, and the general path (:meth:`reserve`) decides, and words
+        a refusal, a replay or an error, as it always did. The housekeeping a write does now and then (forgetting
+        long-expired reservations and idempotency records) runs after, when due, in a transaction of its own."""
         kept = self._prices.get(workspace)
         if kept is None:
             return None
@@ -1098,10 +1105,7 @@ class LedgerService:
             return None
         now = self._now()
         reservation_id, expires, body = self._granted(now, priced.amount)
-        with self.store.pipelined_write(workspace) as tx:
-            self._forget_expired_reservations(tx, workspace, now)
-            if idempotency is not None:
-                self._remembered(tx, now)  # counted whether it is granted here or not: only the sweeps' pace
+        with self.store.autocommit() as tx:
             granted = tx.reserve_at_once(
                 key_id=key_id,
                 key_hash=_hash_secret(secret),
@@ -1122,7 +1126,16 @@ class LedgerService:
                 day=day_of(now),
                 month=month_of(now),
             )
-        return Reply(Outcome.CREATED, body) if granted() else None
+        # Counted whether it was granted here or not (the general path counts its own): only the sweeps' pace.
+        forget_reservations = self._reservations_sweep_due(workspace, now)
+        forget_idempotency = idempotency is not None and self._idempotency_sweep_due()
+        if forget_reservations or forget_idempotency:
+            with self.store.pipelined_write(workspace) as tx:
+                if forget_reservations:
+                    tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
+                if forget_idempotency:
+                    tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
+        return Reply(Outcome.CREATED, body) if granted else None
 
     def reserve_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
         """``POST /v1/reservations``: check and price the request, then reserve."""

@@ -123,6 +123,13 @@ class Store(abc.ABC):
         with self.read() as tx:
             yield tx
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        """Statements each a transaction of its own, writes too: for a statement that takes its own locks (on
+        PostgreSQL, ``agent_ledger_reserve``). Only a store that :attr:`sends_ahead` has it."""
+        raise NotImplementedError(f"{type(self).__name__} runs writes in write() and pipelined_write()")
+        yield  # pragma: no cover - a generator, for contextmanager
+
     @abc.abstractmethod
     def schema_version(self) -> int:
         """The version of the schema the database has (0: empty)."""

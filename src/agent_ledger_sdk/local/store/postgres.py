@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
@@ -237,8 +237,102 @@ CREATE INDEX otel_spans_by_session ON otel_spans (session_id)
 # A version of each workspace's prices, one more at every change of them (see SQLite's version 8).
 _PRICE_VERSIONS = "CREATE TABLE price_versions (workspace TEXT PRIMARY KEY, version BIGINT NOT NULL)"
 
+# Version 9: a reservation in one call, and the reservations held now by a partial index (see SQLite's version 9).
+#
+# agent_ledger_reserve grants a reservation in the plain case, in one statement that is its own transaction: the
+# workspace's lock, then (a statement of its own, so that it sees every write committed before the lock was
+# granted) the key, the price version, the idempotency key, the session (locked), its budgets, what they spent in
+# their periods and what is held now; the reservation and its idempotency record are written only if every budget
+# that applies fits (the rules of LedgerService._reserve and Budget.fits), else nothing, and it returns false.
+# One call is one round trip with no BEGIN or COMMIT: psycopg's pipeline mode, which sent these with the statement,
+# spun on the socket for the whole wait (290 µs of CPU against 113 µs for the call, measured in-process). A change
+# to it is a new migration (CREATE OR REPLACE FUNCTION).
+#
+# The held reservations: a budget check sums them, and an index of every reservation until it expires made
+# PostgreSQL's generic plan read each one settled or released in the last ten minutes too, growing with traffic.
+_RESERVE_IN_ONE_CALL = (
+    "DROP INDEX IF EXISTS reservations_by_expiry",
+    "CREATE INDEX reservations_held ON reservations (workspace, expires_at) WHERE state = 'held'",
+    """\
+CREATE FUNCTION agent_ledger_reserve(
+    p_workspace TEXT,
+    p_key_id TEXT,
+    p_key_hash TEXT,
+    p_prices_version BIGINT,
+    p_session_id TEXT,
+    p_reservation_id TEXT,
+    p_provider TEXT,
+    p_model TEXT,
+    p_amount TEXT,
+    p_created_at TEXT,
+    p_expires_at TEXT,
+    p_idempotency_key TEXT,
+    p_fingerprint TEXT,
+    p_body TEXT,
+    p_day TEXT,
+    p_month TEXT
+) RETURNS BOOLEAN LANGUAGE plpgsql AS $reserve$
+DECLARE
+    granted_here BOOLEAN;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_workspace, 0));
+    WITH locked AS (
+        SELECT id, workspace, status, agent_name, cost, max_cost FROM sessions WHERE id = p_session_id FOR UPDATE
+    ), s AS (
+        SELECT id, agent_name, cost, max_cost FROM locked WHERE workspace = p_workspace AND status = 'running'
+    ), b AS (
+        SELECT daily_limit, monthly_limit FROM agent_budgets
+        WHERE workspace = p_workspace AND agent_name = (SELECT agent_name FROM s)
+    ), w AS (
+        SELECT daily_limit FROM workspace_settings WHERE workspace = p_workspace
+    ), h AS (
+        SELECT COALESCE(SUM(amount), 0) AS everyone,
+               COALESCE(SUM(amount) FILTER (WHERE agent_name = (SELECT agent_name FROM s)), 0) AS agent,
+               COALESCE(SUM(amount) FILTER (WHERE session_id = p_session_id), 0) AS session
+        FROM reservations WHERE workspace = p_workspace AND state = 'held' AND expires_at > p_created_at
+    ), p AS (
+        SELECT COALESCE(SUM(amount) FILTER (WHERE scope = 'agent-daily'), 0) AS agent_day,
+               COALESCE(SUM(amount) FILTER (WHERE scope = 'agent-monthly'), 0) AS agent_month,
+               COALESCE(SUM(amount) FILTER (WHERE scope = 'workspace-daily'), 0) AS workspace_day
+        FROM spend WHERE workspace = p_workspace AND (
+            (scope = 'agent-daily' AND subject = (SELECT agent_name FROM s) AND period = p_day)
+            OR (scope = 'agent-monthly' AND subject = (SELECT agent_name FROM s) AND period = p_month)
+            OR (scope = 'workspace-daily' AND subject = '' AND period = p_day))
+    ), granted AS (
+        SELECT s.id, s.agent_name FROM s CROSS JOIN h CROSS JOIN p LEFT JOIN b ON TRUE LEFT JOIN w ON TRUE
+        WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = p_key_id AND key_hash = p_key_hash
+                      AND revoked_at IS NULL AND workspace = p_workspace)
+          AND COALESCE((SELECT version FROM price_versions WHERE workspace = p_workspace), 0) = p_prices_version
+          AND NOT EXISTS (SELECT 1 FROM idempotency WHERE workspace = p_workspace AND key = p_idempotency_key)
+          AND (b.daily_limit IS NOT NULL OR b.monthly_limit IS NOT NULL OR w.daily_limit IS NOT NULL
+               OR s.max_cost IS NOT NULL)
+          AND (b.daily_limit IS NULL OR p.agent_day + h.agent + CAST(p_amount AS NUMERIC) <= b.daily_limit)
+          AND (b.monthly_limit IS NULL OR p.agent_month + h.agent + CAST(p_amount AS NUMERIC) <= b.monthly_limit)
+          AND (w.daily_limit IS NULL OR p.workspace_day + h.everyone + CAST(p_amount AS NUMERIC) <= w.daily_limit)
+          AND (s.max_cost IS NULL OR s.cost + h.session + CAST(p_amount AS NUMERIC) <= s.max_cost)
+    ), remembered AS (
+        INSERT INTO idempotency (workspace, key, fingerprint, status, body, created_at)
+        SELECT p_workspace, p_idempotency_key, p_fingerprint, 201, p_body, p_created_at FROM granted
+        WHERE CAST(p_idempotency_key AS TEXT) IS NOT NULL
+        ON CONFLICT DO NOTHING
+        RETURNING 1
+    ), reserved AS (
+        INSERT INTO reservations (id, workspace, session_id, agent_name, provider, model, amount, state, created_at,
+                                  expires_at)
+        SELECT p_reservation_id, p_workspace, id, agent_name, p_provider, p_model, CAST(p_amount AS NUMERIC), 'held',
+               p_created_at, p_expires_at
+        FROM granted
+        WHERE CAST(p_idempotency_key AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM remembered)
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM reserved) INTO granted_here;
+    RETURN granted_here;
+END
+$reserve$""",
+)
+
 # The same versions as SQLite's: version N means the same tables on both.
-MIGRATIONS: list[tuple[int, str, str]] = [
+MIGRATIONS: list[tuple[int, str, Union[str, tuple[str, ...]]]] = [
     (1, "baseline", _BASELINE),
     (2, "event positions, read and retention indexes", _EVENT_POSITIONS),
     (3, "dashboard: cost rollup, over-budget index", _DASHBOARD),
@@ -247,6 +341,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (6, "OpenTelemetry ingest: sessions by trace and conversation, spans recorded", _OTEL),
     (7, "session list indexes, session tags", _SESSION_LIST_INDEXES),
     (8, "price versions", _PRICE_VERSIONS),
+    (9, "a reservation in one call; held reservations by a partial index", _RESERVE_IN_ONE_CALL),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -438,6 +533,11 @@ class PostgresStore(Store):
         with _refused_values(), self._pool.connection() as connection:
             yield Tx(connection, POSTGRES)
 
+    @contextmanager
+    def autocommit(self) -> Iterator[Tx]:
+        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
+            yield Tx(connection, POSTGRES, prepare=self._prepare)
+
     def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
         # The statement of every request: prepared, as the writes' are.
         with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
@@ -462,8 +562,9 @@ class PostgresStore(Store):
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             connection.execute(MIGRATIONS_TABLE)
 
-            def apply(script: str) -> None:
-                for statement in script.split(";"):
+            def apply(script: Union[str, tuple[str, ...]]) -> None:
+                # A script's statements, split at semicolons; or a tuple of them (a function's body has its own).
+                for statement in script.split(";") if isinstance(script, str) else script:
                     if statement.strip():
                         connection.execute(statement)
 

@@ -16,10 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, ClassVar, Optional
 
 from .. import money
-from ..budgets import AGENT_DAILY, AGENT_MONTHLY, WORKSPACE_DAILY
 from ..records import NotFound
 
 # Sums of amounts in Python: far more digits than any sum of prices has, and rounding would raise.
@@ -62,61 +61,32 @@ _KEY_OF_REQUEST = (
     " FROM api_keys k LEFT JOIN price_versions v ON v.workspace = k.workspace WHERE k.id = ?"
 )
 
-# Tx.reserve_at_once: the key, the price version, the idempotency key, the session (locked), its budgets, what they
-# spent in their periods and what is held now; the reservation and its idempotency record written only if every
-# budget that applies fits (the rules of LedgerService._reserve and Budget.fits), else nothing. (The workspace's
-# lock keeps its idempotency keys from changing meanwhile; were one written since, nothing is written here either.)
-_RESERVE_AT_ONCE = f"""
-WITH s AS (
-    SELECT id, agent_name, cost, max_cost FROM sessions
-    WHERE id = %(r_session_id)s AND workspace = %(ws)s AND status = 'running' FOR UPDATE
-), b AS (
-    SELECT daily_limit, monthly_limit FROM agent_budgets
-    WHERE workspace = %(ws)s AND agent_name = (SELECT agent_name FROM s)
-), w AS (
-    SELECT daily_limit FROM workspace_settings WHERE workspace = %(ws)s
-), h AS (
-    SELECT COALESCE(SUM(amount), 0) AS everyone,
-           COALESCE(SUM(amount) FILTER (WHERE agent_name = (SELECT agent_name FROM s)), 0) AS agent,
-           COALESCE(SUM(amount) FILTER (WHERE session_id = %(r_session_id)s), 0) AS session
-    FROM reservations WHERE workspace = %(ws)s AND state = 'held' AND expires_at > %(r_created_at)s
-), p AS (
-    SELECT COALESCE(SUM(amount) FILTER (WHERE scope = '{AGENT_DAILY}'), 0) AS agent_day,
-           COALESCE(SUM(amount) FILTER (WHERE scope = '{AGENT_MONTHLY}'), 0) AS agent_month,
-           COALESCE(SUM(amount) FILTER (WHERE scope = '{WORKSPACE_DAILY}'), 0) AS workspace_day
-    FROM spend WHERE workspace = %(ws)s AND (
-        (scope = '{AGENT_DAILY}' AND subject = (SELECT agent_name FROM s) AND period = %(day)s)
-        OR (scope = '{AGENT_MONTHLY}' AND subject = (SELECT agent_name FROM s) AND period = %(month)s)
-        OR (scope = '{WORKSPACE_DAILY}' AND subject = '' AND period = %(day)s))
-), granted AS (
-    SELECT s.id, s.agent_name FROM s CROSS JOIN h CROSS JOIN p LEFT JOIN b ON TRUE LEFT JOIN w ON TRUE
-    WHERE EXISTS (SELECT 1 FROM api_keys WHERE id = %(key_id)s AND key_hash = %(key_hash)s
-                  AND revoked_at IS NULL AND workspace = %(ws)s)
-      AND COALESCE((SELECT version FROM price_versions WHERE workspace = %(ws)s), 0) = %(version)s
-      AND NOT EXISTS (SELECT 1 FROM idempotency WHERE workspace = %(ws)s AND key = %(idem)s)
-      AND (b.daily_limit IS NOT NULL OR b.monthly_limit IS NOT NULL OR w.daily_limit IS NOT NULL
-           OR s.max_cost IS NOT NULL)
-      AND (b.daily_limit IS NULL OR p.agent_day + h.agent + CAST(%(r_amount)s AS NUMERIC) <= b.daily_limit)
-      AND (b.monthly_limit IS NULL OR p.agent_month + h.agent + CAST(%(r_amount)s AS NUMERIC) <= b.monthly_limit)
-      AND (w.daily_limit IS NULL OR p.workspace_day + h.everyone + CAST(%(r_amount)s AS NUMERIC) <= w.daily_limit)
-      AND (s.max_cost IS NULL OR s.cost + h.session + CAST(%(r_amount)s AS NUMERIC) <= s.max_cost)
-), remembered AS (
-    INSERT INTO idempotency (workspace, key, fingerprint, status, body, created_at)
-    SELECT %(ws)s, %(idem)s, %(fingerprint)s, 201, %(body)s, %(r_created_at)s FROM granted
-    WHERE CAST(%(idem)s AS TEXT) IS NOT NULL
-    ON CONFLICT DO NOTHING
-    RETURNING 1
-), reserved AS (
-    INSERT INTO reservations (id, workspace, session_id, agent_name, provider, model, amount, state, created_at,
-                              expires_at)
-    SELECT %(r_id)s, %(ws)s, id, agent_name, %(r_provider)s, %(r_model)s, CAST(%(r_amount)s AS NUMERIC), 'held',
-           %(r_created_at)s, %(r_expires_at)s
-    FROM granted
-    WHERE CAST(%(idem)s AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM remembered)
-    RETURNING 1
+# Tx.reserve_at_once: a reservation in the plain case, by the function that schema version 9 made (see postgres.py).
+_RESERVE_AT_ONCE = (
+    "SELECT agent_ledger_reserve("
+    + ", ".join(
+        f"p_{name} => %({name})s"
+        for name in (
+            "workspace",
+            "key_id",
+            "key_hash",
+            "prices_version",
+            "session_id",
+            "reservation_id",
+            "provider",
+            "model",
+            "amount",
+            "created_at",
+            "expires_at",
+            "idempotency_key",
+            "fingerprint",
+            "body",
+            "day",
+            "month",
+        )
+    )
+    + ") AS granted"
 )
-SELECT (SELECT COUNT(*) FROM reserved) AS granted, (SELECT COUNT(*) FROM remembered) AS remembered
-"""
 
 __all__ = [
     "KEY_COLUMNS",
@@ -443,12 +413,11 @@ class Tx:
     def session(
         self, workspace: Optional[str], session_id: str, *, for_update: bool = False
     ) -> Optional[dict[str, Any]]:
+        # By its id alone: with the workspace in the WHERE clause too, PostgreSQL's planner could take an index
+        # that begins with the workspace and read all its sessions (it did, while its statistics were young).
         lock = " FOR UPDATE" if for_update and self._dialect.name == "postgresql" else ""
-        if workspace is None:
-            return self._one(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?{lock}", (session_id,))
-        return self._one(
-            f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ? AND workspace = ?{lock}", (session_id, workspace)
-        )
+        row = self._one(f"SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?{lock}", (session_id,))
+        return row if workspace is None or row is None or row["workspace"] == workspace else None
 
     def end_session(self, session_id: str, status: str, error_message: Optional[str], ended_at: str) -> None:
         self._run(
@@ -998,10 +967,10 @@ class Tx:
         idempotency: Optional[tuple[str, str, str]],
         day: str,
         month: str,
-    ) -> Callable[[], bool]:
-        """PostgreSQL: grant ``reservation`` in one statement, only in the plain case, and write nothing otherwise.
-        Returns what says whether it was granted, to call once the transaction has ended: in a pipelined one, the
-        statement then goes with the transaction's BEGIN, lock and COMMIT, one round trip in all.
+    ) -> bool:
+        """PostgreSQL: grant ``reservation`` in one call, only in the plain case, and write nothing otherwise. The
+        call is a transaction of its own (the function takes the workspace's lock first): run it outside one, in
+        :meth:`Store.query`'s autocommit, and it is one round trip.
 
         Granted when the key (``key_id``, ``key_hash``) is valid and of ``workspace``; the workspace's price
         version is still ``prices_version`` (its amount was priced with those prices); its idempotency key
@@ -1013,19 +982,25 @@ class Tx:
         if self._dialect.name != "postgresql":
             raise RuntimeError("reserve_at_once is PostgreSQL's")
         values = {
-            **{f"r_{name}": value for name, value in reservation.items()},
+            "workspace": workspace,
             "key_id": key_id,
             "key_hash": key_hash,
-            "ws": workspace,
-            "version": prices_version,
-            "idem": idempotency[0] if idempotency is not None else None,
+            "prices_version": prices_version,
+            "session_id": reservation["session_id"],
+            "reservation_id": reservation["id"],
+            "provider": reservation["provider"],
+            "model": reservation["model"],
+            "amount": reservation["amount"],
+            "created_at": reservation["created_at"],
+            "expires_at": reservation["expires_at"],
+            "idempotency_key": idempotency[0] if idempotency is not None else None,
             "fingerprint": idempotency[1] if idempotency is not None else None,
             "body": idempotency[2] if idempotency is not None else None,
             "day": day,
             "month": month,
         }
-        cursor = self._db.execute(_RESERVE_AT_ONCE, values, prepare=self._prepare)
-        return lambda: bool(cursor.fetchone()["granted"])
+        row = self._db.execute(_RESERVE_AT_ONCE, values, prepare=self._prepare).fetchone()
+        return bool(row["granted"])
 
     def forget_reservations(self, workspace: str, expired_before: str) -> None:
         self._run("DELETE FROM reservations WHERE workspace = ? AND expires_at <= ?", (workspace, expired_before))
