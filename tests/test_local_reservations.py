@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -241,6 +242,120 @@ def test_a_key_revoked_elsewhere_after_it_reserved_is_refused_before_anything_is
         retried = reserve(http, session_id, key=f"after-revocation-{second}", maxCostUsd=0.25)
         assert retried.status_code == 201, retried.text  # nothing was remembered under that key either
         assert reserved_of(http, agent) == Decimal("0.5")
+
+
+@pytest.fixture
+def loop_ledger(
+    postgres_url: str, prices_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Any, list[str]]]:
+    """A PostgreSQL ledger whose every hop from the event loop to a thread is counted (by what it runs)."""
+    import agent_ledger_sdk.local.app as app_module
+    from agent_ledger_sdk.local import run
+
+    hops: list[str] = []
+    real = app_module.run_off_loop
+
+    async def counted(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(function, "__name__", repr(function)))
+        return await real(function, *args, **kwargs)
+
+    monkeypatch.setattr(app_module, "run_off_loop", counted)
+    with run(db=postgres_url, prices=prices_file) as opened:
+        opened.set_budget("on-loop", 0.01)  # 10 reservations of 1000 tokens
+        yield opened, hops
+
+
+def test_a_postgresql_reservation_in_the_plain_case_makes_no_hop_to_a_thread(
+    loop_ledger: tuple[Any, list[str]],
+) -> None:
+    """A key this process knows, prices it keeps: the reservation is checked, priced and made on the server's
+    event loop (PostgresStore.reserve_on_loop), and what it holds is held. A refusal is worded in a thread."""
+    ledger, hops = loop_ledger
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+        session_id = start(http, "on-loop")
+        assert reserve(http, session_id, key="first").status_code == 201  # the key is read: in a thread
+        hops.clear()
+        for n in range(9):
+            granted = reserve(http, session_id, key=f"on-loop-{n}")
+            assert granted.status_code == 201, granted.text
+        assert hops == []
+        assert reserved_of(http, "on-loop") == Decimal("0.01")
+        hops.clear()
+        refused = reserve(http, session_id, key="one-too-many")
+        assert refused.status_code == 429, refused.text
+        assert hops == ["reserve_planned"]
+        replayed = reserve(http, session_id, key="on-loop-3")  # a retry: the reply first sent, nothing more held
+        assert replayed.status_code == 201 and replayed.headers.get("idempotent-replayed") == "true", replayed.headers
+        assert reserved_of(http, "on-loop") == Decimal("0.01")
+
+
+def test_the_event_loops_connection_killed_costs_one_request_then_is_made_anew(
+    loop_ledger: tuple[Any, list[str]], postgres_url: str
+) -> None:
+    """Its backend terminated (a restart, an administrator): the reservation that meets it fails as a pool's
+    connection would (a 500: the SDK retries with the same Idempotency-Key), nothing is held twice, and the next
+    is made on the loop again with a new connection."""
+    from .ledger_fixtures import raw_rows
+
+    ledger, hops = loop_ledger
+    store = ledger.service.store
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+        session_id = start(http, "on-loop")
+        assert reserve(http, session_id, key="first").status_code == 201
+        assert reserve(http, session_id, key="second").status_code == 201
+        old = store._loop_connection.info.backend_pid
+        assert raw_rows(postgres_url, "SELECT pg_terminate_backend(?)", (old,)) == [(True,)]
+        failed = reserve(http, session_id, key="third")
+        assert failed.status_code == 500, failed.text
+        hops.clear()
+        retried = reserve(http, session_id, key="third")
+        assert retried.status_code == 201, retried.text
+        assert hops == []
+        assert store._loop_connection.info.backend_pid != old
+        assert reserved_of(http, "on-loop") == Decimal("0.003")
+
+
+def test_when_the_event_loops_connection_cannot_be_made_reservations_take_the_pool(
+    loop_ledger: tuple[Any, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its connect fails (here: a URL that nothing answers): the reservation is made in a thread of the pool, as
+    before, the failure is logged once, and the loop does not try again for a while (no log per request)."""
+    ledger, hops = loop_ledger
+    store = ledger.service.store
+    store._url = "postgresql://127.0.0.1:1/nothing"  # the pool keeps its own, good, connections
+    with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+        session_id = start(http, "on-loop")
+        assert reserve(http, session_id, key="first").status_code == 201  # the key is read: in a thread
+        hops.clear()
+        with caplog.at_level("WARNING", logger="agent_ledger_sdk"):
+            for n in range(3):
+                assert reserve(http, session_id, key=f"pooled-{n}").status_code == 201
+        assert hops == ["reserve_planned"] * 3
+        said = [r.getMessage() for r in caplog.records if "connection on the event loop" in r.getMessage()]
+        assert len(said) == 1, said
+        assert reserved_of(http, "on-loop") == Decimal("0.004")
+
+
+def test_a_postgresql_ledger_closed_closes_its_event_loops_connection(postgres_url: str, prices_file: Path) -> None:
+    from agent_ledger_sdk.local import run
+
+    from .ledger_fixtures import raw_rows
+
+    def connected(pid: int) -> bool:
+        return raw_rows(postgres_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ?", (pid,)) == [(1,)]
+
+    with run(db=postgres_url, prices=prices_file) as ledger:
+        ledger.set_budget("closer", 1)
+        with httpx.Client(base_url=ledger.url, headers={"x-api-key": ledger.api_key}) as http:
+            session_id = start(http, "closer")
+            for key in ("first", "second"):
+                assert reserve(http, session_id, key=key).status_code == 201
+        pid = ledger.service.store._loop_connection.info.backend_pid  # type: ignore[attr-defined]
+        assert connected(pid)
+    deadline = time.monotonic() + 10  # the backend exits once it reads the client's goodbye
+    while connected(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not connected(pid)
 
 
 # -- settling ------------------------------------------------------------------------------------------

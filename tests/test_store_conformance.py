@@ -764,7 +764,7 @@ def test_a_postgresql_reservation_waits_on_one_round_trip_two_on_the_general_pat
         # The call is prepared on the connection (psycopg waits on its Parse, outside a pipeline, the first time).
         assert reserve("prepared").status == Outcome.CREATED
         if path == "general":
-            monkeypatch.setattr(service, "_reserve_at_once", lambda *args: None)
+            monkeypatch.setattr(service, "_call_at_once", lambda plan: False)
         trace = tmp_path / "trace.txt"
         pool = service.store._pool  # type: ignore[attr-defined]
         with trace.open("w") as out:
@@ -842,7 +842,7 @@ def test_a_reservation_reads_the_reservations_held_not_those_released_since(
             connection.execute("SET client_min_messages = log")
             connection.add_notice_handler(explained)
         reserve("last")  # at once
-        monkeypatch.setattr(service, "_reserve_at_once", lambda *args: None)
+        monkeypatch.setattr(service, "_call_at_once", lambda plan: False)
         reserve("on the general path")
         scans = [
             node

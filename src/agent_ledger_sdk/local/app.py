@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar
 
 from starlette.applications import Starlette
@@ -260,15 +261,33 @@ class LedgerAPI:
     # -- reserve, then settle ----------------------------------------------------------
 
     async def reserve(self, request: Request) -> Response:
-        # On the path of every budgeted LLM call: one trip to a thread of the pool, not two (the key is
-        # checked there, then the body parsed and the reservation made).
+        # On the path of every budgeted LLM call. A key this process knows, on a store that makes the call on
+        # the event loop (PostgreSQL): the body checked and priced here, the call made here, no thread at all in
+        # the plain case. Else one trip to a thread (the key checked there, then the body parsed and the
+        # reservation made), or none (SQLite, when it can write at once: Store.write_now).
         key = self._key(request)
         raw = await read_body(request)
 
-        def reserve() -> Reply:
-            return self.service.reserve_with_key(key, lambda: (parse_json_object(raw), self._idempotency(request, raw)))
+        def read() -> tuple[Mapping[str, Any], Optional[Idempotency]]:
+            return parse_json_object(raw), self._idempotency(request, raw)
 
-        return _reply(await self._write(raw, reserve, urgent=True))  # the LLM call waits for it: before batches
+        def reserve() -> Reply:
+            return self.service.reserve_with_key(key, read)
+
+        try:
+            plan = self.service.plan_reservation(key, read) if self.service.store.sends_ahead else None
+        except LedgerError:
+            plan = None  # reserve_with_key says it, after the key's error if the key is bad too
+        if plan is None or plan.call is None:
+            return _reply(await self._write(raw, reserve, urgent=True))  # the LLM call waits for it: before batches
+        granted = await self.service.store.reserve_on_loop(plan.call)
+        if granted is None:  # not made here: in a thread
+            return _reply(await self._write(raw, self.service.reserve_planned, plan, urgent=True))
+        if plan.forget_reservations or plan.forget_idempotency:
+            await self._off_loop(self.service.sweep, plan)
+        if granted:
+            return _reply(plan.granted())
+        return _reply(await self._write(raw, self.service.reserve_planned, plan, False, urgent=True))
 
     async def release(self, request: Request) -> Response:
         workspace = await self._workspace(request)

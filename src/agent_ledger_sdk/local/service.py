@@ -132,7 +132,7 @@ _SPAN_LOOKUP = 500  # span ids looked up at once
 MAX_CONVERSATION_KEY = 256  # a longer conversation id is keyed by its hash
 _CONTENT = ("prompt", "response", "systemInstructions", "toolInput", "toolOutput")
 
-__all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "key_id_of"]
+__all__ = ["IDEMPOTENCY_LIFETIME", "LedgerService", "PlannedReservation", "key_id_of"]
 
 
 def stamp(moment: datetime.datetime) -> str:
@@ -1076,10 +1076,45 @@ class LedgerService:
                 raise Unauthorized(INVALID_KEY) from None
             raise
         assert key_id is not None
-        granted = self._reserve_at_once(known, unpriced, idempotency, pricing, key_id, secret)
-        if granted is not None:
-            return granted
-        return self.reserve(known, unpriced, idempotency, pricing=pricing, key=(key_id, secret))
+        return self.reserve_planned(self._planned(known, unpriced, idempotency, pricing, key_id, secret))
+
+    def plan_reservation(
+        self, secret: str, read: Callable[[], tuple[Mapping[str, Any], Optional[Idempotency]]]
+    ) -> Optional[PlannedReservation]:
+        """:meth:`reserve_with_key` up to its database, for an event loop (no I/O here): the reservation checked
+        and priced, with the call that grants it in the plain case (``PlannedReservation.call``, for
+        :meth:`Store.reserve_on_loop`). None when this process does not know the key's workspace yet. Raises
+        what ``read`` or the body's check raise; the caller then takes :meth:`reserve_with_key`, which words
+        the errors in their order (a bad key first)."""
+        key_id = key_id_of(secret)
+        known = self._key_workspaces.get(key_id) if key_id is not None and self.store.sends_ahead else None
+        if known is None:
+            return None
+        assert key_id is not None
+        body, idempotency = read()
+        unpriced, pricing = self._reservation_request(body)
+        return self._planned(known, unpriced, idempotency, pricing, key_id, secret)
+
+    def reserve_planned(self, plan: PlannedReservation, granted: Optional[bool] = None) -> Reply:
+        """Make ``plan``'s reservation: its call (the plain case, one round trip), then, when that did not grant
+        it, the general path (:meth:`reserve`), which decides and words a refusal, a replay or an error.
+        ``granted``: what the call said, when it was made elsewhere (:meth:`Store.reserve_on_loop`, its
+        housekeeping by :meth:`sweep`); None: make it here."""
+        if granted is None and plan.call is not None:
+            granted = self._call_at_once(plan)
+        if granted:
+            return plan.granted()
+        return self.reserve(plan.workspace, plan.request, plan.idempotency, pricing=plan.pricing, key=plan.key)
+
+    def sweep(self, plan: PlannedReservation) -> None:
+        """The housekeeping a write does now and then (forgetting reservations long expired and idempotency
+        records past their lifetime), when ``plan`` found it due: in a transaction of its own."""
+        if plan.forget_reservations or plan.forget_idempotency:
+            with self.store.pipelined_write(plan.workspace) as tx:
+                if plan.forget_reservations:
+                    tx.forget_reservations(plan.workspace, stamp(plan.now - RESERVATION_MEMORY))
+                if plan.forget_idempotency:
+                    tx.forget_idempotency(stamp(plan.now - IDEMPOTENCY_LIFETIME))
 
     def _reserve_at_once(
         self,
@@ -1090,52 +1125,65 @@ class LedgerService:
         key_id: str,
         secret: str,
     ) -> Optional[Reply]:
-        """A reservation in one call, a transaction of its own (``Tx.reserve_at_once``): one round trip, priced
-        with the workspace's prices as this process keeps them. Granted there only in the plain case: a key still
-        valid, prices unchanged, a new idempotency key, a running session, budgets that apply and fit. None when
-        it was not granted there: nothing was written, and the general path (:meth:`reserve`) decides, and words
-        a refusal, a replay or an error, as it always did. The housekeeping a write does now and then (forgetting
-        long-expired reservations and idempotency records) runs after, when due, in a transaction of its own."""
+        """The plain case's call alone (``Tx.reserve_at_once``): the reply if it granted, else None (nothing was
+        written, and the general path would decide)."""
+        plan = self._planned(workspace, request, idempotency, pricing, key_id, secret)
+        return plan.granted() if plan.call is not None and self._call_at_once(plan) else None
+
+    def _call_at_once(self, plan: PlannedReservation) -> bool:
+        assert plan.call is not None
+        with self.store.autocommit() as tx:
+            granted = tx.reserve_at_once(**plan.call)
+        self.sweep(plan)
+        return granted
+
+    def _planned(
+        self,
+        workspace: str,
+        request: ReservationRequest,
+        idempotency: Optional[Idempotency],
+        pricing: Callable[[Mapping[str, Rates]], ReservationRequest],
+        key_id: str,
+        secret: str,
+    ) -> PlannedReservation:
+        """The reservation, with the call that grants it in one round trip (a transaction of its own, priced
+        with the workspace's prices as this process keeps them) when it can: this process keeps the
+        workspace's prices and they price the model. Granted there only in the plain case: a key still valid,
+        prices unchanged, a new idempotency key, a running session, budgets that apply and fit."""
+        plan = PlannedReservation(workspace, request, idempotency, pricing, (key_id, secret))
         kept = self._prices.get(workspace)
         if kept is None:
-            return None
+            return plan
         version, rates = kept
         priced = pricing(rates)
         if priced.amount is None:
-            return None
-        now = self._now()
-        reservation_id, expires, body = self._granted(now, priced.amount)
-        with self.store.autocommit() as tx:
-            granted = tx.reserve_at_once(
-                key_id=key_id,
-                key_hash=_hash_secret(secret),
-                workspace=workspace,
-                prices_version=version,
-                reservation={
-                    "id": reservation_id,
-                    "session_id": priced.session_id,
-                    "provider": priced.provider,
-                    "model": priced.model,
-                    "amount": money.text(priced.amount),
-                    "created_at": stamp(now),
-                    "expires_at": expires,
-                },
-                idempotency=None
-                if idempotency is None
-                else (idempotency.key, idempotency.fingerprint, money.dumps(body)),
-                day=day_of(now),
-                month=month_of(now),
-            )
-        # Counted whether it was granted here or not (the general path counts its own): only the sweeps' pace.
-        forget_reservations = self._reservations_sweep_due(workspace, now)
-        forget_idempotency = idempotency is not None and self._idempotency_sweep_due()
-        if forget_reservations or forget_idempotency:
-            with self.store.pipelined_write(workspace) as tx:
-                if forget_reservations:
-                    tx.forget_reservations(workspace, stamp(now - RESERVATION_MEMORY))
-                if forget_idempotency:
-                    tx.forget_idempotency(stamp(now - IDEMPOTENCY_LIFETIME))
-        return Reply(Outcome.CREATED, body) if granted else None
+            return plan
+        now = plan.now = self._now()
+        reservation_id, expires, plan.body = self._granted(now, priced.amount)
+        plan.call = {
+            "key_id": key_id,
+            "key_hash": _hash_secret(secret),
+            "workspace": workspace,
+            "prices_version": version,
+            "reservation": {
+                "id": reservation_id,
+                "session_id": priced.session_id,
+                "provider": priced.provider,
+                "model": priced.model,
+                "amount": money.text(priced.amount),
+                "created_at": stamp(now),
+                "expires_at": expires,
+            },
+            "idempotency": None
+            if idempotency is None
+            else (idempotency.key, idempotency.fingerprint, money.dumps(plan.body)),
+            "day": day_of(now),
+            "month": month_of(now),
+        }
+        # Counted whether the call grants or not (the general path counts its own): only the sweeps' pace.
+        plan.forget_reservations = self._reservations_sweep_due(workspace, now)
+        plan.forget_idempotency = idempotency is not None and self._idempotency_sweep_due()
+        return plan
 
     def reserve_request(self, workspace: str, body: Mapping[str, Any], idempotency: Optional[Idempotency]) -> Reply:
         """``POST /v1/reservations``: check and price the request, then reserve."""
@@ -2146,6 +2194,27 @@ def _estimate(estimate: Any) -> TokenUsage:
             )
         counts.append(value)
     return TokenUsage(counts[0], counts[1])
+
+
+@dataclass
+class PlannedReservation:
+    """A reservation checked and priced (:meth:`LedgerService.plan_reservation`), not yet made."""
+
+    workspace: str
+    request: ReservationRequest
+    idempotency: Optional[Idempotency]
+    pricing: Callable[[Mapping[str, Rates]], ReservationRequest]
+    key: tuple[str, str]  # its key's id and secret
+    # Tx.reserve_at_once's arguments: the plain case's call; None when it cannot be made (prices not kept here,
+    # or none for the model), and the general path decides.
+    call: Optional[dict[str, Any]] = None
+    body: dict[str, Any] = field(default_factory=dict)  # the reply if the call grants it
+    now: datetime.datetime = datetime.datetime.min
+    forget_reservations: bool = False
+    forget_idempotency: bool = False
+
+    def granted(self) -> Reply:
+        return Reply(Outcome.CREATED, self.body)
 
 
 @dataclass

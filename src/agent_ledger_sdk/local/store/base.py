@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
 
@@ -129,6 +129,12 @@ class Store(abc.ABC):
         PostgreSQL, ``agent_ledger_reserve``). Only a store that :attr:`sends_ahead` has it."""
         raise NotImplementedError(f"{type(self).__name__} runs writes in write() and pipelined_write()")
         yield  # pragma: no cover - a generator, for contextmanager
+
+    async def reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
+        """``Tx.reserve_at_once(**call)`` made on the running event loop, with no hop to a thread: whether it
+        granted; None when this store does not make it there now (the caller makes it in a thread of the
+        pool: ``LedgerService.reserve_planned``)."""
+        return None
 
     @abc.abstractmethod
     def schema_version(self) -> int:

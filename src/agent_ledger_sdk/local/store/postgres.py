@@ -18,14 +18,16 @@ migrate once.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional, Union
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
-from .sql import POSTGRES, UNNUMBERED, Tx
+from .sql import POSTGRES, RESERVE_AT_ONCE, UNNUMBERED, Tx, reserve_at_once_values
 
 __all__ = ["MIGRATIONS", "PostgresStore", "libpq_url"]
 
@@ -346,6 +348,10 @@ MIGRATIONS: list[tuple[int, str, Union[str, tuple[str, ...]]]] = [
 LATEST = MIGRATIONS[-1][0]
 
 
+logger = logging.getLogger("agent_ledger_sdk")
+
+_LOOP_RETRY = 5.0  # seconds before reserve_on_loop tries to connect again after it failed to
+
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"  # a write transaction's lock on its workspace
 _PREPARE_PARAMETER = "prepared_statements"
 _ONLY_WHEN_ASKED = 2**62  # psycopg's prepare_threshold: no statement runs that often
@@ -434,6 +440,13 @@ class PostgresStore(Store):
         ``prepared_statements=off|on`` says (taken out of the URL; absent: on)."""
         url, from_url = _prepare_option(url)
         self._prepare = prepare if prepare is not None else from_url
+        self._url = url
+        self._timeout = timeout
+        # reserve_on_loop's connection: one, on the first event loop that asks (a server has one loop).
+        self._loop: Any = None
+        self._loop_connection: Any = None
+        self._loop_busy = False
+        self._loop_unreachable_until = 0.0  # after a failed connect, the pool's way for a while (no log per request)
         try:
             from psycopg.rows import dict_row
             from psycopg_pool import ConnectionPool
@@ -582,5 +595,65 @@ class PostgresStore(Store):
         with self._pool.connection(timeout=2.0) as connection:
             connection.execute("SELECT 1")
 
+    async def reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
+        # One connection of its own, asynchronous, on this event loop: a reservation makes no hop to a thread of
+        # the pool and back (each a wake-up of another thread: 0.3 to 0.6 ms of the SDK's round trip, measured).
+        # While it is busy with one reservation, the others take the pool's way (None), as all did before.
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._loop_busy:
+            return None
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed():
+                return None  # another loop has it
+            self._drop_loop_connection()
+            self._loop = loop
+        self._loop_busy = True
+        try:
+            return await self._reserve_on_loop(call)
+        finally:
+            self._loop_busy = False
+
+    async def _reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
+        import psycopg
+        from psycopg.rows import dict_row
+
+        if self._loop_connection is None:
+            if time.monotonic() < self._loop_unreachable_until:
+                return None
+            try:
+                self._loop_connection = await psycopg.AsyncConnection.connect(
+                    self._url,
+                    autocommit=True,
+                    row_factory=dict_row,
+                    prepare_threshold=_ONLY_WHEN_ASKED if self._prepare else None,
+                    connect_timeout=max(1, round(self._timeout)),
+                )
+            except psycopg.Error as exc:  # the pool's way meets the same and says so; this says why it was taken
+                self._loop_unreachable_until = time.monotonic() + _LOOP_RETRY
+                logger.warning("agent-ledger: a reservation's connection on the event loop: %s", exc)
+                return None
+        connection = self._loop_connection
+        with _refused_values():
+            try:
+                cursor = await connection.execute(
+                    RESERVE_AT_ONCE, reserve_at_once_values(**call), prepare=self._prepare
+                )
+                row = await cursor.fetchone()
+            except psycopg.DataError:
+                raise  # a value of this request PostgreSQL cannot hold (BadInput): the connection is as it was
+            except BaseException:
+                # Broken, a stale plan, or cancelled with the statement in flight: the next call connects anew.
+                self._drop_loop_connection()
+                raise
+        return bool(row["granted"])
+
+    def _drop_loop_connection(self) -> None:
+        connection, self._loop_connection = self._loop_connection, None
+        if connection is not None and not connection.closed:
+            connection.pgconn.finish()  # synchronous: its loop may be gone (close() after the server stopped)
+
     def close(self) -> None:
+        self._drop_loop_connection()
         self._pool.close()

@@ -62,7 +62,7 @@ _KEY_OF_REQUEST = (
 )
 
 # Tx.reserve_at_once: a reservation in the plain case, by the function that schema version 9 made (see postgres.py).
-_RESERVE_AT_ONCE = (
+RESERVE_AT_ONCE = (
     "SELECT agent_ledger_reserve("
     + ", ".join(
         f"p_{name} => %({name})s"
@@ -88,7 +88,41 @@ _RESERVE_AT_ONCE = (
     + ") AS granted"
 )
 
+
+def reserve_at_once_values(
+    *,
+    key_id: str,
+    key_hash: str,
+    workspace: str,
+    prices_version: int,
+    reservation: dict[str, Any],
+    idempotency: Optional[tuple[str, str, str]],
+    day: str,
+    month: str,
+) -> dict[str, Any]:
+    """The values of :data:`RESERVE_AT_ONCE` (see :meth:`Tx.reserve_at_once`)."""
+    return {
+        "workspace": workspace,
+        "key_id": key_id,
+        "key_hash": key_hash,
+        "prices_version": prices_version,
+        "session_id": reservation["session_id"],
+        "reservation_id": reservation["id"],
+        "provider": reservation["provider"],
+        "model": reservation["model"],
+        "amount": reservation["amount"],
+        "created_at": reservation["created_at"],
+        "expires_at": reservation["expires_at"],
+        "idempotency_key": idempotency[0] if idempotency is not None else None,
+        "fingerprint": idempotency[1] if idempotency is not None else None,
+        "body": idempotency[2] if idempotency is not None else None,
+        "day": day,
+        "month": month,
+    }
+
+
 __all__ = [
+    "RESERVE_AT_ONCE",
     "KEY_COLUMNS",
     "RESERVATION_COLUMNS",
     "SESSION_COLUMNS",
@@ -101,6 +135,7 @@ __all__ = [
     "StoredEvent",
     "Tx",
     "like_pattern",
+    "reserve_at_once_values",
     "stored_event",
 ]
 
@@ -981,25 +1016,17 @@ class Tx:
         it would grant."""
         if self._dialect.name != "postgresql":
             raise RuntimeError("reserve_at_once is PostgreSQL's")
-        values = {
-            "workspace": workspace,
-            "key_id": key_id,
-            "key_hash": key_hash,
-            "prices_version": prices_version,
-            "session_id": reservation["session_id"],
-            "reservation_id": reservation["id"],
-            "provider": reservation["provider"],
-            "model": reservation["model"],
-            "amount": reservation["amount"],
-            "created_at": reservation["created_at"],
-            "expires_at": reservation["expires_at"],
-            "idempotency_key": idempotency[0] if idempotency is not None else None,
-            "fingerprint": idempotency[1] if idempotency is not None else None,
-            "body": idempotency[2] if idempotency is not None else None,
-            "day": day,
-            "month": month,
-        }
-        row = self._db.execute(_RESERVE_AT_ONCE, values, prepare=self._prepare).fetchone()
+        values = reserve_at_once_values(
+            key_id=key_id,
+            key_hash=key_hash,
+            workspace=workspace,
+            prices_version=prices_version,
+            reservation=reservation,
+            idempotency=idempotency,
+            day=day,
+            month=month,
+        )
+        row = self._db.execute(RESERVE_AT_ONCE, values, prepare=self._prepare).fetchone()
         return bool(row["granted"])
 
     def forget_reservations(self, workspace: str, expired_before: str) -> None:
