@@ -739,6 +739,21 @@ def test_reads_sent_ahead_are_read_later_as_they_were_when_they_ran(db: Union[Pa
             assert [row["name"] for row in tx.prices("ws")] == ["a", "b"]
 
 
+def _reserving(service: LedgerService) -> Callable[[str], Any]:
+    """A workspace "ws" with a key, a price and a budget for "agent", and a session of it: what reserves a
+    thousandth of a dollar there under an idempotency key, as ``POST /v1/reservations`` does."""
+    secret = service.create_key("k", "ws").secret
+    service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+    service.set_budget("ws", "agent", Decimal(1))
+    session = service.start_session("ws", "agent").body["id"]
+    body = {"sessionId": session, "provider": "test", "model": "flat", "maxCostUsd": 0.001}
+
+    def reserve(key: str) -> Any:
+        return service.reserve_with_key(secret, lambda: (body, Idempotency(key, "fingerprint")))
+
+    return reserve
+
+
 @pytest.mark.parametrize("path", ["at once", "general"])
 def test_a_postgresql_reservation_waits_on_one_round_trip_two_on_the_general_path(
     postgres_url: str, tmp_path: Path, path: str, monkeypatch: pytest.MonkeyPatch
@@ -751,15 +766,7 @@ def test_a_postgresql_reservation_waits_on_one_round_trip_two_on_the_general_pat
     from agent_ledger_sdk.local.store.postgres import PostgresStore
 
     with LedgerService(PostgresStore(postgres_url, pool_size=1)) as service:
-        secret = service.create_key("k", "ws").secret
-        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
-        service.set_budget("ws", "agent", Decimal(1))
-        session = service.start_session("ws", "agent").body["id"]
-        body = {"sessionId": session, "provider": "test", "model": "flat", "maxCostUsd": 0.001}
-
-        def reserve(key: str) -> Any:
-            return service.reserve_with_key(secret, lambda: (body, Idempotency(key, "fingerprint")))
-
+        reserve = _reserving(service)
         assert reserve("first").status == Outcome.CREATED  # the key and the session's agent are known from now on
         # The call is prepared on the connection (psycopg waits on its Parse, outside a pipeline, the first time).
         assert reserve("prepared").status == Outcome.CREATED
@@ -804,16 +811,12 @@ def test_a_reservation_reads_the_reservations_held_not_those_released_since(
 
         store = PostgresStore(db, pool_size=1)
     with LedgerService(store) as service:
-        secret = service.create_key("k", "ws").secret
-        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
-        service.set_budget("ws", "agent", Decimal(1))
-        session = service.start_session("ws", "agent").body["id"]
-        body = {"sessionId": session, "provider": "test", "model": "flat", "maxCostUsd": 0.001}
+        reserving = _reserving(service)
 
-        def reserve(key: str) -> Any:
-            reply = service.reserve_with_key(secret, lambda: (body, Idempotency(key, "fingerprint")))
+        def reserve(key: str) -> str:
+            reply = reserving(key)
             assert reply.status == Outcome.CREATED
-            return reply.body["id"]
+            return str(reply.body["id"])
 
         for cycle in range(40):
             service.release("ws", reserve(f"k{cycle}"))
@@ -966,7 +969,8 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
                 tx.remember(workspace, f"key-{workspace}", "fingerprint", 201, "{}", "2026-06-01T11:59:00.000000Z")
         key_id = key_id_of(secret)
         assert key_id is not None
-        at_once = service._reserve_at_once(workspace, unpriced, idempotency, pricing, key_id, secret)
+        plan = service._planned(workspace, unpriced, idempotency, pricing, key_id, secret)
+        at_once = plan.granted() if plan.call is not None and service._call_at_once(plan) else None
         if at_once is not None:
             with service.store.write(workspace) as tx:
                 tx._run("DELETE FROM reservations WHERE id = ?", (at_once.body["id"],))

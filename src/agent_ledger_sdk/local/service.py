@@ -80,6 +80,7 @@ from .store.sql import (
     amount,
     like_pattern,
     optional_amount,
+    reserve_at_once_values,
     stored_event,
 )
 from .validation import (
@@ -1116,24 +1117,10 @@ class LedgerService:
                 if plan.forget_idempotency:
                     tx.forget_idempotency(stamp(plan.now - IDEMPOTENCY_LIFETIME))
 
-    def _reserve_at_once(
-        self,
-        workspace: str,
-        request: ReservationRequest,
-        idempotency: Optional[Idempotency],
-        pricing: Callable[[Mapping[str, Rates]], ReservationRequest],
-        key_id: str,
-        secret: str,
-    ) -> Optional[Reply]:
-        """The plain case's call alone (``Tx.reserve_at_once``): the reply if it granted, else None (nothing was
-        written, and the general path would decide)."""
-        plan = self._planned(workspace, request, idempotency, pricing, key_id, secret)
-        return plan.granted() if plan.call is not None and self._call_at_once(plan) else None
-
     def _call_at_once(self, plan: PlannedReservation) -> bool:
         assert plan.call is not None
         with self.store.autocommit() as tx:
-            granted = tx.reserve_at_once(**plan.call)
+            granted = tx.reserve_at_once(plan.call)
         self.sweep(plan)
         return granted
 
@@ -1160,12 +1147,12 @@ class LedgerService:
             return plan
         now = plan.now = self._now()
         reservation_id, expires, plan.body = self._granted(now, priced.amount)
-        plan.call = {
-            "key_id": key_id,
-            "key_hash": _hash_secret(secret),
-            "workspace": workspace,
-            "prices_version": version,
-            "reservation": {
+        plan.call = reserve_at_once_values(
+            key_id=key_id,
+            key_hash=_hash_secret(secret),
+            workspace=workspace,
+            prices_version=version,
+            reservation={
                 "id": reservation_id,
                 "session_id": priced.session_id,
                 "provider": priced.provider,
@@ -1174,12 +1161,12 @@ class LedgerService:
                 "created_at": stamp(now),
                 "expires_at": expires,
             },
-            "idempotency": None
+            idempotency=None
             if idempotency is None
             else (idempotency.key, idempotency.fingerprint, money.dumps(plan.body)),
-            "day": day_of(now),
-            "month": month_of(now),
-        }
+            day=day_of(now),
+            month=month_of(now),
+        )
         # Counted whether the call grants or not (the general path counts its own): only the sweeps' pace.
         plan.forget_reservations = self._reservations_sweep_due(workspace, now)
         plan.forget_idempotency = idempotency is not None and self._idempotency_sweep_due()
@@ -2205,8 +2192,8 @@ class PlannedReservation:
     idempotency: Optional[Idempotency]
     pricing: Callable[[Mapping[str, Rates]], ReservationRequest]
     key: tuple[str, str]  # its key's id and secret
-    # Tx.reserve_at_once's arguments: the plain case's call; None when it cannot be made (prices not kept here,
-    # or none for the model), and the general path decides.
+    # The values of the plain case's call (Tx.reserve_at_once, Store.reserve_on_loop); None when it cannot be
+    # made (prices not kept here, or none for the model), and the general path decides.
     call: Optional[dict[str, Any]] = None
     body: dict[str, Any] = field(default_factory=dict)  # the reply if the call grants it
     now: datetime.datetime = datetime.datetime.min

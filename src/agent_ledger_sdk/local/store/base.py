@@ -131,7 +131,7 @@ class Store(abc.ABC):
         yield  # pragma: no cover - a generator, for contextmanager
 
     async def reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
-        """``Tx.reserve_at_once(**call)`` made on the running event loop, with no hop to a thread: whether it
+        """``Tx.reserve_at_once(call)`` made on the running event loop, with no hop to a thread: whether it
         granted; None when this store does not make it there now (the caller makes it in a thread of the
         pool: ``LedgerService.reserve_planned``)."""
         return None

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
-from .sql import POSTGRES, RESERVE_AT_ONCE, UNNUMBERED, Tx, reserve_at_once_values
+from .sql import POSTGRES, RESERVE_AT_ONCE, UNNUMBERED, Tx
 
 __all__ = ["MIGRATIONS", "PostgresStore", "libpq_url"]
 
@@ -637,9 +637,7 @@ class PostgresStore(Store):
         connection = self._loop_connection
         with _refused_values():
             try:
-                cursor = await connection.execute(
-                    RESERVE_AT_ONCE, reserve_at_once_values(**call), prepare=self._prepare
-                )
+                cursor = await connection.execute(RESERVE_AT_ONCE, call, prepare=self._prepare)
                 row = await cursor.fetchone()
             except psycopg.DataError:
                 raise  # a value of this request PostgreSQL cannot hold (BadInput): the connection is as it was

@@ -12,7 +12,7 @@ import decimal
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -991,21 +991,10 @@ class Tx:
             (workspace, session_id),
         )
 
-    def reserve_at_once(
-        self,
-        *,
-        key_id: str,
-        key_hash: str,
-        workspace: str,
-        prices_version: int,
-        reservation: dict[str, Any],
-        idempotency: Optional[tuple[str, str, str]],
-        day: str,
-        month: str,
-    ) -> bool:
-        """PostgreSQL: grant ``reservation`` in one call, only in the plain case, and write nothing otherwise. The
-        call is a transaction of its own (the function takes the workspace's lock first): run it outside one, in
-        :meth:`Store.query`'s autocommit, and it is one round trip.
+    def reserve_at_once(self, values: Mapping[str, Any]) -> bool:
+        """PostgreSQL: grant a reservation (``values``, made by :func:`reserve_at_once_values`) in one call, only
+        in the plain case, and write nothing otherwise. The call is a transaction of its own (the function takes
+        the workspace's lock first): run it outside one, in :meth:`Store.autocommit`, and it is one round trip.
 
         Granted when the key (``key_id``, ``key_hash``) is valid and of ``workspace``; the workspace's price
         version is still ``prices_version`` (its amount was priced with those prices); its idempotency key
@@ -1016,16 +1005,6 @@ class Tx:
         it would grant."""
         if self._dialect.name != "postgresql":
             raise RuntimeError("reserve_at_once is PostgreSQL's")
-        values = reserve_at_once_values(
-            key_id=key_id,
-            key_hash=key_hash,
-            workspace=workspace,
-            prices_version=prices_version,
-            reservation=reservation,
-            idempotency=idempotency,
-            day=day,
-            month=month,
-        )
         row = self._db.execute(RESERVE_AT_ONCE, values, prepare=self._prepare).fetchone()
         return bool(row["granted"])
 
