@@ -275,10 +275,15 @@ def test_a_postgresql_reservation_in_the_plain_case_makes_no_hop_to_a_thread(
         session_id = start(http, "on-loop")
         assert reserve(http, session_id, key="first").status_code == 201  # the key is read: in a thread
         hops.clear()
-        for n in range(9):
+        for n in range(8):
             granted = reserve(http, session_id, key=f"on-loop-{n}")
             assert granted.status_code == 201, granted.text
         assert hops == []
+        assert reserved_of(http, "on-loop") == Decimal("0.009")
+        hops.clear()
+        large = reserve(http, session_id, key="large", note="x" * 5000)  # checked in a thread, as large bodies are
+        assert large.status_code == 201, large.text
+        assert hops == ["reserve"]
         assert reserved_of(http, "on-loop") == Decimal("0.01")
         hops.clear()
         refused = reserve(http, session_id, key="one-too-many")

@@ -274,8 +274,9 @@ class LedgerAPI:
         def reserve() -> Reply:
             return self.service.reserve_with_key(key, read)
 
-        try:
-            plan = self.service.plan_reservation(key, read) if self.service.store.sends_ahead else None
+        try:  # (a body larger than a reservation's is checked in a thread, as every large body is)
+            on_loop = self.service.store.sends_ahead and len(raw) <= INLINE_BYTES
+            plan = self.service.plan_reservation(key, read) if on_loop else None
         except LedgerError:
             plan = None  # reserve_with_key says it, after the key's error if the key is bad too
         if plan is None or plan.call is None:
