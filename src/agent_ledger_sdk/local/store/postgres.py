@@ -507,9 +507,10 @@ class PostgresStore(Store):
     @contextmanager
     def pipelined_write(self, workspace: Optional[str]) -> Iterator[Tx]:
         # BEGIN and the workspace's lock go out with the first statement whose rows are read, the writes with
-        # the COMMIT and one Sync: a reservation waits on 3 round trips (4 with the key's read), not 7. The
-        # transaction is BEGIN ... COMMIT of its own: psycopg's transaction() waits on its BEGIN and on a Sync
-        # before its COMMIT. The lock is still the first statement after BEGIN.
+        # the COMMIT and one Sync: a reservation's general path waits on 2 round trips (its first reads sent
+        # ahead, Tx.ahead). (The plain case's reservation is one call outside any transaction:
+        # Store.autocommit.) The transaction is BEGIN ... COMMIT of its own: psycopg's transaction()
+        # waits on its BEGIN and on a Sync before its COMMIT. The lock is still the first statement after BEGIN.
         with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
             try:
                 with connection.pipeline():

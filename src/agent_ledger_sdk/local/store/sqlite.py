@@ -146,9 +146,10 @@ def _price_versions(db: sqlite3.Connection) -> None:
 
 
 def _held_reservations(db: sqlite3.Connection) -> None:
-    """Version 9: the reservations held now, by a partial index (and on PostgreSQL, a reservation in one call). A reservation's budget check reads the
-    workspace's held reservations; an index of every reservation until it expires read those settled or released
-    in the last ten minutes too (PostgreSQL's generic plan chose it), a cost that grew with the traffic."""
+    """Version 9: the reservations held now, by a partial index (and on PostgreSQL, a reservation in one call).
+    A reservation's budget check reads the workspace's held reservations; an index of every reservation until it
+    expires read those settled or released in the last ten minutes too (PostgreSQL's generic plan chose it), a
+    cost that grew with the traffic."""
     db.execute("DROP INDEX IF EXISTS reservations_by_expiry")
     db.execute("CREATE INDEX reservations_held ON reservations (workspace, expires_at) WHERE state = 'held'")
 
