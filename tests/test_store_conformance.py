@@ -7,6 +7,7 @@ budgets under concurrency, paginated reads, retention and idempotency lifetimes.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -880,6 +881,7 @@ SLACKS = st.one_of(st.none(), st.integers(-2, 2))  # a budget not set, or its li
     cost=st.integers(0, 8),
     version_changed=st.booleans(),
     idempotency_key=st.sampled_from(["none", "new", "used"]),
+    on_loop=st.booleans(),
 )
 def test_the_one_statement_reservation_grants_exactly_when_the_general_path_would(
     postgres_url: str,
@@ -889,11 +891,13 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
     cost: int,
     version_changed: bool,
     idempotency_key: str,
+    on_loop: bool,
 ) -> None:
     """Budgets of every kind, set or not, with what was spent in their periods and what is held (by this session,
     by another of the agent, by another agent), each limit at most two thousandths of a dollar from what the call
     needs (so that a sum lands on a limit often): Tx.reserve_at_once grants if and only if LedgerService's
-    general path grants (it leaves everything else to that path, which then refuses with its words)."""
+    general path grants (it leaves everything else to that path, which then refuses with its words). The call
+    is made both ways: in a thread (psycopg) and on an event loop (PostgresStore.reserve_on_loop, libpq itself)."""
     pytest.importorskip("psycopg", reason="needs the postgres extra")
     from agent_ledger_sdk.local.service import key_id_of
 
@@ -970,7 +974,12 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
         key_id = key_id_of(secret)
         assert key_id is not None
         plan = service._planned(workspace, unpriced, idempotency, pricing, key_id, secret)
-        at_once = plan.granted() if plan.call is not None and service._call_at_once(plan) else None
+        if plan.call is not None and on_loop:
+            made = asyncio.run(service.store.reserve_on_loop(plan.call))
+            assert made is not None  # made on the loop, not left to a thread
+            at_once = plan.granted() if made else None
+        else:
+            at_once = plan.granted() if plan.call is not None and service._call_at_once(plan) else None
         if at_once is not None:
             with service.store.write(workspace) as tx:
                 tx._run("DELETE FROM reservations WHERE id = ?", (at_once.body["id"],))
@@ -986,6 +995,73 @@ def test_the_one_statement_reservation_grants_exactly_when_the_general_path_woul
         else:
             granted = general.status == Outcome.CREATED and not general.replayed
         assert (at_once is not None) == (granted and not version_changed)
+
+
+@pytest.mark.parametrize("prepared", ["on", "off"])
+def test_the_event_loops_call_prepares_once_and_words_what_postgresql_refuses(postgres_url: str, prepared: str) -> None:
+    """PostgresStore.reserve_on_loop sends the call through libpq itself. It prepares the statement once on its
+    connection (never with ``prepared_statements=off``, for a pooler). A value PostgreSQL refuses (an amount that
+    is no number) or that libpq cannot send whole (a NUL would end the text; a lone surrogate is no UTF-8) is
+    the caller's BadInput, and the connection stays. Any other error (here a reservation id already taken) goes
+    up and drops the connection; the next call connects anew."""
+    pytest.importorskip("psycopg", reason="needs the postgres extra")
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    joiner = "&" if "?" in postgres_url else "?"
+    store = PostgresStore(postgres_url + (f"{joiner}prepared_statements=off" if prepared == "off" else ""), pool_size=1)
+    with LedgerService(store) as service:
+        secret = service.create_key("k", "ws").secret
+        service.set_price("ws", "test/flat", Rates(Decimal(1), Decimal(1), None, None))
+        service.set_budget("ws", "agent", Decimal(1))
+        session = service.start_session("ws", "agent").body["id"]
+        body = {"sessionId": session, "provider": "test", "model": "flat", "maxCostUsd": 0.001}
+
+        def call(key: str) -> dict[str, Any]:
+            plan = service.plan_reservation(secret, lambda: (body, Idempotency(key, "fingerprint")))
+            assert plan is not None and plan.call is not None
+            return dict(plan.call)
+
+        assert service.reserve_with_key(secret, lambda: (body, Idempotency("first", "fp"))).status == Outcome.CREATED
+
+        def prepared_on_the_loops_connection() -> list[str]:
+            pgconn = store._loop_connection.pgconn
+            pgconn.nonblocking = 0
+            try:
+                result = pgconn.exec_(b"SELECT name FROM pg_prepared_statements")
+                return [result.get_value(row, 0).decode() for row in range(result.ntuples)]
+            finally:
+                pgconn.nonblocking = 1
+
+        async def calls() -> None:
+            granted = [await store.reserve_on_loop(call(f"k{n}")) for n in range(3)]
+            assert granted == [True, True, True]
+            expected = ["agent_ledger_reserve"] if prepared == "on" else []
+            assert prepared_on_the_loops_connection() == expected
+            backend = store._loop_connection.info.backend_pid
+            for wrong, words in (
+                ({"amount": "lots"}, "invalid input syntax for type numeric"),
+                ({"model": "fl\x00at"}, "NUL"),
+                ({"model": "fl\udcffat"}, "surrogate"),
+            ):
+                with pytest.raises(BadInput, match=words):
+                    await store.reserve_on_loop({**call("refused"), **wrong})
+            assert store._loop_connection.info.backend_pid == backend
+            taken = call("k-taken")
+            assert await store.reserve_on_loop(taken) is True
+            import psycopg
+
+            with pytest.raises(psycopg.IntegrityError, match="duplicate key"):
+                await store.reserve_on_loop({**taken, "idempotency_key": "k-taken-again"})
+            assert store._loop_connection is None
+            assert await store.reserve_on_loop(call("k-after")) is True
+            assert store._loop_connection.info.backend_pid != backend
+            assert prepared_on_the_loops_connection() == expected
+
+        asyncio.run(calls())
+        rows = raw_rows(
+            postgres_url, "SELECT COUNT(*) FROM reservations WHERE state = 'held' AND session_id = ?", (session,)
+        )
+        assert rows == [(6,)]  # "first", three, "k-taken", "k-after": none of the refused
 
 
 def test_a_stamp_is_strftimes_text() -> None:

@@ -27,7 +27,7 @@ from typing import Any, Optional, Union
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .base import MIGRATIONS_TABLE, MigrationError, Store, apply_migrations
-from .sql import POSTGRES, RESERVE_AT_ONCE, UNNUMBERED, Tx
+from .sql import POSTGRES, RESERVE_AT_ONCE_NUMBERED, RESERVE_AT_ONCE_PARAMETERS, UNNUMBERED, Tx
 
 __all__ = ["MIGRATIONS", "PostgresStore", "libpq_url"]
 
@@ -421,6 +421,82 @@ def _refused_values() -> Iterator[None]:
         raise BadInput(f"The ledger cannot store a value of this request: {str(exc).splitlines()[0]}") from None
 
 
+_RESERVE_STATEMENT = b"agent_ledger_reserve"  # its name, prepared on the event loop's connection
+_RESERVE_NUMBERED = RESERVE_AT_ONCE_NUMBERED.encode()
+
+
+def _text_values(call: Mapping[str, Any]) -> list[Optional[bytes]]:
+    """The values of :data:`RESERVE_AT_ONCE_NUMBERED`, in order, as libpq sends text: refused as psycopg refuses
+    them (a ``DataError``) where they cannot be sent whole (a NUL would end the value; a lone surrogate is no
+    UTF-8)."""
+    import psycopg
+
+    values: list[Optional[bytes]] = []
+    for name in RESERVE_AT_ONCE_PARAMETERS:
+        value = call[name]
+        if value is None:
+            values.append(None)
+            continue
+        text = value if isinstance(value, str) else str(value)
+        if "\x00" in text:
+            raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        try:
+            values.append(text.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise psycopg.DataError(f"{name}: {exc}") from None
+    return values
+
+
+async def _one_result(pgconn: Any) -> Optional[bytes]:
+    """Send what libpq holds, then read the one statement's answer on the running event loop: the first column
+    of its first row (None when it has no row), or its error raised as psycopg raises it."""
+    import asyncio
+
+    from psycopg import errors, pq
+
+    loop = asyncio.get_running_loop()
+    while pgconn.flush():
+        await _ready(loop, pgconn.socket, loop.add_writer, loop.remove_writer)
+    results = []
+    while True:
+        pgconn.consume_input()
+        while pgconn.is_busy():
+            await _ready(loop, pgconn.socket, loop.add_reader, loop.remove_reader)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        results.append(result)
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+            try:
+                error_class = errors.lookup(sqlstate.decode()) if sqlstate else errors.DatabaseError
+            except KeyError:
+                error_class = errors.DatabaseError
+            message = result.error_message.decode("utf-8", "replace").strip()
+            raise error_class(message, info=result, encoding="utf-8")
+    last = results[-1] if results else None
+    if last is None or last.status != pq.ExecStatus.TUPLES_OK or last.ntuples == 0:
+        return None
+    value: Optional[bytes] = last.get_value(0, 0)
+    return value
+
+
+async def _ready(loop: Any, fd: int, watch: Any, unwatch: Any) -> None:
+    waiter = loop.create_future()
+    watch(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        unwatch(fd)
+
+
+def _wake(waiter: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class PostgresStore(Store):
     """The ledger in a PostgreSQL database, through a pool of connections."""
 
@@ -445,6 +521,7 @@ class PostgresStore(Store):
         # reserve_on_loop's connection: one, on the first event loop that asks (a server has one loop).
         self._loop: Any = None
         self._loop_connection: Any = None
+        self._loop_prepared = False  # the reservation's statement is prepared on the loop's connection
         self._loop_busy = False
         self._loop_unreachable_until = 0.0  # after a failed connect, the pool's way for a while (no log per request)
         try:
@@ -617,36 +694,50 @@ class PostgresStore(Store):
             self._loop_busy = False
 
     async def _reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
+        # The call goes through libpq itself (psycopg.pq), not a psycopg cursor: its values are text already,
+        # and the cursor's machinery (the query's conversion, sixteen dumpers, the prepared statements' cache,
+        # the row's dict, a wait generator per step) cost the server's event loop about 100 µs of CPU a
+        # reservation, on the round trip's path (measured in docs/performance.md, "The ninth round").
         import psycopg
-        from psycopg.rows import dict_row
 
+        with _refused_values():  # before any I/O: a value libpq cannot send leaves the connection as it is
+            params = _text_values(call)
         if self._loop_connection is None:
             if time.monotonic() < self._loop_unreachable_until:
                 return None
             try:
-                self._loop_connection = await psycopg.AsyncConnection.connect(
+                connection = await psycopg.AsyncConnection.connect(
                     self._url,
                     autocommit=True,
-                    row_factory=dict_row,
-                    prepare_threshold=_ONLY_WHEN_ASKED if self._prepare else None,
+                    client_encoding="UTF8",  # the values are sent as UTF-8 bytes
                     connect_timeout=max(1, round(self._timeout)),
                 )
             except psycopg.Error as exc:  # the pool's way meets the same and says so; this says why it was taken
                 self._loop_unreachable_until = time.monotonic() + _LOOP_RETRY
                 logger.warning("agent-ledger: a reservation's connection on the event loop: %s", exc)
                 return None
-        connection = self._loop_connection
+            connection.pgconn.nonblocking = 1
+            self._loop_connection = connection
+            self._loop_prepared = False
+        pgconn = self._loop_connection.pgconn
         with _refused_values():
             try:
-                cursor = await connection.execute(RESERVE_AT_ONCE, call, prepare=self._prepare)
-                row = await cursor.fetchone()
+                if not self._prepare:
+                    pgconn.send_query_params(_RESERVE_NUMBERED, params)
+                else:
+                    if not self._loop_prepared:
+                        pgconn.send_prepare(_RESERVE_STATEMENT, _RESERVE_NUMBERED)
+                        await _one_result(pgconn)
+                        self._loop_prepared = True
+                    pgconn.send_query_prepared(_RESERVE_STATEMENT, params)
+                granted = await _one_result(pgconn)
             except psycopg.DataError:
                 raise  # a value of this request PostgreSQL cannot hold (BadInput): the connection is as it was
             except BaseException:
                 # Broken, a stale plan, or cancelled with the statement in flight: the next call connects anew.
                 self._drop_loop_connection()
                 raise
-        return bool(row["granted"])
+        return granted == b"t"
 
     def _drop_loop_connection(self) -> None:
         connection, self._loop_connection = self._loop_connection, None

@@ -62,29 +62,33 @@ _KEY_OF_REQUEST = (
 )
 
 # Tx.reserve_at_once: a reservation in the plain case, by the function that schema version 9 made (see postgres.py).
+RESERVE_AT_ONCE_PARAMETERS = (
+    "workspace",
+    "key_id",
+    "key_hash",
+    "prices_version",
+    "session_id",
+    "reservation_id",
+    "provider",
+    "model",
+    "amount",
+    "created_at",
+    "expires_at",
+    "idempotency_key",
+    "fingerprint",
+    "body",
+    "day",
+    "month",
+)
 RESERVE_AT_ONCE = (
     "SELECT agent_ledger_reserve("
-    + ", ".join(
-        f"p_{name} => %({name})s"
-        for name in (
-            "workspace",
-            "key_id",
-            "key_hash",
-            "prices_version",
-            "session_id",
-            "reservation_id",
-            "provider",
-            "model",
-            "amount",
-            "created_at",
-            "expires_at",
-            "idempotency_key",
-            "fingerprint",
-            "body",
-            "day",
-            "month",
-        )
-    )
+    + ", ".join(f"p_{name} => %({name})s" for name in RESERVE_AT_ONCE_PARAMETERS)
+    + ") AS granted"
+)
+# The same, as libpq takes it (PostgresStore.reserve_on_loop): its values in the order of the parameters.
+RESERVE_AT_ONCE_NUMBERED = (
+    "SELECT agent_ledger_reserve("
+    + ", ".join(f"p_{name} => ${number}" for number, name in enumerate(RESERVE_AT_ONCE_PARAMETERS, 1))
     + ") AS granted"
 )
 
@@ -123,6 +127,8 @@ def reserve_at_once_values(
 
 __all__ = [
     "RESERVE_AT_ONCE",
+    "RESERVE_AT_ONCE_NUMBERED",
+    "RESERVE_AT_ONCE_PARAMETERS",
     "KEY_COLUMNS",
     "RESERVATION_COLUMNS",
     "SESSION_COLUMNS",
