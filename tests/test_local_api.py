@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette", reason="the local ledger needs the server extra")
 
@@ -449,3 +451,31 @@ def test_an_async_client_guardrail_stops_the_call_that_would_go_over_before_it_r
     assert ran == [0]  # the second call's reservation was refused: it never ran
     (summary,) = ledger.sessions("async-capped")
     assert summary["costUsd"] == Decimal("0.001")  # what ran, and only that
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    path=st.one_of(
+        st.text(alphabet=st.sampled_from("abcXYZ019._~!$&'()*+,;=:@%/-?#\\\t\n é"), max_size=24),
+        st.text(st.characters(codec="utf-8"), max_size=12),
+    ).map(lambda text: "/" + text),
+    root_path=st.sampled_from(["", "/ledger"]),
+)
+def test_a_requests_path_is_what_its_url_gives(path: str, root_path: str) -> None:
+    """``request_path`` reads the scope's path where starlette's URL would give it back unchanged, and asks the
+    URL otherwise: an idempotency key's fingerprint must not change with how the path is read."""
+    from starlette.requests import Request
+
+    from agent_ledger_sdk.local.app import request_path
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "root_path": root_path,
+        "query_string": b"",
+        "headers": [(b"host", b"ledger.test:8000")],
+        "server": ("127.0.0.1", 8000),
+    }
+    assert request_path(Request(scope)) == Request(scope).url.path

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import zlib
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, TypeVar
@@ -124,6 +125,21 @@ def _no_nul(request: Request) -> None:
             raise BadInput(f"{name} contains U+0000 (a NUL character), which the ledger cannot store; remove it.")
 
 
+# A path that starlette's URL gives back as it is (no character it escapes or urlsplit strips, no "//" that
+# would read as a host): ``request.url.path`` is then ``scope["path"]``, when there is no root path.
+_PLAIN_PATH = re.compile(r"/(?!/)[A-Za-z0-9._~!$&'()*+,;=:@%/-]*")
+
+
+def request_path(request: Request) -> str:
+    """``request.url.path``, without making the URL where it is the scope's path (tens of µs: an idempotent
+    POST's fingerprint reads it on every request)."""
+    scope = request.scope
+    path: str = scope["path"]
+    if not scope.get("root_path") and _PLAIN_PATH.fullmatch(path):
+        return path
+    return request.url.path
+
+
 def _idempotency_of(method: str, path: str, key: Optional[str], raw: bytes) -> Optional[Idempotency]:
     if not key:
         return None
@@ -181,7 +197,7 @@ class LedgerAPI:
         key = request.headers.get("idempotency-key")
         if not key:
             return None  # the request's URL is not made (tens of µs on the path of every call)
-        return _idempotency_of(request.method, request.url.path, key, raw)
+        return _idempotency_of(request.method, request_path(request), key, raw)
 
     # -- the published protocol ---------------------------------------------------
 
@@ -212,7 +228,7 @@ class LedgerAPI:
             await self._workspace(request)  # a bad key is a 401 first
             raise
         idempotency_key = request.headers.get("idempotency-key")
-        path = request.url.path if idempotency_key else ""  # only an idempotency key's fingerprint reads it
+        path = request_path(request) if idempotency_key else ""  # only an idempotency key's fingerprint reads it
         priced = request.headers.get(PRICED_HEADER, "").lower() == "true"  # the SDK's OpenTelemetry spans ask
         return _reply(await self._write(raw, self._log_events, key, raw, idempotency_key, path, priced))
 
