@@ -111,6 +111,25 @@ def test_an_answer_is_read_whatever_its_framing(answer: bytes) -> None:
     assert requests[0].endswith(b'{"events":[]}')
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(202, b'{"accepted":2}', b"Content-Length: fourteen"),
+        reply(202, b'{"accepted":2}', b"Content-Length: -14"),
+        reply(202, b'zz\r\n{"accepted":2}\r\n0\r\n\r\n', b"Transfer-Encoding: chunked"),
+    ],
+    ids=["length-not-a-number", "length-negative", "chunk-size-not-hex"],
+)
+def test_an_answer_with_a_malformed_length_is_the_servers_error_not_a_crash(answer: bytes) -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(answer)
+        return False
+
+    with server(send) as (url, _, _):
+        with pytest.raises(APIConnectionError, match="Malformed length"):
+            post(url)
+
+
 def test_a_kept_alive_connection_the_server_closed_is_replaced_and_the_request_made_once() -> None:
     """The server closes each connection after its answer without saying so: the next request, on the
     connection kept alive, gets no answer, and goes once more on a new one."""
@@ -196,3 +215,118 @@ def test_a_test_double_of_httpcore_sees_every_request_as_before() -> None:
             client.close()
     assert started.call_count == 1 and logged.call_count == 1
     assert started.calls.last.request.headers["idempotency-key"].startswith("agent-ledger-")
+
+
+# -- post_for_json: a reservation's request made as bytes -----------------------------------------------------
+
+RESERVATION = {"sessionId": "s1", "provider": "openai", "model": "gpt-4o", "maxCostUsd": 0.5, "note": "ünï ✓"}
+
+
+def _header_lines(request: bytes, drop_key: bool = True) -> tuple[list[bytes], bytes]:
+    head, _, body = request.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    kept = [line.lower() for line in lines[1:] if not (drop_key and line.lower().startswith(b"idempotency-key"))]
+    return [lines[0], *sorted(kept)], body
+
+
+@pytest.mark.parametrize(
+    "default_headers",
+    [{}, {"X-Team": "billing", "Content-Type": "text/plain", "Idempotency-Key": "theirs"}],
+    ids=["plain", "user-headers"],
+)
+def test_post_for_json_sends_what_post_sends_header_for_header(default_headers: dict[str, str]) -> None:
+    """The bytes made without httpx's models are httpx's request: the same request line, headers (any order) and
+    body, the idempotency key given; also when the user's default headers name the ones the SDK sets."""
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        return True
+
+    with server(send) as (url, requests, _):
+        http = SyncHTTP(BaseClient(api_key="k", base_url=url, default_headers=default_headers))
+        try:
+            assert http._plain_transport() is not None
+            assert http.post("/v1/reservations", RESERVATION, idempotency_key="key-a", max_retries=0).json() == {
+                "id": "r"
+            }
+            for key in ("key-b", "key-c"):  # the second from the kept head
+                assert http.post_for_json("/v1/reservations", RESERVATION, idempotency_key=key) == {"id": "r"}
+        finally:
+            http.close()
+    by_httpx, by_bytes, again = (_header_lines(request) for request in requests)
+    assert by_bytes == by_httpx and again == by_httpx
+    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    assert keys == [b"Idempotency-Key: key-a", b"Idempotency-Key: key-b", b"Idempotency-Key: key-c"]
+
+
+EMPTY = b""
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(201, b'{"id":"r1","reservedUsd":0.5}', b"Content-Length: 29"),
+        reply(201, b'5\r\n{"id"\r\n6\r\n:"r1"}\r\n0\r\n\r\n', b"Transfer-Encoding: chunked"),
+        reply(201, GZIPPED, b"Content-Encoding: gzip", b"Content-Length: %d" % len(GZIPPED)),
+        reply(201, b'{"id":"r1"}', b"Connection: close"),
+        reply(201, EMPTY, b"Content-Length: 0"),
+        reply(204, EMPTY),
+        reply(201, b"not json", b"Content-Length: 8"),
+        reply(201, b"\xff\xfe{", b"Content-Length: 3"),
+    ],
+    ids=["length", "chunked", "gzip", "until-close", "empty", "no-content", "not-json", "not-utf8"],
+)
+def test_post_for_json_reads_every_answer_as_post_and_parse_success_do(answer: bytes) -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(answer)
+        return b"Connection: close" not in answer
+
+    with server(send) as (url, _, _):
+        http = SyncHTTP(BaseClient(api_key="k", base_url=url))
+        try:
+            expected = http.config._parse_success(
+                http.post("/v1/reservations", RESERVATION, idempotency_key="a", max_retries=0)
+            )
+            assert http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="b", max_retries=0) == expected
+        finally:
+            http.close()
+
+
+def test_post_for_json_hands_an_error_answer_or_a_failure_to_posts_retries(retry_sleeps: list[float]) -> None:
+    """A 503 is retried (after its backoff) with the same key; a budget's 429 is the guardrail, not retried;
+    a ledger that is not there is a connection error after the retries."""
+    from agent_ledger_sdk import BudgetGuardrailError
+
+    refused = b'{"error":"Daily budget exceeded","details":{"agentName":"a","dailyLimitUsd":1,"spentTodayUsd":1}}'
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        if index == 0:
+            conn.sendall(reply(503, b'{"error":"busy"}', b"Content-Length: 16"))
+        elif index == 1:
+            conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        else:
+            conn.sendall(reply(429, refused, b"Content-Length: %d" % len(refused)))
+        return True
+
+    with server(send) as (url, requests, _):
+        http = SyncHTTP(BaseClient(api_key="k", base_url=url))
+        try:
+            assert http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="k1", max_retries=2) == {
+                "id": "r"
+            }
+            assert len(retry_sleeps) == 1
+            with pytest.raises(BudgetGuardrailError) as raised:
+                http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="k2", max_retries=2)
+            assert raised.value.details is not None and raised.value.details.agent_name == "a"
+        finally:
+            http.close()
+    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]
+    assert len(retry_sleeps) == 1
+    http = SyncHTTP(BaseClient(api_key="k", base_url=f"http://127.0.0.1:{free_port()}"))
+    try:
+        with pytest.raises(APIConnectionError):
+            http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="k3", max_retries=2)
+    finally:
+        http.close()
+    assert len(retry_sleeps) == 3

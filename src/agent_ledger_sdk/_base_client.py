@@ -141,6 +141,7 @@ class BaseClient:
         }
         self._prepared: Optional[tuple[tuple[tuple[str, str], ...], httpx.Headers]] = None
         self._urls: dict[str, httpx.URL] = {}
+        self._heads: dict[str, tuple[tuple[tuple[str, str], ...], httpx.URL, bytes]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -178,6 +179,25 @@ class BaseClient:
             if len(self._urls) < MAX_KEPT_URLS:  # the paths of sessions' ends are many, and each used once
                 self._urls[text] = url
         return httpx.Request(method, url, headers=headers, content=content)
+
+    def _request_head(self, path: str) -> tuple[httpx.URL, bytes]:
+        """A JSON POST to ``path`` as HTTP/1.1 bytes, but for its ``Idempotency-Key`` and ``Content-Length``
+        (which the caller adds last, then the blank line): the headers :meth:`_build_request` sends, in its
+        order (made by it, once for each path of the protocol while the headers are unchanged). With the URL
+        it goes to."""
+        current = tuple(self._headers.items())
+        kept = self._heads.get(path)
+        if kept is not None and kept[0] == current:
+            return kept[1], kept[2]
+        template = self._build_request("POST", path, content=b"", key="-")
+        head = [b"POST ", template.url.raw_path, b" HTTP/1.1\r\n"]
+        for name, value in template.headers.raw:
+            if name.lower() not in (b"idempotency-key", b"content-length"):
+                head += (name, b": ", value, b"\r\n")
+        made = b"".join(head)
+        if len(self._heads) < MAX_KEPT_URLS:
+            self._heads[path] = (current, template.url, made)
+        return template.url, made
 
     # -- responses --------------------------------------------------------
 

@@ -14,6 +14,7 @@ user's async transport or ``http_client`` carries everything the client sends.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -169,8 +170,21 @@ class PlainTransport(httpx.BaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
-        data = b"".join(head) + content
-        trace = request.extensions.get("trace")
+        status, headers, body = self.exchange(url, b"".join(head) + content, timeouts, request)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(body),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    def exchange(
+        self, url: httpx.URL, data: bytes, timeouts: dict[str, Any], request: Optional[httpx.Request] = None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """``data`` (a whole request) sent in one write; the answer's status, headers and body (see
+        :func:`_read_answer`). ``request``: the httpx request it is, if one was made (errors name it)."""
+        trace = request.extensions.get("trace") if request is not None else None
         host, port = url.host, url.port or 80
         while True:
             sock, reused = self._connection(host, port, timeouts, request)
@@ -201,16 +215,10 @@ class PlainTransport(httpx.BaseTransport):
                     self._idle.append((host, port, sock))
             else:
                 sock.close()
-            return httpx.Response(
-                status,
-                headers=headers,
-                stream=httpx.ByteStream(body),
-                request=request,
-                extensions={"http_version": b"HTTP/1.1"},
-            )
+            return status, headers, body
 
     def _connection(
-        self, host: str, port: int, timeouts: dict[str, Any], request: httpx.Request
+        self, host: str, port: int, timeouts: dict[str, Any], request: Optional[httpx.Request]
     ) -> tuple[socket.socket, bool]:
         with self._lock:
             for position in range(len(self._idle) - 1, -1, -1):
@@ -241,7 +249,9 @@ class PlainTransport(httpx.BaseTransport):
         self._fallback.close()
 
 
-def _read_answer(sock: socket.socket, request: httpx.Request) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+def _read_answer(
+    sock: socket.socket, request: Optional[httpx.Request]
+) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
     """Status, headers, body (as sent: chunked decoded, not decompressed), and whether the connection stays open."""
 
     def receive() -> bytes:
@@ -279,7 +289,7 @@ def _read_answer(sock: socket.socket, request: httpx.Request) -> tuple[int, list
         return status, headers, b"", keep
     length = fields.get(b"content-length")
     if length is not None and b"chunked" not in fields.get(b"transfer-encoding", b"").lower():
-        size = int(length)
+        size = _number(length, 10, request)
         parts = [rest]
         got = len(rest)
         while got < size:
@@ -300,7 +310,7 @@ def _read_answer(sock: socket.socket, request: httpx.Request) -> tuple[int, list
                     raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
                 data += chunk
             line, data = data.split(b"\r\n", 1)
-            size = int(line.split(b";", 1)[0], 16)
+            size = _number(line.split(b";", 1)[0], 16, request)
             while len(data) < size + 2:
                 chunk = receive()
                 if not chunk:
@@ -317,6 +327,17 @@ def _read_answer(sock: socket.socket, request: httpx.Request) -> tuple[int, list
         if not chunk:
             return status, headers, b"".join(parts), False
         parts.append(chunk)
+
+
+def _number(text: bytes, base: int, request: Optional[httpx.Request]) -> int:
+    """A length the answer gives (``Content-Length``, a chunk's size); a malformed one is the server's error."""
+    try:
+        value = int(text.strip(), base)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise httpx.RemoteProtocolError(f"Malformed length in the answer: {text[:40]!r}", request=request)
+    return value
 
 
 class LedgerIO(Protocol):
@@ -432,14 +453,30 @@ class SyncHTTP:
         request = _request(config, self._user_client, method, path, body, content, idempotency_key)
         if on_sent is not None and self._user_client is None:
             request.extensions["trace"] = _on_awaiting_answer(on_sent)
+        return self._retried(request, retries)
+
+    def _retried(
+        self,
+        request: httpx.Request,
+        retries: int,
+        response: Optional[httpx.Response] = None,
+        failure: Optional[httpx.TransportError] = None,
+    ) -> httpx.Response:
+        """``request`` until it succeeds or its retries are spent; ``response`` or ``failure``: its first
+        attempt's outcome, when that was sent already."""
+        config = self.config
         attempt = 0
         while True:
             error: AgentLedgerError
-            try:
-                response = self.send(request)
-            except httpx.TransportError as exc:
-                error = config._error_for_exception(exc, request)
+            if response is None and failure is None:
+                try:
+                    response = self.send(request)
+                except httpx.TransportError as exc:
+                    failure = exc
+            if failure is not None:
+                error = config._error_for_exception(failure, request)
             else:
+                assert response is not None
                 if response.is_success:
                     return response
                 error = config._error_for_response(response)
@@ -449,6 +486,68 @@ class SyncHTTP:
             config._log_retry(request, error, delay, attempt, retries)
             _sleep(delay)
             attempt += 1
+            response = failure = None
+
+    def post_for_json(self, path: str, body: Any, *, idempotency_key: str, max_retries: Optional[int] = None) -> Any:
+        """:meth:`post` a JSON ``body``; the answer's JSON, as ``BaseClient._parse_success`` reads it.
+
+        On our own transport over plain HTTP, the request's bytes are made here (the headers once, by
+        ``BaseClient._request_head``) and a successful answer is read from the bytes received, with no httpx
+        ``Request`` or ``Response``: they were about half of the caller's CPU for a budgeted LLM call's
+        reservation, which the call waits on (docs/performance.md, "The ninth round"). Any other answer, or a
+        failure to send, is handed to :meth:`post`'s retries as its first attempt."""
+        plain = self._plain_transport()
+        if plain is None:
+            response = self.post(path, body, idempotency_key=idempotency_key, max_retries=max_retries)
+            return self.config._parse_success(response)
+        config = self.config
+        retries = config.max_retries if max_retries is None else max_retries
+        url, head = config._request_head(path)
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = b"".join(
+            (
+                head,
+                b"Idempotency-Key: ",
+                idempotency_key.encode("ascii"),
+                b"\r\nContent-Length: ",
+                str(len(content)).encode("ascii"),
+                b"\r\n\r\n",
+                content,
+            )
+        )
+        try:
+            status, headers, answer = plain.exchange(url, data, self._timeouts)
+        except httpx.TransportError as exc:
+            request = _request(config, None, "POST", path, body, content, idempotency_key)
+            return config._parse_success(self._retried(request, retries, failure=exc))
+        if 200 <= status < 300 and not any(name.lower() == b"content-encoding" for name, _ in headers):
+            if not answer:
+                return None
+            try:
+                return json.loads(answer)
+            except ValueError:
+                return None
+        request = _request(config, None, "POST", path, body, content, idempotency_key)
+        response = httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(answer),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+        response.read()
+        return config._parse_success(self._retried(request, retries, response=response))
+
+    def _plain_transport(self) -> Optional[PlainTransport]:
+        """Our own :class:`PlainTransport`, when every request goes to it (no ``http_client`` or
+        ``transport`` of the user's, none faked by a test double)."""
+        if self._user_client is not None or self._transport is not None:
+            return None
+        self.client()
+        direct = self._direct
+        if isinstance(direct, PlainTransport) and not _sending_is_faked():
+            return direct
+        return None
 
 
 class AsyncHTTP:
@@ -542,10 +641,9 @@ class SyncLedgerIO:
         return started(self.http.config, response)
 
     def reserve(self, body: dict[str, Any], idempotency_key: str) -> Any:
-        response = self.http.post(
+        return self.http.post_for_json(
             "/v1/reservations", body, idempotency_key=idempotency_key, max_retries=self.max_retries
         )
-        return self.http.config._parse_success(response)
 
     def send_events(
         self,
