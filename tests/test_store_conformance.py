@@ -1175,6 +1175,43 @@ def test_postgresql_writes_run_prepared_and_survive_a_newer_replicas_added_colum
     ]
 
 
+def test_a_restart_of_postgresql_costs_one_request_not_one_for_each_pooled_connection(postgres_url: str) -> None:
+    """Every backend of the pool terminated (as a restart does): the first request that meets a broken
+    connection fails (a client retries it), and the pool then tests its idle connections at once, so the
+    requests after it succeed; without that test each broken connection failed a request of its own."""
+    import psycopg
+
+    from agent_ledger_sdk.local.store.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, pool_size=4)
+    with LedgerService(store) as service:
+        secret = service.create_key("k", "ws").secret
+        together = threading.Barrier(4)
+
+        def hold_one() -> None:
+            with store.read():
+                together.wait(10)
+
+        holders = [threading.Thread(target=hold_one) for _ in range(4)]
+        for holder in holders:
+            holder.start()
+        for holder in holders:
+            holder.join(10)
+        terminated = raw_rows(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        assert terminated == [(True,)] * 4
+        failed = 0
+        for _ in range(6):
+            try:
+                assert service.authenticate(secret) == "ws"
+            except psycopg.OperationalError:
+                failed += 1
+        assert failed == 1
+
+
 def test_prepared_statements_off_in_the_url_prepares_none_and_a_bad_value_says_what_to_write(postgres_url: str) -> None:
     """For a pooler that cannot keep prepared statements: ``?prepared_statements=off`` (libpq never sees it)."""
     from agent_ledger_sdk.local.store.postgres import PostgresStore

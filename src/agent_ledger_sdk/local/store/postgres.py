@@ -566,6 +566,23 @@ class PostgresStore(Store):
             self._pool.close()
             raise
 
+    @contextmanager
+    def _pooled(self, timeout: Optional[float] = None) -> Iterator[Any]:
+        """A connection of the pool. One that broke under its user (a restart of PostgreSQL, its backend
+        terminated) makes the pool test its idle ones at once: they are likely broken alike, and each would
+        otherwise fail a request of its own before the pool replaced it."""
+        connection = None
+        try:
+            with self._pool.connection(timeout=timeout) as connection:
+                yield connection
+        except Exception:
+            if connection is not None and connection.broken:
+                try:
+                    self._pool.check()
+                except Exception as exc:  # pragma: no cover - check() disposes of what fails; it should not raise
+                    logger.debug("agent-ledger: checking the pool's connections failed: %s", exc)
+            raise
+
     # -- transactions ------------------------------------------------------------------
 
     @contextmanager
@@ -573,7 +590,7 @@ class PostgresStore(Store):
         # The transaction ends (rolls back) before a stale plan's connection is closed.
         with (
             _refused_values(),
-            self._pool.connection() as connection,
+            self._pooled() as connection,
             _stale_plans_dropped(connection),
             connection.transaction(),
         ):
@@ -588,7 +605,7 @@ class PostgresStore(Store):
         # ahead, Tx.ahead). (The plain case's reservation is one call outside any transaction:
         # Store.autocommit.) The transaction is BEGIN ... COMMIT of its own: psycopg's transaction()
         # waits on its BEGIN and on a Sync before its COMMIT. The lock is still the first statement after BEGIN.
-        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
+        with _refused_values(), self._pooled() as connection, _stale_plans_dropped(connection):
             try:
                 with connection.pipeline():
                     connection.execute("BEGIN")
@@ -607,7 +624,7 @@ class PostgresStore(Store):
     def read(self) -> Iterator[Tx]:
         from psycopg import IsolationLevel
 
-        with _refused_values(), self._pool.connection() as connection:
+        with _refused_values(), self._pooled() as connection:
             # One round trip opens it: BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY (not BEGIN, then SET).
             connection.isolation_level = IsolationLevel.REPEATABLE_READ
             connection.read_only = True
@@ -621,17 +638,17 @@ class PostgresStore(Store):
     @contextmanager
     def query(self) -> Iterator[Tx]:
         # Autocommit: one round trip (a transaction would add a BEGIN and a COMMIT).
-        with _refused_values(), self._pool.connection() as connection:
+        with _refused_values(), self._pooled() as connection:
             yield Tx(connection, POSTGRES)
 
     @contextmanager
     def autocommit(self) -> Iterator[Tx]:
-        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
+        with _refused_values(), self._pooled() as connection, _stale_plans_dropped(connection):
             yield Tx(connection, POSTGRES, prepare=self._prepare)
 
     def key_of_request(self, key_id: str) -> Optional[dict[str, Any]]:
         # The statement of every request: prepared, as the writes' are.
-        with _refused_values(), self._pool.connection() as connection, _stale_plans_dropped(connection):
+        with _refused_values(), self._pooled() as connection, _stale_plans_dropped(connection):
             return Tx(connection, POSTGRES, prepare=self._prepare).key_of_request(key_id)
 
     # -- schema ---------------------------------------------------------------------------
@@ -645,11 +662,11 @@ class PostgresStore(Store):
         return int(row["version"] or 0)
 
     def schema_version(self) -> int:
-        with self._pool.connection() as connection:
+        with self._pooled() as connection:
             return self._version(connection)
 
     def migrate(self) -> tuple[int, int]:
-        with self._pool.connection() as connection, connection.transaction():
+        with self._pooled() as connection, connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             connection.execute(MIGRATIONS_TABLE)
 
@@ -670,7 +687,7 @@ class PostgresStore(Store):
             )
 
     def ping(self) -> None:
-        with self._pool.connection(timeout=2.0) as connection:
+        with self._pooled(timeout=2.0) as connection:
             connection.execute("SELECT 1")
 
     async def reserve_on_loop(self, call: Mapping[str, Any]) -> Optional[bool]:
