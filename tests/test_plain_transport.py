@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -14,7 +16,7 @@ import pytest
 
 from agent_ledger_sdk._base_client import BaseClient
 from agent_ledger_sdk._exceptions import APIConnectionError, APITimeoutError
-from agent_ledger_sdk._http import PlainTransport, SyncHTTP
+from agent_ledger_sdk._http import AsyncHTTP, PlainTransport, SyncHTTP
 
 from .subprocesses import free_port
 
@@ -330,3 +332,255 @@ def test_post_for_json_hands_an_error_answer_or_a_failure_to_posts_retries(retry
     finally:
         http.close()
     assert len(retry_sleeps) == 3
+
+
+# -- the same on an event loop: AsyncHTTP.post_for_json over AsyncPlainExchange ---------------------------------
+
+
+def _async_http(url: str, **options: Any) -> AsyncHTTP:
+    http = AsyncHTTP(BaseClient(api_key="k", base_url=url, **options))
+    assert http._plain is not None
+    return http
+
+
+@pytest.mark.parametrize(
+    "default_headers",
+    [{}, {"X-Team": "billing", "Content-Type": "text/plain", "Idempotency-Key": "theirs"}],
+    ids=["plain", "user-headers"],
+)
+def test_async_post_for_json_sends_what_post_sends_header_for_header(default_headers: dict[str, str]) -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        return True
+
+    async def main(url: str) -> None:
+        http = _async_http(url, default_headers=default_headers)
+        try:
+            response = await http.post("/v1/reservations", RESERVATION, idempotency_key="key-a", max_retries=0)
+            assert response.json() == {"id": "r"}
+            for key in ("key-b", "key-c"):
+                assert await http.post_for_json("/v1/reservations", RESERVATION, idempotency_key=key) == {"id": "r"}
+        finally:
+            await http.aclose()
+
+    with server(send) as (url, requests, accepted):
+        asyncio.run(main(url))
+    by_httpx, by_bytes, again = (_header_lines(request) for request in requests)
+    assert by_bytes == by_httpx and again == by_httpx
+    assert accepted[0] == 2  # httpx's connection, then ours, kept alive for the third request
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(201, b'{"id":"r1","reservedUsd":0.5}', b"Content-Length: 29"),
+        reply(201, b'5\r\n{"id"\r\n6\r\n:"r1"}\r\n0\r\n\r\n', b"Transfer-Encoding: chunked"),
+        reply(201, GZIPPED, b"Content-Encoding: gzip", b"Content-Length: %d" % len(GZIPPED)),
+        reply(201, b'{"id":"r1"}', b"Connection: close"),
+        reply(201, EMPTY, b"Content-Length: 0"),
+        reply(204, EMPTY),
+        reply(201, b"not json", b"Content-Length: 8"),
+        reply(201, b"\xff\xfe{", b"Content-Length: 3"),
+    ],
+    ids=["length", "chunked", "gzip", "until-close", "empty", "no-content", "not-json", "not-utf8"],
+)
+def test_async_post_for_json_reads_every_answer_as_post_and_parse_success_do(answer: bytes) -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(answer)
+        return b"Connection: close" not in answer
+
+    async def main(url: str) -> None:
+        http = _async_http(url)
+        try:
+            response = await http.post("/v1/reservations", RESERVATION, idempotency_key="a", max_retries=0)
+            expected = http.config._parse_success(response)
+            got = await http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="b", max_retries=0)
+            assert got == expected
+        finally:
+            await http.aclose()
+
+    with server(send) as (url, _, _):
+        asyncio.run(main(url))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(202, b'{"accepted":2}', b"Content-Length: fourteen"),
+        reply(202, b'zz\r\n{"accepted":2}\r\n0\r\n\r\n', b"Transfer-Encoding: chunked"),
+        b"HTTP/1.1 nope\r\n\r\n",
+    ],
+    ids=["length-not-a-number", "chunk-size-not-hex", "status-not-a-number"],
+)
+def test_async_post_for_json_takes_a_malformed_answer_for_the_servers_error(answer: bytes) -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(answer)
+        return False
+
+    async def main(url: str) -> None:
+        http = _async_http(url)
+        try:
+            with pytest.raises(APIConnectionError, match="Malformed"):
+                await http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="a", max_retries=0)
+        finally:
+            await http.aclose()
+
+    with server(send) as (url, _, _):
+        asyncio.run(main(url))
+
+
+def test_async_post_for_json_replaces_a_connection_the_server_closed_and_asks_once() -> None:
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        conn.sendall(reply(201, b"{}", b"Content-Length: 2"))
+        return False  # and close, silently
+
+    async def main(url: str) -> None:
+        http = _async_http(url)
+        try:
+            for key in ("key-1", "key-2", "key-3"):
+                assert await http.post_for_json("/v1/reservations", {}, idempotency_key=key, max_retries=0) == {}
+        finally:
+            await http.aclose()
+
+    with server(send) as (url, requests, accepted):
+        asyncio.run(main(url))
+    keys = [line for r in requests for line in r.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    assert keys == [b"Idempotency-Key: key-1", b"Idempotency-Key: key-2", b"Idempotency-Key: key-3"]
+    assert accepted[0] == 3
+
+
+def test_async_post_for_json_times_out_and_says_when_nothing_is_there(retry_sleeps: list[float]) -> None:
+    silent = threading.Event()
+
+    def hang(conn: socket.socket, request: bytes, index: int) -> bool:
+        silent.wait(5)
+        return False
+
+    async def main(url: str, timeout: float, error: type[Exception]) -> None:
+        http = _async_http(url, timeout=timeout)
+        try:
+            with pytest.raises(error):  # no retry: a retry goes through httpx, whose own timeout would say it
+                await http.post_for_json("/v1/reservations", {}, idempotency_key="k", max_retries=0)
+        finally:
+            await http.aclose()
+
+    with server(hang) as (url, requests, _):
+        began = time.monotonic()
+        asyncio.run(main(url, 0.3, APITimeoutError))
+        assert time.monotonic() - began < 3
+        silent.set()
+    assert len(requests) == 1 and retry_sleeps == []
+    asyncio.run(main(f"http://127.0.0.1:{free_port()}", 5.0, APIConnectionError))
+
+
+def test_async_post_for_json_retries_a_503_and_stops_at_a_budgets_429(retry_sleeps: list[float]) -> None:
+    from agent_ledger_sdk import BudgetGuardrailError
+
+    refused = b'{"error":"Daily budget exceeded","details":{"agentName":"a","dailyLimitUsd":1,"spentTodayUsd":1}}'
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        if index == 0:
+            conn.sendall(reply(503, b'{"error":"busy"}', b"Content-Length: 16"))
+        elif index == 1:
+            conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        else:
+            conn.sendall(reply(429, refused, b"Content-Length: %d" % len(refused)))
+        return True
+
+    async def main(url: str) -> None:
+        http = _async_http(url)
+        try:
+            assert await http.post_for_json("/v1/reservations", {}, idempotency_key="k1", max_retries=2) == {"id": "r"}
+            with pytest.raises(BudgetGuardrailError):
+                await http.post_for_json("/v1/reservations", {}, idempotency_key="k2", max_retries=2)
+        finally:
+            await http.aclose()
+
+    with server(send) as (url, requests, _):
+        asyncio.run(main(url))
+    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]
+    assert len(retry_sleeps) == 1
+
+
+def test_async_post_for_json_cancelled_midway_closes_its_connection_and_the_next_loop_reuses_a_kept_one() -> None:
+    """A request cancelled while it awaits the answer closes its socket (its answer would be read by the next
+    request otherwise); a socket kept alive serves the next request on another event loop (asyncio.run)."""
+    release = threading.Event()
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        if b"Idempotency-Key: slow" in request:
+            release.wait(5)
+        conn.sendall(reply(201, b'{"n":%d}' % index, b"Content-Length: 7"))
+        return True
+
+    with server(send) as (url, _, accepted):
+        http = _async_http(url)
+
+        async def cancelled() -> None:
+            task = asyncio.ensure_future(http.post_for_json("/v1/reservations", {}, idempotency_key="slow"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert http._plain is not None and http._plain._idle == []
+
+        async def one(key: str) -> Any:
+            return await http.post_for_json("/v1/reservations", {}, idempotency_key=key)
+
+        asyncio.run(cancelled())
+        release.set()
+        assert asyncio.run(one("after")) == {"n": 1}
+        assert asyncio.run(one("again")) == {"n": 2}  # another loop, the socket kept
+        asyncio.run(http.aclose())
+    assert accepted[0] == 2
+
+
+def test_async_post_for_json_under_a_test_double_goes_through_httpx() -> None:
+    import respx
+
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def main() -> Any:
+        http = _async_http(url)
+        try:
+            return await http.post_for_json("/v1/reservations", {}, idempotency_key="k", max_retries=0)
+        finally:
+            await http.aclose()
+
+    with respx.mock(base_url=url) as fake:
+        reserved = fake.post("/v1/reservations").respond(201, json={"id": "faked"})
+        assert asyncio.run(main()) == {"id": "faked"}
+    assert reserved.call_count == 1
+
+
+def test_async_post_for_json_on_a_loop_that_cannot_watch_sockets_goes_through_httpx_with_the_same_key() -> None:
+    """A loop without ``add_reader`` (Windows' proactor, some custom loops): the request already sent goes once
+    more through httpx with the same Idempotency-Key (the ledger answers it once), and from then on httpx's way."""
+
+    class NoWatching(asyncio.SelectorEventLoop):
+        def add_reader(self, *args: Any) -> None:
+            raise NotImplementedError
+
+        def add_writer(self, *args: Any) -> None:
+            raise NotImplementedError
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        time.sleep(0.05)  # the answer is awaited, not there at the first read
+        conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        return True
+
+    async def main(http: AsyncHTTP) -> None:
+        for key in ("k1", "k2"):
+            assert await http.post_for_json("/v1/reservations", {}, idempotency_key=key, max_retries=0) == {"id": "r"}
+        assert http._plain is None
+        await http.aclose()
+
+    with server(send) as (url, requests, _):
+        loop = NoWatching()
+        try:
+            loop.run_until_complete(main(_async_http(url)))
+        finally:
+            loop.close()
+    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]

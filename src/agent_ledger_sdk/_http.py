@@ -22,7 +22,7 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, Protocol, Union
 
 import httpx
 
@@ -249,24 +249,38 @@ class PlainTransport(httpx.BaseTransport):
         self._fallback.close()
 
 
-def _read_answer(
-    sock: socket.socket, request: Optional[httpx.Request]
-) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-    """Status, headers, body (as sent: chunked decoded, not decompressed), and whether the connection stays open."""
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes, bool]
 
-    def receive() -> bytes:
+
+def _read_answer(sock: socket.socket, request: Optional[httpx.Request]) -> Answer:
+    """Status, headers, body (as sent: chunked decoded, not decompressed), and whether the connection stays open:
+    read from a blocking socket."""
+    parser = _parse_answer(request)
+    next(parser)
+    received = False
+    while True:
         try:
-            return sock.recv(65536)
+            chunk = sock.recv(65536)
         except BlockingIOError as exc:
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
         except OSError as exc:
-            if not buffer:
+            if not received:
                 raise _NothingReceived from exc
             raise httpx.ReadError(str(exc), request=request) from exc
+        received = received or bool(chunk)
+        try:
+            parser.send(chunk)
+        except StopIteration as done:
+            answer: Answer = done.value
+            return answer
 
+
+def _parse_answer(request: Optional[httpx.Request]) -> Generator[None, bytes, Answer]:
+    """The answer's parser, without I/O: each ``yield`` takes the next bytes received (empty: the connection
+    ended); it returns what :func:`_read_answer` returns."""
     buffer = b""
     while True:
-        chunk = receive()
+        chunk = yield
         if not chunk:
             if not buffer:
                 raise _NothingReceived
@@ -293,7 +307,7 @@ def _read_answer(
         parts = [rest]
         got = len(rest)
         while got < size:
-            chunk = receive()
+            chunk = yield
             if not chunk:
                 raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
             parts.append(chunk)
@@ -305,14 +319,14 @@ def _read_answer(
         body_parts: list[bytes] = []
         while True:
             while b"\r\n" not in data:
-                chunk = receive()
+                chunk = yield
                 if not chunk:
                     raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
                 data += chunk
             line, data = data.split(b"\r\n", 1)
             size = _number(line.split(b";", 1)[0], 16, request)
             while len(data) < size + 2:
-                chunk = receive()
+                chunk = yield
                 if not chunk:
                     raise httpx.RemoteProtocolError("Server disconnected while sending its answer.", request=request)
                 data += chunk
@@ -323,7 +337,7 @@ def _read_answer(
             data = data[size + 2 :]
     parts = [rest]  # no length: the body ends with the connection
     while True:
-        chunk = receive()
+        chunk = yield
         if not chunk:
             return status, headers, b"".join(parts), False
         parts.append(chunk)
@@ -338,6 +352,171 @@ def _number(text: bytes, base: int, request: Optional[httpx.Request]) -> int:
     if value < 0:
         raise httpx.RemoteProtocolError(f"Malformed length in the answer: {text[:40]!r}", request=request)
     return value
+
+
+def _async_sending_is_faked() -> bool:
+    """:func:`_sending_is_faked`, for httpx's asynchronous transport (respx patches both)."""
+    pool = sys.modules.get("httpcore._async.connection_pool")
+    if pool is not None and getattr(pool.AsyncConnectionPool.handle_async_request, "__module__", None) != pool.__name__:
+        return True
+    return getattr(httpx.AsyncHTTPTransport.handle_async_request, "__module__", None) != "httpx._transports.default"
+
+
+def _on_asyncio() -> bool:
+    """Whether an asyncio event loop runs this code (not trio's, say, which httpx also serves)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class AsyncPlainExchange:
+    """:class:`PlainTransport`'s exchange on an event loop: the request in one write, the answer read as it
+    comes, on plain non-blocking sockets kept alive between requests. A socket is watched only while a
+    request awaits it, so a kept socket is not tied to a loop: the next request takes it on whichever loop
+    it runs (the client may be used under several ``asyncio.run``). A request cancelled or failed midway
+    closes its socket. Timeouts are httpx's (connect, write, read: each wait)."""
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[str, int, socket.socket]] = []
+        self._lock = threading.Lock()
+
+    async def exchange(self, url: httpx.URL, data: bytes, timeouts: dict[str, Any]) -> Answer:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        host, port = url.host, url.port or 80
+        while True:
+            sock, reused = await self._connection(loop, host, port, timeouts)
+            try:
+                try:
+                    await _asend(loop, sock, data, timeouts.get("write"))
+                except OSError as exc:
+                    if reused:
+                        raise _NothingReceived from exc
+                    raise httpx.WriteError(str(exc)) from exc
+                answer = await _aread_answer(loop, sock, timeouts.get("read"))
+            except _NothingReceived as exc:
+                sock.close()
+                if reused:
+                    continue  # a kept-alive connection the server had closed: once more on a new one
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.") from exc
+            except BaseException:
+                sock.close()
+                raise
+            if answer[3]:
+                with self._lock:
+                    self._idle.append((host, port, sock))
+            else:
+                sock.close()
+            return answer
+
+    async def _connection(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int, timeouts: dict[str, Any]
+    ) -> tuple[socket.socket, bool]:
+        import asyncio
+
+        with self._lock:
+            for position in range(len(self._idle) - 1, -1, -1):
+                if self._idle[position][:2] == (host, port):
+                    return self._idle.pop(position)[2], True
+        try:
+            sock = await asyncio.wait_for(_aconnect(loop, host, port), timeouts.get("connect"))
+        except asyncio.TimeoutError as exc:
+            raise httpx.ConnectTimeout("connect timed out") from exc
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc)) from exc
+        return sock, False
+
+    def forget(self) -> None:
+        """After fork(): the parent's sockets are not ours to use (nor to close)."""
+        self._idle = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, _, sock in idle:
+            sock.close()
+
+
+async def _aconnect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
+    error: Optional[OSError] = None
+    for family, kind, proto, _, address in await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+        except BaseException as exc:
+            sock.close()
+            if not isinstance(exc, OSError):
+                raise
+            error = exc
+            continue
+        return sock
+    raise error or OSError(f"no address for {host}:{port}")
+
+
+async def _asend(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, timeout: Optional[float]) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            if not await _awaited(loop, sock, loop.add_writer, loop.remove_writer, timeout):
+                raise httpx.WriteTimeout("write timed out") from None
+            continue
+        view = view[sent:]
+
+
+async def _aread_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout: Optional[float]) -> Answer:
+    """:func:`_read_answer` on a non-blocking socket, on ``loop``."""
+    parser = _parse_answer(None)
+    next(parser)
+    received = False
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            if not await _awaited(loop, sock, loop.add_reader, loop.remove_reader, timeout):
+                raise httpx.ReadTimeout("read timed out") from None
+            continue
+        except OSError as exc:
+            if not received:
+                raise _NothingReceived from exc
+            raise httpx.ReadError(str(exc)) from exc
+        received = received or bool(chunk)
+        try:
+            parser.send(chunk)
+        except StopIteration as done:
+            answer: Answer = done.value
+            return answer
+
+
+async def _awaited(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, watch: Any, unwatch: Any, timeout: Optional[float]
+) -> bool:
+    """Whether ``sock`` became ready (read or write, as ``watch`` says) within ``timeout`` seconds."""
+    waiter = loop.create_future()
+    fd = sock.fileno()
+    watch(fd, _settle, waiter, True)
+    timer = loop.call_later(timeout, _settle, waiter, False) if timeout is not None else None
+    try:
+        ready: bool = await waiter
+        return ready
+    finally:
+        unwatch(fd)
+        if timer is not None:
+            timer.cancel()
+
+
+def _settle(waiter: asyncio.Future[bool], ready: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(ready)
 
 
 class LedgerIO(Protocol):
@@ -360,6 +539,50 @@ def started(config: BaseClient, response: httpx.Response) -> Started:
     body = config._parse_success(response)
     budgeted = body.get("budgeted") if isinstance(body, dict) else None
     return session_id, budgeted if isinstance(budgeted, bool) else None
+
+
+def _request_bytes(config: BaseClient, path: str, body: Any, idempotency_key: str) -> tuple[httpx.URL, bytes, bytes]:
+    """A JSON POST as the bytes :meth:`BaseClient._build_request` would send (see ``_request_head``): its URL,
+    the whole request, and its body."""
+    url, head = config._request_head(path)
+    content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    data = b"".join(
+        (
+            head,
+            b"Idempotency-Key: ",
+            idempotency_key.encode("ascii"),
+            b"\r\nContent-Length: ",
+            str(len(content)).encode("ascii"),
+            b"\r\n\r\n",
+            content,
+        )
+    )
+    return url, data, content
+
+
+def _answered(
+    config: BaseClient, path: str, body: Any, content: bytes, idempotency_key: str, answer: Answer
+) -> tuple[Any, Optional[httpx.Response]]:
+    """A successful answer's JSON (as ``BaseClient._parse_success`` reads it), or, for any other answer (an
+    error, a compressed body), the httpx response it is, for the retries to decide on."""
+    status, headers, received, _ = answer
+    if 200 <= status < 300 and not any(name.lower() == b"content-encoding" for name, _ in headers):
+        if not received:
+            return None, None
+        try:
+            return json.loads(received), None
+        except ValueError:
+            return None, None
+    request = _request(config, None, "POST", path, body, content, idempotency_key)
+    response = httpx.Response(
+        status,
+        headers=headers,
+        stream=httpx.ByteStream(received),
+        request=request,
+        extensions={"http_version": b"HTTP/1.1"},
+    )
+    response.read()
+    return None, response
 
 
 class SyncHTTP:
@@ -502,41 +725,16 @@ class SyncHTTP:
             return self.config._parse_success(response)
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
-        url, head = config._request_head(path)
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        data = b"".join(
-            (
-                head,
-                b"Idempotency-Key: ",
-                idempotency_key.encode("ascii"),
-                b"\r\nContent-Length: ",
-                str(len(content)).encode("ascii"),
-                b"\r\n\r\n",
-                content,
-            )
-        )
+        url, data, content = _request_bytes(config, path, body, idempotency_key)
         try:
             status, headers, answer = plain.exchange(url, data, self._timeouts)
         except httpx.TransportError as exc:
             request = _request(config, None, "POST", path, body, content, idempotency_key)
             return config._parse_success(self._retried(request, retries, failure=exc))
-        if 200 <= status < 300 and not any(name.lower() == b"content-encoding" for name, _ in headers):
-            if not answer:
-                return None
-            try:
-                return json.loads(answer)
-            except ValueError:
-                return None
-        request = _request(config, None, "POST", path, body, content, idempotency_key)
-        response = httpx.Response(
-            status,
-            headers=headers,
-            stream=httpx.ByteStream(answer),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
-        response.read()
-        return config._parse_success(self._retried(request, retries, response=response))
+        parsed, other = _answered(config, path, body, content, idempotency_key, (status, headers, answer, True))
+        if other is None:
+            return parsed
+        return config._parse_success(self._retried(other.request, retries, response=other))
 
     def _plain_transport(self) -> Optional[PlainTransport]:
         """Our own :class:`PlainTransport`, when every request goes to it (no ``http_client`` or
@@ -566,6 +764,15 @@ class AsyncHTTP:
         self._http: Optional[httpx.AsyncClient] = None
         self._direct: Optional[httpx.AsyncBaseTransport] = None  # the transport of our own client
         self._timeouts = httpx.Timeout(config.timeout).as_dict()
+        # Our own plain-HTTP exchange for a reservation (post_for_json); None: every request through httpx.
+        self._plain: Optional[AsyncPlainExchange] = (
+            AsyncPlainExchange()
+            if transport is None
+            and http_client is None
+            and config.base_url.startswith("http://")
+            and os.name == "posix"  # an event loop that watches sockets (Windows' proactor does not)
+            else None
+        )
 
     def client(self) -> httpx.AsyncClient:
         if self._user_client is not None:
@@ -587,11 +794,15 @@ class AsyncHTTP:
         return await _aexchange(transport, request, self._timeouts)
 
     def forget_connections(self) -> None:
+        if self._plain is not None:
+            self._plain.forget()
         self._http = None
         self._direct = None
 
     async def aclose(self) -> None:
         """Close what we made; a transport or client the user passed stays the user's to close."""
+        if self._plain is not None:
+            self._plain.close()
         if self._http is not None and self._transport is None:
             await self._http.aclose()
         self._http = None
@@ -610,14 +821,29 @@ class AsyncHTTP:
         config = self.config
         retries = config.max_retries if max_retries is None else max_retries
         request = _request(config, self._user_client, method, path, body, content, idempotency_key)
+        return await self._retried(request, retries)
+
+    async def _retried(
+        self,
+        request: httpx.Request,
+        retries: int,
+        response: Optional[httpx.Response] = None,
+        failure: Optional[httpx.TransportError] = None,
+    ) -> httpx.Response:
+        """As :meth:`SyncHTTP._retried`."""
+        config = self.config
         attempt = 0
         while True:
             error: AgentLedgerError
-            try:
-                response = await self.send(request)
-            except httpx.TransportError as exc:
-                error = config._error_for_exception(exc, request)
+            if response is None and failure is None:
+                try:
+                    response = await self.send(request)
+                except httpx.TransportError as exc:
+                    failure = exc
+            if failure is not None:
+                error = config._error_for_exception(failure, request)
             else:
+                assert response is not None
                 if response.is_success:
                     return response
                 error = config._error_for_response(response)
@@ -627,6 +853,32 @@ class AsyncHTTP:
             config._log_retry(request, error, delay, attempt, retries)
             await _async_sleep(delay)
             attempt += 1
+            response = failure = None
+
+    async def post_for_json(
+        self, path: str, body: Any, *, idempotency_key: str, max_retries: Optional[int] = None
+    ) -> Any:
+        """As :meth:`SyncHTTP.post_for_json`, on the running event loop (:class:`AsyncPlainExchange`)."""
+        plain = self._plain
+        if plain is None or _async_sending_is_faked() or not _on_asyncio():
+            response = await self.post(path, body, idempotency_key=idempotency_key, max_retries=max_retries)
+            return self.config._parse_success(response)
+        config = self.config
+        retries = config.max_retries if max_retries is None else max_retries
+        url, data, content = _request_bytes(config, path, body, idempotency_key)
+        try:
+            answer = await plain.exchange(url, data, self._timeouts)
+        except NotImplementedError:  # a loop that cannot watch a socket: httpx's way from now on (the same key)
+            self._plain = None
+            response = await self.post(path, body, idempotency_key=idempotency_key, max_retries=max_retries)
+            return self.config._parse_success(response)
+        except httpx.TransportError as exc:
+            request = _request(config, None, "POST", path, body, content, idempotency_key)
+            return config._parse_success(await self._retried(request, retries, failure=exc))
+        parsed, other = _answered(config, path, body, content, idempotency_key, answer)
+        if other is None:
+            return parsed
+        return config._parse_success(await self._retried(other.request, retries, response=other))
 
 
 class SyncLedgerIO:
@@ -793,8 +1045,9 @@ class LoopBridge:
         return http.config._parse_success(response)
 
     async def _reserve_on(self, http: AsyncHTTP, body: dict[str, Any], idempotency_key: str) -> Any:
-        response = await self._post(http, "/v1/reservations", body, key=idempotency_key)
-        return http.config._parse_success(response)
+        return await http.post_for_json(
+            "/v1/reservations", body, idempotency_key=idempotency_key, max_retries=self.max_retries
+        )
 
     # -- LedgerIO, for the sender thread and synchronous callers ---------------
 
