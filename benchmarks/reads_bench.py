@@ -15,7 +15,7 @@ Three parts (see docs/performance.md, "Reads and reservations at 1e6 sessions"):
   without it, the time and size of each page, and the server's peak RSS;
 - ``reserve``: ``POST /v1/reservations`` from one client alone against ``agent-ledger serve``: raw httpx
   (keep-alive; each reservation released, untimed) and the SDK (``AgentLedgerClient.llm_call`` of an agent
-  with a budget: one reservation round trip per call), p50/p99.
+  with a budget: one reservation round trip per call; then ``AsyncAgentLedgerClient``'s), p50/p99.
 
 Timings are medians of repeated calls; the machine is shared, so the load average is printed with them.
 """
@@ -23,6 +23,7 @@ Timings are medians of repeated calls; the machine is shared, so the load averag
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import gc
@@ -405,6 +406,7 @@ def reserve(backends: Backends, backend: str, calls: int, scratch: Path) -> dict
                     sdk.append((time.perf_counter() - began) * 1000)
         client.flush(30)
         client.close()
+        sdk_async = asyncio.run(_async_sdk_calls(key, url, calls))
         errors = replicas.server_errors()
         if errors:
             raise RuntimeError(f"the server logged errors: {errors[:3]}")
@@ -415,7 +417,30 @@ def reserve(backends: Backends, backend: str, calls: int, scratch: Path) -> dict
         "raw_p99_ms": percentile(raw, 0.99),
         "sdk_p50_ms": statistics.median(sdk),
         "sdk_p99_ms": percentile(sdk, 0.99),
+        "async_sdk_p50_ms": statistics.median(sdk_async),
+        "async_sdk_p99_ms": percentile(sdk_async, 0.99),
     }
+
+
+async def _async_sdk_calls(key: str, url: str, calls: int) -> list[float]:
+    """The same calls from ``AsyncAgentLedgerClient`` (``async with llm_call``), on one event loop."""
+    from ledger_scale import RESERVING_AGENT
+
+    from agent_ledger_sdk import AsyncAgentLedgerClient
+
+    client = AsyncAgentLedgerClient(api_key=key, base_url=url)
+    took: list[float] = []
+    gc.collect()
+    async with client.session(RESERVING_AGENT):
+        for n in range(calls + 50):
+            began = time.perf_counter()
+            async with client.llm_call(provider="test", model="flat", prompt="hi", max_cost_usd=0.001) as call:
+                call.record(response="ok", tokens_in=1, tokens_out=1)
+            if n >= 50:
+                took.append((time.perf_counter() - began) * 1000)
+    await client.aflush(30)
+    await client.aclose()
+    return took
 
 
 # -- the report -------------------------------------------------------------------------------------------
@@ -451,13 +476,15 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
         lines.append("")
     if results.get("reserve"):
         lines += [
-            "| backend | reservation, raw httpx, p50 / p99 | SDK `llm_call` block with a budget, p50 / p99 |",
-            "|---|---|---|",
+            "| backend | reservation, raw httpx, p50 / p99 | SDK `llm_call` block with a budget, p50 / p99 "
+            "| the same, async client, p50 / p99 |",
+            "|---|---|---|---|",
         ]
         for r in results["reserve"]:
             lines.append(
                 f"| {r['backend']} | {r['raw_p50_ms'] * 1000:.0f} / {r['raw_p99_ms'] * 1000:.0f} µs"
-                f" | {r['sdk_p50_ms'] * 1000:.0f} / {r['sdk_p99_ms'] * 1000:.0f} µs |"
+                f" | {r['sdk_p50_ms'] * 1000:.0f} / {r['sdk_p99_ms'] * 1000:.0f} µs"
+                f" | {r['async_sdk_p50_ms'] * 1000:.0f} / {r['async_sdk_p99_ms'] * 1000:.0f} µs |"
             )
     return "\n".join(lines)
 
