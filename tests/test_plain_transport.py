@@ -23,6 +23,11 @@ from .subprocesses import free_port
 Answer = Callable[[socket.socket, bytes, int], bool]  # (connection, request, index) -> keep the connection open
 
 
+def keys_sent(requests: list[bytes]) -> list[bytes]:
+    """The Idempotency-Key header line of each request, in order."""
+    return [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+
+
 def read_request(conn: socket.socket) -> bytes:
     data = b""
     while b"\r\n\r\n" not in data:
@@ -257,14 +262,12 @@ def test_post_for_json_sends_what_post_sends_header_for_header(default_headers: 
             http.close()
     by_httpx, by_bytes, again = (_header_lines(request) for request in requests)
     assert by_bytes == by_httpx and again == by_httpx
-    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: key-a", b"Idempotency-Key: key-b", b"Idempotency-Key: key-c"]
 
 
 EMPTY = b""
-
-
-@pytest.mark.parametrize(
+ANSWERS = pytest.mark.parametrize(  # a reservation's answer, in every framing, and bodies that are no JSON
     "answer",
     [
         reply(201, b'{"id":"r1","reservedUsd":0.5}', b"Content-Length: 29"),
@@ -278,6 +281,23 @@ EMPTY = b""
     ],
     ids=["length", "chunked", "gzip", "until-close", "empty", "no-content", "not-json", "not-utf8"],
 )
+
+
+REFUSED = b'{"error":"Daily budget exceeded","details":{"agentName":"a","dailyLimitUsd":1,"spentTodayUsd":1}}'
+
+
+def busy_then_granted_then_refused(conn: socket.socket, request: bytes, index: int) -> bool:
+    """A 503 (retried), a 201, then a budget's 429 (the guardrail: never retried)."""
+    if index == 0:
+        conn.sendall(reply(503, b'{"error":"busy"}', b"Content-Length: 16"))
+    elif index == 1:
+        conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+    else:
+        conn.sendall(reply(429, REFUSED, b"Content-Length: %d" % len(REFUSED)))
+    return True
+
+
+@ANSWERS
 def test_post_for_json_reads_every_answer_as_post_and_parse_success_do(answer: bytes) -> None:
     def send(conn: socket.socket, request: bytes, index: int) -> bool:
         conn.sendall(answer)
@@ -299,18 +319,7 @@ def test_post_for_json_hands_an_error_answer_or_a_failure_to_posts_retries(retry
     a ledger that is not there is a connection error after the retries."""
     from agent_ledger_sdk import BudgetGuardrailError
 
-    refused = b'{"error":"Daily budget exceeded","details":{"agentName":"a","dailyLimitUsd":1,"spentTodayUsd":1}}'
-
-    def send(conn: socket.socket, request: bytes, index: int) -> bool:
-        if index == 0:
-            conn.sendall(reply(503, b'{"error":"busy"}', b"Content-Length: 16"))
-        elif index == 1:
-            conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
-        else:
-            conn.sendall(reply(429, refused, b"Content-Length: %d" % len(refused)))
-        return True
-
-    with server(send) as (url, requests, _):
+    with server(busy_then_granted_then_refused) as (url, requests, _):
         http = SyncHTTP(BaseClient(api_key="k", base_url=url))
         try:
             assert http.post_for_json("/v1/reservations", RESERVATION, idempotency_key="k1", max_retries=2) == {
@@ -322,7 +331,7 @@ def test_post_for_json_hands_an_error_answer_or_a_failure_to_posts_retries(retry
             assert raised.value.details is not None and raised.value.details.agent_name == "a"
         finally:
             http.close()
-    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]
     assert len(retry_sleeps) == 1
     http = SyncHTTP(BaseClient(api_key="k", base_url=f"http://127.0.0.1:{free_port()}"))
@@ -370,20 +379,7 @@ def test_async_post_for_json_sends_what_post_sends_header_for_header(default_hea
     assert accepted[0] == 2  # httpx's connection, then ours, kept alive for the third request
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        reply(201, b'{"id":"r1","reservedUsd":0.5}', b"Content-Length: 29"),
-        reply(201, b'5\r\n{"id"\r\n6\r\n:"r1"}\r\n0\r\n\r\n', b"Transfer-Encoding: chunked"),
-        reply(201, GZIPPED, b"Content-Encoding: gzip", b"Content-Length: %d" % len(GZIPPED)),
-        reply(201, b'{"id":"r1"}', b"Connection: close"),
-        reply(201, EMPTY, b"Content-Length: 0"),
-        reply(204, EMPTY),
-        reply(201, b"not json", b"Content-Length: 8"),
-        reply(201, b"\xff\xfe{", b"Content-Length: 3"),
-    ],
-    ids=["length", "chunked", "gzip", "until-close", "empty", "no-content", "not-json", "not-utf8"],
-)
+@ANSWERS
 def test_async_post_for_json_reads_every_answer_as_post_and_parse_success_do(answer: bytes) -> None:
     def send(conn: socket.socket, request: bytes, index: int) -> bool:
         conn.sendall(answer)
@@ -444,7 +440,7 @@ def test_async_post_for_json_replaces_a_connection_the_server_closed_and_asks_on
 
     with server(send) as (url, requests, accepted):
         asyncio.run(main(url))
-    keys = [line for r in requests for line in r.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: key-1", b"Idempotency-Key: key-2", b"Idempotency-Key: key-3"]
     assert accepted[0] == 3
 
@@ -476,17 +472,6 @@ def test_async_post_for_json_times_out_and_says_when_nothing_is_there(retry_slee
 def test_async_post_for_json_retries_a_503_and_stops_at_a_budgets_429(retry_sleeps: list[float]) -> None:
     from agent_ledger_sdk import BudgetGuardrailError
 
-    refused = b'{"error":"Daily budget exceeded","details":{"agentName":"a","dailyLimitUsd":1,"spentTodayUsd":1}}'
-
-    def send(conn: socket.socket, request: bytes, index: int) -> bool:
-        if index == 0:
-            conn.sendall(reply(503, b'{"error":"busy"}', b"Content-Length: 16"))
-        elif index == 1:
-            conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
-        else:
-            conn.sendall(reply(429, refused, b"Content-Length: %d" % len(refused)))
-        return True
-
     async def main(url: str) -> None:
         http = _async_http(url)
         try:
@@ -496,9 +481,9 @@ def test_async_post_for_json_retries_a_503_and_stops_at_a_budgets_429(retry_slee
         finally:
             await http.aclose()
 
-    with server(send) as (url, requests, _):
+    with server(busy_then_granted_then_refused) as (url, requests, _):
         asyncio.run(main(url))
-    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]
     assert len(retry_sleeps) == 1
 
@@ -582,5 +567,5 @@ def test_async_post_for_json_on_a_loop_that_cannot_watch_sockets_goes_through_ht
             loop.run_until_complete(main(_async_http(url)))
         finally:
             loop.close()
-    keys = [line for request in requests for line in request.split(b"\r\n") if line.startswith(b"Idempotency-Key")]
+    keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]

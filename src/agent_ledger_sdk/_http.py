@@ -136,7 +136,37 @@ def _sending_is_faked() -> bool:
     return getattr(httpx.HTTPTransport.handle_request, "__module__", None) != "httpx._transports.default"
 
 
-class PlainTransport(httpx.BaseTransport):
+class _IdleSockets:
+    """Connections kept alive between requests, by host and port, the latest kept taken first (any thread)."""
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[str, int, socket.socket]] = []
+        self._lock = threading.Lock()
+
+    def _take(self, host: str, port: int) -> Optional[socket.socket]:
+        with self._lock:
+            for position in range(len(self._idle) - 1, -1, -1):
+                if self._idle[position][:2] == (host, port):
+                    return self._idle.pop(position)[2]
+        return None
+
+    def _keep(self, host: str, port: int, sock: socket.socket) -> None:
+        with self._lock:
+            self._idle.append((host, port, sock))
+
+    def forget(self) -> None:
+        """After fork(): the parent's sockets are not ours to use (nor to close)."""
+        self._idle = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, _, sock in idle:
+            sock.close()
+
+
+class PlainTransport(_IdleSockets, httpx.BaseTransport):
     """HTTP/1.1 over plain TCP for the ledger's idempotent POSTs (those with an ``Idempotency-Key``): the
     request in one write, the answer in blocking reads; everything else goes to ``fallback`` (httpcore).
 
@@ -150,10 +180,9 @@ class PlainTransport(httpx.BaseTransport):
     """
 
     def __init__(self, fallback: httpx.BaseTransport, timeouts: dict[str, Any]) -> None:
+        super().__init__()
         self._fallback = fallback
         self._timeouts = timeouts
-        self._idle: list[tuple[str, int, socket.socket]] = []
-        self._lock = threading.Lock()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -211,8 +240,7 @@ class PlainTransport(httpx.BaseTransport):
                 sock.close()
                 raise
             if keep:
-                with self._lock:
-                    self._idle.append((host, port, sock))
+                self._keep(host, port, sock)
             else:
                 sock.close()
             return status, headers, body
@@ -220,10 +248,9 @@ class PlainTransport(httpx.BaseTransport):
     def _connection(
         self, host: str, port: int, timeouts: dict[str, Any], request: Optional[httpx.Request]
     ) -> tuple[socket.socket, bool]:
-        with self._lock:
-            for position in range(len(self._idle) - 1, -1, -1):
-                if self._idle[position][:2] == (host, port):
-                    return self._idle.pop(position)[2], True
+        kept = self._take(host, port)
+        if kept is not None:
+            return kept, True
         try:
             sock = socket.create_connection((host, port), timeout=timeouts.get("connect"))
         except socket.timeout as exc:
@@ -236,16 +263,8 @@ class PlainTransport(httpx.BaseTransport):
         sock.settimeout(None)  # blocking: the kernel keeps the time, Python polls nothing
         return sock, False
 
-    def forget(self) -> None:
-        """After fork(): the parent's sockets are not ours to use (nor to close)."""
-        self._idle = []
-        self._lock = threading.Lock()
-
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for _, _, sock in idle:
-            sock.close()
+        super().close()
         self._fallback.close()
 
 
@@ -264,15 +283,27 @@ def _read_answer(sock: socket.socket, request: Optional[httpx.Request]) -> Answe
         except BlockingIOError as exc:
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
         except OSError as exc:
-            if not received:
-                raise _NothingReceived from exc
-            raise httpx.ReadError(str(exc), request=request) from exc
+            raise _read_failed(exc, received, request) from exc
         received = received or bool(chunk)
-        try:
-            parser.send(chunk)
-        except StopIteration as done:
-            answer: Answer = done.value
+        answer = _fed(parser, chunk)
+        if answer is not None:
             return answer
+
+
+def _read_failed(exc: OSError, received: bool, request: Optional[httpx.Request]) -> Exception:
+    """What a socket's error while reading an answer means: nothing received yet (a kept-alive connection the
+    server had closed: try a new one), else the answer cut short."""
+    return httpx.ReadError(str(exc), request=request) if received else _NothingReceived()
+
+
+def _fed(parser: Generator[None, bytes, Answer], chunk: bytes) -> Optional[Answer]:
+    """``chunk`` given to ``parser``: the answer, once it is whole."""
+    try:
+        parser.send(chunk)
+    except StopIteration as done:
+        answer: Answer = done.value
+        return answer
+    return None
 
 
 def _parse_answer(request: Optional[httpx.Request]) -> Generator[None, bytes, Answer]:
@@ -373,16 +404,12 @@ def _on_asyncio() -> bool:
     return True
 
 
-class AsyncPlainExchange:
+class AsyncPlainExchange(_IdleSockets):
     """:class:`PlainTransport`'s exchange on an event loop: the request in one write, the answer read as it
     comes, on plain non-blocking sockets kept alive between requests. A socket is watched only while a
     request awaits it, so a kept socket is not tied to a loop: the next request takes it on whichever loop
     it runs (the client may be used under several ``asyncio.run``). A request cancelled or failed midway
     closes its socket. Timeouts are httpx's (connect, write, read: each wait)."""
-
-    def __init__(self) -> None:
-        self._idle: list[tuple[str, int, socket.socket]] = []
-        self._lock = threading.Lock()
 
     async def exchange(self, url: httpx.URL, data: bytes, timeouts: dict[str, Any]) -> Answer:
         import asyncio
@@ -408,8 +435,7 @@ class AsyncPlainExchange:
                 sock.close()
                 raise
             if answer[3]:
-                with self._lock:
-                    self._idle.append((host, port, sock))
+                self._keep(host, port, sock)
             else:
                 sock.close()
             return answer
@@ -419,10 +445,9 @@ class AsyncPlainExchange:
     ) -> tuple[socket.socket, bool]:
         import asyncio
 
-        with self._lock:
-            for position in range(len(self._idle) - 1, -1, -1):
-                if self._idle[position][:2] == (host, port):
-                    return self._idle.pop(position)[2], True
+        kept = self._take(host, port)
+        if kept is not None:
+            return kept, True
         try:
             sock = await asyncio.wait_for(_aconnect(loop, host, port), timeouts.get("connect"))
         except asyncio.TimeoutError as exc:
@@ -430,17 +455,6 @@ class AsyncPlainExchange:
         except OSError as exc:
             raise httpx.ConnectError(str(exc)) from exc
         return sock, False
-
-    def forget(self) -> None:
-        """After fork(): the parent's sockets are not ours to use (nor to close)."""
-        self._idle = []
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for _, _, sock in idle:
-            sock.close()
 
 
 async def _aconnect(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
@@ -486,14 +500,10 @@ async def _aread_answer(loop: asyncio.AbstractEventLoop, sock: socket.socket, ti
                 raise httpx.ReadTimeout("read timed out") from None
             continue
         except OSError as exc:
-            if not received:
-                raise _NothingReceived from exc
-            raise httpx.ReadError(str(exc)) from exc
+            raise _read_failed(exc, received, None) from exc
         received = received or bool(chunk)
-        try:
-            parser.send(chunk)
-        except StopIteration as done:
-            answer: Answer = done.value
+        answer = _fed(parser, chunk)
+        if answer is not None:
             return answer
 
 
