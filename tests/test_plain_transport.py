@@ -569,3 +569,48 @@ def test_async_post_for_json_on_a_loop_that_cannot_watch_sockets_goes_through_ht
             loop.close()
     keys = keys_sent(requests)
     assert keys == [b"Idempotency-Key: k1", b"Idempotency-Key: k1", b"Idempotency-Key: k2"]
+
+
+def test_an_async_fan_out_opens_at_most_max_open_sockets_of_its_own_and_keeps_at_most_max_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """300 reservations at once: past AsyncPlainExchange.MAX_OPEN under way, requests wait in httpx's pool
+    rather than opening a socket each (a fan-out of thousands would run out of descriptors); every one is
+    answered, and no more than MAX_KEPT of its sockets stay open after."""
+    from agent_ledger_sdk import _http
+    from agent_ledger_sdk._http import AsyncPlainExchange
+
+    opened: list[int] = []
+    connect = _http._aconnect
+
+    async def counted(*args: Any) -> socket.socket:
+        opened.append(1)
+        return await connect(*args)
+
+    monkeypatch.setattr(_http, "_aconnect", counted)
+    gate = threading.Event()
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        gate.wait(10)  # hold every answer until the fan-out is under way
+        conn.sendall(reply(201, b'{"id":"r"}', b"Content-Length: 10"))
+        return True
+
+    async def main(url: str) -> None:
+        http = _async_http(url)
+        assert http._plain is not None
+        calls = [
+            asyncio.ensure_future(http.post_for_json("/v1/reservations", {}, idempotency_key=f"k{n}", max_retries=0))
+            for n in range(300)
+        ]
+        while len(requests) < 200:  # ours, then httpx's pool (its max_connections)
+            await asyncio.sleep(0.01)
+        assert http._plain.in_use == AsyncPlainExchange.MAX_OPEN
+        gate.set()
+        assert await asyncio.gather(*calls) == [{"id": "r"}] * 300
+        assert http._plain.in_use == 0 and len(http._plain._idle) <= AsyncPlainExchange.MAX_KEPT
+        await http.aclose()
+
+    with server(send) as (url, requests, _):
+        asyncio.run(main(url))
+    assert len(requests) == 300
+    assert len(opened) == AsyncPlainExchange.MAX_OPEN

@@ -137,7 +137,10 @@ def _sending_is_faked() -> bool:
 
 
 class _IdleSockets:
-    """Connections kept alive between requests, by host and port, the latest kept taken first (any thread)."""
+    """Connections kept alive between requests, by host and port, the latest kept taken first (any thread);
+    at most :attr:`MAX_KEPT` (httpx's own default), the others closed as they come back."""
+
+    MAX_KEPT = 20
 
     def __init__(self) -> None:
         self._idle: list[tuple[str, int, socket.socket]] = []
@@ -152,7 +155,10 @@ class _IdleSockets:
 
     def _keep(self, host: str, port: int, sock: socket.socket) -> None:
         with self._lock:
-            self._idle.append((host, port, sock))
+            if len(self._idle) < self.MAX_KEPT:
+                self._idle.append((host, port, sock))
+                return
+        sock.close()
 
     def forget(self) -> None:
         """After fork(): the parent's sockets are not ours to use (nor to close)."""
@@ -411,7 +417,31 @@ class AsyncPlainExchange(_IdleSockets):
     it runs (the client may be used under several ``asyncio.run``). A request cancelled or failed midway
     closes its socket. Timeouts are httpx's (connect, write, read: each wait)."""
 
+    MAX_OPEN = 100  # connections in use at once (httpx's own default); past it, requests go through httpx's pool
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_use = 0
+
+    def forget(self) -> None:
+        super().forget()
+        self.in_use = 0
+
+    def full(self) -> bool:
+        """Whether :attr:`MAX_OPEN` requests are under way: a fan-out of many tasks then waits in httpx's pool
+        rather than opening a socket each (and running out of descriptors)."""
+        return self.in_use >= self.MAX_OPEN
+
     async def exchange(self, url: httpx.URL, data: bytes, timeouts: dict[str, Any]) -> Answer:
+        with self._lock:
+            self.in_use += 1
+        try:
+            return await self._exchange(url, data, timeouts)
+        finally:
+            with self._lock:
+                self.in_use -= 1
+
+    async def _exchange(self, url: httpx.URL, data: bytes, timeouts: dict[str, Any]) -> Answer:
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -870,7 +900,7 @@ class AsyncHTTP:
     ) -> Any:
         """As :meth:`SyncHTTP.post_for_json`, on the running event loop (:class:`AsyncPlainExchange`)."""
         plain = self._plain
-        if plain is None or _async_sending_is_faked() or not _on_asyncio():
+        if plain is None or plain.full() or _async_sending_is_faked() or not _on_asyncio():
             response = await self.post(path, body, idempotency_key=idempotency_key, max_retries=max_retries)
             return self.config._parse_success(response)
         config = self.config
