@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("orjson", reason="orjson comes with the server extra")
 
+from agent_ledger_sdk.local import body as body_module
 from agent_ledger_sdk.local.body import parse_json_body, parse_json_object
 from agent_ledger_sdk.local.records import BadInput
 from agent_ledger_sdk.local.validation import Rejection, check_event
@@ -122,3 +123,58 @@ def test_a_timestamp_is_checked_whatever_was_checked_before(monkeypatch: pytest.
         with pytest.raises(Rejection, match="RFC 3339"):
             check_event(0, {"type": "tool_call", "startedAt": wrong})
         check_event(0, {"type": "tool_call", "startedAt": valid})  # and the valid one still passes after it
+
+
+def depth(value: Any) -> int:
+    """How many arrays and objects nest in one another in ``value`` (itself counted)."""
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+def chain(levels: int, leaf: Any, objects: bool) -> Any:
+    for _ in range(levels):
+        leaf = {"k": leaf} if objects else [leaf]
+    return leaf
+
+
+MEMBERS = SCALARS | st.builds(chain, st.integers(0, 70), SCALARS, st.booleans())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    events=st.lists(MEMBERS, max_size=120),
+    others=st.dictionaries(st.sampled_from(["a", "b", "metadata"]), MEMBERS, max_size=3),
+    brackets_in_text=st.integers(0, 3),
+)
+def test_a_body_is_refused_for_its_depth_exactly_when_it_nests_past_the_limit(
+    events: list[Any], others: dict[str, Any], brackets_in_text: int
+) -> None:
+    """Many containers side by side (a batch of events) are bounded from the text's brackets without walking
+    them: the bound must never be under the true depth, whatever sits beside them, brackets within strings
+    included (they make the count larger, never smaller)."""
+    body = {"sessionId": "[{" * brackets_in_text, "events": events, **others}
+    raw = json.dumps(body).encode()
+    openers = raw.count(b"[") + raw.count(b"{")
+    assert body_module._depth_bound(json.loads(raw), openers) >= depth(body)
+    if depth(body) > body_module.MAX_JSON_DEPTH:
+        with pytest.raises(BadInput, match="nested too deeply"):
+            parse_json_body(raw)
+    else:
+        parsed, _ = parse_json_body(raw)
+        assert same(parsed, body)
+
+
+def test_a_batch_of_flat_events_is_bounded_without_a_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound counts one bracket for each member of the widest container: flat events (the benchmark's
+    llm_calls) are bounded; events with objects within them are walked, as before."""
+    walked: list[Any] = []
+    monkeypatch.setattr(body_module, "_deeper_than", lambda value, limit: walked.append(value) or False)
+    flat = [{"type": "llm_call", "stepIndex": n, "tokensIn": n} for n in range(100)]
+    parse_json_body(json.dumps({"sessionId": "s", "events": flat, "metadata": {"a": [1]}}).encode())
+    assert walked == []  # 104 brackets: at most 2 + 104 - 2 - 100 = 4 levels
+    nested = [{"type": "tool_call", "stepIndex": n, "input": {"q": [n]}} for n in range(100)]
+    parse_json_body(json.dumps({"sessionId": "s", "events": nested}).encode())
+    assert len(walked) == 1  # 302 brackets: the bound (203) says nothing, so it walks (and finds 5)
