@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from agent_ledger_sdk._base_client import BaseClient
 from agent_ledger_sdk._exceptions import APIConnectionError, APITimeoutError
 from agent_ledger_sdk._http import AsyncHTTP, PlainTransport, SyncHTTP
 
-from .subprocesses import free_port
+from .subprocesses import free_port, python
 
 Answer = Callable[[socket.socket, bytes, int], bool]  # (connection, request, index) -> keep the connection open
 
@@ -614,3 +616,46 @@ def test_an_async_fan_out_opens_at_most_max_open_sockets_of_its_own_and_keeps_at
         asyncio.run(main(url))
     assert len(requests) == 300
     assert len(opened) == AsyncPlainExchange.MAX_OPEN
+
+
+FORKED_CLIENT = """
+import asyncio, os, sys
+from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
+
+url, kind = sys.argv[1], sys.argv[2]
+if kind == "sync":
+    client = AgentLedgerClient(api_key="k", base_url=url, max_retries=0)
+    ask = lambda key: client._http.post_for_json("/v1/reservations", {}, idempotency_key=key, max_retries=0)
+else:
+    client = AsyncAgentLedgerClient(api_key="k", base_url=url, max_retries=0)
+    ask = lambda key: asyncio.run(
+        client._http.post_for_json("/v1/reservations", {}, idempotency_key=key, max_retries=0)
+    )
+assert ask("parent-1") == {"for": "parent-1"}  # its connection kept alive
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if ask("child") == {"for": "child"} else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert ask("parent-2") == {"for": "parent-2"}
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_forked_child_of_a_users_client_opens_a_connection_of_its_own(kind: str) -> None:
+    """A kept-alive socket is one TCP connection: a parent and a child that both wrote on it would read each
+    other's answers (a reservation granted to the other process). The child opens its own, and the parent
+    keeps using its connection."""
+
+    def send(conn: socket.socket, request: bytes, index: int) -> bool:
+        key = keys_sent([request])[0].split(b": ")[1]
+        body = b'{"for":"%s"}' % key
+        conn.sendall(reply(201, body, b"Content-Length: %d" % len(body)))
+        return True
+
+    with server(send) as (url, requests, accepted):
+        result = subprocess.run([*python(FORKED_CLIENT), url, kind], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert keys_sent(requests) == [b"Idempotency-Key: " + k for k in (b"parent-1", b"child", b"parent-2")]
+        assert accepted[0] == 2  # the parent's connection, and the child's own
