@@ -165,7 +165,8 @@ def _depth_bound(body: dict[str, Any], openers: int) -> int:
     100 events holds 102 brackets and nests 3 deep, and the walk (``_deeper_than``) would cost a batch about
     80 µs.
 
-    With ``k`` arrays and objects among the body's members, and ``w`` the member with the most (``kw`` of them):
+    With ``k`` arrays and objects among the body's members, ``w`` any one of them (the longest: it usually has the
+    most to subtract) and ``kw`` the arrays and objects among ``w``'s members:
     the body's own bracket and one each for its other containers leave at most ``openers - k`` for ``w``, one
     for ``w`` itself and one each for its other containers leave at most ``openers - k - kw`` for any one of
     ``w``'s; any other member of the body has at most ``openers - k - kw`` too (``w`` takes ``1 + kw``). Nothing
