@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -112,3 +113,45 @@ def test_events_queued_after_the_loop_is_gone_still_go_through_the_transport() -
     assert [e["type"] for e in transport.events()][-1] == "llm_call"
     assert transport.paths()[-1].endswith("/end")
     assert ledger.stats.sent == 5
+
+
+@pytest.mark.integration
+def test_without_a_transport_of_the_users_delivery_neither_waits_for_nor_runs_on_the_users_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """The SDK's own HTTP is bound to no loop, so the sender thread delivers with a blocking client of its own:
+    events reach the ledger while the user's loop is busy (CPU-bound code, a blocking call in a coroutine), and
+    the loop spends none of its time on them. A bridge to the loop would wait for it to come back: its patience
+    is set here longer than the busy spell, so that only delivery off the loop passes."""
+    pytest.importorskip("starlette")
+    from agent_ledger_sdk._http import LoopBridge
+    from agent_ledger_sdk.local import run
+
+    monkeypatch.setattr(LoopBridge, "LOOP_START_WAIT", 60.0)
+    with run(db=tmp_path / "ledger.db") as ledger:
+        client = ledger.async_client()
+
+        @client.tool
+        async def lookup(x: int) -> int:
+            return x
+
+        def recorded() -> int:
+            return sum(int(session["eventCount"]) for session in ledger.sessions("busy"))
+
+        async def main() -> float:
+            async with client.session("busy"):
+                assert await lookup(1) == 1
+                started = time.monotonic()
+                while recorded() < 2 and time.monotonic() - started < 20:
+                    time.sleep(0.01)  # the loop is held: no other task or callback of it runs meanwhile
+                busy_for = time.monotonic() - started
+            assert await client.aflush(10) == 0
+            await client.aclose()
+            return busy_for
+
+        busy_for = asyncio.run(main())
+        assert recorded() == 2
+        assert busy_for < 20  # delivered while the loop was held, not after
+        (session,) = ledger.sessions("busy")
+        assert session["status"] == "success"
+

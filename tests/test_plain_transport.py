@@ -50,16 +50,20 @@ def read_request(conn: socket.socket) -> bytes:
 @contextmanager
 def server(answer: Answer) -> Iterator[tuple[str, list[bytes], list[int]]]:
     """A server on 127.0.0.1 that answers each request with ``answer``; yields its URL, the requests
-    it read, and how many connections it accepted (boxed)."""
+    it read, and how many connections it accepted (``[0]``) and saw closed by the client (``[1]``)."""
     listener = socket.create_server(("127.0.0.1", 0))
     requests: list[bytes] = []
-    accepted = [0]
+    accepted = [0, 0]
 
     def serve(conn: socket.socket) -> None:
         with conn:
             while True:
-                request = read_request(conn)
+                try:
+                    request = read_request(conn)
+                except OSError:
+                    request = b""
                 if not request:
+                    accepted[1] += 1
                     return
                 requests.append(request)
                 if not answer(conn, request, len(requests) - 1):
@@ -659,3 +663,41 @@ def test_a_forked_child_of_a_users_client_opens_a_connection_of_its_own(kind: st
         assert result.returncode == 0, result.stderr
         assert keys_sent(requests) == [b"Idempotency-Key: " + k for k in (b"parent-1", b"child", b"parent-2")]
         assert accepted[0] == 2  # the parent's connection, and the child's own
+
+
+def ledger_answer(conn: socket.socket, request: bytes, index: int) -> bool:
+    """What the ledger answers the helpers' requests: a session, events accepted, a session ended."""
+    path = request.split(b" ", 2)[1]
+    body = b'{"id":"s1"}' if path == b"/v1/sessions" else b"{}"
+    conn.sendall(reply(201 if path == b"/v1/sessions" else 202, body, b"Content-Length: %d" % len(body)))
+    return True
+
+
+def test_the_async_clients_aclose_closes_the_connections_its_sender_kept() -> None:
+    """Without a transport of the user's, the async client's sender thread delivers with a blocking client of
+    its own (off the user's loop); ``aclose()`` closes that client's kept connections too."""
+    from agent_ledger_sdk import AsyncAgentLedgerClient
+
+    with server(ledger_answer) as (url, requests, accepted):
+
+        async def main() -> None:
+            client = AsyncAgentLedgerClient(api_key="k", base_url=url)
+
+            @client.tool
+            async def lookup(x: int) -> int:
+                return x
+
+            async with client.session("closing"):
+                assert await lookup(1) == 1
+            assert await client.aflush(10) == 0
+            assert accepted[0] >= 1 and accepted[1] < accepted[0]  # a connection is kept alive for the next batch
+            await client.aclose()
+
+        asyncio.run(main())
+        deadline = time.monotonic() + 10
+        while accepted[1] < accepted[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert accepted[1] == accepted[0]
+        paths = [r.split(b" ", 2)[1] for r in requests]
+        assert paths[0] == b"/v1/sessions" and paths[-1] == b"/v1/sessions/s1/end"
+        assert set(paths[1:-1]) == {b"/v1/events"}

@@ -19,7 +19,7 @@ from ._base_client import BaseClient
 from ._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, PRICED_HEADER
 from ._context import current_session_var
 from ._events import LLM_CALL, TOOL_CALL, TOOL_RESULT, encode_events, typed_event
-from ._http import AsyncHTTP, LoopBridge, SyncHTTP, SyncLedgerIO
+from ._http import AsyncHTTP, LedgerIO, LoopBridge, SyncHTTP, SyncLedgerIO
 from ._instrument_llm import NULL_LLM_CALL, LLMCall, make_llm_call
 from ._instrument_session import SessionScope, make_session
 from ._instrument_tool import IDENTITY_DECORATOR, ToolDecorator, make_tool
@@ -453,11 +453,26 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         self._http = AsyncHTTP(self, transport=transport, http_client=http_client)
         bridge = LoopBridge(self._http, max_retries)
         self._bridge = bridge
+        io: LedgerIO
+        sender_io: LedgerIO
+        connections: list[Any] = [self._http, _BridgeReset(bridge)]
+        # The sender thread, and synchronous code in other threads, send outside the user's event loop when
+        # the HTTP is ours: with a blocking client of their own (the sync client's), so that delivering the
+        # helpers' events takes no CPU from the loop and never waits for it. A transport or client of the
+        # user's is bound to their loop: then every call runs there (LoopBridge).
+        self._sync_http = SyncHTTP(self) if transport is None and http_client is None else None
+        if self._sync_http is not None:
+            io = SyncLedgerIO(self._sync_http, max_retries)
+            sender_io = SyncLedgerIO(self._sync_http, 0)  # the sender retries on its own terms
+            connections.append(self._sync_http)
+        else:
+            io = bridge
+            sender_io = LoopBridge(self._http, 0, loop_of=bridge)
         self._instrumentation = Instrumentation(
-            io=bridge,
-            sender_io=LoopBridge(self._http, 0, loop_of=bridge),
+            io=io,
+            sender_io=sender_io,
             aio=bridge,
-            connections=[self._http, _BridgeReset(bridge)],
+            connections=connections,
             identity=(self.base_url, self.api_key),
             batching=batching,
             enabled=enabled,
@@ -517,6 +532,8 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         self._instrumentation.note_loop()
         left = await asyncio.get_running_loop().run_in_executor(None, self._instrumentation.close, timeout)
         await self._http.aclose()
+        if self._sync_http is not None:
+            self._sync_http.close()
         return left
 
     async def __aenter__(self) -> AsyncAgentLedgerClient:

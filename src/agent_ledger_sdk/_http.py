@@ -10,10 +10,13 @@ retried later (even by another process, from the journal) is the same request.
 :class:`LoopBridge` lets the background sender thread send through an
 :class:`AsyncHTTP`: on the event loop the async client is used on, so that the
 user's async transport or ``http_client`` carries everything the client sends.
+Without one of the user's, the async client's sender thread sends with a
+:class:`SyncHTTP` of its own instead, off the user's loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -976,10 +979,12 @@ def _serving(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 class LoopBridge:
-    """:class:`LedgerIO` for the sender thread over an :class:`AsyncHTTP`.
+    """:class:`LedgerIO` for the sender thread over an :class:`AsyncHTTP` with the user's transport or client.
 
     Each call runs as a coroutine on the event loop the async client was last
     used on, so connections and the user's async transport stay on their loop.
+    (Without a transport or client of the user's, the async client's sender
+    thread uses a :class:`SyncLedgerIO` of its own, and never this loop.)
     When that loop is gone (``asyncio.run`` returned, interpreter exit), the
     call runs on a short-lived loop of its own, still through the user's
     transport or ``http_client`` (which are never closed by it).
