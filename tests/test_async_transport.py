@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import warnings
 from typing import Any
 
 import httpx
@@ -155,3 +157,32 @@ def test_without_a_transport_of_the_users_delivery_neither_waits_for_nor_runs_on
         (session,) = ledger.sessions("busy")
         assert session["status"] == "success"
 
+
+@pytest.mark.integration
+def test_one_async_client_serves_one_asyncio_run_after_another(tmp_path: Any) -> None:
+    """httpx's connections belong to the loop that opened them. A module-level client used by each test of a
+    suite (a loop per test) or by a script's several ``asyncio.run``: each run gets connections of its own, closed
+    as its loop shuts down, and ``aclose()`` on the last one closes what is open."""
+    pytest.importorskip("starlette")
+    from agent_ledger_sdk.local import run
+
+    with run(db=tmp_path / "ledger.db") as ledger:
+        client = ledger.async_client()
+
+        async def one(number: int) -> str:
+            session_id = await client.start_session("several-runs")
+            await client.log_tool_call(session_id, {"toolName": "lookup", "stepIndex": 0, "toolInput": {"run": number}})
+            await client.end_session(session_id, "success")
+            return session_id
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            ids = [asyncio.run(one(number)) for number in range(3)]
+            asyncio.run(client.aclose())
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []  # none left open
+        assert len(set(ids)) == 3
+        for session_id in ids:
+            recorded = ledger.session(session_id)
+            assert recorded["status"] == "success"
+            assert [event["type"] for event in recorded["events"]] == ["tool_call"]

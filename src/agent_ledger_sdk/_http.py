@@ -25,7 +25,8 @@ import struct
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generator, Optional, Protocol, Union
+import weakref
+from typing import TYPE_CHECKING, Any, AsyncGenerator, Callable, Generator, Optional, Protocol, Union
 
 import httpx
 
@@ -402,15 +403,37 @@ def _async_sending_is_faked() -> bool:
     return getattr(httpx.AsyncHTTPTransport.handle_async_request, "__module__", None) != "httpx._transports.default"
 
 
-def _on_asyncio() -> bool:
-    """Whether an asyncio event loop runs this code (not trio's, say, which httpx also serves)."""
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
     import asyncio
 
     try:
-        asyncio.get_running_loop()
+        return asyncio.get_running_loop()
     except RuntimeError:
-        return False
-    return True
+        return None
+
+
+def _closed_with_the_loop(http: httpx.AsyncClient) -> AsyncGenerator[None, None]:
+    """An async generator, started here on the running loop, that closes ``http`` when the loop shuts down.
+
+    ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``) closes every async generator
+    started on its loop before it closes the loop: so our client's connections are closed on their own loop,
+    rather than found open by the garbage collector once the loop is gone ("unclosed transport")."""
+
+    async def closer() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await http.aclose()
+
+    generator = closer()
+    with contextlib.suppress(StopIteration):  # (how the step ends at a yield)
+        generator.asend(None).send(None)  # to its yield: the loop's first-iteration hook now knows it
+    return generator
+
+
+def _on_asyncio() -> bool:
+    """Whether an asyncio event loop runs this code (not trio's, say, which httpx also serves)."""
+    return _running_loop() is not None
 
 
 class AsyncPlainExchange(_IdleSockets):
@@ -806,6 +829,8 @@ class AsyncHTTP:
         self._user_client = http_client
         self._http: Optional[httpx.AsyncClient] = None
         self._direct: Optional[httpx.AsyncBaseTransport] = None  # the transport of our own client
+        self._http_loop: Optional[weakref.ReferenceType[asyncio.AbstractEventLoop]] = None  # the loop it serves
+        self._closer: Optional[AsyncGenerator[None, None]] = None  # closes it when that loop shuts down
         self._timeouts = httpx.Timeout(config.timeout).as_dict()
         # Our own plain-HTTP exchange for a reservation (post_for_json); None: every request through httpx.
         self._plain: Optional[AsyncPlainExchange] = (
@@ -818,13 +843,24 @@ class AsyncHTTP:
         )
 
     def client(self) -> httpx.AsyncClient:
+        """The user's ``http_client``, else our own, made for the running loop.
+
+        httpx's connections belong to the loop that opened them: on another loop (the client used under a
+        second ``asyncio.run``, say) they fail with "Event loop is closed". So our own client is made again
+        for a new loop; the one it replaces is left to the garbage collector, as its loop has ended or runs
+        in another thread, where it cannot be closed from here."""
         if self._user_client is not None:
             return self._user_client
-        if self._http is None:
+        loop = _running_loop()
+        http = self._http
+        if http is None or (self._http_loop() if self._http_loop is not None else None) is not loop:
             transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
             self._direct = transport
-            self._http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
-        return self._http
+            self._http = http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
+            self._http_loop = weakref.ref(loop) if loop is not None else None
+            if loop is not None and self._transport is None:
+                self._closer = _closed_with_the_loop(http)
+        return http
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """As :meth:`SyncHTTP.send`: the user's ``http_client`` whole, else straight to the transport."""
@@ -846,8 +882,12 @@ class AsyncHTTP:
         """Close what we made; a transport or client the user passed stays the user's to close."""
         if self._plain is not None:
             self._plain.close()
-        if self._http is not None and self._transport is None:
-            await self._http.aclose()
+        loop = self._http_loop() if self._http_loop is not None else None
+        closer, self._closer = self._closer, None
+        if self._http is not None and self._transport is None and loop is _running_loop():
+            await self._http.aclose()  # (made on a loop that has ended: its connections ended with it)
+            if closer is not None:
+                await closer.aclose()  # done with: the garbage collector has nothing left to finalize on the loop
         self._http = None
         self._direct = None
 
