@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 import warnings
 from typing import Any
@@ -159,10 +160,12 @@ def test_without_a_transport_of_the_users_delivery_neither_waits_for_nor_runs_on
 
 
 @pytest.mark.integration
-def test_one_async_client_serves_one_asyncio_run_after_another(tmp_path: Any) -> None:
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["one-after-another", "threads-at-once"])
+def test_one_async_client_serves_many_event_loops(tmp_path: Any, side_by_side: bool) -> None:
     """httpx's connections belong to the loop that opened them. A module-level client used by each test of a
-    suite (a loop per test) or by a script's several ``asyncio.run``: each run gets connections of its own, closed
-    as its loop shuts down, and ``aclose()`` on the last one closes what is open."""
+    suite (a loop per test), by a script's several ``asyncio.run``, or by worker threads that each run a loop
+    at once: each loop gets connections of its own, closed as it shuts down, and ``aclose()`` closes the
+    rest."""
     pytest.importorskip("starlette")
     from agent_ledger_sdk.local import run
 
@@ -170,19 +173,31 @@ def test_one_async_client_serves_one_asyncio_run_after_another(tmp_path: Any) ->
         client = ledger.async_client()
 
         async def one(number: int) -> str:
-            session_id = await client.start_session("several-runs")
-            await client.log_tool_call(session_id, {"toolName": "lookup", "stepIndex": 0, "toolInput": {"run": number}})
+            session_id = await client.start_session("many-loops")
+            for step in range(5):
+                await client.log_tool_call(
+                    session_id, {"toolName": "lookup", "stepIndex": step, "toolInput": {"run": number}}
+                )
+                await asyncio.sleep(0.001)  # the other threads' loops run meanwhile
             await client.end_session(session_id, "success")
             return session_id
 
+        ids: list[str] = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResourceWarning)
-            ids = [asyncio.run(one(number)) for number in range(3)]
+            if side_by_side:
+                threads = [threading.Thread(target=lambda n=n: ids.append(asyncio.run(one(n)))) for n in range(4)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(60)
+            else:
+                ids += [asyncio.run(one(number)) for number in range(3)]
             asyncio.run(client.aclose())
             gc.collect()
         assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []  # none left open
-        assert len(set(ids)) == 3
+        assert len(set(ids)) == (4 if side_by_side else 3)
         for session_id in ids:
             recorded = ledger.session(session_id)
             assert recorded["status"] == "success"
-            assert [event["type"] for event in recorded["events"]] == ["tool_call"]
+            assert [event["stepIndex"] for event in recorded["events"]] == [0, 1, 2, 3, 4]

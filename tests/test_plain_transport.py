@@ -701,3 +701,32 @@ def test_the_async_clients_aclose_closes_the_connections_its_sender_kept() -> No
         paths = [r.split(b" ", 2)[1] for r in requests]
         assert paths[0] == b"/v1/sessions" and paths[-1] == b"/v1/sessions/s1/end"
         assert set(paths[1:-1]) == {b"/v1/events"}
+
+
+def test_an_async_client_used_by_loops_of_several_threads_at_once_keeps_one_connection_a_loop() -> None:
+    """Each event loop has an httpx client of its own (a connection opened on one loop fails on another), kept
+    for as long as the loop runs: four threads that each run a loop at once open four connections, and each is
+    closed as its loop shuts down."""
+    from agent_ledger_sdk import AsyncAgentLedgerClient
+
+    with server(ledger_answer) as (url, requests, accepted):
+        client = AsyncAgentLedgerClient(api_key="k", base_url=url)
+
+        async def one() -> None:
+            session_id = await client.start_session("threads")
+            for step in range(10):
+                await client.log_tool_call(session_id, {"toolName": "t", "stepIndex": step, "toolInput": {}})
+                await asyncio.sleep(0.001)  # the other loops run meanwhile
+            await client.end_session(session_id, "success")
+
+        threads = [threading.Thread(target=asyncio.run, args=(one(),)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert len(requests) == 4 * 12
+        assert accepted[0] == 4
+        deadline = time.monotonic() + 10
+        while accepted[1] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert accepted[1] == 4  # closed with their loops, before any aclose()

@@ -412,18 +412,47 @@ def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
         return None
 
 
-def _closed_with_the_loop(http: httpx.AsyncClient) -> AsyncGenerator[None, None]:
-    """An async generator, started here on the running loop, that closes ``http`` when the loop shuts down.
+class _LoopClient:
+    """:class:`AsyncHTTP`'s own httpx client of one event loop."""
+
+    __slots__ = ("closer", "http", "loop", "transport")
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        loop: Callable[[], Optional[asyncio.AbstractEventLoop]],
+    ) -> None:
+        self.http = http
+        self.transport = transport
+        self.loop = loop  # a weak reference to the loop (or, off any asyncio loop, a function that gives None)
+        self.closer: Optional[AsyncGenerator[None, None]] = None
+
+
+def _no_loop() -> None:
+    return None
+
+
+_FORGOTTEN: list[_LoopClient] = []  # a forked child's inheritance, never closed (see AsyncHTTP.forget_connections)
+
+
+def _closed_with_the_loop(http: httpx.AsyncClient, then: Callable[[], None]) -> AsyncGenerator[None, None]:
+    """An async generator, started here on the running loop, that closes ``http`` and calls ``then`` when the
+    loop shuts down.
 
     ``asyncio.run`` (and any runner that calls ``loop.shutdown_asyncgens()``) closes every async generator
     started on its loop before it closes the loop: so our client's connections are closed on their own loop,
-    rather than found open by the garbage collector once the loop is gone ("unclosed transport")."""
+    rather than found open by the garbage collector once the loop is gone ("unclosed transport"). Dropped
+    while its loop runs, the generator is closed on that loop all the same (the loop's finalizer hook)."""
 
     async def closer() -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
-            await http.aclose()
+            try:
+                await http.aclose()
+            finally:
+                then()
 
     generator = closer()
     with contextlib.suppress(StopIteration):  # (how the step ends at a yield)
@@ -827,10 +856,8 @@ class AsyncHTTP:
         self.config = config
         self._transport = transport
         self._user_client = http_client
-        self._http: Optional[httpx.AsyncClient] = None
-        self._direct: Optional[httpx.AsyncBaseTransport] = None  # the transport of our own client
-        self._http_loop: Optional[weakref.ReferenceType[asyncio.AbstractEventLoop]] = None  # the loop it serves
-        self._closer: Optional[AsyncGenerator[None, None]] = None  # closes it when that loop shuts down
+        # Our own httpx client of each event loop (see client()); None: the one made off any asyncio loop.
+        self._clients: dict[Optional[int], _LoopClient] = {}
         self._timeouts = httpx.Timeout(config.timeout).as_dict()
         # Our own plain-HTTP exchange for a reservation (post_for_json); None: every request through httpx.
         self._plain: Optional[AsyncPlainExchange] = (
@@ -843,53 +870,68 @@ class AsyncHTTP:
         )
 
     def client(self) -> httpx.AsyncClient:
-        """The user's ``http_client``, else our own, made for the running loop.
-
-        httpx's connections belong to the loop that opened them: on another loop (the client used under a
-        second ``asyncio.run``, say) they fail with "Event loop is closed". So our own client is made again
-        for a new loop; the one it replaces is left to the garbage collector, as its loop has ended or runs
-        in another thread, where it cannot be closed from here."""
+        """The user's ``http_client``, else our own of the running loop."""
         if self._user_client is not None:
             return self._user_client
+        return self._own().http
+
+    def _own(self) -> _LoopClient:
+        """Our own httpx client of the running loop, made the first time the loop asks.
+
+        httpx's connections belong to the loop that opened them: on another loop (the client used under a
+        second ``asyncio.run``, or by loops of several threads at once) they fail with "Event loop is
+        closed". So each loop gets a client of its own, closed as that loop shuts down (see
+        :func:`_closed_with_the_loop`), when it is also forgotten here."""
         loop = _running_loop()
-        http = self._http
-        if http is None or (self._http_loop() if self._http_loop is not None else None) is not loop:
-            transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
-            self._direct = transport
-            self._http = http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
-            self._http_loop = weakref.ref(loop) if loop is not None else None
-            if loop is not None and self._transport is None:
-                self._closer = _closed_with_the_loop(http)
-        return http
+        key = None if loop is None else id(loop)
+        own = self._clients.get(key)
+        if own is not None and own.loop() is loop:
+            return own
+        for stale_key, stale in list(self._clients.items()):  # loops closed without shutting down first
+            stale_loop = stale.loop()
+            if stale_key is not None and (stale_loop is None or stale_loop.is_closed()):
+                del self._clients[stale_key]
+        transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
+        http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
+        own = _LoopClient(http, transport, weakref.ref(loop) if loop is not None else _no_loop)
+        if loop is not None and self._transport is None:  # (a transport of the user's is the user's to close)
+            clients = self._clients
+
+            def forget() -> None:
+                if clients.get(key) is own:
+                    del clients[key]
+
+            own.closer = _closed_with_the_loop(http, forget)
+        self._clients[key] = own
+        return own
 
     async def send(self, request: httpx.Request) -> httpx.Response:
         """As :meth:`SyncHTTP.send`: the user's ``http_client`` whole, else straight to the transport."""
         if self._user_client is not None:
             return await self._user_client.send(request)
-        http = self.client()
-        transport = self._direct
-        if transport is None:  # pragma: no cover - set with the client
-            return await http.send(request)
-        return await _aexchange(transport, request, self._timeouts)
+        return await _aexchange(self._own().transport, request, self._timeouts)
 
     def forget_connections(self) -> None:
+        """After fork(): the parent's loops and connections are not the child's. (Kept, not dropped: a dropped
+        closer would ask a loop the child does not run to close what is not the child's.)"""
         if self._plain is not None:
             self._plain.forget()
-        self._http = None
-        self._direct = None
+        _FORGOTTEN.extend(self._clients.values())
+        self._clients = {}
 
     async def aclose(self) -> None:
-        """Close what we made; a transport or client the user passed stays the user's to close."""
+        """Close what we made; a transport or client the user passed stays the user's to close.
+
+        The running loop's client is closed here; another loop's, as that loop shuts down (a client cannot be
+        closed from a loop that does not own its connections)."""
         if self._plain is not None:
             self._plain.close()
-        loop = self._http_loop() if self._http_loop is not None else None
-        closer, self._closer = self._closer, None
-        if self._http is not None and self._transport is None and loop is _running_loop():
-            await self._http.aclose()  # (made on a loop that has ended: its connections ended with it)
-            if closer is not None:
-                await closer.aclose()  # done with: the garbage collector has nothing left to finalize on the loop
-        self._http = None
-        self._direct = None
+        loop = _running_loop()
+        own = self._clients.pop(None if loop is None else id(loop), None)
+        if own is not None and own.loop() is loop and self._transport is None:
+            await own.http.aclose()
+            if own.closer is not None:
+                await own.closer.aclose()  # done with: nothing is left for the garbage collector to finalize
 
     async def post(
         self,
