@@ -623,8 +623,10 @@ def test_an_async_fan_out_opens_at_most_max_open_sockets_of_its_own_and_keeps_at
 
 
 FORKED_CLIENT = """
-import asyncio, os, sys
+import asyncio, os, sys, warnings
 from agent_ledger_sdk import AgentLedgerClient, AsyncAgentLedgerClient
+
+warnings.simplefilter("always", ResourceWarning)  # a socket left open says so on stderr
 
 url, kind = sys.argv[1], sys.argv[2]
 if kind == "sync":
@@ -642,6 +644,7 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 assert os.waitstatus_to_exitcode(status) == 0, status
 assert ask("parent-2") == {"for": "parent-2"}
+client.close() if kind == "sync" else asyncio.run(client.aclose())
 """
 
 
@@ -650,7 +653,8 @@ assert ask("parent-2") == {"for": "parent-2"}
 def test_a_forked_child_of_a_users_client_opens_a_connection_of_its_own(kind: str) -> None:
     """A kept-alive socket is one TCP connection: a parent and a child that both wrote on it would read each
     other's answers (a reservation granted to the other process). The child opens its own, and the parent
-    keeps using its connection."""
+    keeps using its connection. The child's copy of the parent's socket is closed, not left to the garbage
+    collector ("unclosed socket")."""
 
     def send(conn: socket.socket, request: bytes, index: int) -> bool:
         key = keys_sent([request])[0].split(b": ")[1]
@@ -661,6 +665,7 @@ def test_a_forked_child_of_a_users_client_opens_a_connection_of_its_own(kind: st
     with server(send) as (url, requests, accepted):
         result = subprocess.run([*python(FORKED_CLIENT), url, kind], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
+        assert "ResourceWarning" not in result.stderr, result.stderr
         assert keys_sent(requests) == [b"Idempotency-Key: " + k for k in (b"parent-1", b"child", b"parent-2")]
         assert accepted[0] == 2  # the parent's connection, and the child's own
 

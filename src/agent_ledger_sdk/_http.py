@@ -165,9 +165,12 @@ class _IdleSockets:
         sock.close()
 
     def forget(self) -> None:
-        """After fork(): the parent's sockets are not ours to use (nor to close)."""
-        self._idle = []
+        """After fork(): the parent's sockets are not ours to use. The child's copies of their descriptors are
+        closed (the parent's connections stay open: a connection ends with the last descriptor of it)."""
+        idle, self._idle = self._idle, []
         self._lock = threading.Lock()
+        for _, _, sock in idle:
+            sock.close()
 
     def close(self) -> None:
         with self._lock:
