@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import socket
+import ssl
 import threading
 import time
 import warnings
@@ -201,3 +203,31 @@ def test_one_async_client_serves_many_event_loops(tmp_path: Any, side_by_side: b
             recorded = ledger.session(session_id)
             assert recorded["status"] == "success"
             assert [event["stepIndex"] for event in recorded["events"]] == [0, 1, 2, 3, 4]
+
+
+def test_an_async_client_loads_the_tls_certificates_once_for_all_its_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading the certificate store takes about 20 ms: the async client and its sender share one TLS context,
+    and each new event loop's connections use it rather than loading their own."""
+    from agent_ledger_sdk import APIConnectionError
+
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> Any:
+        loads.append(args or kwargs)
+        return load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    with socket.socket() as closed:  # a port nothing listens on: each request fails at once
+        closed.bind(("127.0.0.1", 0))
+        url = f"https://127.0.0.1:{closed.getsockname()[1]}"
+    client = AsyncAgentLedgerClient(api_key="k", base_url=url, max_retries=0)
+
+    async def one() -> None:
+        with pytest.raises(APIConnectionError):
+            await client.start_session("tls")
+
+    for _ in range(3):
+        asyncio.run(one())
+    asyncio.run(client.aclose())
+    assert len(loads) == 1

@@ -450,17 +450,18 @@ class AsyncAgentLedgerClient(_Helpers, BaseClient):
         )
         if max_queue_size is not None and max_queue_size < 1:
             raise ValueError(f"max_queue_size must be at least 1, got {max_queue_size}")
-        self._http = AsyncHTTP(self, transport=transport, http_client=http_client)
-        bridge = LoopBridge(self._http, max_retries)
-        self._bridge = bridge
-        io: LedgerIO
-        sender_io: LedgerIO
-        connections: list[Any] = [self._http, _BridgeReset(bridge)]
         # The sender thread, and synchronous code in other threads, send outside the user's event loop when
         # the HTTP is ours: with a blocking client of their own (the sync client's), so that delivering the
         # helpers' events takes no CPU from the loop and never waits for it. A transport or client of the
         # user's is bound to their loop: then every call runs there (LoopBridge).
         self._sync_http = SyncHTTP(self) if transport is None and http_client is None else None
+        ssl_context = self._sync_http._ssl_context if self._sync_http is not None else None
+        self._http = AsyncHTTP(self, transport=transport, http_client=http_client, ssl_context=ssl_context)
+        bridge = LoopBridge(self._http, max_retries)
+        self._bridge = bridge
+        io: LedgerIO
+        sender_io: LedgerIO
+        connections: list[Any] = [self._http, _BridgeReset(bridge)]
         if self._sync_http is not None:
             io = SyncLedgerIO(self._sync_http, max_retries)
             sender_io = SyncLedgerIO(self._sync_http, 0)  # the sender retries on its own terms

@@ -855,10 +855,14 @@ class AsyncHTTP:
         *,
         transport: Optional[httpx.AsyncBaseTransport] = None,
         http_client: Optional[httpx.AsyncClient] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.config = config
         self._transport = transport
         self._user_client = http_client
+        # One TLS context for the client's every loop (loading the certificates takes about 20 ms): the sync
+        # client's of the same client when it has one (see AsyncAgentLedgerClient), else made at the first need.
+        self._ssl_context = ssl_context
         # Our own httpx client of each event loop (see client()); None: the one made off any asyncio loop.
         self._clients: dict[Optional[int], _LoopClient] = {}
         self._timeouts = httpx.Timeout(config.timeout).as_dict()
@@ -894,7 +898,11 @@ class AsyncHTTP:
             stale_loop = stale.loop()
             if stale_key is not None and (stale_loop is None or stale_loop.is_closed()):
                 del self._clients[stale_key]
-        transport = self._transport or httpx.AsyncHTTPTransport(socket_options=NO_DELAY)
+        transport = self._transport
+        if transport is None:
+            if self._ssl_context is None and self.config.base_url.startswith("https"):
+                self._ssl_context = httpx.create_ssl_context()
+            transport = httpx.AsyncHTTPTransport(socket_options=NO_DELAY, verify=self._ssl_context or True)
         http = httpx.AsyncClient(timeout=self.config.timeout, transport=transport)
         own = _LoopClient(http, transport, weakref.ref(loop) if loop is not None else _no_loop)
         if loop is not None and self._transport is None:  # (a transport of the user's is the user's to close)
@@ -1118,7 +1126,12 @@ class LoopBridge:
                 if done:
                     return result
         # The user's loop is gone or blocked: a loop of our own for this call, and an httpx client bound to it.
-        http = AsyncHTTP(self.http.config, transport=self.http._transport, http_client=self.http._user_client)
+        http = AsyncHTTP(
+            self.http.config,
+            transport=self.http._transport,
+            http_client=self.http._user_client,
+            ssl_context=self.http._ssl_context,
+        )
         private = asyncio.new_event_loop()
         try:
             return private.run_until_complete(call(http))
