@@ -345,3 +345,60 @@ def test_a_fee_per_request_or_a_price_that_changes_over_time_goes_to_calc_price(
         price = model.prices
         if not isinstance(price, ModelPrice) or getattr(price, "requests_kcount", None) is not None:
             assert _GenaiModel(provider, model, None).rates is None, (provider.id, model.id)
+
+
+def _rate() -> Any:
+    return st.decimals(min_value=0, max_value=1000, places=6, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rates=st.tuples(_rate(), _rate(), st.none() | _rate(), st.none() | _rate()),
+    tokens_in=st.integers(0, 2_000_000),
+    tokens_out=st.integers(0, 200_000),
+    read_share=st.floats(0, 1),
+    write_share=st.floats(0, 1),
+    cache_fields=st.booleans(),
+)
+def test_a_batch_prices_a_call_at_the_workspaces_own_rates_as_the_price_book_does(
+    rates: tuple[Decimal, Decimal, Any, Any],
+    tokens_in: int,
+    tokens_out: int,
+    read_share: float,
+    write_share: float,
+    cache_fields: bool,
+) -> None:
+    """The service prices a call of a model with the workspace's own rates inline (``BatchPrices.flat_rates``):
+    the same cost, to the last digit, status and note as ``BatchPrices.price`` gives, cached tokens included
+    (with their own prices or at the input price), and absent cache fields read as none."""
+    from agent_ledger_sdk.local.pricing import PriceBook
+    from agent_ledger_sdk.local.records import PricedEvent
+    from agent_ledger_sdk.local.service import LedgerService
+
+    custom = {"acme/flat-1": Rates(*rates)}
+    cache_read = int(tokens_in * read_share)
+    cache_write = int((tokens_in - cache_read) * write_share)
+    payload: dict[str, Any] = {"type": "llm_call", "provider": "acme", "model": "flat-1"}
+    if cache_fields:
+        payload.update(cacheReadTokens=cache_read, cacheWriteTokens=cache_write)
+    else:
+        cache_read = cache_write = 0
+    event = PricedEvent(
+        payload=payload,
+        type="llm_call",
+        step_index=0,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        provider="acme",
+        model="flat-1",
+    )
+    batch = PriceBook().batch(custom)
+    assert batch.flat_rates("acme", "flat-1") is custom["acme/flat-1"]
+    LedgerService._price(event, batch)
+    expected = PriceBook().batch(custom).price("acme", "flat-1", tokens_in, tokens_out, cache_read, cache_write)
+    assert (event.cost_usd, event.cost_status, event.pricing_note) == (
+        expected.cost_usd,
+        expected.status,
+        expected.note,
+    )
+    assert str(event.cost_usd) == str(expected.cost_usd)

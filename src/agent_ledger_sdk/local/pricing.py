@@ -438,6 +438,13 @@ class BatchPrices:
             found = self._pricers[key] = self.book.lookup(provider, model, self.custom)
         return found
 
+    def flat_rates(self, provider: str, model: str) -> Optional[Rates]:
+        """The model's flat rates when it has the workspace's or the overrides' own price (a call is then
+        ``Rates.cost_of`` its counts, which cannot fail: what :meth:`price` gives it, with less around it),
+        else None."""
+        pricer = self._pricer(provider, model)
+        return pricer if type(pricer) is Rates else None
+
     def price(
         self, provider: str, model: str, tokens_in: int, tokens_out: int, cache_read: int = 0, cache_write: int = 0
     ) -> Price:

@@ -42,7 +42,7 @@ from .budgets import (
     next_utc_midnight,
     next_utc_month,
 )
-from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .pricing import ESTIMATED, PRICED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
@@ -643,6 +643,16 @@ class LedgerService:
             price = prices.estimate(checked.provider, checked.model, checked.tokens_in, checked.tokens_out)
         else:
             payload = checked.payload  # its counts are ints: check_event made them so
+            rates = prices.flat_rates(checked.provider, checked.model)
+            if rates is not None:  # the common case, inline: no Price made, nothing kept for the batch
+                checked.cost_usd = rates.cost_of(
+                    checked.tokens_in,
+                    checked.tokens_out,
+                    payload.get("cacheReadTokens") or 0,
+                    payload.get("cacheWriteTokens") or 0,
+                )
+                checked.cost_status, checked.pricing_note = PRICED, None
+                return
             price = prices.price(
                 checked.provider,
                 checked.model,
