@@ -897,7 +897,7 @@ class AsyncHTTP:
         for stale_key, stale in list(self._clients.items()):  # loops closed without shutting down first
             stale_loop = stale.loop()
             if stale_key is not None and (stale_loop is None or stale_loop.is_closed()):
-                del self._clients[stale_key]
+                self._clients.pop(stale_key, None)  # (another thread may have done it: no KeyError)
         transport = self._transport
         if transport is None:
             if self._ssl_context is None and self.config.base_url.startswith("https"):
@@ -910,7 +910,7 @@ class AsyncHTTP:
 
             def forget() -> None:
                 if clients.get(key) is own:
-                    del clients[key]
+                    clients.pop(key, None)
 
             own.closer = _closed_with_the_loop(http, forget)
         self._clients[key] = own
