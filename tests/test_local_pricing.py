@@ -368,7 +368,8 @@ def test_a_batch_prices_a_call_at_the_workspaces_own_rates_as_the_price_book_doe
     write_share: float,
     cache_fields: bool,
 ) -> None:
-    """The service prices a call of a model with the workspace's own rates inline (``BatchPrices.flat_rates``):
+    """The service prices a call of a model with the workspace's own rates inline (``BatchPrices.flat_rates``,
+    ``LedgerService._price_calls``):
     the same cost, to the last digit, status and note as ``BatchPrices.price`` gives, cached tokens included
     (with their own prices or at the input price), and absent cache fields read as none."""
     from agent_ledger_sdk.local.pricing import PriceBook
@@ -394,7 +395,7 @@ def test_a_batch_prices_a_call_at_the_workspaces_own_rates_as_the_price_book_doe
     )
     batch = PriceBook().batch(custom)
     assert batch.flat_rates("acme", "flat-1") is custom["acme/flat-1"]
-    LedgerService._price(event, batch)
+    LedgerService._price_calls([event], batch)
     expected = PriceBook().batch(custom).price("acme", "flat-1", tokens_in, tokens_out, cache_read, cache_write)
     assert (event.cost_usd, event.cost_status, event.pricing_note) == (
         expected.cost_usd,

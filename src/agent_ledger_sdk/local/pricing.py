@@ -111,7 +111,7 @@ class Rates:
         """The exact cost of these counts (the decimal context takes the ints as they are: no rounding)."""
         # The same decomposition as genai-prices: cached tokens with a price of their own leave the input count.
         multiply, add = _MULTIPLY, _ADD
-        total = add(money.ZERO, multiply(tokens_out, self.output_per_mtok))
+        total = multiply(tokens_out, self.output_per_mtok)
         if cache_read and self.cache_read_per_mtok is not None:
             tokens_in -= cache_read
             total = add(total, multiply(cache_read, self.cache_read_per_mtok))

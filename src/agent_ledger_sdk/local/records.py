@@ -127,30 +127,71 @@ class NewApiKey:
     secret: str  # shown once, never stored
 
 
-@dataclass
 class PricedEvent:
-    """An event checked and priced by the API layer; the store settles its reservation and checks budgets."""
+    """An event checked and priced by the API layer; the store settles its reservation and checks budgets.
 
-    payload: dict[str, Any]
-    type: str
-    step_index: Optional[int]
-    cost_usd: Decimal = money.ZERO
-    cost_status: Optional[str] = None  # priced | unpriced | estimated; None for events that cost nothing
-    pricing_note: Optional[str] = None
-    tokens_in: int = 0
-    tokens_out: int = 0
-    provider: str = ""
-    model: str = ""
-    reservation_id: Optional[str] = None
-    usage_missing: bool = False
-    over_budget: bool = False
-    encoded: str = ""  # the payload's compact JSON, when the API layer already made it
+    A plain class with ``__slots__`` rather than a dataclass: one is made for every event ingested, and
+    this one is made in half the time (a dataclass's keyword ``__init__`` and ``__post_init__``)."""
 
-    def __post_init__(self) -> None:
-        if type(self.cost_usd) is not Decimal:
-            self.cost_usd = money.exact(self.cost_usd)
-        if self.type == "llm_call" and self.cost_status is None:
-            self.cost_status = PRICED
+    __slots__ = (  # noqa: RUF023 - in the order of the arguments
+        "payload",
+        "type",
+        "step_index",
+        "cost_usd",
+        "cost_status",
+        "pricing_note",
+        "tokens_in",
+        "tokens_out",
+        "provider",
+        "model",
+        "reservation_id",
+        "usage_missing",
+        "over_budget",
+        "encoded",
+    )
+
+    def __init__(
+        self,
+        payload: dict[str, Any],
+        type: str,
+        step_index: Optional[int],
+        cost_usd: Union[Decimal, float, int, str] = money.ZERO,
+        cost_status: Optional[str] = None,  # priced | unpriced | estimated; None for events that cost nothing
+        pricing_note: Optional[str] = None,
+        tokens_in: int = 0,
+        tokens_out: int = 0,
+        provider: str = "",
+        model: str = "",
+        reservation_id: Optional[str] = None,
+        usage_missing: bool = False,
+        over_budget: bool = False,
+        encoded: str = "",  # the payload's compact JSON, when the API layer already made it
+    ) -> None:
+        self.payload = payload
+        self.type = type
+        self.step_index = step_index
+        self.cost_usd: Decimal = cost_usd if cost_usd.__class__ is Decimal else money.exact(cost_usd)
+        self.cost_status = PRICED if cost_status is None and type == "llm_call" else cost_status
+        self.pricing_note = pricing_note
+        self.tokens_in = tokens_in
+        self.tokens_out = tokens_out
+        self.provider = provider
+        self.model = model
+        self.reservation_id = reservation_id
+        self.usage_missing = usage_missing
+        self.over_budget = over_budget
+        self.encoded = encoded
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"PricedEvent({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not PricedEvent:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
     @property
     def priced(self) -> bool:

@@ -42,7 +42,7 @@ from .budgets import (
     next_utc_midnight,
     next_utc_month,
 )
-from .pricing import ESTIMATED, PRICED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
+from .pricing import ESTIMATED, UNPRICED, BatchPrices, PriceBook, Rates, TokenUsage, normalise_name, rates_from
 from .records import (
     BUDGET_CACHE_SECONDS,
     DEFAULT_WORKSPACE,
@@ -81,7 +81,7 @@ from .store.sql import (
     like_pattern,
     optional_amount,
     reserve_at_once_values,
-    stored_event,
+    stored_rows,
 )
 from .validation import (
     MAX_SAFE_INTEGER,
@@ -631,10 +631,28 @@ class LedgerService:
             raise EventsRejected(rejections)
         calls = [event for event in checked if event.type == "llm_call"]
         if calls:
-            prices = self.price_book.batch(self.prices(workspace))
-            for event in calls:
-                self._price(event, prices)
+            self._price_calls(calls, self.price_book.batch(self.prices(workspace)))
         return self.append_events(workspace, session_id, checked, idempotency, priced=priced)
+
+    @classmethod
+    def _price_calls(cls, calls: Sequence[PricedEvent], prices: BatchPrices) -> None:
+        """Price checked llm_calls. The common case inline: a model with the workspace's own flat rates (its
+        ``Rates`` looked up once a batch), a call with its usage; no Price made, nothing kept for the batch
+        (check_event left the counts ints, the status PRICED and no note). Any other call: :meth:`_price`."""
+        flat: dict[tuple[str, str], Optional[Rates]] = {}
+        for event in calls:
+            model = (event.provider, event.model)
+            rates = flat[model] if model in flat else flat.setdefault(model, prices.flat_rates(*model))
+            if rates is None or event.usage_missing:
+                cls._price(event, prices)
+                continue
+            payload = event.payload
+            event.cost_usd = rates.cost_of(
+                event.tokens_in,
+                event.tokens_out,
+                payload.get("cacheReadTokens") or 0,
+                payload.get("cacheWriteTokens") or 0,
+            )
 
     @staticmethod
     def _price(checked: PricedEvent, prices: BatchPrices) -> None:
@@ -643,16 +661,6 @@ class LedgerService:
             price = prices.estimate(checked.provider, checked.model, checked.tokens_in, checked.tokens_out)
         else:
             payload = checked.payload  # its counts are ints: check_event made them so
-            rates = prices.flat_rates(checked.provider, checked.model)
-            if rates is not None:  # the common case, inline: no Price made, nothing kept for the batch
-                checked.cost_usd = rates.cost_of(
-                    checked.tokens_in,
-                    checked.tokens_out,
-                    payload.get("cacheReadTokens") or 0,
-                    payload.get("cacheWriteTokens") or 0,
-                )
-                checked.cost_status, checked.pricing_note = PRICED, None
-                return
             price = prices.price(
                 checked.provider,
                 checked.model,
@@ -2235,20 +2243,7 @@ class _Batch:
         stored: Optional[Sequence[PricedEvent]] = None,
     ) -> _Batch:
         """``events``' totals and the rows of ``stored`` (``events`` and their budget warnings; default: ``events``)."""
-        rows = [
-            stored_event(
-                session_id,
-                received,
-                e.step_index,
-                e.type,
-                e.payload_json(),
-                e.cost_usd,
-                e.cost_status,
-                e.over_budget,
-                e.pricing_note,
-            )
-            for e in (events if stored is None else stored)
-        ]
+        rows = stored_rows(session_id, received, events if stored is None else stored)
         return cls(
             session_id,
             rows,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, overload
 from .._constants import MAX_EVENT_BYTES
 from .._serialization import make_encoder
 from . import money
-from .pricing import TokenUsage
+from .pricing import PRICED, TokenUsage
 from .records import BadInput, PricedEvent, SessionContext, StoreError
 
 try:  # the server extra installs it (see check_event)
@@ -253,95 +253,133 @@ def _no_nul(where: str, name: str, value: str) -> None:
 # -- events --------------------------------------------------------------------
 
 
-def _counted(event: dict[str, Any], position: int, name: str, limit: int) -> int:
-    """``event[name]`` as a count: a plain int in range as it is (the common case, inline), else :func:`_count`."""
-    value = event.get(name)
-    if type(value) is int and 0 <= value <= limit:
-        return value
-    return _count(f"events[{position}]", name, value, limit)
-
-
 def check_event(position: int, event: Any, *, parsed_by_orjson: bool = False) -> PricedEvent:
     """``events[position]`` checked and normalised, not yet priced; raises :class:`Rejection`.
 
-    The checks of a valid event are inline (this runs for every event ingested); each failing one
-    goes to the helper that words its message. ``parsed_by_orjson``: the event comes from a body that
-    ``body.parse_json_body`` read with orjson, so orjson may encode it (it would write NaN as null, and
-    refuse integers past 64 bits: such a body never holds one).
+    The checks of a valid event are inline (this runs for every event ingested: a call to a helper costs
+    about as much as the check in it); each failing one goes to the helper that words its message.
+    ``parsed_by_orjson``: the event comes from a body that ``body.parse_json_body`` read with orjson, so
+    orjson may encode it (it would write NaN as null, and refuse integers past 64 bits: such a body never
+    holds one).
     """
     if type(event) is not dict and not isinstance(event, dict):
         raise Rejection(None, f"events[{position}] must be a JSON object, got {json_type(event)}.")
     get = event.get
-    kind = get("type")
-    if not isinstance(kind, str) or not kind:
-        raise Rejection(
-            "type", f'events[{position}].type is required: a string such as "llm_call", "tool_call" or "tool_result".'
-        )
-    if "\x00" in kind:
-        raise Rejection("type", nul_message(f"events[{position}].type"))
+    kind: Any = get("type")
+    if type(kind) is not str or not kind or "\x00" in kind:
+        _check_type(position, kind)
     fixed: dict[str, Any] = {}
     converted = False  # a count sent as 12.0 is stored as 12
     step = get("stepIndex")
     if step is not None:
-        fixed["stepIndex"] = _counted(event, position, "stepIndex", MAX_SAFE_INTEGER)
-        converted = type(step) is not int
+        if type(step) is int and 0 <= step <= MAX_SAFE_INTEGER:
+            fixed["stepIndex"] = step
+        else:
+            fixed["stepIndex"] = _count(f"events[{position}]", "stepIndex", step, MAX_SAFE_INTEGER)
+            converted = True
     latency = get("latencyMs")
-    if latency is not None and not number_within(latency, 0, MAX_LATENCY_MS):
+    # A float in range is finite (NaN compares false); a bool is neither an int nor a float here.
+    if latency is not None and not (
+        (type(latency) is float or type(latency) is int) and 0 <= latency <= MAX_LATENCY_MS
+    ):
         raise Rejection(
             "latencyMs",
             f"events[{position}].latencyMs must be a non-negative number of milliseconds (finite: not NaN or "
             f"Infinity) of at most {MAX_LATENCY_MS}, e.g. 1520.5; got {shown(latency)}.",
         )
     started = get("startedAt")
-    if started is not None:
+    if started is not None and started != _valid_timestamp:  # a call's two events often share one
         _timestamp(f"events[{position}]", "startedAt", started)
-    for name, what in _SPAN_IDS:
+    span = get("spanId")
+    if span is not None and not (type(span) is str and 1 <= len(span) <= MAX_SPAN_ID and "\x00" not in span):
+        _short_string(f"events[{position}]", "spanId", span, MAX_SPAN_ID, _SPAN_IDS[0][1])
+    parent = get("parentSpanId")
+    if parent is not None and not (type(parent) is str and 1 <= len(parent) <= MAX_SPAN_ID and "\x00" not in parent):
+        _short_string(f"events[{position}]", "parentSpanId", parent, MAX_SPAN_ID, _SPAN_IDS[1][1])
+    if kind != "llm_call":
+        payload = {**event, **fixed} if converted else event
+        return PricedEvent(payload, kind, fixed.get("stepIndex"), encoded=_encoded(position, payload, parsed_by_orjson))
+    provider: Any = get("provider")
+    model: Any = get("model")
+    if type(provider) is not str or not provider or "\x00" in provider:
+        _check_name(position, "provider", provider)
+    if type(model) is not str or not model or "\x00" in model:
+        _check_name(position, "model", model)
+    tokens_in, tokens_out = get("tokensIn"), get("tokensOut")
+    if not (type(tokens_in) is int and 0 <= tokens_in <= MAX_TOKENS):
+        tokens_in = fixed["tokensIn"] = _count(f"events[{position}]", "tokensIn", tokens_in, MAX_TOKENS)
+        converted = True
+    if not (type(tokens_out) is int and 0 <= tokens_out <= MAX_TOKENS):
+        tokens_out = fixed["tokensOut"] = _count(f"events[{position}]", "tokensOut", tokens_out, MAX_TOKENS)
+        converted = True
+    cached = 0
+    for name in LLM_OPTIONAL_COUNTS:
         value = get(name)
-        if value is not None and not (
-            isinstance(value, str) and 1 <= len(value) <= MAX_SPAN_ID and "\x00" not in value
-        ):
-            _short_string(f"events[{position}]", name, value, MAX_SPAN_ID, what)
-    if kind == "llm_call":
-        for name in ("provider", "model"):
-            value = get(name)
-            if not isinstance(value, str) or not value:
-                raise Rejection(name, f"events[{position}].{name} is required for an llm_call: a non-empty string.")
-            if "\x00" in value:
-                raise Rejection(name, nul_message(f"events[{position}].{name}"))
-        for name in LLM_COUNTS:
-            fixed[name] = _counted(event, position, name, MAX_TOKENS)
-            converted = converted or type(event.get(name)) is not int
-        cached = 0
-        for name in LLM_OPTIONAL_COUNTS:
-            value = get(name)
-            if value is not None:
-                fixed[name] = _counted(event, position, name, MAX_TOKENS)
-                converted = converted or type(value) is not int
-                if name != "reasoningTokens":
-                    cached += fixed[name]
-        if cached > fixed["tokensIn"]:
-            raise Rejection(
-                "cacheReadTokens" if fixed.get("cacheReadTokens") else "cacheWriteTokens",
-                f"events[{position}]: cacheReadTokens + cacheWriteTokens ({cached}) exceed tokensIn "
-                f"({fixed['tokensIn']}). tokensIn counts every input token, the cached ones included (OpenAI's "
-                "prompt_tokens; for Anthropic, input_tokens + cache_read_input_tokens + cache_creation_input_tokens).",
-            )
-        reservation = get("reservationId")
-        if reservation is not None:
-            _short_string(
-                f"events[{position}]",
-                "reservationId",
-                reservation,
-                MAX_RESERVATION_ID,
-                "the id POST /v1/reservations returned",
-            )
-        usage_missing = get("usageMissing")
-        if usage_missing is not None and not isinstance(usage_missing, bool):
-            raise Rejection(
-                "usageMissing", f"events[{position}].usageMissing must be true or false; got {shown(usage_missing)}."
-            )
+        if value is not None:
+            if not (type(value) is int and 0 <= value <= MAX_TOKENS):
+                value = fixed[name] = _count(f"events[{position}]", name, value, MAX_TOKENS)
+                converted = True
+            if name != "reasoningTokens":
+                cached += value
+    if cached > tokens_in:
+        raise Rejection(
+            "cacheReadTokens" if (fixed.get("cacheReadTokens") or get("cacheReadTokens")) else "cacheWriteTokens",
+            f"events[{position}]: cacheReadTokens + cacheWriteTokens ({cached}) exceed tokensIn "
+            f"({tokens_in}). tokensIn counts every input token, the cached ones included (OpenAI's "
+            "prompt_tokens; for Anthropic, input_tokens + cache_read_input_tokens + cache_creation_input_tokens).",
+        )
+    reservation = get("reservationId")
+    if reservation is not None:
+        _short_string(
+            f"events[{position}]",
+            "reservationId",
+            reservation,
+            MAX_RESERVATION_ID,
+            "the id POST /v1/reservations returned",
+        )
+    usage_missing = get("usageMissing")
+    if usage_missing is not None and usage_missing is not True and usage_missing is not False:
+        raise Rejection(
+            "usageMissing", f"events[{position}].usageMissing must be true or false; got {shown(usage_missing)}."
+        )
     # 12.0 tokens were converted to 12: store what was meant.
     payload = {**event, **fixed} if converted else event
+    return PricedEvent(
+        payload,
+        kind,
+        fixed.get("stepIndex"),
+        money.ZERO,
+        PRICED,
+        None,
+        tokens_in,
+        tokens_out,
+        provider,
+        model,
+        reservation,
+        usage_missing is True,
+        False,
+        _encoded(position, payload, parsed_by_orjson),
+    )
+
+
+def _check_type(position: int, kind: Any) -> None:
+    if not isinstance(kind, str) or not kind:
+        raise Rejection(
+            "type", f'events[{position}].type is required: a string such as "llm_call", "tool_call" or "tool_result".'
+        )
+    if "\x00" in kind:
+        raise Rejection("type", nul_message(f"events[{position}].type"))
+
+
+def _check_name(position: int, name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise Rejection(name, f"events[{position}].{name} is required for an llm_call: a non-empty string.")
+    if "\x00" in value:
+        raise Rejection(name, nul_message(f"events[{position}].{name}"))
+
+
+def _encoded(position: int, payload: dict[str, Any], parsed_by_orjson: bool) -> str:
+    """The event's compact JSON; a Rejection when it is larger than MAX_EVENT_BYTES."""
     if parsed_by_orjson and orjson is not None:
         data = orjson.dumps(payload)
         encoded, size = data.decode(), len(data)
@@ -354,13 +392,7 @@ def check_event(position: int, event: Any, *, parsed_by_orjson: bool = False) ->
             "or outputs (the agent-ledger-sdk client does this for you).",
             too_large=True,
         )
-    checked = PricedEvent(payload=payload, type=kind, step_index=fixed.get("stepIndex"), encoded=encoded)
-    if kind == "llm_call":
-        checked.tokens_in, checked.tokens_out = fixed["tokensIn"], fixed["tokensOut"]
-        checked.provider, checked.model = event["provider"], event["model"]
-        checked.reservation_id = event.get("reservationId")
-        checked.usage_missing = event.get("usageMissing") is True
-    return checked
+    return encoded
 
 
 def _encoded_event(position: int, payload: dict[str, Any]) -> tuple[str, int]:
