@@ -952,3 +952,50 @@ def test_serve_with_one_process_uses_its_prices_file(tmp_path: Path) -> None:
         connection.request("POST", "/v1/events", json.dumps({"sessionId": session, "events": [event]}), headers)
         assert json.loads(connection.getresponse().read(), parse_float=Decimal)["costUsd"] == Decimal("0.00001")
         connection.close()
+
+
+def scrape(served: Served) -> tuple[str, int]:
+    """GET /metrics on a new connection: the exposition, and the pid of the worker that answered."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        text = response.read().decode()
+        assert response.status == 200, text
+        assert connection.sock is not None
+        owner = owner_of_connection(served.port, connection.sock.getsockname()[1], worker_pids(served.process.pid))
+        assert owner is not None, "no worker process holds the connection"
+        return text, owner
+    finally:
+        connection.close()
+
+
+def sample(text: str, line_start: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(line_start)).rsplit(" ", 1)[1])
+
+
+@needs_proc
+def test_metrics_of_a_server_of_two_workers_count_both_whichever_answers_the_scrape(tmp_path: Path) -> None:
+    with serving(tmp_path / "served.db", "--workers", "2") as served:
+        key = local_key_path().read_text().strip()
+        started: dict[int, int] = {}  # sessions started, by the worker that answered
+        while len(started) < 2 or sum(started.values()) < 20:
+            status, body, pid = post(served, "/v1/sessions", {"agentName": "metrics-test"}, key)
+            assert status == 201, body
+            started[pid] = started.get(pid, 0) + 1
+            assert sum(started.values()) < 500, started
+        total = sum(started.values())
+        counted = 'agent_ledger_http_requests_total{method="POST",route="/v1/sessions",status="201"}'
+        # Each worker shares its counts every half second: within a few seconds, any scrape shows them all.
+        answered: dict[int, list[float]] = {}
+        deadline = time.monotonic() + 30
+        while (len(answered) < 2 or any(values[-1] != total for values in answered.values())) and (
+            time.monotonic() < deadline
+        ):
+            text, pid = scrape(served)
+            answered.setdefault(pid, []).append(sample(text, counted))
+            assert sample(text, "agent_ledger_sessions_started_total") == sample(text, counted)
+            time.sleep(0.05)
+        assert set(answered) == set(started), answered
+        assert all(values[-1] == total for values in answered.values()), (started, answered)
+        assert all(value <= total for values in answered.values() for value in values)

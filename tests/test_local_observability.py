@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -663,3 +665,80 @@ def test_the_access_log_writes_the_time_as_logging_does() -> None:
         record = logging_module.LogRecord("access", logging_module.INFO, __file__, 1, "GET %s", ("/health",), None)
         record.created, record.msecs = moment, (moment - int(moment)) * 1000
         assert ours.format(record) == theirs.format(record)
+
+
+# -- one server of several processes ----------------------------------------------------------------
+
+
+def _count_in_another_process(shared: str, requests: int, left_in_progress: int) -> None:
+    """A worker process of the same server: it answers ``requests``, stores events, shares its counts, exits."""
+    from agent_ledger_sdk.local.observability import Metrics
+
+    metrics = Metrics(shared=shared)
+    for _ in range(requests):
+        metrics.request_started()
+        metrics.request_finished("POST", "/v1/events", 202, 0.003)
+    for _ in range(left_in_progress):
+        metrics.request_started()  # under way when it exited: not counted in progress once it is gone
+    metrics.events_ingested(7, {"llm_call": 5})
+    metrics.session_started()
+    metrics.guardrail_refusal("budget_exceeded")
+    metrics.share()
+
+
+def test_the_metrics_of_a_server_of_several_processes_count_them_all(tmp_path: Any) -> None:
+    """``serve --workers N``: a scrape reaches one process, and answers for every process of the server."""
+    import multiprocessing
+
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    child = multiprocessing.get_context("spawn").Process(target=_count_in_another_process, args=(str(shared), 3, 2))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    mine = Metrics(shared=shared)
+    mine.request_started()
+    mine.request_finished("POST", "/v1/events", 202, 0.2)
+    mine.request_started()
+    mine.request_finished("GET", "/health", 200, 0.001)
+    mine.request_started()  # under way now
+    mine.events_ingested(2, {"tool_call": 2})
+    scraped = Exposition(mine.render())
+    assert scraped.value("agent_ledger_http_requests_total", method="POST", route="/v1/events", status="202") == 4
+    assert scraped.value("agent_ledger_http_requests_total", method="GET", route="/health", status="200") == 1
+    buckets, total, count = scraped.histogram(
+        "agent_ledger_http_request_duration_seconds", method="POST", route="/v1/events"
+    )
+    assert count == 4 and total == pytest.approx(0.209)
+    assert dict(buckets)[0.005] == 3 and dict(buckets)[0.25] == 4
+    assert scraped.value("agent_ledger_events_ingested_total", type="llm_call") == 5
+    assert scraped.value("agent_ledger_events_ingested_total", type="unknown") == 2
+    assert scraped.value("agent_ledger_events_ingested_total", type="tool_call") == 2
+    assert scraped.value("agent_ledger_sessions_started_total") == 1
+    assert scraped.value("agent_ledger_guardrail_refusals_total", reason="budget_exceeded") == 1
+    # In progress: this process's one request; the child's two left with it.
+    assert scraped.value("agent_ledger_http_requests_in_progress") == 1
+    # What a process is, its own: one start time and one version, not a sum.
+    assert len(scraped.series("process_start_time_seconds")) == 1
+    assert scraped.value("agent_ledger_build_info", version=__version__) == 1
+    # Its own file, for the others: written when its counts changed, complete.
+    mine.share()
+    own = json.loads((shared / f"{os.getpid()}.json").read_text())
+    assert own["pid"] == os.getpid() and "process_start_time_seconds" not in own["families"]
+
+
+def test_a_process_of_the_server_still_running_counts_its_requests_in_progress(tmp_path: Any) -> None:
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    other = {
+        "pid": os.getppid(),  # a process that runs (this one's parent), as a live worker would
+        "families": {
+            "agent_ledger_http_requests_in_progress": [[[], 3]],
+            "agent_ledger_sessions_started_total": [[[], 2]],
+        },
+    }
+    (shared / "1.json").write_text(json.dumps(other))
+    (shared / "2.json").write_text("{not json")  # being replaced, or foreign: skipped, the next scrape reads it
+    scraped = Exposition(Metrics(shared=shared).render())
+    assert scraped.value("agent_ledger_http_requests_in_progress") == 3
+    assert scraped.value("agent_ledger_sessions_started_total") == 2

@@ -46,7 +46,8 @@ import logging
 import re
 import zlib
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -542,6 +543,7 @@ def create_app(
     *,
     dashboard_login: Optional[bool] = None,
     dashboard_workspace: str = "default",
+    shared_metrics: Union[str, Path, None] = None,
 ) -> Starlette:
     """The ASGI application of a ledger over a :class:`~.service.LedgerService` (or a store, with ``prices``).
 
@@ -552,6 +554,9 @@ def create_app(
     served too. ``dashboard_login``: True asks for an API key (a server reachable beyond this machine:
     ``serve --host`` not loopback, or ``AGENT_LEDGER_DASHBOARD_LOGIN=1``); False or None show
     ``dashboard_workspace`` without a login, and only to requests from and to loopback addresses.
+
+    ``shared_metrics``: a directory the processes of one server share, so that ``/metrics`` answers for them all
+    (``serve --workers N``; see ``observability.create_metrics``).
     """
     from .dashboard import dashboard_routes, login_from_environment
     from .observability import ObservabilityMiddleware, create_metrics, health, metrics_endpoint, readiness
@@ -561,7 +566,7 @@ def create_app(
     elif prices is not None:
         raise TypeError("create_app(service, prices): give the prices to LedgerService(store, prices) instead")
     service: LedgerService = ledger
-    metrics = create_metrics()
+    metrics = create_metrics(shared=shared_metrics)
     service.metrics = metrics
     api = LedgerAPI(service)
     events_route = Route("/v1/events", api.log_events, methods=["POST"])

@@ -2,7 +2,9 @@
 
 Every process has its own :class:`Metrics` (one per app: ``create_metrics()``),
 served at ``/metrics`` in the Prometheus text format 0.0.4, with no dependency
-beyond Starlette. :class:`ObservabilityMiddleware`, a pure ASGI middleware,
+beyond Starlette; the worker processes of one ``serve --workers N`` share their
+counts through a directory (``create_metrics(shared=...)``), so that a scrape
+reaching any of them answers for all. :class:`ObservabilityMiddleware`, a pure ASGI middleware,
 writes one access-log line per HTTP request on the ``agent_ledger_sdk.local.access``
 logger, gives every request an ``x-request-id`` and records the request metrics.
 
@@ -28,6 +30,7 @@ label sets counts any new one under ``other``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -35,7 +38,8 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -60,6 +64,7 @@ __all__ = [
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ACCESS_LOGGER = "agent_ledger_sdk.local.access"
 DEFAULT_BUCKETS: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SHARE_INTERVAL = 0.5  # seconds between the writes of a process's counts for the others of its server
 GUARDRAIL_REASONS = ("budget_exceeded", "unpriced_model")  # shown at 0 from the start, so that rate() has a base
 
 UNMATCHED = "unmatched"
@@ -107,6 +112,10 @@ class _Family:
     """One metric family; its owner's lock guards every change and every read."""
 
     kind = ""
+    # Across the processes of one server (Metrics with ``shared``): "all" sums every process's series, those of
+    # processes that exited too (a counter never goes back); "live" sums those of the processes running now (a
+    # gauge of what is under way); "own" shows this process's alone (what it is: its start, its version).
+    across = "all"
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = (), max_series: int = 1000) -> None:
         self.name = name
@@ -129,6 +138,14 @@ class _Family:
     def lines(self, snapshot: Any) -> List[str]:
         raise NotImplementedError
 
+    def shared(self, snapshot: Any) -> List[Any]:
+        """``snapshot`` as JSON, for the other processes of the server (see :class:`Metrics`)."""
+        raise NotImplementedError
+
+    def add_shared(self, snapshot: Any, shared: List[Any]) -> None:
+        """Add another process's ``shared`` form into ``snapshot``."""
+        raise NotImplementedError
+
 
 class _Value(_Family):
     """A counter or a gauge: one number per label set."""
@@ -147,6 +164,14 @@ class _Value(_Family):
 
     def snapshot(self) -> Dict[_Labels, float]:
         return dict(self.values)
+
+    def shared(self, snapshot: Dict[_Labels, float]) -> List[Any]:
+        return [[list(key), value] for key, value in snapshot.items()]
+
+    def add_shared(self, snapshot: Dict[_Labels, float], shared: List[Any]) -> None:
+        for key, value in shared:
+            labels = tuple(key)
+            snapshot[labels] = snapshot.get(labels, 0) + value
 
     def lines(self, snapshot: Dict[_Labels, float]) -> List[str]:
         return [
@@ -178,6 +203,19 @@ class _Histogram(_Family):
 
     def snapshot(self) -> Dict[_Labels, Tuple[List[int], List[float]]]:
         return {key: (list(counts), list(totals)) for key, (counts, totals) in self.series.items()}
+
+    def shared(self, snapshot: Dict[_Labels, Tuple[List[int], List[float]]]) -> List[Any]:
+        return [[list(key), counts, totals] for key, (counts, totals) in snapshot.items()]
+
+    def add_shared(self, snapshot: Dict[_Labels, Tuple[List[int], List[float]]], shared: List[Any]) -> None:
+        for key, counts, totals in shared:
+            if len(counts) != len(self.le):
+                continue  # another version's buckets: not comparable
+            mine = snapshot.setdefault(tuple(key), ([0] * len(self.le), [0.0, 0]))
+            for index, count in enumerate(counts):
+                mine[0][index] += count
+            mine[1][0] += totals[0]
+            mine[1][1] += totals[1]
 
     def lines(self, snapshot: Dict[_Labels, Tuple[List[int], List[float]]]) -> List[str]:
         out = []
@@ -220,8 +258,15 @@ class Metrics:
         text = metrics.render()
     """
 
-    def __init__(self, *, buckets: Iterable[float] = DEFAULT_BUCKETS, version: str = __version__) -> None:
+    def __init__(
+        self,
+        *,
+        buckets: Iterable[float] = DEFAULT_BUCKETS,
+        version: str = __version__,
+        shared: Union[str, Path, None] = None,
+    ) -> None:
         self._lock = threading.Lock()
+        self._changes = 0  # every change counts one: a process writes its shared file only when it changed
         self._requests = _Value(
             "counter",
             "agent_ledger_http_requests_total",
@@ -237,6 +282,7 @@ class Metrics:
         self._in_progress = _Value(
             "gauge", "agent_ledger_http_requests_in_progress", "HTTP requests being answered now."
         )
+        self._in_progress.across = "live"
         self._events = _Value(
             "counter",
             "agent_ledger_events_ingested_total",
@@ -258,6 +304,7 @@ class Metrics:
         start.add((), _PROCESS_START)
         build = _Value("gauge", "agent_ledger_build_info", "The running agent-ledger-sdk; always 1.", ("version",))
         build.add((version,), 1)
+        start.across = build.across = "own"
         self._families: Tuple[_Family, ...] = (
             self._requests,
             self._durations,
@@ -268,6 +315,11 @@ class Metrics:
             start,
             build,
         )
+        self._shared = None if shared is None else Path(shared)
+        self._shared_file = Path(os.devnull) if self._shared is None else self._shared / f"{os.getpid()}.json"
+        self._shared_changes = -1
+        if self._shared is not None:
+            threading.Thread(target=self._share_every_interval, name="agent-ledger-metrics", daemon=True).start()
 
     # -- what the service reports ----------------------------------------------------
 
@@ -281,16 +333,19 @@ class Metrics:
                     counted += count
             if n > counted:
                 self._events.add(("unknown",), n - counted)
+            self._changes += 1
 
     def guardrail_refusal(self, reason: str) -> None:
         """Count one request refused by a guardrail: ``budget_exceeded``, ``unpriced_model``, ..."""
         with self._lock:
             self._refusals.add((reason,), 1)
+            self._changes += 1
 
     def session_started(self) -> None:
         """Count one started session."""
         with self._lock:
             self._sessions.add((), 1)
+            self._changes += 1
 
     # -- what the middleware reports ---------------------------------------------------
 
@@ -298,6 +353,7 @@ class Metrics:
         """One more request in progress (the middleware calls it, then ``request_finished`` once)."""
         with self._lock:
             self._in_progress.add((), 1)
+            self._changes += 1
 
     def request_finished(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answered request under its route template and observe its duration."""
@@ -307,26 +363,92 @@ class Metrics:
             self._in_progress.add((), -1)
             self._requests.add((method, route, str(status)), 1)
             self._durations.observe((method, route), seconds)
+            self._changes += 1
 
     # -- exposition ----------------------------------------------------------------------
 
     def render(self) -> str:
-        """The Prometheus text exposition (format 0.0.4) of every metric; serve it as :data:`CONTENT_TYPE`."""
+        """The Prometheus text exposition (format 0.0.4) of every metric; serve it as :data:`CONTENT_TYPE`.
+
+        With ``shared``: the counters and histograms of every process of the server (this one's as they are now,
+        the others' as their files last said), the requests in progress of those running, and this process's
+        start time and version."""
         with self._lock:
             snapshots = [(family, family.snapshot()) for family in self._families]
+        if self._shared is not None:
+            for other in self._others():
+                for family, snapshot in snapshots:
+                    found = other["families"].get(family.name)
+                    if found is None or family.across == "own" or (family.across == "live" and not other["live"]):
+                        continue
+                    family.add_shared(snapshot, found)
         lines: List[str] = []
         for family, snapshot in snapshots:
             lines.extend(family.header())
             lines.extend(family.lines(snapshot))
         return "\n".join(lines) + "\n"
 
+    # -- one server of several processes ------------------------------------------------------
 
-def create_metrics(*, buckets: Iterable[float] = DEFAULT_BUCKETS) -> Metrics:
+    def share(self) -> None:
+        """Write this process's counts to its file in ``shared`` (atomically), if they changed since it last did."""
+        if self._shared is None:
+            return
+        with self._lock:
+            changes = self._changes
+            if changes == self._shared_changes:
+                return
+            snapshots = [(family, family.snapshot()) for family in self._families if family.across != "own"]
+        document = {"pid": os.getpid(), "families": {family.name: family.shared(snap) for family, snap in snapshots}}
+        partial = self._shared_file.with_suffix(".partial")
+        partial.write_text(json.dumps(document), encoding="utf-8")
+        os.replace(partial, self._shared_file)
+        self._shared_changes = changes
+
+    def _share_every_interval(self) -> None:
+        while True:
+            time.sleep(SHARE_INTERVAL)
+            try:
+                self.share()
+            except (OSError, ValueError) as exc:  # e.g. the directory removed as the server stops
+                logger.debug("agent-ledger: could not share this process's metrics: %r", exc)
+
+    def _others(self) -> List[Dict[str, Any]]:
+        """The files of the server's other processes, each with whether that process is running."""
+        assert self._shared is not None
+        found = []
+        for path in self._shared.glob("*.json"):
+            if path == self._shared_file:
+                continue
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                pid = int(document["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # gone, or being replaced: the next scrape reads it
+            document["live"] = _running(pid)
+            found.append(document)
+        return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
+
+
+def create_metrics(*, buckets: Iterable[float] = DEFAULT_BUCKETS, shared: Union[str, Path, None] = None) -> Metrics:
     """A new, empty :class:`Metrics` for one app; each app (and each test) makes its own.
 
     ``buckets`` are the upper bounds of the request-duration histogram, in seconds (``+Inf`` is added).
+    ``shared``: a directory that the processes of one server share (``serve --workers N``): each writes its
+    counts there every SHARE_INTERVAL seconds, and ``/metrics`` answers for them all, whichever process a
+    scrape reaches (the others' counts at most SHARE_INTERVAL old).
     """
-    return Metrics(buckets=buckets)
+    return Metrics(buckets=buckets, shared=shared)
 
 
 # -- the middleware --------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -200,6 +203,8 @@ def serve_workers(
 
     sock = bind_socket(host, port)
     sock.listen(BACKLOG)  # from now on connections wait in the kernel until a worker accepts them
+    # Each worker writes its metrics' counts here, so that /metrics answers for them all (create_metrics).
+    metrics_dir = tempfile.mkdtemp(prefix="agent-ledger-metrics-")
     url = url_for(host, sock.getsockname()[1])
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads or connections
     stop = threading.Event()
@@ -212,7 +217,7 @@ def serve_workers(
     running: list[_WorkerProcess] = []
     try:
         for _ in range(workers):
-            running.append(_WorkerProcess.start(context, sock, db, prices))
+            running.append(_WorkerProcess.start(context, sock, db, prices, metrics_dir))
         deadline = time.monotonic() + WORKER_START_TIMEOUT
         while not stop.is_set() and not all(w.ready for w in running):
             if time.monotonic() > deadline:
@@ -241,7 +246,7 @@ def serve_workers(
                 if worker.failed:
                     raise RuntimeError(worker.failure())
                 if worker.process.exitcode is not None:  # it died while serving: start another
-                    replacement = _WorkerProcess.start(context, sock, db, prices)
+                    replacement = _WorkerProcess.start(context, sock, db, prices, metrics_dir)
                     announce(
                         f"Worker process {worker.pid} exited (code {worker.process.exitcode}); "
                         f"started {replacement.pid} in its place"
@@ -259,6 +264,7 @@ def serve_workers(
                 worker.process.join()
             worker.close()
         sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -274,12 +280,17 @@ class _WorkerProcess:
 
     @classmethod
     def start(
-        cls, context: Any, sock: socket.socket, db: Union[str, Path], prices: Union[str, Path, None]
+        cls,
+        context: Any,
+        sock: socket.socket,
+        db: Union[str, Path],
+        prices: Union[str, Path, None],
+        metrics_dir: str,
     ) -> _WorkerProcess:
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
             target=_serve_worker,
-            args=(sock, db, None if prices is None else str(prices), sender, os.getpid()),
+            args=(sock, db, None if prices is None else str(prices), sender, os.getpid(), metrics_dir),
             name="agent-ledger-worker",
         )
         process.start()
@@ -321,7 +332,7 @@ class _WorkerProcess:
 
 
 def _serve_worker(
-    sock: socket.socket, db: Union[str, Path], prices: Optional[str], ready: Any, supervisor: int
+    sock: socket.socket, db: Union[str, Path], prices: Optional[str], ready: Any, supervisor: int, metrics_dir: str
 ) -> None:  # pragma: no cover - runs in the worker processes (tests/test_cli_operations.py runs them)
     """A worker of :func:`serve_workers`: open the database, serve on ``sock``, close the database."""
     server: Any = None
@@ -344,7 +355,7 @@ def _serve_worker(
         from .store import open_store
 
         store = open_store(db, migrate=False)  # the supervisor migrated it
-        app = create_app(LedgerService(store, PriceBook(prices)))
+        app = create_app(LedgerService(store, PriceBook(prices)), shared_metrics=metrics_dir)
     except Exception as exc:
         print(f"agent-ledger: error: server worker {os.getpid()}: {exc}", file=sys.stderr, flush=True)
         if store is not None:
@@ -371,5 +382,7 @@ def _serve_worker(
         threading.Thread(target=watch, name="agent-ledger-worker-watch", daemon=True).start()
         server.run(sockets=[sock])
     finally:
+        with contextlib.suppress(OSError, ValueError):
+            app.state.metrics.share()  # its last counts, for the workers that serve on
         store.close()
         ready.close()
