@@ -158,10 +158,12 @@ def run_window(clients: int, work: Callable[[int, Callable[[], bool]], int], sec
 def raw_sqlite(path: Path, seconds: float, background_checkpoints: bool = False) -> dict[str, Any]:
     """The floor: the statements of a batch of 100, with nothing else, on the ledger's schema.
 
-    ``background_checkpoints``: the WAL is checkpointed by a thread of its own (PASSIVE, every 50 ms), not in the
-    COMMIT that takes it past 1000 pages: as the ledger does since it was measured against the first floor.
+    ``background_checkpoints``: the WAL is checkpointed by a thread of its own (PASSIVE, every
+    ``CHECKPOINT_INTERVAL``), not in the COMMIT that takes it past 1000 pages: as the ledger does since it was
+    measured against the first floor.
     """
     from agent_ledger_sdk.local.store import open_store
+    from agent_ledger_sdk.local.store.sqlite import CHECKPOINT_INTERVAL
 
     open_store(path).close()  # the ledger's migrations make the schema
     db = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
@@ -175,7 +177,7 @@ def raw_sqlite(path: Path, seconds: float, background_checkpoints: bool = False)
 
         def checkpoint() -> None:
             other = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-            while not stop.wait(0.05):
+            while not stop.wait(CHECKPOINT_INTERVAL):
                 other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             other.close()
 

@@ -32,7 +32,10 @@ __all__ = ["SQLiteStore"]
 
 logger = logging.getLogger("agent_ledger_sdk")
 
-CHECKPOINT_INTERVAL = 0.05  # seconds between background checkpoints, while writes come
+# Seconds between background checkpoints, while writes come. A checkpoint copies each page written since the
+# last once, however often it was written: every batch rewrites the same index pages, so checkpoints every
+# 200 ms rather than 50 ms cost the checkpoint thread about a fifth of the CPU a batch (docs/performance.md).
+CHECKPOINT_INTERVAL = 0.2
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
 BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
 CATCH_UP_PAGES = 64  # pages few enough to copy under the write lock
