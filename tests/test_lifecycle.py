@@ -802,3 +802,40 @@ def test_session_id_is_the_id_the_ledger_recorded(ledger: Any) -> None:
     assert first == second == summary["id"]
     assert waited < ID_WAIT_TIMEOUT and again < 0.1  # known after one round trip, then at once
     assert (summary["eventCount"], summary["status"]) == (1, "success")
+
+
+class _RequestInFlightAtTheDeadline:
+    """What the exit hook sees of a client whose last request was still in flight when its time ran out."""
+
+    def __init__(self, left_after: int) -> None:
+        self.left_after = left_after
+
+    def end_open_sessions(self, reason: str) -> None:
+        pass
+
+    def flush(self, timeout: float) -> int:
+        return 1  # the deadline came with one event in a request
+
+    def journal_remaining(self) -> None:
+        return None  # by then memory held nothing to journal (or there was no journal)
+
+    def left(self) -> int:
+        return self.left_after  # 0: that request ended, delivered; 1: still undelivered
+
+
+@pytest.mark.parametrize("left_after", [0, 1])
+def test_at_exit_only_events_still_undelivered_are_reported_lost(
+    left_after: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forked child on a loaded machine said "1 events were not sent" of an event its last request delivered
+    just after the exit hook's deadline (the ledger had it). Only what is still undelivered is reported lost."""
+    import weakref
+
+    from agent_ledger_sdk import _lifecycle
+
+    client = _RequestInFlightAtTheDeadline(left_after)
+    monkeypatch.setattr(_lifecycle, "live", weakref.WeakSet([client]))
+    with caplog.at_level(logging.WARNING, logger="agent_ledger_sdk"):
+        _lifecycle.shut_down("exit", 0.01)
+    lost = [r.getMessage() for r in caplog.records if "were not sent before the interpreter exited" in r.getMessage()]
+    assert lost == ([] if left_after == 0 else ["agent-ledger: 1 events were not sent before the interpreter exited"])

@@ -361,6 +361,10 @@ class Instrumentation:
             )
         return left
 
+    def left(self) -> int:
+        """Events and session ends not delivered yet, now (in memory, in a request or journaled)."""
+        return self._sender.left() if self._sender is not None else 0
+
     def journal_remaining(self) -> Optional[Path]:
         """Write what is still queued to the journal; its directory if it holds anything."""
         sender = self._sender

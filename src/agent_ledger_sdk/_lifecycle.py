@@ -79,7 +79,11 @@ def shut_down(reason: str, timeout: float) -> None:
                         kept,
                     )
                 else:
-                    logger.warning("agent-ledger: %d events were not sent before the interpreter exited", left)
+                    # Nothing was left to journal: the request in flight at the deadline may have ended since
+                    # (delivered), or there is no journal. Only what is still undelivered now is lost.
+                    left = instrumentation.left()
+                    if left:
+                        logger.warning("agent-ledger: %d events were not sent before the interpreter exited", left)
         except Exception as exc:
             internal_error("exit", exc)
 
