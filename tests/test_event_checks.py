@@ -8,6 +8,7 @@ one named, and an accepted event keeps what was meant (a count sent as 12.0 is s
 from __future__ import annotations
 
 import datetime
+import decimal
 import json
 import math
 import re
@@ -15,7 +16,7 @@ from decimal import Decimal
 from typing import Any, Callable, Optional
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent_ledger_sdk.local import money
@@ -238,10 +239,17 @@ def test_cached_tokens_beyond_the_input_name_the_cache_field_that_holds_some(eve
 
 @settings(max_examples=600, deadline=None)
 @given(amount=st.decimals(allow_nan=False, allow_infinity=False))
+# More significant digits than money's context holds (60): the text must not round them. Found by CI.
+@example(amount=Decimal("2.787404036630590723068034415435772806670451508667625628972573E-16"))
+@example(amount=Decimal("4373.05912708204587015489839163062155467349571141152451797651"))
+@example(amount=Decimal("1.2300E+5"))
+@example(amount=Decimal("-0.000"))
 def test_an_amounts_text_is_its_exact_digits_without_an_exponent_or_trailing_zeros(amount: Decimal) -> None:
     text = money.text(amount)
     assert Decimal(text) == amount
     assert "E" not in text and "e" not in text
     if "." in text:
         assert not text.endswith("0") and not text.endswith(".")
-    assert text == ("0" if amount.is_zero() else format(amount.normalize(money.CONTEXT), "f"))
+    # The reference: normalized with exactly as many digits as the amount has, so nothing rounds.
+    digits = decimal.Context(prec=max(1, len(amount.as_tuple().digits)))
+    assert text == ("0" if amount.is_zero() else format(amount.normalize(digits), "f"))

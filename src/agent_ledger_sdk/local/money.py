@@ -73,12 +73,17 @@ def percent_of(amount: Decimal, percent: Decimal) -> Decimal:
 
 
 def text(amount: Decimal) -> str:
-    """The canonical text of an amount: plain digits, no exponent, no trailing zeros (``"0.00008"``, ``"5"``)."""
+    """The canonical text of an amount: plain digits, no exponent, no trailing zeros (``"0.00008"``, ``"5"``).
+
+    Exact whatever the amount's precision: the digits are never rounded to the context's.
+    """
     if not amount:
         return "0"
-    plain = str(amount)  # already canonical, most often (a price's cost): half the time of normalize and format
-    if "E" in plain or ("." in plain and plain[-1] == "0"):
-        return format(amount.normalize(_CONTEXT), "f")
+    plain = str(amount)  # already canonical, most often (a price's cost): half the time of formatting
+    if "E" in plain:
+        plain = format(amount, "f")  # "f" without a precision writes the amount's own digits, unrounded
+    if "." in plain and plain[-1] == "0":
+        plain = plain.rstrip("0").rstrip(".")
     return plain
 
 
