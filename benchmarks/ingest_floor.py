@@ -10,11 +10,13 @@ What it measures (docs/performance.md, "Ledger ingest against its floors"):
 - **raw SQLite, the floor**: one thread of this process, on a file made by the ledger's own migrations (same
   schema, same indexes, same pragmas: WAL, synchronous=NORMAL, foreign keys on), doing what a batch of 100
   ``llm_call`` events is at least: ``BEGIN IMMEDIATE``, read the session, one ``executemany`` of the 100 event
-  rows (their payload text made beforehand), update the session's counters, ``COMMIT``. Events/s.
+  rows (their payload text made beforehand), update the session's counters, ``COMMIT``. Events/s. Each
+  batch's steps follow the last one's, as an agent's do (the clients below send the same).
 - **ledger, batches of 100**: one ``agent-ledger serve`` process on a SQLite file, ``--clients`` clients at
-  once posting the same kind of batch (each to a session of its own); events/s acknowledged (202) and the
-  ratio to the floor. The clients are raw keep-alive sockets sending prebuilt requests (a few microseconds of
-  CPU a request), so that the 2 cores go to the server; the same load is also sent by the SDK's HTTP library
+  once posting batches of 100 ``llm_call``s (each to a session of its own, its steps growing batch after
+  batch: ``ledger_scale.StepBatches``); events/s acknowledged (202) and the ratio to the floor. The clients
+  are raw keep-alive sockets sending requests made from a template (about 40 µs of CPU a request), so that
+  the 2 cores go to the server; the same load is also sent by the SDK's HTTP library
   (httpx, one ``Client`` a thread, as ``ledger_scale.py`` does): the "published client" column.
 - **batch 1**: one client, one event a request, one request at a time. Its p50 round trip, and the server
   time: the mean time inside the ASGI app, from the request reaching the app to its last body byte sent (the
@@ -58,6 +60,7 @@ from ledger_scale import (
     BATCH,
     Backends,
     Replicas,
+    StepBatches,
     cpu_seconds,
     llm_event,
     percentile,
@@ -203,8 +206,9 @@ def raw_sqlite(path: Path, seconds: float, background_checkpoints: bool = False)
     while time.perf_counter() - began < seconds:
         db.execute("BEGIN IMMEDIATE")
         db.execute("SELECT * FROM sessions WHERE id = ? AND workspace = ?", (session, "raw")).fetchone()
+        first = batches * BATCH  # a session's steps only grow (see ledger_scale.StepBatches)
         rows = [
-            (session, s, s, "llm_call", p, "0.0015", "priced", 0, None, "2026-01-01T00:00:00.000000Z")
+            (session, first + s, first + s, "llm_call", p, "0.0015", "priced", 0, None, "2026-01-01T00:00:00.000000Z")
             for s, p in enumerate(payloads)
         ]
         db.executemany(insert, rows)
@@ -283,22 +287,21 @@ def batch_body(session: str, size: int) -> bytes:
 
 def raw_batches(urls: Sequence[str], key: str, clients: int, seconds: float, pids: Sequence[int]) -> dict[str, Any]:
     """Events/s acknowledged, ``clients`` raw clients each posting batches of 100 to a session of its own."""
-    requests = []
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    sessions = []
     for number in range(clients):
         url = urls[number % len(urls)]
-        body = batch_body(start_session(url, key), BATCH)
-        headers = {"x-api-key": key, "content-type": "application/json"}
-        requests.append((url, RawClient.request("/v1/events", body, headers)))
+        sessions.append((url, StepBatches(start_session(url, key), BATCH, event)))
 
     def work(number: int, going: Callable[[], bool]) -> int:
-        url, request = requests[number]
+        url, batches = sessions[number]
         client = RawClient(url)
         try:
             for _ in range(2):
-                client.exchange(request)
+                client.exchange(RawClient.request("/v1/events", batches.body(), headers))
             done = 0
             while going():
-                status = client.exchange(request)
+                status = client.exchange(RawClient.request("/v1/events", batches.body(), headers))
                 if status != 202:
                     raise RuntimeError(f"POST /v1/events answered {status}")
                 done += BATCH
@@ -314,16 +317,16 @@ def raw_batches(urls: Sequence[str], key: str, clients: int, seconds: float, pid
 
 def httpx_batches(url: str, key: str, clients: int, seconds: float) -> dict[str, Any]:
     """The same load from httpx clients (the SDK's HTTP library): what a real client sees."""
-    bodies = [batch_body(start_session(url, key), BATCH) for _ in range(clients)]
+    sessions = [StepBatches(start_session(url, key), BATCH, event) for _ in range(clients)]
 
     def work(number: int, going: Callable[[], bool]) -> int:
         headers = {"x-api-key": key, "content-type": "application/json"}
         with httpx.Client(base_url=url, headers=headers, timeout=120) as http:
             for _ in range(2):
-                http.post("/v1/events", content=bodies[number]).raise_for_status()
+                http.post("/v1/events", content=sessions[number].body()).raise_for_status()
             done = 0
             while going():
-                if http.post("/v1/events", content=bodies[number]).status_code != 202:
+                if http.post("/v1/events", content=sessions[number].body()).status_code != 202:
                     raise RuntimeError("POST /v1/events not acknowledged")
                 done += BATCH
             return done

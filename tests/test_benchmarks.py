@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,18 @@ def test_the_quick_benchmark_prints_the_whole_table() -> None:
         assert down[2].endswith("journal: then `close()`")
     units = (" µs", "events/s", " events", "MiB", " ms")
     assert all(any(unit in row.split(" | ")[1] for unit in units) for row in rows), rows
+
+
+def test_the_ingest_benchmarks_batches_are_an_agents_steps_in_order() -> None:
+    # The ingest benchmarks' clients send what an instrumented agent sends: each batch's steps follow the last
+    # one's, every span id new. The same batch again and again writes its steps into a hundred places of the
+    # ledger's index of a session's events (a page each), as no agent does, and the floor with it.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ingest_floor import event
+    from ledger_scale import StepBatches
+
+    batches = StepBatches("session-1", 3, event)
+    for first in (0, 3, 6):
+        sent = json.loads(batches.body())
+        expected = [{**event(k), "stepIndex": first + k, "spanId": f"{first + k:016x}"} for k in range(3)]
+        assert sent == {"sessionId": "session-1", "events": expected}
