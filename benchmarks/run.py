@@ -532,12 +532,21 @@ def ledger_ingest(ledger: Ledger, batches: int, batch_size: int) -> float:
     transport = httpx.HTTPTransport(socket_options=NO_DELAY)
     with httpx.Client(base_url=ledger.url, headers=headers, transport=transport) as http:
         session_id = http.post("/v1/sessions", json={"agentName": "ingest"}).json()["id"]
-        events = [
-            {"type": "tool_call", "stepIndex": i, "toolName": "t", "toolInput": {"q": i}} for i in range(batch_size)
+        # Each batch's steps follow the last one's, as an agent's do (see ledger_scale.StepBatches); made beforehand.
+        bodies = [
+            json.dumps(
+                {
+                    "sessionId": session_id,
+                    "events": [
+                        {"type": "tool_call", "stepIndex": i, "toolName": "t", "toolInput": {"q": i}}
+                        for i in range(first, first + batch_size)
+                    ],
+                }
+            ).encode()
+            for first in range(0, batches * batch_size, batch_size)
         ]
-        body = json.dumps({"sessionId": session_id, "events": events}).encode()
         started = time.perf_counter()
-        for _ in range(batches):
+        for body in bodies:
             http.post("/v1/events", content=body, headers={"content-type": "application/json"}).raise_for_status()
         return batches * batch_size / (time.perf_counter() - started)
 
