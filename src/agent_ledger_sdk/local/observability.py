@@ -316,7 +316,7 @@ class Metrics:
             build,
         )
         self._shared = None if shared is None else Path(shared)
-        self._shared_file = Path(os.devnull) if self._shared is None else self._shared / f"{os.getpid()}.json"
+        self._shared_file = None if self._shared is None else self._shared / f"{os.getpid()}.json"
         self._shared_changes = -1
         if self._shared is not None:
             threading.Thread(target=self._share_every_interval, name="agent-ledger-metrics", daemon=True).start()
@@ -392,7 +392,8 @@ class Metrics:
 
     def share(self) -> None:
         """Write this process's counts to its file in ``shared`` (atomically), if they changed since it last did."""
-        if self._shared is None:
+        shared_file = self._shared_file
+        if shared_file is None:
             return
         with self._lock:
             changes = self._changes
@@ -400,9 +401,9 @@ class Metrics:
                 return
             snapshots = [(family, family.snapshot()) for family in self._families if family.across != "own"]
         document = {"pid": os.getpid(), "families": {family.name: family.shared(snap) for family, snap in snapshots}}
-        partial = self._shared_file.with_suffix(".partial")
+        partial = shared_file.with_suffix(".partial")
         partial.write_text(json.dumps(document), encoding="utf-8")
-        os.replace(partial, self._shared_file)
+        os.replace(partial, shared_file)
         self._shared_changes = changes
 
     def _share_every_interval(self) -> None:
@@ -436,7 +437,7 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: it runs, as another user
-        return True
+        pass
     return True
 
 

@@ -197,9 +197,6 @@ class PricedEvent:
     def priced(self) -> bool:
         return self.cost_status != UNPRICED
 
-    def payload_json(self) -> str:
-        return self.encoded or money.dumps(self.payload)
-
 
 @dataclass(frozen=True)
 class ReservationRequest:
