@@ -33,8 +33,9 @@ __all__ = ["SQLiteStore"]
 logger = logging.getLogger("agent_ledger_sdk")
 
 # Seconds between background checkpoints, while writes come. A checkpoint copies each page written since the
-# last once, however often it was written: every batch rewrites the same index pages, so checkpoints every
-# 200 ms rather than 50 ms cost the checkpoint thread about a fifth of the CPU a batch (docs/performance.md).
+# last once, however often it was written. 200 ms rather than 50 ms halved the checkpoint thread's CPU when
+# every batch rewrote the same index pages (a benchmark resending one batch); with an agent's growing steps
+# the two measure alike (docs/performance.md, the twelfth and thirteenth rounds).
 CHECKPOINT_INTERVAL = 0.2
 CHECKPOINT_PAGES = 1000  # a WAL this long is brought to its end under the write lock (SQLite's own threshold)
 BACKSTOP_PAGES = 16 * CHECKPOINT_PAGES  # 64 MiB of WAL: the write that reaches it checkpoints itself
