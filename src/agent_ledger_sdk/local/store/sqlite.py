@@ -204,8 +204,18 @@ class SQLiteStore(Store):
         self._keys: dict[str, tuple[tuple[int, int], Optional[dict[str, Any]]]] = {}
         self._keys_generation = 0  # one more at every write of this process that changed a key or a price version
         self._readers_lock = threading.Lock()  # never the write lock: a waiting write must not hold up reads
-        self._writer = self._connect()
         self._file_lock = None if self._memory else _WriteFileLock(Path(f"{self.path}-lock"))
+        try:
+            # The first connection may turn a new file to WAL, which needs the file to itself. SQLite answers
+            # "database is locked" at once, without its busy wait, to a process that finds another doing the
+            # same (each holds the lock the other waits for): processes that open one new file together (a
+            # team's replicas, `serve` beside a script) take turns here instead.
+            with self._file_lock or _UNLOCKED:
+                self._writer = self._connect()
+        except BaseException:
+            if self._file_lock is not None:
+                self._file_lock.close()
+            raise
         self._checkpointer: Optional[_Checkpointer] = None
         if not self._memory:
             # Checkpoints run on a thread of their own (_Checkpointer), not in the COMMIT of whichever write
